@@ -1,0 +1,568 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else, never pickle.
+
+A checkpoint is a directory RUN_DIR/checkpoints/NAME/ holding
+
+    model.safetensors      the model's state_dict (tied weights stored once)
+    optimizer.safetensors  the optimizer's tensors; its structure rides along as JSON metadata
+    state.json             {"format", "version", "files": {file: {"bytes", "sha256"}}, "state"}
+
+where "state" is whatever the trainer passes in (step, best_val_loss, config, RNG states, ...).
+
+Why not torch.save? It pickles, and unpickling a file can run arbitrary code; safetensors
+files are plain tensors plus a JSON header, so loading a stranger's checkpoint is safe.
+
+Why a directory swap? A checkpoint is three files that must agree with each other. We write
+them into NAME.tmp/, fsync, then rename NAME -> NAME.old, NAME.tmp -> NAME and delete NAME.old.
+A writer killed at any moment leaves either the old or the new checkpoint complete, and the
+reader knows where to look (NAME, else NAME.old; NAME.tmp is never trusted).
+
+Why checksums? A disk that fills up or a copy that stops halfway leaves a short file; the sizes
+and sha256 sums in state.json turn that into a clear error instead of garbage weights.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_save
+from torch import nn
+
+from lyre.errors import LyreError
+
+FORMAT = "lyre-checkpoint"
+VERSION = 1
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+CHECKPOINTS = "checkpoints"
+_TMP, _OLD = ".tmp", ".old"
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "capture_rng_state",
+    "checkpoint_exists",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "load_model_state",
+    "restore_rng_state",
+    "save_checkpoint",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Durable, atomic file writes
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Flush a directory entry to disk so a rename inside it survives a power cut (POSIX only)."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    """Write bytes and fsync them: the file is on disk when this returns, not just in a cache."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace `path` with `data` all at once: readers see the old file or the new, never half.
+
+    The temporary file lives in the same directory because os.replace is only atomic within
+    one filesystem.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
+    """atomic_write_bytes for text (config.json, meta.json, ...)."""
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+# ----------------------------------------------------------------------------------------------
+# Tensors <-> safetensors files
+
+
+def _dedup_shared(
+    tensors: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Split tensors into unique ones and aliases {alias: kept_name}.
+
+    safetensors refuses tensors that share memory. A tied lm_head.weight is the very same
+    tensor as the token embedding, so we store it once and record the alias; at load time
+    both names get the same tensor back and load_state_dict copies it into the (still tied)
+    parameter. Tensors that merely share a storage without being identical views are cloned.
+    """
+    unique: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    storage_users: dict[tuple, int] = {}
+    for t in tensors.values():
+        if t.numel() > 0 and t.device.type != "meta":
+            key = (t.device, t.untyped_storage().data_ptr())
+            storage_users[key] = storage_users.get(key, 0) + 1
+    for name, t in tensors.items():
+        t = t.detach()
+        if t.numel() == 0 or t.device.type == "meta":
+            unique[name] = t.contiguous()
+            continue
+        view = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+        if view in seen:
+            aliases[name] = seen[view]
+            continue
+        seen[view] = name
+        shared = storage_users[(t.device, t.untyped_storage().data_ptr())] > 1
+        unique[name] = t.clone(memory_format=torch.contiguous_format) if shared else t.contiguous()
+    return unique, aliases
+
+
+def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> bytes:
+    """Serialize tensors (shared memory handled) with JSON metadata into safetensors bytes."""
+    unique, aliases = _dedup_shared(tensors)
+    meta = {key: json.dumps(value) for key, value in metadata.items()}
+    meta["aliases"] = json.dumps(aliases)
+    return safetensors_save({k: v.cpu() for k, v in unique.items()}, metadata=meta)
+
+
+def _read_safetensors(path: Path, device: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a safetensors file written by _safetensors_bytes: (tensors with aliases, metadata)."""
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            raw_meta = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        meta = {key: json.loads(value) for key, value in raw_meta.items()}
+    except (SafetensorError, OSError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LyreError(
+            f"{path} is corrupt ({reason}); delete that checkpoint and use another or retrain"
+        ) from e
+    for alias, kept in meta.pop("aliases", {}).items():
+        tensors[alias] = tensors[kept]
+    return tensors, meta
+
+
+def _file_record(data: bytes) -> dict[str, Any]:
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _verify_file(path: Path, record: dict[str, Any]) -> None:
+    """Compare a file's size and sha256 with what save_checkpoint recorded in state.json."""
+    if not path.is_file():
+        raise LyreError(
+            f"{path} is missing; the checkpoint is incomplete, delete it and use another or retrain"
+        )
+    size = path.stat().st_size
+    if size != record["bytes"]:
+        raise LyreError(
+            f"{path} is truncated or corrupt ({size} bytes, expected {record['bytes']}); "
+            "delete that checkpoint and use another or retrain"
+        )
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != record["sha256"]:
+        raise LyreError(
+            f"{path} is corrupt (sha256 mismatch); delete that checkpoint and use another or retrain"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizer state_dict <-> (flat tensors, JSON skeleton)
+
+
+def _join(prefix: str, key: Any) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _flatten(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Turn a nested state (dicts/lists/tuples/tensors/scalars) into JSON plus flat tensors.
+
+    Every tensor moves to `tensors[path]` (e.g. "state.0.exp_avg") and is replaced by
+    {"__tensor__": path}. Tuples and int-keyed dicts (optimizer.state is keyed by param index)
+    are tagged so they come back as the same Python types.
+    """
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj
+        return {"__tensor__": path}
+    if isinstance(obj, dict):
+        items = {k: _flatten(v, _join(path, k), tensors) for k, v in obj.items()}
+        if all(isinstance(k, str) for k in obj):
+            return items
+        if all(isinstance(k, int) for k in obj):
+            return {"__int_keys__": {str(k): v for k, v in items.items()}}
+        raise TypeError(f"cannot checkpoint a dict with mixed key types at '{path}'")
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_flatten(v, _join(path, i), tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_flatten(v, _join(path, i), tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__} at '{path}'")
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of _flatten."""
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if "__tuple__" in obj:
+        return tuple(_unflatten(v, tensors) for v in obj["__tuple__"])
+    if "__int_keys__" in obj:
+        return {int(k): _unflatten(v, tensors) for k, v in obj["__int_keys__"].items()}
+    return {k: _unflatten(v, tensors) for k, v in obj.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG state, JSON-safe
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def _tensor_b64(state: torch.Tensor) -> str:
+    return _b64(state.cpu().numpy().tobytes())
+
+
+def _b64_tensor(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(_unb64(text)), dtype=torch.uint8)
+
+
+def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
+    """Snapshot every random number generator training touches, as JSON-safe data.
+
+    Resuming must continue the same random streams (dropout masks, data batches) or a resumed
+    run diverges from an uninterrupted one. Covers Python's `random`, NumPy's global RNG,
+    torch's CPU RNG, every CUDA device's RNG (if CUDA is available), and named generators
+    such as the one that draws training batches. Binary states are base64 strings.
+    """
+    version, mt, gauss_next = random.getstate()
+    np_alg, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {
+            "version": version,
+            "mt": _b64(np.asarray(mt, dtype="<u4").tobytes()),
+            "gauss_next": gauss_next,
+        },
+        "numpy": {
+            "algorithm": np_alg,
+            "keys": _b64(np.asarray(np_keys, dtype="<u4").tobytes()),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "torch": _tensor_b64(torch.get_rng_state()),
+        "cuda": [],
+        "generators": {name: _tensor_b64(g.get_state()) for name, g in (generators or {}).items()},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [_tensor_b64(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng_state(
+    state: dict[str, Any], generators: dict[str, torch.Generator] | None = None
+) -> None:
+    """Put every RNG back where capture_rng_state found it.
+
+    CUDA states are restored for as many devices as both the checkpoint and this machine have,
+    so a GPU run can be resumed on CPU (its CUDA streams are then simply not used).
+    """
+    try:
+        py = state["python"]
+        mt = np.frombuffer(_unb64(py["mt"]), dtype="<u4")
+        random.setstate((py["version"], tuple(int(x) for x in mt), py["gauss_next"]))
+        npy = state["numpy"]
+        keys = np.frombuffer(_unb64(npy["keys"]), dtype="<u4").astype(np.uint32)
+        np.random.set_state(
+            (npy["algorithm"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+        )
+        torch.set_rng_state(_b64_tensor(state["torch"]))
+        if torch.cuda.is_available():
+            for device, text in enumerate(state["cuda"][: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(_b64_tensor(text), device)
+        for name, generator in (generators or {}).items():
+            if name not in state["generators"]:
+                raise LyreError(f"checkpoint has no RNG state for generator '{name}'")
+            generator.set_state(_b64_tensor(state["generators"][name]))
+    except (KeyError, TypeError, ValueError, RuntimeError, binascii.Error) as e:
+        if isinstance(e, LyreError):
+            raise
+        raise LyreError(f"checkpoint has an invalid RNG state ({type(e).__name__}: {e})") from e
+
+
+# ----------------------------------------------------------------------------------------------
+# Where checkpoints live
+
+
+def _check_name(name: str) -> None:
+    """Names are single directory names; .tmp/.old are reserved for the swap."""
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or name.endswith((_TMP, _OLD))
+    ):
+        raise LyreError(
+            f"invalid checkpoint name '{name}'; use a plain name such as 'last' or 'best'"
+        )
+
+
+def _candidates(run_dir: Path, name: str) -> list[Path]:
+    """Where a complete checkpoint NAME may be, in order of preference."""
+    root = Path(run_dir) / CHECKPOINTS
+    return [root / name, root / f"{name}{_OLD}"]
+
+
+def _find(run_dir: Path, name: str) -> Path | None:
+    for path in _candidates(run_dir, name):
+        if path.is_dir():
+            return path
+    return None
+
+
+def _resolve(run_dir: Path, name: str) -> Path:
+    """The directory to read checkpoint NAME from, or a LyreError that says what to do."""
+    run_dir = Path(run_dir)
+    _check_name(name)
+    if not run_dir.is_dir():
+        raise LyreError(f"run directory {run_dir} does not exist; train first with `lyre train`")
+    found = _find(run_dir, name)
+    if found is not None:
+        return found
+    others = _names(run_dir)
+    if not others:
+        raise LyreError(f"no checkpoint in {run_dir}; train first with `lyre train`")
+    raise LyreError(f"no checkpoint '{name}' in {run_dir}; available: {', '.join(others)}")
+
+
+def _names(run_dir: Path) -> list[str]:
+    """Names of the complete checkpoints in a run (a lone NAME.old counts as NAME)."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    names = set()
+    for path in root.iterdir():
+        if not path.is_dir() or path.name.endswith(_TMP):
+            continue
+        names.add(path.name.removesuffix(_OLD))
+    return sorted(n for n in names if _find(run_dir, n) is not None)
+
+
+def checkpoint_exists(run_dir: Path, name: str) -> bool:
+    """True if checkpoint NAME can be loaded from (it has a state.json, possibly in NAME.old)."""
+    _check_name(name)
+    found = _find(Path(run_dir), name)
+    return found is not None and (found / STATE_FILE).is_file()
+
+
+def latest_checkpoint(run_dir: Path) -> str | None:
+    """Name of the most recently saved checkpoint of a run, or None if it has none."""
+    found = []
+    for name in _names(Path(run_dir)):
+        state_file = _find(Path(run_dir), name) / STATE_FILE
+        if state_file.is_file():
+            found.append((state_file.stat().st_mtime, name == "last", name))  # ties: prefer last
+    return max(found)[-1] if found else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """torch.compile wraps a model and prefixes its keys with `_orig_mod.`; store plain keys."""
+    return getattr(model, "_orig_mod", model)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    name: str,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, Any],
+) -> Path:
+    """Write RUN_DIR/checkpoints/NAME/ atomically and return its path.
+
+    `state` must be JSON-serializable (step, best_val_loss, config, capture_rng_state(), ...);
+    load_checkpoint returns it unchanged.
+    """
+    _check_name(name)
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    # Serialize everything before touching the disk, so bad input fails with nothing written.
+    payloads = {MODEL_FILE: _safetensors_bytes(_unwrap(model).state_dict(), {"format": FORMAT})}
+    if optimizer is not None:
+        tensors: dict[str, torch.Tensor] = {}
+        skeleton = _flatten(optimizer.state_dict(), "", tensors)
+        payloads[OPTIMIZER_FILE] = _safetensors_bytes(tensors, {"optimizer": skeleton})
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "files": {file: _file_record(data) for file, data in payloads.items()},
+        "state": state,
+    }
+    payloads[STATE_FILE] = (json.dumps(header, indent=2) + "\n").encode("utf-8")
+
+    tmp, final, old = root / f"{name}{_TMP}", root / name, root / f"{name}{_OLD}"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left over from a writer that was killed
+    tmp.mkdir()
+    for file, data in payloads.items():
+        _write_durable(tmp / file, data)
+    _fsync_dir(tmp)
+    _swap_in(tmp, final, old)
+    return final
+
+
+def _swap_in(tmp: Path, final: Path, old: Path) -> None:
+    """tmp -> final by renames only; at every instant final or old is a complete checkpoint."""
+    if final.exists():
+        if old.exists():
+            shutil.rmtree(old)  # a previous swap died while deleting it; final is good
+        final.rename(old)
+    tmp.rename(final)
+    _fsync_dir(final.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _read_header(ckpt: Path) -> dict[str, Any]:
+    """Parse and sanity-check state.json of a checkpoint directory."""
+    path = ckpt / STATE_FILE
+    if not path.is_file():
+        raise LyreError(
+            f"{path} is missing; the checkpoint is incomplete, delete it and use another or retrain"
+        )
+    try:
+        header = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LyreError(
+            f"{path} is corrupt (invalid JSON); delete that checkpoint and use another or retrain"
+        ) from e
+    if not isinstance(header, dict) or header.get("format") != FORMAT or "files" not in header:
+        raise LyreError(f"{path} is not a lyre checkpoint state file")
+    if header.get("version", 0) > VERSION:
+        raise LyreError(
+            f"{path} was written by a newer lyre (format {header['version']}); upgrade lyre"
+        )
+    return header
+
+
+def _load_file(ckpt: Path, header: dict[str, Any], file: str, device: str):
+    path = ckpt / file
+    record = header["files"].get(file)
+    if record is None:
+        raise LyreError(f"{ckpt} has no {file}; it was saved without it")
+    _verify_file(path, record)
+    return _read_safetensors(path, device)
+
+
+def load_model_state(
+    run_dir: Path, name: str = "last", *, map_location: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
+    """The model state_dict of a checkpoint (tied names map to the same tensor)."""
+    ckpt = _resolve(run_dir, name)
+    tensors, _ = _load_file(ckpt, _read_header(ckpt), MODEL_FILE, str(map_location))
+    return tensors
+
+
+def _check_compatible(
+    expected: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor], source: Path
+) -> None:
+    """Name the first key that differs, since torch's own error lists them all over many lines."""
+    for key, tensor in expected.items():
+        if key not in loaded:
+            raise LyreError(
+                f"{source} has no tensor '{key}'; it was saved from a different model config"
+            )
+        if loaded[key].shape != tensor.shape:
+            raise LyreError(
+                f"{source}: '{key}' has shape {tuple(loaded[key].shape)} but the model expects "
+                f"{tuple(tensor.shape)}; it was saved from a different model config"
+            )
+    extra = [key for key in loaded if key not in expected]
+    if extra:
+        raise LyreError(
+            f"{source} has tensor '{extra[0]}' the model lacks; it was saved from a different model config"
+        )
+
+
+def load_checkpoint(
+    run_dir: Path,
+    name: str = "last",
+    *,
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Load weights into `model` (strict) and state into `optimizer` if given; return `state`.
+
+    The RNG states inside the returned dict are not applied here: the caller decides, with
+    restore_rng_state(state[...], generators), because only it knows its generators.
+    """
+    ckpt = _resolve(run_dir, name)
+    header = _read_header(ckpt)
+    if model is not None:
+        weights, _ = _load_file(ckpt, header, MODEL_FILE, str(map_location))
+        target = _unwrap(model)
+        _check_compatible(target.state_dict(), weights, ckpt / MODEL_FILE)
+        target.load_state_dict(weights, strict=True)
+    if optimizer is not None:
+        # Optimizer tensors stay on CPU: optimizer.load_state_dict moves them next to their
+        # parameters itself, and keeps `step` where the optimizer wants it.
+        tensors, meta = _load_file(ckpt, header, OPTIMIZER_FILE, "cpu")
+        try:
+            optimizer.load_state_dict(_unflatten(meta["optimizer"], tensors))
+        except (KeyError, ValueError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise LyreError(
+                f"{ckpt / OPTIMIZER_FILE} does not fit this optimizer ({reason})"
+            ) from e
+    return header["state"]

@@ -1,0 +1,48 @@
+"""Baselines that train with the same loop as GPT.
+
+BigramLM is the first model of "Let's build GPT": each token looks up the logits of the next
+token in a table, with no context at all. Its loss is the bar any real model must beat.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lyre.model.gpt import GPTConfig, KVCache
+
+
+class BigramLM(nn.Module):
+    """next-token logits = table[current token]; only config.vocab_size is used."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.table = nn.Embedding(config.vocab_size, config.vocab_size)
+        nn.init.normal_(self.table.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        return 0 if non_embedding else self.table.weight.numel()
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        positions: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        all_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Same contract as GPT.forward; positions, masks and caches mean nothing here."""
+        logits = self.table(idx)
+        if cache is not None:
+            cache.advance(idx.size(1))
+        if targets is None:
+            return (logits if all_logits else logits[:, -1:, :]), None
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        return [{"params": list(self.parameters()), "weight_decay": 0.0}]

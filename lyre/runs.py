@@ -1,0 +1,46 @@
+"""Load a trained run: its config, tokenizer and model weights, ready to generate or evaluate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from lyre import checkpoint as ckpt
+from lyre.config import RunConfig, config_from_json
+from lyre.errors import LyreError
+from lyre.model import build_model
+from lyre.tokenizers import Tokenizer, load_tokenizer
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    config: RunConfig
+    tokenizer: Tokenizer
+    model: nn.Module
+    checkpoint: str  # which checkpoint the weights came from
+    device: torch.device
+
+
+def load_run(
+    run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "auto"
+) -> LoadedRun:
+    """The model of RUN_DIR in eval mode; `best` falls back to `last` when absent."""
+    from lyre.train import resolve_device
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise LyreError(f"run directory {run_dir} does not exist")
+    config = config_from_json(run_dir / "config.json")
+    name = checkpoint if ckpt.checkpoint_exists(run_dir, checkpoint) else ckpt.latest_checkpoint(run_dir)
+    if name is None:
+        raise LyreError(f"no checkpoint in {run_dir}; train first with `lyre train`")
+    device = resolve_device(str(device))
+    config.model.dropout = 0.0
+    model = build_model(config.model)
+    ckpt.load_checkpoint(run_dir, name, model=model, map_location="cpu")
+    tokenizer = load_tokenizer(run_dir / "tokenizer")
+    return LoadedRun(run_dir, config, tokenizer, model.to(device).eval(), name, device)
