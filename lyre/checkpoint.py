@@ -62,6 +62,12 @@ __all__ = [
 ]
 
 
+def _first_line(e: BaseException) -> str:
+    """LyreError messages are one line; library exceptions are sometimes many."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 # ----------------------------------------------------------------------------------------------
 # Durable, atomic file writes
 
@@ -164,7 +170,7 @@ def _read_safetensors(path: Path, device: str) -> tuple[dict[str, torch.Tensor],
             tensors = {key: f.get_tensor(key) for key in f.keys()}
         meta = {key: json.loads(value) for key, value in raw_meta.items()}
     except (SafetensorError, OSError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = _first_line(e)
         raise LyreError(
             f"{path} is corrupt ({reason}); delete that checkpoint and use another or retrain"
         ) from e
@@ -308,6 +314,10 @@ def restore_rng_state(
     CUDA states are restored for as many devices as both the checkpoint and this machine have,
     so a GPU run can be resumed on CPU (its CUDA streams are then simply not used).
     """
+    generators = generators or {}
+    missing = [name for name in generators if name not in state.get("generators", {})]
+    if missing:
+        raise LyreError(f"checkpoint has no RNG state for generator '{missing[0]}'")
     try:
         py = state["python"]
         mt = np.frombuffer(_unb64(py["mt"]), dtype="<u4")
@@ -321,14 +331,12 @@ def restore_rng_state(
         if torch.cuda.is_available():
             for device, text in enumerate(state["cuda"][: torch.cuda.device_count()]):
                 torch.cuda.set_rng_state(_b64_tensor(text), device)
-        for name, generator in (generators or {}).items():
-            if name not in state["generators"]:
-                raise LyreError(f"checkpoint has no RNG state for generator '{name}'")
+        for name, generator in generators.items():
             generator.set_state(_b64_tensor(state["generators"][name]))
     except (KeyError, TypeError, ValueError, RuntimeError, binascii.Error) as e:
-        if isinstance(e, LyreError):
-            raise
-        raise LyreError(f"checkpoint has an invalid RNG state ({type(e).__name__}: {e})") from e
+        raise LyreError(
+            f"checkpoint has an invalid RNG state ({type(e).__name__}: {_first_line(e)})"
+        ) from e
 
 
 # ----------------------------------------------------------------------------------------------
@@ -561,7 +569,7 @@ def load_checkpoint(
         try:
             optimizer.load_state_dict(_unflatten(meta["optimizer"], tensors))
         except (KeyError, ValueError) as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            reason = _first_line(e)
             raise LyreError(
                 f"{ckpt / OPTIMIZER_FILE} does not fit this optimizer ({reason})"
             ) from e

@@ -64,7 +64,12 @@ def test_prepare_char_matches_nanogpt(tmp_path):
     out = tmp_path / "prepared"
     meta = prepare([src], "char", out)
 
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "tokenizer", "train.bin", "val.bin"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "meta.json",
+        "tokenizer",
+        "train.bin",
+        "val.bin",
+    ]
     assert meta == load_meta(out) == json.loads((out / "meta.json").read_text())
     assert meta["dtype"] == "uint16"
     assert meta["vocab_size"] == len(set(ASCII_TEXT))
@@ -112,9 +117,17 @@ def test_iter_text_chunks_concatenate_to_the_text(tmp_path, chunk_bytes):
     raw = UNICODE_TEXT.encode()
     chunks = list(data._iter_text(src, 0, len(raw), chunk_bytes))
     assert "".join(chunks) == UNICODE_TEXT
-    # Chunks end at "safe" places where possible: big reads never cut inside a word.
-    if chunk_bytes >= 50:
-        assert all(c[-1] == "\n" or c is chunks[-1] for c in chunks)
+    # A range that starts and ends mid-file (at character boundaries) decodes just as well.
+    start, end = len(UNICODE_TEXT[:100].encode()), len(UNICODE_TEXT[:-100].encode())
+    assert "".join(data._iter_text(src, start, end, chunk_bytes)) == UNICODE_TEXT[100:-100]
+
+
+def test_iter_text_cuts_after_a_lone_newline(tmp_path):
+    src = write(tmp_path / "a.txt", ASCII_TEXT)
+    chunks = list(data._iter_text(src, 0, len(ASCII_TEXT), 300))
+    assert "".join(chunks) == ASCII_TEXT and len(chunks) > 10
+    assert all(c.endswith("!\n") for c in chunks)
+    assert all(len(c) <= 600 for c in chunks)  # the carried-over text stays bounded
 
 
 def test_safe_cut_prefers_lone_newline_between_words():
@@ -191,9 +204,13 @@ def test_uint32_for_big_vocab_and_eot_between_files(tmp_path, monkeypatch):
     train = load_split(out, "train")
     assert train.dtype == np.dtype("<u4")
     tok = BigVocabTokenizer()
-    expected = tok.encode("0123456789" * 2 + "0123456") + [69_999] + tok.encode("abcdefghij" + "abcdefgh")
+    expected = (
+        tok.encode("0123456789" * 2 + "0123456") + [69_999] + tok.encode("abcdefghij" + "abcdefgh")
+    )
     np.testing.assert_array_equal(train, expected)
-    np.testing.assert_array_equal(load_split(out, "val"), tok.encode("789") + [69_999] + tok.encode("ij"))
+    np.testing.assert_array_equal(
+        load_split(out, "val"), tok.encode("789") + [69_999] + tok.encode("ij")
+    )
     assert meta["train_tokens"] == len(expected) and meta["val_tokens"] == 6
 
 
@@ -215,10 +232,10 @@ def test_progress_bar_path(tmp_path, monkeypatch, capsys):
         (b"", 1 << 20, "corpus file is empty"),
         (b"hello\x00world", 1 << 20, "NUL byte at byte offset 5"),
         (b"hello \xff world", 1 << 20, "not valid UTF-8: {path} at byte offset 6"),
-        # an invalid byte right after a 2-byte char cut by the read, found in the 3rd read
+        # an invalid byte right after a 2-byte char that the first read cut in two
         ("ab\u00e9".encode() + b"\x80cd", 3, "at byte offset 4"),
         # a file that ends in the middle of a character
-        ("x" * 30 + "\u00e9").encode()[:-1], 4, "at byte offset 30"),
+        (("x" * 30 + "\u00e9").encode()[:-1], 4, "at byte offset 30"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", 1 << 20, "looks binary"),
         (b"abc", 1 << 20, "corpus too short: the val split has 1 token(s)"),
     ],
@@ -418,7 +435,9 @@ class Bigram(nn.Module):
         logits = self.table(idx)
         if targets is None:
             return logits[:, -1:, :], None
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100)
+        loss = F.cross_entropy(
+            logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100
+        )
         return logits, loss
 
 
@@ -446,3 +465,28 @@ def test_evaluate_loss_matches_brute_force():
     quick = evaluate_loss(model, tokens, 16, max_windows=5)
     assert quick["tokens"] == count_eval_tokens(tokens, 16, max_windows=5) < len(tokens) - 1
     assert quick == evaluate_loss(model, tokens, 16, max_windows=5)
+
+
+SHARED_GPT2 = SHARED_ILIAD.parent / "gpt2"
+
+
+@pytest.mark.parametrize("spec", ["bpe:300", "gpt2"])
+@pytest.mark.parametrize("chunk_bytes", [64, 1000])
+def test_bpe_chunks_do_not_change_tokens(tmp_path, spec, chunk_bytes):
+    """Chunks are cut where the GPT-2 pre-tokenizer splits anyway: same ids as one shot."""
+    if spec == "gpt2":
+        if not (SHARED_GPT2 / "encoder.json").exists():
+            pytest.skip(f"{SHARED_GPT2} not present")
+        spec = f"gpt2:{SHARED_GPT2}"
+    for name, text in [("ascii", ASCII_TEXT), ("unicode", UNICODE_TEXT)]:
+        src = write(tmp_path / f"{name}.txt", text)
+        out = tmp_path / f"{name}-out"
+        meta = prepare([src], spec, out, chunk_bytes=chunk_bytes)
+        tok = load_tokenizer(out / "tokenizer")
+        raw = text.encode()
+        cut = int(len(raw) * 0.9)
+        while raw[cut] & 0xC0 == 0x80:
+            cut -= 1
+        np.testing.assert_array_equal(load_split(out, "train"), tok.encode(raw[:cut].decode()))
+        np.testing.assert_array_equal(load_split(out, "val"), tok.encode(raw[cut:].decode()))
+        assert meta["dtype"] == "uint16" and meta["vocab_size"] == tok.vocab_size
