@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lyre.errors import LyreError
-from lyre.tokenizers import build_tokenizer
+from lyre.tokenizers import Tokenizer, build_tokenizer
 
 DEFAULT_CHUNK_BYTES = 1 << 20  # read the corpus 1 MiB at a time
 ENCODE_BATCH = 8  # chunks handed to tokenizer.encode_batch at once
@@ -256,7 +256,7 @@ def _iter_corpus(paths: list[Path], chunk_bytes: int, progress: tqdm) -> Iterato
 def _encode_splits(
     paths: list[Path],
     sizes: list[int],
-    tokenizer,
+    tokenizer: Tokenizer,
     dtype: np.dtype,
     out: Path,
     val_fraction: float,
@@ -280,7 +280,7 @@ def _encode_splits(
     return counts
 
 
-def _encode_chunks(tokenizer, texts: Iterator[str]) -> Iterator[list[int]]:
+def _encode_chunks(tokenizer: Tokenizer, texts: Iterator[str]) -> Iterator[list[int]]:
     """Encode text chunks in order, ENCODE_BATCH at a time when the tokenizer can batch.
 
     Fast tokenizers (HF tokenizers, tiktoken) encode a batch on all CPU cores, which matters
