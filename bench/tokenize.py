@@ -22,19 +22,23 @@ import os
 import sys
 
 # This file shares its name with the stdlib module ``tokenize`` (imported by linecache, so by
-# logging, torch and tiktoken). Run as a script, bench/ would be first on sys.path and shadow
-# it, so bench/ leaves the path before anything else is imported.
+# logging, torch and tiktoken). Run as a script, bench/ is first on sys.path and would shadow
+# it: import the real one with bench/ off the path, then put bench/ back for _common.
 _HERE = os.path.dirname(os.path.abspath(__file__))
+_PATH = list(sys.path)
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+import tokenize  # noqa: F401  (the stdlib module, cached in sys.modules from now on)
+
+sys.path = _PATH
 
 import argparse
 import gc
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import tiktoken
+from _common import json_line, machine
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 from tokenizers import Tokenizer as HFTokenizer
@@ -88,13 +92,16 @@ def timed(fn: Callable[[], object]) -> float:
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Best time of each function, running all of them once per repeat.
 
-    The minimum, not the mean: on a shared machine noise only ever adds time, so the fastest
-    run is the best estimate of what the code itself costs.
+    The order rotates every repeat so no function always runs right after the same one (HF's
+    thread pool keeps its cores busy for a moment after a parallel call). The minimum, not
+    the mean: on a shared machine noise only ever adds time, so the fastest run is the best
+    estimate of what the code itself costs.
     """
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(timed(fn))
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            times[name].append(timed(fns[name]))
     return {name: min(ts) for name, ts in times.items()}
 
 
@@ -110,7 +117,8 @@ def main() -> None:
     print(
         f"corpora: {', '.join(f'{p.name} ({len(t.encode()) / 1e6:.2f} MB)' for p, t in zip(args.corpus, texts, strict=True))}"
     )
-    print(f"cpu cores: {os.cpu_count()}, repeats: {args.repeats} (best of, interleaved)\n")
+    print(f"machine: {machine()}")
+    print(f"repeats: {args.repeats} (best of, interleaved, order rotated)\n")
 
     # --- BPE training: ours vs HF directly (ours is HF underneath) -----------------------
     train = interleaved(
@@ -159,20 +167,18 @@ def main() -> None:
     )
 
     head = results[args.corpus[0].name]
-    print(
-        json.dumps(
-            {
-                "bench": "tokenize",
-                "corpus": args.corpus[0].name,
-                "gpt2_vs_tiktoken_ratio": round(head["lyre gpt2"] / head["tiktoken gpt2"], 3),
-                "char_mb_s": round(head["lyre char"], 2),
-                "bpe_mb_s": round(head["lyre bpe"], 2),
-                "gpt2_mb_s": round(head["lyre gpt2"], 2),
-                "tiktoken_mb_s": round(head["tiktoken gpt2"], 2),
-                "bpe_train_s": round(train["lyre bpe"], 3),
-                "bpe_train_vs_hf_ratio": round(train["lyre bpe"] / train["hf tokenizers"], 3),
-            }
-        )
+    json_line(
+        {
+            "bench": "tokenize",
+            "corpus": args.corpus[0].name,
+            "gpt2_vs_tiktoken_ratio": round(head["lyre gpt2"] / head["tiktoken gpt2"], 3),
+            "char_mb_s": round(head["lyre char"], 2),
+            "bpe_mb_s": round(head["lyre bpe"], 2),
+            "gpt2_mb_s": round(head["lyre gpt2"], 2),
+            "tiktoken_mb_s": round(head["tiktoken gpt2"], 2),
+            "bpe_train_s": round(train["lyre bpe"], 3),
+            "bpe_train_vs_hf_ratio": round(train["lyre bpe"] / train["hf tokenizers"], 3),
+        }
     )
 
 

@@ -8,6 +8,7 @@ The public API, one import away:
 from lyre.config import DataConfig, RunConfig, TrainConfig, load_config
 from lyre.errors import LyreError
 from lyre.generate import SamplingConfig, generate, stream
+from lyre.hf import export_hf, from_pretrained, import_hf
 from lyre.model import GPT, BigramLM, GPTConfig, build_model
 from lyre.runs import load_run
 from lyre.tokenizers import build_tokenizer, load_tokenizer
@@ -19,4 +20,5 @@ __all__ = [
     "GPT", "GPTConfig", "BigramLM", "build_model", "RunConfig", "DataConfig", "TrainConfig",
     "load_config", "LyreError", "SamplingConfig", "generate", "stream", "load_run",
     "build_tokenizer", "load_tokenizer", "TrainResult", "train",
+    "from_pretrained", "import_hf", "export_hf",
 ]

@@ -31,7 +31,8 @@ def _add_prepare(sub) -> None:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model from a TOML preset",
                        description="Train a model. Presets live in configs/; every field can be overridden.")
-    p.add_argument("--config", type=Path, help="TOML preset, e.g. configs/iliad-char.toml")
+    p.add_argument("--config", type=Path,
+                   help="TOML preset (default: the demo preset configs/iliad-char.toml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.lr=3e-4 --set n_layer=6 (repeatable)")
     p.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
@@ -71,15 +72,81 @@ def _add_info(sub) -> None:
 def _add_plot(sub) -> None:
     p = sub.add_parser("plot", help="draw the loss curves of a run",
                        description="Draw train/val loss curves from RUN_DIR/metrics.jsonl into a PNG.")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--out", type=Path, help="PNG path (default RUN_DIR/loss.png)")
+    p.add_argument("run_dir", type=Path, help="run directory (reads RUN_DIR/metrics.jsonl)")
+    p.add_argument("--out", type=Path, help="image path, .png, .svg or .pdf (default RUN_DIR/loss.png)")
     p.set_defaults(func=cmd_plot)
+
+
+def _add_import_hf(sub) -> None:
+    p = sub.add_parser("import-hf", help="turn a Hugging Face GPT-2 model into a lyre run",
+                       description="Import a Hugging Face model directory (config.json, model.safetensors or "
+                                   "pytorch_model.bin, tokenizer files) or hub name as a lyre run directory.")
+    p.add_argument("src", help="Hugging Face model directory, or a hub name such as gpt2 (needs network)")
+    p.add_argument("--out", type=Path, required=True, help="run directory to write")
+    p.add_argument("--tokenizer", help="use this tokenizer instead of SRC's: gpt2:DIR or a lyre tokenizer directory")
+    p.add_argument("--force", action="store_true", help="replace the run in a non-empty --out")
+    p.set_defaults(func=cmd_import_hf)
+
+
+def _add_export_hf(sub) -> None:
+    p = sub.add_parser("export-hf", help="write a run as a Hugging Face model directory",
+                       description="Export a run so transformers' from_pretrained loads it (GPT-2, or the "
+                                   "exact Hugging Face equivalent of rotary models); refuses what has none.")
+    p.add_argument("run_dir", type=Path, help="run directory")
+    p.add_argument("--out", type=Path, required=True, help="directory to write")
+    p.add_argument("--checkpoint", default="best", help="best or last (default best)")
+    p.add_argument("--force", action="store_true", help="overwrite the model files in a non-empty --out")
+    p.set_defaults(func=cmd_export_hf)
+
+
+def _add_chat(sub) -> None:
+    p = sub.add_parser("chat", help="talk to a run in the terminal",
+                       description="A terminal chat with a run, streamed. A base model continues your "
+                                   "text; a chat model uses its prompt template. /help inside lists commands.")
+    p.add_argument("run_dir", type=Path, help="run directory")
+    p.add_argument("-p", "--prompt", dest="one_prompt", metavar="TEXT",
+                   help="answer TEXT once and exit (for scripts)")
+    p.add_argument("--system", default=None, help="system message (chat templates)")
+    p.add_argument("--template", default=None,
+                   help="prompt template: plain | alpaca | chatml | simple (default: the run's, else plain)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per answer (default 256)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=200, help="0 disables (default 200)")
+    p.add_argument("--top-p", type=float, default=1.0, help="in (0, 1] (default 1.0)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help=">1 discourages repeats (default 1.0)")
+    p.add_argument("--seed", type=int, default=None, help="random seed: same seed, same answers")
+    p.add_argument("--checkpoint", default="best", help="best or last (default best)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.set_defaults(func=cmd_chat)
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server and chat page",
+                       description="Serve a run over HTTP: the OpenAI API under /v1, a chat page at /, "
+                                   "/health. See docs/serve.md.")
+    p.add_argument("run_dir", type=Path, help="run directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", default=None,
+                   help="require `Authorization: Bearer KEY` on /v1 (default: $LYRE_API_KEY, else none)")
+    p.add_argument("--model-name", default=None, help="model id in the API (default: the run directory's name)")
+    p.add_argument("--template", default=None, help="chat prompt template (default: the run's, else plain)")
+    p.add_argument("--max-batch", type=int, default=32, help="choices decoded together (default 32)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting before 429 (default 64)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
+    p.add_argument("--shutdown-timeout", type=float, default=10.0,
+                   help="seconds in-flight requests get to finish on SIGTERM (default 10)")
+    p.add_argument("--checkpoint", default="best", help="best or last (default best)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lyre", description="Build your own GPT from scratch.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_train, _add_sample, _add_info, _add_plot):
+    for add in (_add_prepare, _add_train, _add_sample, _add_info, _add_plot,
+                _add_import_hf, _add_export_hf, _add_chat, _add_serve):
         add(sub)
     return parser
 
@@ -101,15 +168,32 @@ def cmd_train(args) -> None:
     from lyre.train import train
 
     if args.resume:
+        # The run's own config is the base; a second one would be silently ignored.
+        ignored = [flag for flag, value in (("--config", args.config), ("--out", args.out),
+                                            ("--force", args.force)) if value]
+        if ignored:
+            raise LyreError(f"--resume continues the run's saved config in place; drop {', '.join(ignored)} "
+                            "(change fields with --set)")
         config = load_config(args.resume / "config.json", args.overrides)
         result = train(config, args.resume, resume=True, progress=not args.no_progress)
     else:
-        config = load_config(args.config, args.overrides)
-        name = args.config.stem if args.config else "default"
-        run_dir = args.out or Path("runs") / name
+        preset = args.config or _default_preset()
+        config = load_config(preset, args.overrides)
+        run_dir = args.out or Path("runs") / preset.stem
         result = train(config, run_dir, force=args.force, progress=not args.no_progress)
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
     print(f"done: step {result.step}, val loss {val}, best {result.best_val_loss:.4f}, run in {result.run_dir}")
+
+
+def _default_preset() -> Path:
+    """The demo preset of the source tree: the library defaults are GPT-2 124M, far too big to
+    train on a CPU by accident."""
+    preset = Path(__file__).resolve().parents[1] / "configs" / "iliad-char.toml"
+    if not preset.is_file():
+        raise LyreError("no --config given and no configs/iliad-char.toml next to lyre; "
+                        "pass a TOML preset with --config")
+    print(f"lyre: no --config given; training the demo preset {preset}", file=sys.stderr)
+    return preset
 
 
 def cmd_sample(args) -> None:
@@ -166,6 +250,54 @@ def cmd_plot(args) -> None:
     from lyre.plot import plot_run
 
     print(f"wrote {plot_run(args.run_dir, args.out)}")
+
+
+def cmd_import_hf(args) -> None:
+    from lyre.hf import import_hf, resolve_source
+
+    run_dir = import_hf(resolve_source(args.src), args.out, tokenizer=args.tokenizer, force=args.force)
+    print(f"wrote {run_dir}: sample it with `lyre sample {run_dir}`, fine-tune it with "
+          f"`lyre train --set train.init_from={run_dir}`")
+
+
+def cmd_export_hf(args) -> None:
+    from lyre.hf import export_hf
+
+    out = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint, force=args.force)
+    print(f"wrote {out}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+
+
+def cmd_chat(args) -> None:
+    from lyre import chat
+    from lyre.runs import load_run
+
+    settings = chat.ChatSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            repetition_penalty=args.repetition_penalty,
+                            max_new_tokens=args.max_new_tokens, seed=args.seed)
+    settings.validate()
+    template = chat.get_template(args.template or chat.template_name_for_run(args.run_dir))
+    run = load_run(args.run_dir, args.checkpoint, args.device)
+    session = chat.ChatSession(run, template, settings, system=args.system)
+    if args.one_prompt is not None:
+        chat.one_answer(session, args.one_prompt)
+    else:
+        chat.run_repl(session)
+
+
+def cmd_serve(args) -> None:
+    import os
+
+    from lyre.runs import load_run
+    from lyre.serve import ServeSettings
+    from lyre.serve.server import serve
+
+    settings = ServeSettings(model_name=args.model_name, api_key=args.api_key or os.environ.get("LYRE_API_KEY"),
+                             max_batch=args.max_batch, max_queue=args.max_queue,
+                             max_body_bytes=args.max_body_bytes, chat_template=args.template,
+                             shutdown_timeout=args.shutdown_timeout)
+    settings.validate()
+    run = load_run(args.run_dir, args.checkpoint, args.device)
+    serve(run, args.host, args.port, settings, log_level=args.log_level)
 
 
 def main(argv: list[str] | None = None) -> int:

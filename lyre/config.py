@@ -57,9 +57,17 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | mps
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, else fp32) | float32 | bfloat16
-    compile: bool = False
+    compile: bool | None = None  # None: on CUDA where torch.compile works (Triton), else off
     threads: int = 0  # CPU threads for torch; 0 leaves torch's default
     init_from: str = ""  # a run directory to start from (fine-tuning); empty: random init
+    optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
+    muon_lr: float = 0.02  # Muon's peak learning rate; follows the same warmup and decay as lr
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
+    # Several processes (torchrun, `lyre train --nproc N`); batch_size is per process.
+    parallel: str = "ddp"  # ddp (replicas) | fsdp (weights, gradients, moments sharded)
+    backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+    dist_timeout: float = 1800.0  # seconds a collective waits for a silent process, then fails
 
 
 @dataclass
@@ -177,6 +185,9 @@ def _coerce(value: Any, expected: Any, where: str) -> Any:
     """Check `value` against the field's type; ints are accepted where floats are expected."""
     origin = typing.get_origin(expected)
     if origin in (typing.Union, types.UnionType):
+        options = [o for o in typing.get_args(expected) if o is not type(None)]
+        if value is not None and len(options) == 1:  # X | None: a value gets X's own message
+            return _coerce(value, options[0], where)
         for option in typing.get_args(expected):
             try:
                 return _coerce(value, option, where)

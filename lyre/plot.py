@@ -7,6 +7,8 @@ from pathlib import Path
 
 from lyre.errors import LyreError
 
+_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg")
+
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
@@ -32,6 +34,12 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     records = read_metrics(run_dir)
     steps = [r for r in records if "loss" in r]
     evals = [r for r in records if "val_loss" in r]
+    if not steps and not evals:
+        raise LyreError(f"{run_dir / 'metrics.jsonl'} has no loss records yet; plot again after a few steps")
+    out = Path(out) if out else run_dir / "loss.png"
+    fmt = out.suffix.lstrip(".").lower()
+    if fmt not in _FORMATS:
+        raise LyreError(f"cannot draw {out}: use a file name ending in one of .{', .'.join(_FORMATS)}")
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     if steps:
         ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, alpha=0.6,
@@ -44,9 +52,11 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ax.set_title(run_dir.name)
     ax.grid(alpha=0.3)
     ax.legend()
-    out = Path(out) if out else run_dir / "loss.png"
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, bbox_inches="tight")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside `out` then renamed, so a viewer never shows half a file; the format is
+    # given explicitly because the temporary name's suffix is not the real one.
+    tmp = out.with_name(f".{out.name}.tmp")
+    fig.savefig(tmp, format=fmt, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(out)
     return out

@@ -35,9 +35,11 @@ def load_run(
     if not run_dir.is_dir():
         raise LyreError(f"run directory {run_dir} does not exist")
     config = config_from_json(run_dir / "config.json")
-    name = checkpoint if ckpt.checkpoint_exists(run_dir, checkpoint) else ckpt.latest_checkpoint(run_dir)
-    if name is None:
-        raise LyreError(f"no checkpoint in {run_dir}; train first with `lyre train`")
+    name = checkpoint
+    if checkpoint == "best" and not ckpt.checkpoint_exists(run_dir, checkpoint):
+        name = ckpt.latest_checkpoint(run_dir)  # e.g. a run stopped before its first eval
+        if name is None:
+            raise LyreError(f"no checkpoint in {run_dir}; train first with `lyre train`")
     device = resolve_device(str(device))
     config.model.dropout = 0.0
     model = build_model(config.model)

@@ -15,6 +15,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
+import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -26,7 +29,7 @@ from tqdm.auto import tqdm
 
 from lyre import checkpoint as ckpt
 from lyre.config import RunConfig, config_from_json, save_config
-from lyre.data import evaluate_loss, get_batch, load_meta, load_split, prepare
+from lyre.data import _sha256, evaluate_loss, get_batch, load_meta, load_split, prepare
 from lyre.errors import LyreError
 from lyre.model import build_model
 
@@ -73,6 +76,26 @@ def autocast_context(device: torch.device, dtype: str):
     raise LyreError(f"train.dtype must be auto, float32 or bfloat16; got {dtype!r}")
 
 
+def check_train_config(cfg) -> None:
+    """Reject values that would crash or silently misbehave only after minutes of training."""
+    for name in ("batch_size", "grad_accum", "eval_interval", "log_interval"):
+        if getattr(cfg, name) < 1:
+            raise LyreError(f"train.{name} must be at least 1; got {getattr(cfg, name)}")
+    for name in ("max_iters", "warmup_iters", "lr_decay_iters", "eval_windows", "threads"):
+        if getattr(cfg, name) < 0:
+            raise LyreError(f"train.{name} must not be negative; got {getattr(cfg, name)}")
+    for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise LyreError(f"train.{name} must be a finite number >= 0; got {value}")
+    for name in ("beta1", "beta2"):
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            raise LyreError(f"train.{name} must be in [0, 1); got {getattr(cfg, name)}")
+    if cfg.schedule not in ("cosine", "linear"):
+        # learning_rate() would only notice after warmup.
+        raise LyreError(f"train.schedule must be cosine or linear; got {cfg.schedule!r}")
+
+
 def learning_rate(step: int, cfg) -> float:
     """Linear warmup to cfg.lr, then cosine (or linear) decay to cfg.min_lr at lr_decay_iters."""
     decay_iters = cfg.lr_decay_iters or cfg.max_iters
@@ -112,13 +135,16 @@ def seed_everything(seed: int) -> None:
 
 def _prepare_run_dir(run_dir: Path, config: RunConfig, force: bool) -> None:
     """Refuse to write over another run unless --force, which clears its outputs first."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LyreError(f"run directory {run_dir} exists and is not a directory; choose another --out")
     holds_run = (run_dir / "config.json").exists() or (run_dir / "checkpoints").exists()
     if holds_run and not force:
         raise LyreError(
             f"{run_dir} already holds a run; use --resume to continue it or --force to overwrite it"
         )
     if holds_run:
-        for name in ("checkpoints", "metrics.jsonl", "loss.png", "config.json"):
+        # data/ stays: _data_dir reuses it only if it was prepared from the same corpus.
+        for name in ("checkpoints", "metrics.jsonl", "loss.png", "config.json", "tokenizer"):
             path = run_dir / name
             if path.is_dir():
                 shutil.rmtree(path)
@@ -127,15 +153,39 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig, force: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _data_dir(config: RunConfig, run_dir: Path) -> Path:
-    """The prepared token files: data.data_dir, or RUN_DIR/data prepared on first use."""
+def _data_dir(config: RunConfig, run_dir: Path, resume: bool) -> Path:
+    """The prepared token files: data.data_dir, or RUN_DIR/data prepared on first use.
+
+    A resumed run keeps its tokens even if the corpus has moved since. A fresh run re-prepares
+    RUN_DIR/data unless it came from this very corpus: a failed or overwritten (--force) run
+    may have left another corpus's tokens there.
+    """
     if config.data.data_dir:
         return Path(config.data.data_dir)
     data_dir = run_dir / "data"
-    if not (data_dir / "meta.json").exists():
+    if resume and (data_dir / "meta.json").exists():
+        return data_dir
+    if not _prepared_from(data_dir, config):
         corpus = [Path(p) for p in config.data.corpus]
-        prepare(corpus, config.data.tokenizer, data_dir, val_fraction=config.data.val_fraction)
+        prepare(corpus, config.data.tokenizer, data_dir, val_fraction=config.data.val_fraction, force=True)
     return data_dir
+
+
+def _prepared_from(data_dir: Path, config: RunConfig) -> bool:
+    """True if data_dir holds the tokens of config's corpus files, tokenizer and val split."""
+    try:
+        meta = load_meta(data_dir)
+        sources = [(s["path"], s["bytes"], s["sha256"]) for s in meta["sources"]]
+    except (LyreError, KeyError, TypeError):
+        return False
+    paths = [Path(p) for p in config.data.corpus]
+    if (meta.get("tokenizer"), meta.get("val_fraction")) != (config.data.tokenizer, config.data.val_fraction):
+        return False
+    if [(path, size) for path, size, _ in sources] != [
+        (str(p), p.stat().st_size if p.is_file() else -1) for p in paths
+    ]:
+        return False
+    return all(digest == _sha256(p) for p, (_, _, digest) in zip(paths, sources, strict=True))
 
 
 def _init_model(config: RunConfig, vocab_size: int) -> nn.Module:
@@ -169,15 +219,18 @@ class Trainer:
     def __init__(self, config: RunConfig, run_dir: Path, *, resume: bool, progress: bool) -> None:
         self.config, self.run_dir, self.progress = config, run_dir, progress
         cfg = config.train
+        check_train_config(cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         seed_everything(cfg.seed)
-        data_dir = _data_dir(config, run_dir)
+        data_dir = _data_dir(config, run_dir, resume)
         self.meta = load_meta(data_dir)
         self.train_tokens = load_split(data_dir, "train")
         self.val_tokens = load_split(data_dir, "val")
         self._check_data_length()
+        if not resume:  # a failed earlier attempt may have left another corpus's tokenizer
+            shutil.rmtree(run_dir / "tokenizer", ignore_errors=True)
         if not (run_dir / "tokenizer").exists():
             shutil.copytree(data_dir / "tokenizer", run_dir / "tokenizer")
 
@@ -212,6 +265,26 @@ class Trainer:
         self.step = state["step"]
         self.best_val_loss = state.get("best_val_loss", float("inf"))
         ckpt.restore_rng_state(state["rng"], {"batches": self.batch_generator})
+        self._trim_metrics()
+
+    def _trim_metrics(self) -> None:
+        """Forget records logged after the checkpoint we resume from.
+
+        A killed run may have logged steps it never saved; they are about to be trained again,
+        and keeping both copies would draw the loss curve twice over those steps.
+        """
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the kill
+            if isinstance(record, dict) and record.get("step", 0) <= self.step:
+                kept.append(line + "\n")
+        ckpt.atomic_write_text(path, "".join(kept))
 
     def _save(self, name: str) -> None:
         state = {
@@ -244,16 +317,25 @@ class Trainer:
             total += loss.item()
         loss_value = total / cfg.grad_accum
         if not math.isfinite(loss_value):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise LyreError(
-                f"loss became {loss_value} at step {self.step}; stopped without saving it. "
-                f"The last good checkpoint is kept in {self.run_dir / 'checkpoints'}; try a lower train.lr"
-            )
+            self._diverged(f"the loss became {loss_value}", self.step + 1)
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            if not math.isfinite(norm.item()):  # the update would turn every weight into NaN
+                self._diverged(f"the gradient norm became {norm.item()}", self.step + 1)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value
+
+    def _diverged(self, what: str, step: int) -> None:
+        """Stop without saving: the weights are (about to be) garbage, the checkpoints are not.
+
+        `step` is numbered as in metrics.jsonl and the progress bar: the first step is 1.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        raise LyreError(
+            f"{what} at step {step}; stopped without saving. The last good checkpoint "
+            f"is kept in {self.run_dir / 'checkpoints'}; try a lower train.lr or train.grad_clip=1"
+        )
 
     def evaluate(self, exact: bool = False) -> dict:
         cfg, block = self.config.train, self.config.model.block_size
@@ -273,6 +355,9 @@ class Trainer:
 
     def _evaluate_and_checkpoint(self, exact: bool = False) -> dict:
         record = self.evaluate(exact)
+        if not (math.isfinite(record["val_loss"]) and math.isfinite(record["train_loss"])):
+            losses = f"train {record['train_loss']}, val {record['val_loss']}"
+            self._diverged(f"the evaluation loss became non-finite ({losses})", self.step)
         self._log(record)
         if record["val_loss"] < self.best_val_loss:
             self.best_val_loss = record["val_loss"]
@@ -283,9 +368,28 @@ class Trainer:
     def run(self, stop_at: int | None = None) -> TrainResult:
         cfg = self.config.train
         end = min(cfg.max_iters, stop_at) if stop_at is not None else cfg.max_iters
+        with _CtrlC() as ctrl_c:
+            last_eval = self._loop(end, ctrl_c)
+            if self.step >= cfg.max_iters:
+                last_eval = self._evaluate_and_checkpoint(exact=cfg.final_eval)
+            elif last_eval is None or last_eval["step"] != self.step:
+                self._save("last")  # stopped early on request: keep the progress
+        return TrainResult(
+            run_dir=self.run_dir,
+            step=self.step,
+            best_val_loss=self.best_val_loss,
+            val_loss=last_eval["val_loss"] if last_eval else None,
+            train_loss=last_eval["train_loss"] if last_eval else None,
+            history=self.history,
+        )
+
+    def _loop(self, end: int, ctrl_c: _CtrlC) -> dict | None:
+        """Train up to step `end`; returns the last periodic evaluation, if any."""
+        cfg = self.config.train
         tokens_per_step = cfg.batch_size * cfg.grad_accum * self.config.model.block_size
+        # Redirected to a file, a bar redrawn ten times a second would fill it with lines.
         bar = tqdm(total=cfg.max_iters, initial=self.step, disable=not self.progress, unit="step",
-                   dynamic_ncols=True, desc="train")
+                   dynamic_ncols=True, desc="train", mininterval=0.1 if sys.stderr.isatty() else 30)
         last_eval = None
         t0, steps_timed = time.perf_counter(), 0
         try:
@@ -305,24 +409,46 @@ class Trainer:
                     bar.write(f"step {self.step}: train {last_eval['train_loss']:.4f}, "
                               f"val {last_eval['val_loss']:.4f}")
                     t0, steps_timed = time.perf_counter(), 0
-        except KeyboardInterrupt:
-            bar.close()
-            self._save("last")
-            raise
+                if ctrl_c.requested:
+                    bar.close()
+                    self._save("last")
+                    print(f"lyre: stopped by Ctrl-C; saved checkpoint 'last' at step {self.step}; "
+                          f"continue with `lyre train --resume {self.run_dir}`", file=sys.stderr)
+                    raise KeyboardInterrupt
         finally:
             bar.close()
-        if self.step >= cfg.max_iters:
-            last_eval = self._evaluate_and_checkpoint(exact=cfg.final_eval)
-        elif last_eval is None or last_eval["step"] != self.step:
-            self._save("last")  # stopped early on request: keep the progress
-        return TrainResult(
-            run_dir=self.run_dir,
-            step=self.step,
-            best_val_loss=self.best_val_loss,
-            val_loss=last_eval["val_loss"] if last_eval else None,
-            train_loss=last_eval["train_loss"] if last_eval else None,
-            history=self.history,
-        )
+        return last_eval
+
+
+class _CtrlC:
+    """While training, a first Ctrl-C only asks the loop to stop after the current step.
+
+    A checkpoint written between steps holds weights, optimizer moments and RNG states that
+    agree with each other, so --resume continues exactly; one written mid-step would not.
+    A second Ctrl-C stops at once, without saving. Outside the main thread, or where SIGINT is
+    ignored (a background job), nothing changes.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _CtrlC:
+        previous = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is threading.main_thread() and previous is not signal.SIG_IGN:
+            self._previous = previous if previous is not None else signal.default_int_handler
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        # No printing here: the handler may run in the middle of tqdm writing to stderr.
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def train(
@@ -343,15 +469,30 @@ def train(
     if resume:
         # The saved config, unless the caller passes an edited copy (e.g. a larger max_iters).
         config = config or config_from_json(run_dir / "config.json")
+        if ckpt.latest_checkpoint(run_dir) is None:  # say so before preparing any data
+            raise LyreError(f"no checkpoint in {run_dir} to resume from; train first with `lyre train`")
     else:
         config = config or RunConfig()
         _prepare_run_dir(run_dir, config, force)
-    trainer = Trainer(config, run_dir, resume=resume, progress=progress)
-    if resume:
-        save_config(config, run_dir / "config.json")
-    result = trainer.run(stop_at=stop_at)
+    threads = torch.get_num_threads()
+    try:
+        result = _train(config, run_dir, resume, stop_at, progress)
+    finally:
+        torch.set_num_threads(threads)  # train.threads is for this run, not the caller's process
     if plot:
         from lyre.plot import plot_run
 
         plot_run(run_dir)
     return result
+
+
+def _train(config: RunConfig, run_dir: Path, resume: bool, stop_at: int | None, progress: bool) -> TrainResult:
+    trainer = Trainer(config, run_dir, resume=resume, progress=progress)
+    if resume and trainer.step >= config.train.max_iters:
+        raise LyreError(
+            f"{run_dir} already finished at step {trainer.step} (train.max_iters = "
+            f"{config.train.max_iters}); to train on, raise it: --set train.max_iters=N"
+        )
+    if resume:
+        save_config(config, run_dir / "config.json")
+    return trainer.run(stop_at=stop_at)

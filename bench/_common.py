@@ -1,0 +1,49 @@
+"""Small helpers shared by the benches: what machine ran them, a timer, the final JSON line."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+
+
+def machine() -> str:
+    """One line: CPU model, cores, load average, Python, torch and its thread count."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    parts = [cpu, f"{os.cpu_count()} cores"]
+    if hasattr(os, "getloadavg"):
+        parts.append("load %.2f %.2f %.2f" % os.getloadavg())
+    parts.append(f"Python {platform.python_version()}")
+    try:
+        import torch
+
+        parts.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    except ImportError:
+        pass
+    return ", ".join(parts)
+
+
+def timed(fn: Callable[[], object], repeat: int = 1) -> float:
+    """Seconds for `repeat` calls of fn."""
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return time.perf_counter() - start
+
+
+def median(values: list[float]) -> float:
+    s = sorted(values)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+
+
+def json_line(record: dict) -> None:
+    """The last line of every bench: one JSON object, easy to grep and to paste into docs."""
+    print(json.dumps(record), flush=True)

@@ -1,0 +1,272 @@
+"""Training throughput: lyre's training step next to Hugging Face transformers' GPT2LMHeadModel.
+
+    python bench/train_throughput.py [--shape small|gpt2-124m] [--batch 8] [--block 256]
+        [--vocab 50257] [--steps 5] [--rounds 5] [--warmup 3] [--threads N] [--eager] [--compile]
+
+Both sides get the identical model: the GPT-2 options of lyre's GPT (learned positions,
+LayerNorm, GELU tanh, biases, tied head, no dropout) and a GPT2LMHeadModel of the same shape
+holding a copy of the SAME initial weights (Conv1D keeps [in, out], so those are transposed).
+Both draw the same random windows of the same token array with `lyre.data.get_batch` from
+equally seeded generators, run AdamW with the same hyperparameters and parameter groups (weight
+decay on matrices only) and clip gradients to 1.0, on the same number of torch threads.
+
+* lyre: the real `Trainer.train_step` of lyre/train.py, with the optimizer of `make_optimizer`.
+* HF: the same step written for GPT2LMHeadModel (labels shifted by us, passed as
+  `shift_labels`), with the optimizer its Trainer picks by default (for torch >= 2.8:
+  "adamw_torch_fused", i.e. torch.optim.AdamW(fused=True)); attention "sdpa" (its default) and,
+  with --eager, also "eager".
+
+After `--warmup` untimed steps each, the contenders run in turn, `--steps` timed steps each, for
+`--rounds` rounds, the order rotating every round, so a noisy neighbour slows them all alike.
+tokens/s = batch * block * steps / seconds. The headline ratio is the median over rounds of
+lyre/HF(sdpa) measured in the same round. Sanity check: the first step's losses (same weights,
+same batch) must agree within 1e-4.
+
+Ends with one JSON line.
+"""
+
+# ruff: noqa: E402  (imports must follow the sys.path fix below)
+
+from __future__ import annotations
+
+import os
+import sys
+
+# bench/ holds tokenize.py, which would shadow the stdlib module (imported by torch) if bench/
+# were first on sys.path, as it is for a script; it goes to the end instead. The checkout's
+# lyre comes first, installed or not.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path = [os.path.dirname(_HERE)] + [
+    p for p in sys.path if os.path.abspath(p or ".") != _HERE
+] + [_HERE]
+
+import argparse
+import math
+import time
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from _common import json_line, machine, median
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from lyre.config import TrainConfig
+from lyre.data import get_batch
+from lyre.model import GPT, GPTConfig
+from lyre.train import Trainer, autocast_context, make_optimizer
+
+SHAPES = {
+    # A small GPT-2: trains at a few thousand tokens/s on a 2-core CPU.
+    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=50257, batch=8),
+    # GPT-2 124M itself (slow on CPU: seconds per step).
+    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257, batch=4),
+}
+
+
+def build_lyre(shape: dict, seed: int) -> GPT:
+    torch.manual_seed(seed)
+    config = GPTConfig(
+        n_layer=shape["n_layer"], n_head=shape["n_head"], n_embd=shape["n_embd"],
+        block_size=shape["block_size"], vocab_size=shape["vocab_size"], dropout=0.0, bias=True,
+        pos="learned", norm="layernorm", act="gelu", tie_embeddings=True,
+    )
+    return GPT(config)
+
+
+def build_hf(shape: dict, attn: str, ours: GPT) -> GPT2LMHeadModel:
+    config = GPT2Config(
+        vocab_size=shape["vocab_size"], n_positions=shape["block_size"], n_embd=shape["n_embd"],
+        n_layer=shape["n_layer"], n_head=shape["n_head"], activation_function="gelu_new",
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
+        tie_word_embeddings=True, use_cache=False, attn_implementation=attn,
+    )
+    model = GPT2LMHeadModel(config)
+    assert model.config._attn_implementation == attn, model.config._attn_implementation
+    copy_weights(ours, model)
+    return model
+
+
+def copy_weights(ours: GPT, hf: GPT2LMHeadModel) -> None:
+    """lyre's parameter names are GPT-2's; HF's Conv1D stores [in, out], nn.Linear [out, in]."""
+    theirs = hf.state_dict()
+    with torch.no_grad():
+        for name, tensor in ours.state_dict().items():
+            if name == "lm_head.weight":
+                continue  # tied to transformer.wte.weight on both sides
+            target = theirs[name]
+            is_conv1d = name.endswith(".weight") and any(
+                k in name for k in ("c_attn", "c_proj", "c_fc")
+            )
+            source = tensor.t() if is_conv1d else tensor
+            if target.shape != source.shape:
+                raise RuntimeError(f"{name}: HF {tuple(target.shape)} vs lyre {tuple(source.shape)}")
+            target.copy_(source)
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr(), "HF head not tied"
+
+
+def train_config(batch: int) -> TrainConfig:
+    # lyre's defaults (lr 1e-3, betas (0.9, 0.99), weight decay 0.1, clip 1.0); a constant lr:
+    # warmup_iters=0 and a decay horizon far away keep the schedule out of the picture.
+    return TrainConfig(batch_size=batch, grad_accum=1, warmup_iters=0, max_iters=10**9,
+                       lr_decay_iters=10**9, device="cpu")
+
+
+class LyreStep:
+    """lyre's own Trainer.train_step, on a minimal stand-in for the Trainer's state."""
+
+    def __init__(self, model: GPT, tokens: np.ndarray, cfg: TrainConfig, seed: int, compile: bool):
+        device = torch.device("cpu")
+        self.state = SimpleNamespace(
+            config=SimpleNamespace(train=cfg, model=model.config),
+            model=model,
+            forward=torch.compile(model) if compile else model,
+            optimizer=make_optimizer(model, cfg, device),
+            autocast=autocast_context(device, cfg.dtype),
+            train_tokens=tokens,
+            batch_generator=torch.Generator().manual_seed(seed),
+            device=device,
+            step=0,
+            run_dir="(bench)",
+        )
+
+    def __call__(self) -> float:
+        loss = Trainer.train_step(self.state)
+        self.state.step += 1
+        return loss
+
+
+class HFStep:
+    """The same step for GPT2LMHeadModel, with the optimizer HF's Trainer would create."""
+
+    def __init__(self, model: GPT2LMHeadModel, tokens: np.ndarray, cfg: TrainConfig, seed: int):
+        self.model, self.tokens, self.cfg = model.train(), tokens, cfg
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True,
+        )
+        self.generator = torch.Generator().manual_seed(seed)
+        self.block = model.config.n_positions
+
+    def __call__(self) -> float:
+        cfg = self.cfg
+        x, y = get_batch(self.tokens, cfg.batch_size, self.block, self.generator, "cpu")
+        # y is already shifted by one; shift_labels tells HF's loss not to shift again.
+        loss = self.model(input_ids=x, labels=y, shift_labels=y).loss
+        loss.backward()
+        value = loss.item()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return value
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    parser.add_argument("--batch", type=int, help="sequences per step (default: the shape's)")
+    parser.add_argument("--block", type=int, help="tokens per sequence (default: the shape's)")
+    parser.add_argument("--vocab", type=int, help="vocabulary size (default: 50257, GPT-2's)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per contender per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of interleaved timing")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per contender first")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--eager", action="store_true", help="also time HF with eager attention")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time lyre with train.compile=true (torch.compile, inductor)")
+    parser.add_argument("--seed", type=int, default=1337)
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = dict(SHAPES[args.shape])
+    for key, value in (("batch", args.batch), ("block_size", args.block), ("vocab_size", args.vocab)):
+        if value:
+            shape[key] = value
+    cfg = train_config(shape["batch"])
+    shape_name = (f"{args.shape}: {shape['n_layer']}L {shape['n_embd']}d {shape['n_head']}h "
+                  f"block {shape['block_size']} vocab {shape['vocab_size']} batch {shape['batch']}")
+    print(f"machine: {machine()}")
+    print(f"shape:   {shape_name}")
+    warnings.filterwarnings("ignore", module="transformers")
+
+    # Random tokens stand in for a corpus: throughput does not depend on what the tokens are.
+    tokens = np.random.default_rng(args.seed).integers(
+        0, shape["vocab_size"], size=200_000, dtype=np.int64
+    ).astype(np.uint16 if shape["vocab_size"] <= 65536 else np.uint32)
+
+    ours = build_lyre(shape, args.seed)
+    contenders: dict[str, object] = {}
+    hf_sdpa = build_hf(shape, "sdpa", ours)
+    contenders["hf_sdpa"] = HFStep(hf_sdpa, tokens, cfg, args.seed)
+    if args.eager:
+        contenders["hf_eager"] = HFStep(build_hf(shape, "eager", ours), tokens, cfg, args.seed)
+    # lyre's models last, after HF copied the initial weights.
+    if args.compile:
+        twin = build_lyre(shape, args.seed)
+        twin.load_state_dict(ours.state_dict())
+        contenders["lyre_compiled"] = LyreStep(twin, tokens, cfg, args.seed, compile=True)
+    contenders["lyre"] = LyreStep(ours, tokens, cfg, args.seed, compile=False)
+
+    # Warmup; the first step of every contender sees the same weights and the same batch.
+    first: dict[str, float] = {}
+    for name, step in contenders.items():
+        t0 = time.perf_counter()
+        first[name] = step()
+        for _ in range(args.warmup - 1):
+            step()
+        print(f"warmup {name}: first loss {first[name]:.6f} ({time.perf_counter() - t0:.1f}s)")
+    loss_diff = max(abs(v - first["lyre"]) for v in first.values())
+    print(f"first-step loss: max |difference| = {loss_diff:.2e} (expected ln V = "
+          f"{math.log(shape['vocab_size']):.4f})")
+    if loss_diff > 1e-4:
+        print("WARNING: the models disagree on the first step: the comparison is not like for like")
+
+    tokens_per_step = shape["batch"] * shape["block_size"]
+    names = list(contenders)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(args.rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            step = contenders[name]
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            rates[name].append(tokens_per_step * args.steps / (time.perf_counter() - t0))
+        print(f"round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:,.0f}" for n in names) + " tok/s")
+
+    def paired_ratio(a: str, b: str) -> float:
+        return median([x / y for x, y in zip(rates[a], rates[b], strict=True)])
+
+    print()
+    print(f"{'contender':<15}{'median tok/s':>14}{'best tok/s':>12}{'vs hf_sdpa':>12}")
+    for name in names:
+        print(f"{name:<15}{median(rates[name]):>14,.0f}{max(rates[name]):>12,.0f}"
+              f"{paired_ratio(name, 'hf_sdpa'):>12.3f}")
+    ratio = paired_ratio("lyre", "hf_sdpa")
+    print(f"\ntrain_vs_hf_ratio (lyre / HF sdpa, median of per-round ratios): {ratio:.3f}"
+          f"  (goal >= 1.2)")
+    record = {
+        "bench": "train_throughput",
+        "train_vs_hf_ratio": round(ratio, 3),
+        "lyre_tok_s": round(median(rates["lyre"])),
+        "hf_tok_s": round(median(rates["hf_sdpa"])),
+        "shape": shape_name,
+        "first_step_loss_diff": float(f"{loss_diff:.2e}"),
+        "threads": torch.get_num_threads(),
+    }
+    if args.eager:
+        record["hf_eager_tok_s"] = round(median(rates["hf_eager"]))
+        record["vs_hf_eager_ratio"] = round(paired_ratio("lyre", "hf_eager"), 3)
+    if args.compile:
+        record["lyre_compiled_tok_s"] = round(median(rates["lyre_compiled"]))
+        record["compiled_vs_hf_ratio"] = round(paired_ratio("lyre_compiled", "hf_sdpa"), 3)
+    json_line(record)
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""The OpenAI request and response shapes, as pydantic models.
+
+These models are the single source of the server's `/openapi.json`: FastAPI derives the schema
+from them, so what the schema promises is what the handlers validate and return.
+
+Requests follow the OpenAI API (https://platform.openai.com/docs/api-reference) for the fields a
+small local model can honour; lyre's sampling extras (`top_k`, `repetition_penalty`) are
+accepted as extra fields, which is how the `openai` client sends them (`extra_body=`). Unknown
+fields are rejected with a 400 naming them: a typo must never be silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Bounds shared with the scheduler. They keep one request from monopolising the server.
+MAX_N = 8
+MAX_STOP = 4
+MAX_STOP_CHARS = 256
+MAX_SEED = 2**63 - 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = Field(False, description="Send a last chunk holding `usage` before [DONE].")
+
+
+StopText = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+Stop = StopText | Annotated[list[StopText], Field(max_length=MAX_STOP)] | None
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+
+class _SamplingFields(_Strict):
+    """Fields common to both endpoints."""
+
+    model: str = Field(description="The model id, as listed by GET /v1/models.")
+    temperature: float | None = Field(
+        None, ge=0.0, le=2.0, description="0 is greedy; default 1.0."
+    )
+    top_p: float | None = Field(
+        None, gt=0.0, le=1.0, description="Nucleus sampling threshold; default 1.0 (off)."
+    )
+    n: int | None = Field(None, ge=1, le=MAX_N, description="Choices per prompt; default 1.")
+    stream: bool | None = Field(False, description="Stream server-sent events ending in `data: [DONE]`.")
+    stream_options: StreamOptions | None = None
+    stop: Stop = Field(None, description="Up to 4 strings; generation stops before any of them.")
+    seed: int | None = Field(
+        None, ge=-MAX_SEED, le=MAX_SEED, description="Same seed and parameters, same output."
+    )
+    presence_penalty: float | None = Field(
+        None, ge=-2.0, le=2.0, description="Only 0 is supported; use `repetition_penalty`."
+    )
+    frequency_penalty: float | None = Field(
+        None, ge=-2.0, le=2.0, description="Only 0 is supported; use `repetition_penalty`."
+    )
+    user: str | None = Field(None, max_length=256, description="Accepted and ignored.")
+    # lyre's extras
+    top_k: int | None = Field(
+        None, ge=0, le=1_000_000, description="lyre extra: keep the k most likely tokens; 0 is off."
+    )
+    repetition_penalty: float | None = Field(
+        None, gt=0.0, le=10.0,
+        description="lyre extra (Hugging Face meaning): >1 discourages repeating earlier tokens.",
+    )
+
+
+class CompletionRequest(_SamplingFields):
+    """POST /v1/completions"""
+
+    prompt: (
+        Annotated[str, Field(max_length=1_000_000)]
+        | Annotated[list[Annotated[str, Field(max_length=1_000_000)]], Field(min_length=1, max_length=MAX_N)]
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=MAX_N)]
+    ) = Field(description="Text, a list of texts, token ids, or a list of token id lists.")
+    max_tokens: int | None = Field(16, ge=1, description="New tokens per choice; default 16.")
+    echo: bool | None = Field(False, description="Put the prompt in front of the completion.")
+    logprobs: int | None = Field(
+        None, ge=0, le=0,
+        description="Only 0 is supported: the log-probability of each sampled token.",
+    )
+    best_of: int | None = Field(None, ge=1, le=MAX_N, description="Only best_of == n is supported.")
+    suffix: str | None = Field(None, max_length=0, description="Not supported (insertion); leave unset.")
+    logit_bias: dict[str, float] | None = Field(None, description="Not supported; leave unset or empty.")
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str = Field(max_length=1_000_000)
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Annotated[str, Field(max_length=1_000_000)] | list[TextPart] | None = None
+    name: str | None = Field(None, max_length=64)
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text"] = Field(description="Only plain text is supported.")
+
+
+class ChatCompletionRequest(_SamplingFields):
+    """POST /v1/chat/completions"""
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1024)
+    max_tokens: int | None = Field(
+        None, ge=1, description="New tokens per choice; default: until the context is full."
+    )
+    max_completion_tokens: int | None = Field(None, ge=1, description="Same as max_tokens.")
+    logprobs: bool | None = Field(False, description="Return the log-probability of each token.")
+    top_logprobs: int | None = Field(None, ge=0, le=0, description="Only 0 is supported.")
+    response_format: ResponseFormat | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Responses
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: None = None
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class TokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[dict] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed chat completion."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "lyre"
+    context_length: int = Field(description="lyre extra: the model's context in tokens.")
+    chat_template: str = Field(description="lyre extra: the prompt template of chat requests.")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error, in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok", "draining"]
+    model: str
+    active: int = Field(description="Choices being generated now.")
+    queued: int = Field(description="Requests waiting for a slot.")
+    max_batch: int
+    max_queue: int
+    steps: int = Field(description="Decode steps run since start.")
+    generated_tokens: int

@@ -1,0 +1,114 @@
+"""Shared fixtures: a tiny corpus, a tiny model config and one tiny trained run.
+
+Everything here is small enough to train in a second or two on one busy CPU core, and seeded,
+so tests that compare two runs can demand bit-identical results. Session-scoped fixtures are
+shared read-only; a test that changes a run works on `copy_run(...)` of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lyre.config import BUNDLED_ILIAD, RunConfig, load_config
+
+# One layer, two heads of 8 dims, a context of 16 characters, batches of 4 windows.
+TINY_TOML = """\
+[model]
+n_layer = 1
+n_head = 2
+n_embd = 16
+block_size = 16
+dropout = 0.0
+bias = false
+pos = "rope"
+norm = "rmsnorm"
+act = "relu2"
+
+[data]
+corpus = ["{corpus}"]
+tokenizer = "char"
+
+[train]
+batch_size = 4
+max_iters = 20
+lr = 1e-2
+min_lr = 1e-3
+warmup_iters = 2
+eval_interval = 10
+eval_windows = 8
+log_interval = 1
+device = "cpu"
+threads = 1  # tiny matrices gain nothing from more; on a busy machine extra threads spin
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """About 12 KB of the bundled Iliad: real text, so the loss has something to learn."""
+    text = BUNDLED_ILIAD.read_text(encoding="utf-8")
+    start = text.index("Sing, O goddess")
+    path = tmp_path_factory.mktemp("corpus") / "iliad-excerpt.txt"
+    path.write_text(text[start : start + 12_000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_toml(tmp_path_factory, tiny_corpus) -> Path:
+    """The tiny preset as a TOML file, for the CLI."""
+    path = tmp_path_factory.mktemp("config") / "tiny.toml"
+    path.write_text(TINY_TOML.format(corpus=tiny_corpus.as_posix()), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_toml):
+    """tiny_config("train.max_iters=12", "dropout=0.1") -> a fresh RunConfig of the tiny preset."""
+
+    def make(*overrides: str) -> RunConfig:
+        return load_config(tiny_toml, list(overrides))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_config) -> Path:
+    """A finished tiny run (20 steps, evals at 10 and 20): best/last checkpoints, metrics, plot.
+
+    Shared by many tests: read it, never change it (use copy_run).
+    """
+    from lyre.train import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    train(tiny_config(), run_dir, progress=False, plot=True)
+    return run_dir
+
+
+@pytest.fixture
+def copy_run(tmp_path):
+    """copy_run(run_dir) -> a private copy of a run directory that the test may damage."""
+
+    def copy(run_dir: Path, name: str = "run") -> Path:
+        target = tmp_path / name
+        shutil.copytree(run_dir, target)
+        return target
+
+    return copy
+
+
+@pytest.fixture(scope="session")
+def tree_digest():
+    """tree_digest(root) -> {relative path: (sha256, mtime_ns)} of every file, to prove nothing
+    under root was touched."""
+
+    def digest(root: Path) -> dict[str, tuple[str, int]]:
+        return {
+            str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+        }
+
+    return digest

@@ -1,0 +1,96 @@
+"""Helpers shared by the chat and server tests: one tiny trained run per test session.
+
+The run is trained once (the first test module that asks for it) into the session's base
+temporary directory and reused by the others: a byte-level BPE tokenizer (so any Unicode text
+can be sent, and <|endoftext|> exists), a context of 64 tokens, ten training steps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+
+from lyre.config import BUNDLED_ILIAD, load_config
+
+TOML = """\
+[model]
+n_layer = 1
+n_head = 2
+n_embd = 32
+block_size = 64
+dropout = 0.0
+
+[data]
+corpus = ["{corpus}"]
+tokenizer = "bpe:300"
+
+[train]
+batch_size = 4
+max_iters = 10
+warmup_iters = 2
+eval_interval = 10
+eval_windows = 2
+log_interval = 5
+final_eval = false
+device = "cpu"
+seed = 7
+"""
+
+
+def tiny_served_run(base: Path) -> Path:
+    """The path of the shared tiny run under `base`, training it on first use."""
+    from lyre.train import train
+
+    root = base / "lyre-serve-run"
+    run_dir = root / "tiny-chat"
+    if (run_dir / "checkpoints").is_dir():
+        return run_dir
+    root.mkdir(parents=True, exist_ok=True)
+    text = BUNDLED_ILIAD.read_text(encoding="utf-8")
+    start = text.index("Sing, O goddess")
+    corpus = root / "corpus.txt"
+    corpus.write_text(text[start : start + 8000] + "\nhéllo wörld ✓ 🎵 ", encoding="utf-8")
+    toml = root / "tiny.toml"
+    toml.write_text(TOML.format(corpus=corpus.as_posix()), encoding="utf-8")
+    train(load_config(toml), run_dir, progress=False, plot=False)
+    return run_dir
+
+
+def with_template(run_dir: Path, target: Path, template: str) -> Path:
+    """A copy of run_dir (symlinked files) whose chat.json names `template`."""
+    target.mkdir(parents=True, exist_ok=True)
+    for item in run_dir.iterdir():
+        link = target / item.name
+        if not link.exists():
+            link.symlink_to(item.resolve(), target_is_directory=item.is_dir())
+    (target / "chat.json").write_text(json.dumps({"chat_template": template}), encoding="utf-8")
+    return target
+
+
+def wait_health(url: str, timeout: float = 60.0, proc=None) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode} while starting")
+        try:
+            r = httpx.get(url + "/health", timeout=2.0)
+            if r.status_code == 200:
+                return r.json()
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not become healthy within {timeout} s")
+        time.sleep(0.1)
+
+
+def sse_events(lines) -> list:
+    """Parse `data:` lines of a server-sent event stream into JSON objects and "[DONE]"."""
+    out = []
+    for line in lines:
+        if line.startswith("data: "):
+            data = line[6:]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
