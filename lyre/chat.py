@@ -279,11 +279,12 @@ class ChatSession:
                  system: str | None = None) -> None:
         from lyre.engine import Engine
 
+        self.settings = settings or ChatSettings()
+        self.settings.validate()
         self.run = run
         self.tokenizer = run.tokenizer
         self.block_size = run.config.model.block_size
         self.engine = Engine(run.model, run.tokenizer, device=run.device)
-        self.settings = settings or ChatSettings()
         self.conversation = Conversation(template, system)
         self.last_finish_reason: str | None = None
         self.last_new_tokens = 0
@@ -305,31 +306,30 @@ class ChatSession:
 
     def reply(self, user_text: str, write: Callable[[str], None] | None = None) -> tuple[str, int]:
         """Stream the answer to `user_text` through `write`; returns (answer, turns dropped)."""
+        from lyre.engine import SamplingConfig
+
         ids, dropped = self.prompt_for(user_text)
         s = self.settings
         template = self.conversation.template
-        pieces: list[str] = []
-        stream = self.engine.stream(
-            ids, max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
-            top_p=s.top_p, repetition_penalty=s.repetition_penalty, seed=s.seed,
-            stop=list(template.stop), overflow="stop" if template.name != "plain" else "slide",
+        params = SamplingConfig(
+            max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+            repetition_penalty=s.repetition_penalty, seed=s.seed, stop=template.stop,
+            # A chat answer ends at the context's end; a base model's text slides on.
+            overflow="slide" if template.name == "plain" else "stop",
         )
-        leading = template.strip_answer
-        for piece in stream:
-            if leading:  # hold back the whitespace a template puts before the answer
-                piece = piece.lstrip()
-                if not piece:
-                    continue
-                leading = False
-            pieces.append(piece)
-            if write is not None:
-                write(piece)
-        result = stream.result
+        stream = self.engine.stream(ids, params)
+        trimmer = AnswerTrimmer(template.strip_answer)
+        pieces: list[str] = []
+        for raw in stream:
+            piece = trimmer.feed(raw)
+            if piece:
+                pieces.append(piece)
+                if write is not None:
+                    write(piece)
+        result = stream.completion
         self.last_finish_reason = result.finish_reason
         self.last_new_tokens = len(result.tokens)
         answer = "".join(pieces)
-        if template.strip_answer:
-            answer = answer.rstrip()
         self.conversation.turns += [{"role": "user", "content": user_text},
                                     {"role": "assistant", "content": answer}]
         return answer, dropped

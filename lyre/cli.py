@@ -7,6 +7,7 @@ becomes a one-line message on stderr and exit code 2; Ctrl-C exits with 130.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=0, metavar="N",
+                   help="train on N processes of this machine, started by torchrun (one per GPU on CUDA; "
+                        "batch_size is per process); several machines: see docs/distributed.md")
     p.set_defaults(func=cmd_train)
 
 
@@ -47,17 +51,42 @@ def _add_sample(sub) -> None:
                        description="Generate text from a run's checkpoint, streamed as it is produced.")
     p.add_argument("run_dir", type=Path, help="run directory")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--prompt", default="", help="text to continue (default: start of text)")
+    src.add_argument("--prompt", default=None,
+                     help="text to continue (default: start of text: <|endoftext|>, or a newline "
+                          "for tokenizers without it)")
     src.add_argument("--prompt-file", type=Path, help="read the prompt from a file")
     p.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate (default 500)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=200, help="keep the k most likely tokens; 0 disables (default 200)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1] (default 1.0)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 discourages repeating tokens of the prompt and output (default 1.0: off)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop before this text (repeatable); <|endoftext|> always stops")
+    p.add_argument("--overflow", choices=("slide", "stop"), default="slide",
+                   help="at the context limit: slide the window (default) or stop")
     p.add_argument("--seed", type=int, default=None, help="random seed: same seed, same output")
-    p.add_argument("--num-samples", type=int, default=1, help="how many samples (default 1)")
+    p.add_argument("--num-samples", type=int, default=1,
+                   help="how many samples, all from one prefill in one batch (default 1)")
     p.add_argument("--checkpoint", default="best", help="best or last (default best)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.set_defaults(func=cmd_sample)
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="loss, perplexity and bits per byte on a text file",
+                       description="Score a run's model on held-out text with a sliding window: loss, "
+                                   "perplexity and bits per byte (comparable across tokenizers).")
+    p.add_argument("run_dir", type=Path, help="run directory")
+    p.add_argument("--data", type=Path, required=True, help="UTF-8 text file to score")
+    p.add_argument("--stride", type=int, default=None,
+                   help="tokens between window starts, 1..block_size (default block_size); smaller "
+                        "gives each token more context and costs more")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--checkpoint", default="best", help="best or last (default best)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
 
 
 def _add_info(sub) -> None:
@@ -136,6 +165,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0,
                    help="seconds in-flight requests get to finish on SIGTERM (default 10)")
+    p.add_argument("--context-overflow", default="stop", choices=["stop", "slide"],
+                   help="at the end of the context: stop with finish_reason length (default, as "
+                        "OpenAI) or slide the window and keep generating")
     p.add_argument("--checkpoint", default="best", help="best or last (default best)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -145,7 +177,7 @@ def _add_serve(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lyre", description="Build your own GPT from scratch.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_train, _add_sample, _add_info, _add_plot,
+    for add in (_add_prepare, _add_train, _add_sample, _add_eval, _add_info, _add_plot,
                 _add_import_hf, _add_export_hf, _add_chat, _add_serve):
         add(sub)
     return parser
@@ -167,6 +199,9 @@ def cmd_train(args) -> None:
     from lyre.config import load_config
     from lyre.train import train
 
+    if args.nproc:
+        _launch_processes(args)
+        return
     if args.resume:
         # The run's own config is the base; a second one would be silently ignored.
         ignored = [flag for flag, value in (("--config", args.config), ("--out", args.out),
@@ -181,8 +216,48 @@ def cmd_train(args) -> None:
         config = load_config(preset, args.overrides)
         run_dir = args.out or Path("runs") / preset.stem
         result = train(config, run_dir, force=args.force, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
+        return
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
     print(f"done: step {result.step}, val loss {val}, best {result.best_val_loss:.4f}, run in {result.run_dir}")
+
+
+def _launch_processes(args) -> None:
+    """`lyre train --nproc N ...` = `torchrun --standalone --nproc_per_node N -m lyre train ...`,
+    after checking the config here so that bad input fails once, before any process starts."""
+    from lyre import distributed
+    from lyre.config import load_config
+    from lyre.optim import check_optimizer_config
+    from lyre.train import check_train_config, resolve_device
+
+    if "WORLD_SIZE" in os.environ:
+        raise LyreError("--nproc starts torchrun itself; under torchrun, drop --nproc")
+    if args.resume:
+        config = load_config(args.resume / "config.json", args.overrides)
+    else:
+        config = load_config(args.config or _default_preset(), args.overrides)
+    cfg = config.train
+    check_train_config(cfg)
+    check_optimizer_config(cfg)
+    device = resolve_device(cfg.device)
+    distributed.check_config(cfg, device)
+    if device.type == "mps" and args.nproc > 1:
+        raise LyreError("--nproc needs CUDA GPUs or the CPU (train.device=cpu), not MPS")
+    if device.type == "cuda":
+        import torch
+
+        if args.nproc > torch.cuda.device_count():
+            raise LyreError(f"--nproc {args.nproc} but this machine has {torch.cuda.device_count()} GPU(s); "
+                            "use one process per GPU (or train.device=cpu)")
+    argv, skip = [], False
+    for token in args.argv:
+        if skip:
+            skip = False
+        elif token == "--nproc":
+            skip = True
+        elif not token.startswith("--nproc="):
+            argv.append(token)
+    distributed.launch(args.nproc, argv)
 
 
 def _default_preset() -> Path:
@@ -197,32 +272,38 @@ def _default_preset() -> Path:
 
 
 def cmd_sample(args) -> None:
-    from lyre.generate import SamplingConfig, encode_prompt, generate_tokens, stream_text
+    from lyre.engine import Engine, SamplingConfig
+    from lyre.generate import crop_prompt
     from lyre.runs import load_run
 
-    if args.num_samples < 1:
-        raise LyreError(f"--num-samples must be >= 1; got {args.num_samples}")
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    sampling.validate()
+    params = SamplingConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop,
+        num_samples=args.num_samples, seed=args.seed, overflow=args.overflow,
+    ).validate()  # bad flags fail before the model is loaded
     run = load_run(args.run_dir, args.checkpoint, args.device)
+    engine = Engine(run.model, run.tokenizer, run.device)
     prompt = _read_prompt(args)
-    ids, dropped = encode_prompt(run.tokenizer, prompt, run.config.model.block_size)
+    if prompt is None:  # start of text
+        ids = engine.encode("" if run.tokenizer.eot_id is not None else "\n")
+    else:
+        ids = engine.encode(prompt)
+    block = run.config.model.block_size
+    ids, dropped = crop_prompt(ids, block)
     if dropped:
         print(f"[notice] prompt cropped: its first {dropped} tokens do not fit the context of "
-              f"{run.config.model.block_size}", file=sys.stderr)
-    stop = [run.tokenizer.eot_id] if run.tokenizer.eot_id is not None else []
-    for i in range(args.num_samples):
-        if args.num_samples > 1:
-            print(f"--- sample {i + 1} ---")
-        if args.seed is not None:
-            sampling.seed = args.seed + i
-        sys.stdout.write(prompt)
-        new_ids = generate_tokens(run.model, ids, sampling, stop_ids=stop, device=run.device)
-        for piece in stream_text(run.tokenizer.token_bytes, new_ids):
+              f"{block}", file=sys.stderr)
+    shown = prompt or ""
+    if args.num_samples == 1:
+        sys.stdout.write(shown)
+        for piece in engine.stream(ids, params):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
+        return
+    for i, completion in enumerate(engine.generate([ids], params)):
+        print(f"--- sample {i + 1} ---")
+        print(shown + completion.text)
 
 
 def _read_prompt(args) -> str:
@@ -234,6 +315,27 @@ def _read_prompt(args) -> str:
         raise LyreError(f"prompt file {args.prompt_file} not found") from None
     except UnicodeDecodeError:
         raise LyreError(f"prompt file {args.prompt_file} is not UTF-8 text") from None
+
+
+def cmd_eval(args) -> None:
+    import json
+
+    from lyre.evaluate import evaluate_text, read_text
+    from lyre.runs import load_run
+
+    text = read_text(args.data)
+    run = load_run(args.run_dir, args.checkpoint, args.device)
+    result = evaluate_text(run.model, run.tokenizer, text, stride=args.stride,
+                           batch_size=args.batch_size, device=run.device)
+    if args.json:
+        print(json.dumps({"run": str(args.run_dir), "checkpoint": run.checkpoint, "data": str(args.data),
+                          "tokenizer": run.tokenizer.kind, **result.to_dict()}))
+        return
+    print(f"loss {result.loss:.4f} nats/token | perplexity {result.perplexity:.3f} | "
+          f"{result.bits_per_byte:.4f} bits/byte")
+    print(f"{result.tokens:,} tokens ({result.bytes:,} bytes) of {args.data} scored with block "
+          f"{result.block_size}, stride {result.stride}; {run.tokenizer.kind} tokenizer, "
+          f"checkpoint {run.checkpoint}")
 
 
 def cmd_info(args) -> None:
@@ -294,7 +396,7 @@ def cmd_serve(args) -> None:
     settings = ServeSettings(model_name=args.model_name, api_key=args.api_key or os.environ.get("LYRE_API_KEY"),
                              max_batch=args.max_batch, max_queue=args.max_queue,
                              max_body_bytes=args.max_body_bytes, chat_template=args.template,
-                             shutdown_timeout=args.shutdown_timeout)
+                             shutdown_timeout=args.shutdown_timeout, overflow=args.context_overflow)
     settings.validate()
     run = load_run(args.run_dir, args.checkpoint, args.device)
     serve(run, args.host, args.port, settings, log_level=args.log_level)
@@ -302,10 +404,15 @@ def cmd_serve(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         args.func(args)
     except LyreError as e:
-        print(f"lyre: error: {e}", file=sys.stderr)
+        if getattr(e, "reported_by_rank_zero", False):  # another process printed it already
+            return EXIT_USAGE
+        rank = os.environ.get("RANK", "0")
+        where = f"[rank {rank}] " if os.environ.get("WORLD_SIZE", "1") != "1" and rank != "0" else ""
+        print(f"lyre: error: {where}{e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("\nlyre: interrupted", file=sys.stderr)

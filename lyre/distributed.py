@@ -56,10 +56,17 @@ _COLLECTIVE_FAILURE = re.compile(
 )
 
 
+class ReportedByRankZero(LyreError):
+    """A LyreError that rank 0 hit and printed; the other processes exit without repeating it."""
+
+    reported_by_rank_zero = True
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     line = text.splitlines()[0] if text else type(e).__name__
-    return re.sub(r"^\[[^\]]*\] ", "", line)  # drop gloo's "[/path/to/file.cc:78] " prefix
+    line = re.sub(r"^\[[^\]]*\] ", "", line)  # drop gloo's "[/path/to/file.cc:78] " prefix
+    return line.split(". This is typically")[0].rstrip(".")  # and gloo's advice that follows
 
 
 def env_ranks() -> tuple[int, int, int]:
@@ -249,10 +256,10 @@ class Dist:
             if not failed:
                 raise
             raise LyreError(
-                f"process {self.rank} of {self.world_size} lost contact with the others{where()}: "
-                f"{_first_line(e)}. Another process died or hung (collectives wait at most "
-                f"train.dist_timeout={self.timeout_s:g}s); its own error is above. The last "
-                "checkpoint is kept: continue with --resume"
+                f"process {self.rank} of {self.world_size} lost contact with the others{where()} "
+                f"({_first_line(e)}): another process died or hung (collectives wait at most "
+                f"train.dist_timeout={self.timeout_s:g}s) and its own error, if any, is above; "
+                "continue from the last checkpoint with --resume"
             ) from e
 
     def barrier(self) -> None:
@@ -264,13 +271,35 @@ class Dist:
             else:
                 dist.barrier()
 
-    def main_first(self, fn: Callable[[], _T]) -> _T:
-        """Run fn on rank 0 first, then on the others (e.g. data that rank 0 prepares on disk)."""
+    def main_first(self, fn: Callable[[], _T], *, others: bool = True) -> _T | None:
+        """Run fn on rank 0, then (if `others`) on the other processes: e.g. rank 0 prepares
+        data on disk that the others then load. A LyreError on rank 0 is raised everywhere
+        (the others' copy is marked as reported by rank 0, so only rank 0 prints it)."""
         if not self.enabled:
             return fn()
-        result = fn() if self.is_main else None
-        self.barrier()
-        return result if self.is_main else fn()
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except LyreError as e:
+                error = e
+        with self.guard(lambda: " while rank 0 prepared the run"):
+            message = self.broadcast_object(None if error is None else str(error))
+        if error is not None:
+            raise error
+        if message is not None:
+            raise ReportedByRankZero(message)
+        if self.is_main or not others:
+            return result
+        return fn()
+
+    def any(self, flag: bool) -> bool:
+        """True on every process if `flag` is true on any (e.g. Ctrl-C reached only some)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
 
     def mean(self, t: torch.Tensor) -> torch.Tensor:
         """The mean of `t` over processes (in place)."""
@@ -291,12 +320,13 @@ class Dist:
 
     def get_batch(
         self, tokens: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator,
-        device: torch.device,
+        device: torch.device, draw: Callable = get_batch,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """This process's `batch_size` rows of the global batch drawn from `generator`."""
+        """This process's `batch_size` rows of the global batch that `draw` (lyre.data.get_batch)
+        takes from `generator`; single-process, exactly draw(...)."""
         if not self.enabled:
-            return get_batch(tokens, batch_size, block_size, generator, device)
-        x, y = get_batch(tokens, batch_size * self.world_size, block_size, generator, "cpu")
+            return draw(tokens, batch_size, block_size, generator, device)
+        x, y = draw(tokens, batch_size * self.world_size, block_size, generator, "cpu")
         rows = slice(self.rank * batch_size, (self.rank + 1) * batch_size)
         return _to_device(x[rows], device), _to_device(y[rows], device)
 
@@ -430,6 +460,6 @@ def launch(nproc: int, argv: list[str]) -> None:
         rank, first = min(e.failures.items(), key=lambda kv: (kv[1].exitcode < 0, kv[1].timestamp, kv[0]))
         how = f"exit code {first.exitcode}" if first.exitcode >= 0 else first.message
         raise LyreError(
-            f"process rank {rank} of {nproc} failed ({how}) and the run was stopped; "
-            "its error is printed above"
+            f"process rank {rank} of {nproc} failed ({how}), so the run was stopped; its own error, "
+            "if it printed one, is above; continue from the last checkpoint with --resume"
         ) from None

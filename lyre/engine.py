@@ -477,6 +477,21 @@ class Batch:
         logits = self._decode(ids)
         return self._sample(list(self.rows), logits)
 
+    def remove(self, row: Row) -> None:
+        """Drop an unfinished row (its client went away); its slot is free at once."""
+        if row in self.rows:
+            self._release(row)
+
+    # Added for the server's scheduler (issue 6, lyre/serve/scheduler.py): a client that goes
+    # away mid-generation must free its row at once, without finishing it.
+    def remove(self, row: Row) -> bool:
+        """Take an unfinished row out of the batch (its request was cancelled); its slot is free
+        for the next `add`. Returns False when the row is not in the batch (already finished)."""
+        if not any(r is row for r in self.rows):
+            return False
+        self._release(row)
+        return True
+
     # ---- internals -----------------------------------------------------------------------
 
     def _window(self, row: Row) -> list[int]:

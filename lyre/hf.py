@@ -233,7 +233,10 @@ def _llama_layout_config(hf: dict[str, Any], model_type: str, norm: str, bias: b
     n_embd = _require(hf, "hidden_size", model_type)
     n_head = _require(hf, "num_attention_heads", model_type)
     if hf.get("num_key_value_heads") not in (None, n_head):
-        raise LyreError(f"{model_type} grouped-query attention (num_key_value_heads != num_attention_heads) has no lyre equivalent")
+        raise LyreError(
+            f"{model_type} grouped-query attention (num_key_value_heads != num_attention_heads) "
+            "has no lyre equivalent"
+        )
     if hf.get("head_dim") not in (None, n_embd // n_head):
         raise LyreError(f"{model_type} head_dim != hidden_size / num_attention_heads has no lyre equivalent")
     if hf.get("sliding_window") is not None:
@@ -293,6 +296,7 @@ def hf_to_lyre_config(hf: dict[str, Any]) -> GPTConfig:
 
 _GPT2_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")  # causal masks, not c_attn.bias
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_GPT2_MODULES = ("wte.", "wpe.", "h.", "ln_f.")
 
 
 def _gpt2_from_hf(hf: Tensors, cfg: GPTConfig) -> Tensors:
@@ -305,6 +309,9 @@ def _gpt2_from_hf(hf: Tensors, cfg: GPTConfig) -> Tensors:
             if not cfg.tie_embeddings:
                 out[key] = tensor
             continue  # tied: the embedding is the head, as transformers itself does
+        if not key.startswith(_GPT2_MODULES):
+            out[key] = tensor  # reported as unexpected under its own name
+            continue
         out["transformer." + key] = tensor.t() if key.endswith(_CONV1D) else tensor
     return out
 
@@ -406,7 +413,9 @@ def _check_keys(expected: Tensors, loaded: Tensors, src: Path) -> None:
     """One line naming the first key that is missing, unexpected or of the wrong shape."""
     for key, tensor in expected.items():
         if key not in loaded:
-            raise LyreError(f"{src}: missing weight for '{key}'; the checkpoint does not match its config.json")
+            raise LyreError(
+                f"{src}: missing weight for '{key}'; the checkpoint does not match its config.json"
+            )
         if tuple(loaded[key].shape) != tuple(tensor.shape):
             raise LyreError(
                 f"{src}: '{key}' has shape {tuple(loaded[key].shape)} but config.json implies "
@@ -472,7 +481,9 @@ def _char_vocab(data: dict[str, Any]) -> tuple[list[str], str | None] | None:
         return None
     vocab = model.get("vocab") or {}
     chars = sorted(vocab, key=vocab.get)
-    if any(len(c) != 1 for c in chars) or chars != sorted(chars) or sorted(vocab.values()) != list(range(len(chars))):
+    if any(len(c) != 1 for c in chars) or chars != sorted(chars):
+        return None
+    if sorted(vocab.values()) != list(range(len(chars))):  # ids must be 0..n-1, no gaps
         return None
     return chars, model.get("unk_token") if model.get("unk_token") in vocab else None
 
@@ -547,7 +558,9 @@ def _clear_run(out: Path, force: bool) -> None:
         raise LyreError(f"{out} is a file; --out must be a directory")
     if out.is_dir() and any(out.iterdir()):
         if not force:
-            raise LyreError(f"{out} is not empty; choose another --out or pass --force to replace the run in it")
+            raise LyreError(
+                f"{out} is not empty; choose another --out or pass --force to replace the run in it"
+            )
         for name in ("config.json", "tokenizer", "checkpoints", "metrics.jsonl", "loss.png"):
             path = out / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
@@ -598,7 +611,9 @@ def resolve_source(name_or_dir: str | Path, revision: str | None = None) -> Path
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise LyreError(f"{name_or_dir} is not a local directory and huggingface_hub is not installed") from None
+        raise LyreError(
+            f"{name_or_dir} is not a local directory and huggingface_hub is not installed"
+        ) from None
     try:
         local = Path(snapshot_download(str(name_or_dir), revision=revision, allow_patterns=HUB_FILES))
         if not any(local.glob("model*.safetensors")):  # an older repo: pickled weights only
@@ -613,8 +628,9 @@ def resolve_source(name_or_dir: str | Path, revision: str | None = None) -> Path
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("LYRE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lyre"
-    return Path(root)
+    if os.environ.get("LYRE_CACHE"):
+        return Path(os.environ["LYRE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lyre"
 
 
 def _tokenizer_cache(src: Path) -> Path:
@@ -668,7 +684,9 @@ def export_target(cfg: GPTConfig) -> str:
     if unknown:
         raise LyreError(f"cannot export: option(s) {', '.join(unknown)} unknown to the exporter")
     if cfg.arch != "gpt":
-        raise LyreError(f"cannot export arch={cfg.arch!r}: only the gpt architecture has a Hugging Face equivalent")
+        raise LyreError(
+            f"cannot export arch={cfg.arch!r}: only the gpt architecture has a Hugging Face equivalent"
+        )
     if cfg.pos == "rope":
         return "arcee" if cfg.norm == "rmsnorm" else "starcoder2"
     if cfg.norm == "rmsnorm":

@@ -1,7 +1,9 @@
 """Pretraining: the loop every later stage (fine-tuning, LoRA) reuses.
 
 One optimizer step = `grad_accum` micro-batches of random windows, AdamW with weight decay on
-matrices only, a linear warmup then cosine (or linear) decay to min_lr, gradient clipping.
+matrices only (or Muon, lyre.optim), a linear warmup then cosine (or linear) decay to min_lr,
+gradient clipping. The same loop runs in one process or in many started by torchrun
+(lyre.distributed: DDP or FSDP, rank 0 evaluates, logs and writes checkpoints).
 Every `eval_interval` steps the train and val losses are measured on a fixed set of windows,
 the `last` checkpoint is written and, if val improved, the `best` one too.
 
@@ -19,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,10 +30,14 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from lyre import checkpoint as ckpt
+from lyre import distributed
 from lyre.config import RunConfig, config_from_json, save_config
 from lyre.data import _sha256, evaluate_loss, get_batch, load_meta, load_split, prepare
 from lyre.errors import LyreError
+from lyre.info import model_cost
+from lyre.mfu import mfu, peak_flops
 from lyre.model import build_model
+from lyre.optim import build_optimizer, check_optimizer_config, set_learning_rate
 
 
 @dataclass
@@ -76,6 +82,29 @@ def autocast_context(device: torch.device, dtype: str):
     raise LyreError(f"train.dtype must be auto, float32 or bfloat16; got {dtype!r}")
 
 
+def _compute_dtype(device: torch.device, dtype: str) -> torch.dtype:
+    """The dtype the matmuls run in (for MFU): what autocast_context picks."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.bfloat16 if dtype == "bfloat16" else torch.float32
+
+
+def _should_compile(cfg, device: torch.device) -> bool:
+    """train.compile if set; by default on CUDA where torch.compile works (Triton, sm >= 7.0)."""
+    if cfg.compile is not None:
+        return cfg.compile
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (7, 0):
+        return False
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        return False
+    from torch._dynamo import config as dynamo_config
+
+    dynamo_config.suppress_errors = True  # a graph it cannot compile runs eagerly instead
+    return True
+
+
 def check_train_config(cfg) -> None:
     """Reject values that would crash or silently misbehave only after minutes of training."""
     for name in ("batch_size", "grad_accum", "eval_interval", "log_interval"):
@@ -114,9 +143,8 @@ def learning_rate(step: int, cfg) -> float:
 
 
 def make_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
-    groups = model.optimizer_groups(cfg.weight_decay)
-    fused = device.type == "cuda"  # one kernel for all parameters
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    """AdamW (fused on CUDA) or Muon, as cfg.optimizer says; see lyre.optim."""
+    return build_optimizer(model, cfg, device)
 
 
 def seed_everything(seed: int) -> None:
@@ -222,28 +250,44 @@ class Trainer:
         check_train_config(cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = resolve_device(cfg.device)
-        seed_everything(cfg.seed)
-        data_dir = _data_dir(config, run_dir, resume)
+        check_optimizer_config(cfg)
+        # Under torchrun: join the other processes (each on GPU cuda:LOCAL_RANK on CUDA).
+        self.dist = distributed.setup(cfg, resolve_device(cfg.device))
+        self.device = self.dist.device
+        self.progress = progress and self.dist.is_main
+        self.global_batch = cfg.batch_size * self.dist.world_size * cfg.grad_accum
+        seed_everything(cfg.seed)  # the same initial weights in every process
+        data_dir = self.dist.main_first(lambda: _data_dir(config, run_dir, resume))
         self.meta = load_meta(data_dir)
         self.train_tokens = load_split(data_dir, "train")
         self.val_tokens = load_split(data_dir, "val")
         self._check_data_length()
-        if not resume:  # a failed earlier attempt may have left another corpus's tokenizer
+        if not resume and self.dist.is_main:  # a failed earlier attempt may have left another corpus's tokenizer
             shutil.rmtree(run_dir / "tokenizer", ignore_errors=True)
-        if not (run_dir / "tokenizer").exists():
+        if self.dist.is_main and not (run_dir / "tokenizer").exists():
             shutil.copytree(data_dir / "tokenizer", run_dir / "tokenizer")
 
-        self.model = _init_model(config, self.meta["vocab_size"]).to(self.device)
+        # FSDP keeps the whole model on the CPU until fully_shard puts the shards on the devices.
+        self._home = torch.device("cpu") if self.dist.fsdp else self.device
+        self.model = _init_model(config, self.meta["vocab_size"]).to(self._home)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         self.batch_generator = torch.Generator().manual_seed(cfg.seed)
         self.step, self.best_val_loss = 0, float("inf")
+        self._rank_rng: list[dict] | None = None  # every process's RNG state, from a checkpoint
+        self._saved_global_batch: int | None = None
         if resume:
             self._restore()
-        else:
+        elif self.dist.is_main:
             save_config(config, run_dir / "config.json")
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.dist.seed_ranks(cfg.seed, self.step, self._rank_rng)  # own dropout stream per process
+        self.optimizer = self.dist.shard(self.model, self.optimizer, lambda m: make_optimizer(m, cfg, self.device))
+        if self.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 for the matmuls autocast leaves in fp32
+        self.compiled = _should_compile(cfg, self.device)
+        self.forward = self.dist.wrap(self.model, self.compiled)
         self.autocast = autocast_context(self.device, cfg.dtype)
+        self.flops_per_token = model_cost(config.model).flops_per_token
+        self.peak_flops = peak_flops(self.device, _compute_dtype(self.device, cfg.dtype))
         self.history: list[dict] = []
 
     def _check_data_length(self) -> None:
@@ -260,12 +304,15 @@ class Trainer:
         if name is None:
             raise LyreError(f"no checkpoint in {self.run_dir} to resume from; train first with `lyre train`")
         state = ckpt.load_checkpoint(
-            self.run_dir, name, model=self.model, optimizer=self.optimizer, map_location=self.device
+            self.run_dir, name, model=self.model, optimizer=self.optimizer, map_location=self._home
         )
         self.step = state["step"]
         self.best_val_loss = state.get("best_val_loss", float("inf"))
         ckpt.restore_rng_state(state["rng"], {"batches": self.batch_generator})
-        self._trim_metrics()
+        self._rank_rng = state.get("rank_rng")
+        self._saved_global_batch = state.get("global_batch")
+        if self.dist.is_main:
+            self._trim_metrics()
 
     def _trim_metrics(self) -> None:
         """Forget records logged after the checkpoint we resume from.
@@ -287,44 +334,94 @@ class Trainer:
         ckpt.atomic_write_text(path, "".join(kept))
 
     def _save(self, name: str) -> None:
+        """Write checkpoint `name` from rank 0. Every process must call it (they take part in
+        gathering RNG states and, with FSDP, the sharded weights); the format is the same as a
+        single process's, so it resumes on any number of processes."""
+        rank_rng = self.dist.rank_rng_states()
+        model, optimizer = self.dist.checkpoint_sources(self.model, self.optimizer)
+        if model is None:
+            return
         state = {
             "step": self.step,
             "best_val_loss": self.best_val_loss,
             "config": self.config.to_dict(),
             "rng": ckpt.capture_rng_state({"batches": self.batch_generator}),
+            "global_batch": self.global_batch,
         }
-        ckpt.save_checkpoint(self.run_dir, name, model=self.model, optimizer=self.optimizer, state=state)
+        if rank_rng is not None:
+            state["rank_rng"] = rank_rng
+        ckpt.save_checkpoint(self.run_dir, name, model=model, optimizer=optimizer, state=state)
 
     def _log(self, record: dict) -> None:
         self.history.append(record)
+        if not self.dist.is_main:
+            return
         with (self.run_dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
 
     def train_step(self) -> float:
         """One optimizer step over grad_accum micro-batches; returns the mean loss."""
         cfg = self.config.train
-        lr = learning_rate(self.step, cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        total = 0.0
-        for _ in range(cfg.grad_accum):
-            x, y = get_batch(
-                self.train_tokens, cfg.batch_size, self.config.model.block_size, self.batch_generator, self.device
-            )
-            with self.autocast:
-                _, loss = self.forward(x, y)
-            (loss / cfg.grad_accum).backward()
-            total += loss.item()
-        loss_value = total / cfg.grad_accum
+        set_learning_rate(self.optimizer, learning_rate(self.step, cfg), cfg)
+        # No .item() inside the loop: the host queues the work and draws the next batch while
+        # the device computes; DDP averages the gradients only after the last micro-batch.
+        total = torch.zeros((), device=self.device)
+        x, y = self._next_batch()
+        for micro in range(cfg.grad_accum):
+            last = micro == cfg.grad_accum - 1
+            with self.dist.sync_gradients(last):
+                with self.autocast:
+                    _, loss = self.forward(x, y)
+                if not last:
+                    x, y = self._next_batch()
+                (loss / cfg.grad_accum).backward()
+            total += loss.detach()
+        loss_value = self.dist.mean(total).item() / cfg.grad_accum  # over all processes
         if not math.isfinite(loss_value):
             self._diverged(f"the loss became {loss_value}", self.step + 1)
         if cfg.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
             if not math.isfinite(norm.item()):  # the update would turn every weight into NaN
                 self._diverged(f"the gradient norm became {norm.item()}", self.step + 1)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's share of the next global batch (pinned, non-blocking copy on CUDA)."""
+        cfg = self.config.train
+        return self.dist.get_batch(
+            self.train_tokens, cfg.batch_size, self.config.model.block_size, self.batch_generator,
+            self.device, draw=get_batch,
+        )
+
+    @contextmanager
+    def _out_of_memory_as_error(self):
+        """An out-of-memory in a step or an evaluation becomes one line that says what to change."""
+        try:
+            yield
+        except getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError):
+            cfg = self.config.train
+            self.optimizer.zero_grad(set_to_none=True)
+            raise LyreError(
+                f"out of memory on {self.device} at step {self.step + 1} with batch_size={cfg.batch_size} "
+                f"x block_size={self.config.model.block_size} per process; lower train.batch_size and "
+                f"raise train.grad_accum to keep the global batch of {self.global_batch}, or use a smaller "
+                "model (on several GPUs: train.parallel=fsdp). No checkpoint was written for this step"
+            ) from None
+
+    def _describe_run(self) -> str:
+        cfg, d = self.config.train, self.dist
+        line = (
+            f"training on {d.describe()}: global batch {self.global_batch} = {cfg.batch_size} per process"
+            f" x {d.world_size} process{'es' if d.world_size > 1 else ''} x {cfg.grad_accum} accumulation"
+            f" ({self.global_batch * self.config.model.block_size:,} tokens per step), {cfg.optimizer}"
+            f"{', compiled' if self.compiled else ''}"
+        )
+        if self._saved_global_batch not in (None, self.global_batch):
+            line += f" (the checkpoint was trained with global batch {self._saved_global_batch})"
+        return line
 
     def _diverged(self, what: str, step: int) -> None:
         """Stop without saving: the weights are (about to be) garbage, the checkpoints are not.
@@ -354,7 +451,9 @@ class Trainer:
         }
 
     def _evaluate_and_checkpoint(self, exact: bool = False) -> dict:
-        record = self.evaluate(exact)
+        # Rank 0 evaluates (with FSDP all do: the weights are sharded); the others wait for it.
+        record = self.evaluate(exact) if self.dist.is_main or self.dist.fsdp else None
+        record = self.dist.broadcast_object(record)
         if not (math.isfinite(record["val_loss"]) and math.isfinite(record["train_loss"])):
             losses = f"train {record['train_loss']}, val {record['val_loss']}"
             self._diverged(f"the evaluation loss became non-finite ({losses})", self.step)
@@ -368,7 +467,8 @@ class Trainer:
     def run(self, stop_at: int | None = None) -> TrainResult:
         cfg = self.config.train
         end = min(cfg.max_iters, stop_at) if stop_at is not None else cfg.max_iters
-        with _CtrlC() as ctrl_c:
+        lost = self.dist.guard(lambda: f" at step {self.step + 1}")  # a process died or hung
+        with _CtrlC() as ctrl_c, lost, self._out_of_memory_as_error():
             last_eval = self._loop(end, ctrl_c)
             if self.step >= cfg.max_iters:
                 last_eval = self._evaluate_and_checkpoint(exact=cfg.final_eval)
@@ -386,10 +486,12 @@ class Trainer:
     def _loop(self, end: int, ctrl_c: _CtrlC) -> dict | None:
         """Train up to step `end`; returns the last periodic evaluation, if any."""
         cfg = self.config.train
-        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.config.model.block_size
+        tokens_per_step = self.global_batch * self.config.model.block_size  # all processes
         # Redirected to a file, a bar redrawn ten times a second would fill it with lines.
         bar = tqdm(total=cfg.max_iters, initial=self.step, disable=not self.progress, unit="step",
                    dynamic_ncols=True, desc="train", mininterval=0.1 if sys.stderr.isatty() else 30)
+        if self.dist.is_main and (self.progress or self.dist.enabled):
+            bar.write(self._describe_run())
         last_eval = None
         t0, steps_timed = time.perf_counter(), 0
         try:
@@ -400,16 +502,19 @@ class Trainer:
                 bar.update(1)
                 if self.step % cfg.log_interval == 0 or self.step == end:
                     tok_s = tokens_per_step * steps_timed / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
+                    used = mfu(tok_s / self.dist.world_size, self.flops_per_token, self.peak_flops)
+                    shown = {} if used is None else {"mfu": f"{used:.1%}"}
+                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", **shown)
                     self._log({"step": self.step, "loss": loss, "lr": learning_rate(self.step - 1, cfg),
-                               "tokens_per_s": tok_s})
+                               "tokens_per_s": tok_s, **({} if used is None else {"mfu": used})})
                     t0, steps_timed = time.perf_counter(), 0
                 if self.step % cfg.eval_interval == 0 and self.step < cfg.max_iters:
                     last_eval = self._evaluate_and_checkpoint()
-                    bar.write(f"step {self.step}: train {last_eval['train_loss']:.4f}, "
-                              f"val {last_eval['val_loss']:.4f}")
+                    if self.dist.is_main:
+                        bar.write(f"step {self.step}: train {last_eval['train_loss']:.4f}, "
+                                  f"val {last_eval['val_loss']:.4f}")
                     t0, steps_timed = time.perf_counter(), 0
-                if ctrl_c.requested:
+                if self.dist.any(ctrl_c.requested):  # all processes stop at the same step
                     bar.close()
                     self._save("last")
                     print(f"lyre: stopped by Ctrl-C; saved checkpoint 'last' at step {self.step}; "
@@ -473,13 +578,20 @@ def train(
             raise LyreError(f"no checkpoint in {run_dir} to resume from; train first with `lyre train`")
     else:
         config = config or RunConfig()
-        _prepare_run_dir(run_dir, config, force)
+    # Bad input (device, backend, optimizer) fails here, before anything is written. Under
+    # torchrun this joins the process group; rank 0 alone prepares the run directory.
+    check_train_config(config.train)
+    check_optimizer_config(config.train)
+    group = distributed.setup(config.train, resolve_device(config.train.device))
+    if not resume:
+        group.main_first(lambda: _prepare_run_dir(run_dir, config, force), others=False)
     threads = torch.get_num_threads()
     try:
         result = _train(config, run_dir, resume, stop_at, progress)
     finally:
         torch.set_num_threads(threads)  # train.threads is for this run, not the caller's process
-    if plot:
+    distributed.teardown(group)  # only after success: after a failure a peer may be gone
+    if plot and group.is_main:
         from lyre.plot import plot_run
 
         plot_run(run_dir)
@@ -493,6 +605,6 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, stop_at: int | None, 
             f"{run_dir} already finished at step {trainer.step} (train.max_iters = "
             f"{config.train.max_iters}); to train on, raise it: --set train.max_iters=N"
         )
-    if resume:
+    if resume and trainer.dist.is_main:
         save_config(config, run_dir / "config.json")
     return trainer.run(stop_at=stop_at)

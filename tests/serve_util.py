@@ -2,7 +2,7 @@
 
 The run is trained once (the first test module that asks for it) into the session's base
 temporary directory and reused by the others: a byte-level BPE tokenizer (so any Unicode text
-can be sent, and <|endoftext|> exists), a context of 64 tokens, ten training steps.
+can be sent, and <|endoftext|> exists), a context of 256 tokens, ten training steps.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ TOML = """\
 n_layer = 1
 n_head = 2
 n_embd = 32
-block_size = 64
+block_size = 256
 dropout = 0.0
 
 [data]

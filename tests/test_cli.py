@@ -268,11 +268,12 @@ SHORT_TEXT = "Sing, O goddess, the anger of Achilles son of Peleus, that brought
         (None, "not found"),
         (b"", "empty"),
         (b"\xff\xfeS\x00i\x00n\x00g\x00" * 40, "UTF-8|binary"),  # UTF-16, as Windows saves it
+        (("Achilles' wrath, caf\u00e9 " * 20).encode("latin-1"), "not valid UTF-8.*byte offset 20"),
         (b"Sing, O goddess" + bytes(range(0, 32)) * 20, "binary|NUL"),
         (b"Sing, O goddess, the anger of Achilles", "too short|fewer than"),
         (SHORT_TEXT.encode(), r"fewer than block_size\+1"),  # 87 chars: val gets 9 < 17
     ],
-    ids=["missing", "empty", "not-utf8", "binary", "too-short-to-split", "shorter-than-context"],
+    ids=["missing", "empty", "utf16", "latin1", "binary", "too-short-to-split", "shorter-than-context"],
 )
 def test_bad_corpus(capsys, tmp_path, tiny_toml, content, pattern):
     corpus = tmp_path / "corpus.txt"

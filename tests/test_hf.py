@@ -113,6 +113,10 @@ def bpe_tokenizer_json(tmp_path_factory) -> Path:
     return path
 
 
+def random_ids(vocab_size: int, shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab_size, shape, generator=torch.Generator().manual_seed(seed))
+
+
 def hf_logits(model, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(ids).logits
@@ -131,14 +135,17 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 # Import
 
 
-@pytest.mark.parametrize("layout", ["save_pretrained", "safetensors-bare", "bin-prefixed", "bin-bare"])
-@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("shape, layout", [
+    ("2x64x2", "save_pretrained"), ("2x64x2", "safetensors-bare"), ("2x64x2", "bin-prefixed"),
+    ("2x64x2", "bin-bare"), ("1x48x4-relu-n_inner", "safetensors-bare"),
+    ("3x32x1-untied", "bin-bare"), ("3x32x1-untied", "save_pretrained"),
+])
 def test_import_gives_the_same_logits(tmp_path, bpe_tokenizer_json, shape, layout):
     hf = random_gpt2(**SHAPES[shape])
     src = save_hf(hf, tmp_path / "src", layout, bpe_tokenizer_json)
     run_dir = import_hf(src, tmp_path / "run")
     run = load_run(run_dir, device="cpu")
-    ids = torch.randint(0, hf.config.vocab_size, (3, hf.config.n_positions), generator=torch.Generator().manual_seed(1))
+    ids = random_ids(hf.config.vocab_size, (3, hf.config.n_positions), seed=1)
     assert max_diff(lyre_logits(run.model, ids), hf_logits(hf, ids)) <= TOL
     cfg = run.config.model
     assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.block_size) == (
@@ -169,7 +176,8 @@ def test_gpt2_sizes_map_by_their_config():
         cfg = hf_to_lyre_config(config.to_dict())
         assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.block_size, cfg.vocab_size) == (
             n_layer, n_embd, n_head, 1024, 50257), name
-        assert (cfg.act, cfg.pos, cfg.norm, cfg.bias, cfg.tie_embeddings) == ("gelu", "learned", "layernorm", True, True)
+        options = (cfg.act, cfg.pos, cfg.norm, cfg.bias, cfg.tie_embeddings)
+        assert options == ("gelu", "learned", "layernorm", True, True)
         with torch.device("meta"):
             ours = GPT(cfg).num_parameters()
             theirs = GPT2LMHeadModel(config).num_parameters()
@@ -229,7 +237,7 @@ def rewrite_config(src: Path, **changes) -> None:
     (lambda src: rewrite_config(src, activation_function="gelu"), "exact (erf) GELU"),
     (lambda src: rewrite_config(src, layer_norm_epsilon=1e-6), "layer_norm_epsilon"),
     (lambda src: (src / "model.safetensors").unlink(), "no weights in"),
-    (lambda src: (src / "model.safetensors").write_bytes(b"not a safetensors file"), "not a readable safetensors"),
+    (lambda src: (src / "model.safetensors").write_bytes(b"garbage"), "not a readable safetensors"),
     (lambda src: rewrite_weights(src, lambda s: s.update(extra=torch.zeros(1))), "unexpected weight 'extra'"),
     (lambda src: rewrite_weights(src, lambda s: s.pop("transformer.h.0.mlp.c_fc.bias")),
      "missing weight for 'transformer.h.0.mlp.c_fc.bias'"),
@@ -249,6 +257,34 @@ def test_tokenizer_larger_than_the_model_is_refused(tmp_path, bpe_tokenizer_json
     src = good_src(tmp_path, bpe_tokenizer_json, vocab_size=200)
     with pytest.raises(LyreError, match="tokenizer has .* tokens but the model only 200"):
         import_hf(src, tmp_path / "run")
+
+
+def test_sharded_checkpoint_imports(tmp_path, bpe_tokenizer_json):
+    from safetensors.torch import load_file
+
+    hf = random_gpt2(**SHAPES["2x64x2"])
+    src = save_hf(hf, tmp_path / "src", "save_pretrained", bpe_tokenizer_json)
+    state = load_file(str(src / "model.safetensors"))
+    (src / "model.safetensors").unlink()
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for name, names in shards.items():
+        save_file({k: state[k] for k in names}, str(src / name), metadata={"format": "pt"})
+    weight_map = {k: name for name, names in shards.items() for k in names}
+    (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    model = load_run(import_hf(src, tmp_path / "run"), device="cpu").model
+    ids = random_ids(1000, (1, 32))
+    assert max_diff(lyre_logits(model, ids), hf_logits(hf, ids)) <= TOL
+
+
+def test_missing_tokenizer_is_named_and_can_be_supplied(tmp_path, bpe_tokenizer_json):
+    src = good_src(tmp_path, bpe_tokenizer_json)
+    (src / "tokenizer.json").unlink()
+    with pytest.raises(LyreError, match="no usable tokenizer .* --tokenizer"):
+        import_hf(src, tmp_path / "run")
+    build_tokenizer("char", ["abcdefgh \n"]).save(tmp_path / "chars")
+    run = load_run(import_hf(src, tmp_path / "run", tokenizer=str(tmp_path / "chars")), device="cpu")
+    assert run.tokenizer.kind == "char" and run.tokenizer.encode("cab") == [4, 2, 3]
 
 
 def test_pickled_code_in_pytorch_model_bin_is_never_run(tmp_path, bpe_tokenizer_json):
@@ -282,19 +318,20 @@ def assert_loads_exactly(out: Path, model, vocab_size: int, cls=AutoModelForCaus
     """transformers loads `out` with no missing/unexpected keys and gives the same logits."""
     hf, info = cls.from_pretrained(out, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
-    ids = torch.randint(0, vocab_size, (2, 24), generator=torch.Generator().manual_seed(2))
+    length = model.config.block_size  # a full context: every position embedding is used
+    ids = random_ids(vocab_size, (2, length), seed=2)
     assert max_diff(hf_logits(hf.eval(), ids), lyre_logits(model, ids)) <= TOL
     return hf
 
 
-@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("shape", ["2x64x2", "3x32x1-untied"])
 def test_import_then_export_round_trips(tmp_path, bpe_tokenizer_json, shape):
     hf = random_gpt2(**SHAPES[shape])
     src = save_hf(hf, tmp_path / "src", "bin-bare", bpe_tokenizer_json)
     out = export_hf(import_hf(src, tmp_path / "run"), tmp_path / "out")
     back, info = GPT2LMHeadModel.from_pretrained(out, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
-    ids = torch.randint(0, hf.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(4))
+    ids = random_ids(hf.config.vocab_size, (2, 32), seed=4)
     assert max_diff(hf_logits(back, ids), hf_logits(hf, ids)) <= TOL
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         keys = list(f.keys())
@@ -328,11 +365,12 @@ def test_lyre_trained_model_exports_to_gpt2(tmp_path, trained_gpt2_style, tiny_c
 
 def test_exported_char_and_bpe_tokenizers_import_back(tmp_path, trained_gpt2_style):
     run = load_run(trained_gpt2_style, device="cpu")
-    back = load_run(import_hf(export_hf(trained_gpt2_style, tmp_path / "out"), tmp_path / "back"), device="cpu")
+    out = export_hf(trained_gpt2_style, tmp_path / "out")
+    back = load_run(import_hf(out, tmp_path / "back"), device="cpu")
     assert back.tokenizer.kind == run.tokenizer.kind
     text = "Sing, O goddess, the anger"
     assert back.tokenizer.encode(text) == run.tokenizer.encode(text)
-    ids = torch.randint(0, run.config.model.vocab_size, (2, 16), generator=torch.Generator().manual_seed(5))
+    ids = random_ids(run.config.model.vocab_size, (2, 16), seed=5)
     assert max_diff(lyre_logits(back.model, ids), lyre_logits(run.model, ids)) <= TOL
 
 
@@ -378,7 +416,7 @@ def test_every_exportable_option_is_exact(tmp_path, options, model_type):
     assert json.loads((out / "config.json").read_text())["model_type"] == model_type
     assert_loads_exactly(out, model, cfg.vocab_size)
     back = load_run(import_hf(out, tmp_path / "back"), device="cpu").model  # and back again
-    ids = torch.randint(0, cfg.vocab_size, (2, 32), generator=torch.Generator().manual_seed(6))
+    ids = random_ids(cfg.vocab_size, (2, 32), seed=6)
     assert max_diff(lyre_logits(back, ids), lyre_logits(model, ids)) <= TOL
 
 
@@ -414,8 +452,8 @@ def test_models_without_an_exact_equivalent_are_refused(tmp_path, options, block
 
 
 def test_export_refuses_a_non_empty_out_without_force(tmp_path):
-    run_dir = make_run(tmp_path / "run", GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=8),
-                       build_tokenizer("char", ["abcdefgh"]))
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=8)
+    run_dir = make_run(tmp_path / "run", cfg, build_tokenizer("char", ["abcdefgh"]))
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "README.md").write_text("mine")
     with pytest.raises(LyreError, match="--force"):
@@ -451,12 +489,17 @@ def test_gpt2_tokenizer_imports_and_exports(tmp_path, gpt2_src):
     assert run.tokenizer.encode(GPT2_TEXT) == reference.encode(GPT2_TEXT)
     out = export_hf(tmp_path / "run", tmp_path / "out")
     assert {"vocab.json", "merges.txt", "tokenizer.json"} <= {p.name for p in out.iterdir()}
-    assert json.loads((out / "vocab.json").read_text()) == json.loads((GPT2_DATA / "encoder.json").read_text())
+    encoder = json.loads((GPT2_DATA / "encoder.json").read_text())
+    assert json.loads((out / "vocab.json").read_text()) == encoder
     theirs = AutoTokenizer.from_pretrained(out)
     assert theirs(GPT2_TEXT)["input_ids"] == reference.encode(GPT2_TEXT)
     special = GPT2_TEXT + "<|endoftext|>next"  # HF maps the special string, as lyre's allow_special
     assert theirs(special)["input_ids"] == reference.encode(special, allow_special=True)
     assert_loads_exactly(out, run.model, 50257, cls=GPT2LMHeadModel)
+    for name in ("vocab.json", "merges.txt"):  # GPT-2's vocabulary inside tokenizer.json only
+        (out / name).unlink()
+    again = load_run(import_hf(out, tmp_path / "again"), device="cpu").tokenizer
+    assert again.kind == "gpt2" and again.encode(GPT2_TEXT) == reference.encode(GPT2_TEXT)
 
 
 @needs_gpt2_files
@@ -464,7 +507,7 @@ def test_fine_tune_an_imported_gpt2(tmp_path, gpt2_src, tiny_config):
     """nanoGPT's finetune_shakespeare, in small: import, then `lyre train` with init_from."""
     base = import_hf(gpt2_src, tmp_path / "base")
     before = load_run(base, device="cpu").model.state_dict()
-    config = tiny_config(f"train.init_from={str(base)!r}", f"data.tokenizer={'gpt2:' + str(base / 'tokenizer')!r}",
+    config = tiny_config(f"train.init_from='{base}'", f"data.tokenizer='gpt2:{base / 'tokenizer'}'",
                          "train.max_iters=3", "train.eval_interval=3", "train.final_eval=false",
                          "train.lr=1e-4", "train.warmup_iters=0", "train.batch_size=2")
     result = train(config, tmp_path / "tuned", progress=False, plot=False)
@@ -482,7 +525,7 @@ def test_from_pretrained_local_dir_and_hub_name_share_one_path(tmp_path, bpe_tok
     hf = random_gpt2(**SHAPES["2x64x2"])
     src = save_hf(hf, tmp_path / "src", "save_pretrained", bpe_tokenizer_json)
     monkeypatch.setenv("LYRE_CACHE", str(tmp_path / "cache"))
-    ids = torch.randint(0, 1000, (2, 20), generator=torch.Generator().manual_seed(8))
+    ids = random_ids(1000, (2, 20), seed=8)
     local = from_pretrained(src, device="cpu")
     assert max_diff(lyre_logits(local.model, ids), hf_logits(hf, ids)) <= TOL
 
@@ -520,5 +563,5 @@ def test_cli_import_and_export(tmp_path, bpe_tokenizer_json, capsys):
 
     assert main(["import-hf", str(tmp_path / "nowhere" / "x" / "y"), "--out", str(tmp_path / "r2")]) == 2
     assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("lyre: error: ") for line in err)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lyre: error: ")]
+    assert "not a Hugging Face model directory" in errors[0] and "--force" in errors[1]

@@ -25,6 +25,7 @@ from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
 from lyre.chat import AnswerTrimmer, get_template, template_name_for_run
+from lyre.engine import Engine, SamplingConfig
 from lyre.errors import LyreError
 from lyre.serve import schemas as S
 from lyre.serve.errors import APIError, install_error_handlers
@@ -44,6 +45,9 @@ class ServeSettings:
     max_body_bytes: int = 1 << 20
     chat_template: str | None = None  # default: the run's (chat.json / config.json) or "plain"
     shutdown_timeout: float = 10.0  # seconds in-flight requests get to finish on SIGTERM
+    # At the end of the context: "stop" (finish_reason "length", OpenAI's rule: prompt and answer
+    # share the context) or "slide" (keep generating on the last block_size tokens).
+    overflow: str = "stop"
 
     def validate(self) -> None:
         if self.max_batch < 1:
@@ -58,6 +62,8 @@ class ServeSettings:
             raise LyreError("--api-key is empty; give a key or leave it out")
         if self.chat_template is not None:
             get_template(self.chat_template)
+        if self.overflow not in ("stop", "slide"):
+            raise LyreError(f"--context-overflow must be stop or slide; got {self.overflow!r}")
 
 
 _ERROR_TEXT = {
@@ -117,10 +123,11 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
     tokenizer = run.tokenizer
     block_size = run.config.model.block_size
     created = int(time.time())
-    scheduler = scheduler or Scheduler(
-        run.model, tokenizer, device=run.device,
-        settings=SchedulerSettings(max_batch=settings.max_batch, max_queue=settings.max_queue),
-    )
+    if scheduler is None:
+        scheduler = Scheduler(
+            Engine(run.model, tokenizer, device=run.device),
+            settings=SchedulerSettings(max_batch=settings.max_batch, max_queue=settings.max_queue),
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -173,14 +180,23 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
             return []
         return [req.stop] if isinstance(req.stop, str) else list(req.stop)
 
-    def sampling_of(req: S._SamplingFields) -> dict:
-        return dict(
+    def params_of(req: S._SamplingFields, max_new_tokens: int, stop: list[str], logprobs: bool) -> SamplingConfig:
+        params = SamplingConfig(
+            max_new_tokens=max_new_tokens,
             temperature=1.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p,
             top_k=req.top_k or 0,
             repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+            stop=tuple(stop),
+            num_samples=req.n or 1,
             seed=req.seed,
+            logprobs=logprobs,
+            overflow=settings.overflow,
         )
+        try:
+            return scheduler.engine.check_params(params)
+        except LyreError as e:
+            raise APIError(400, str(e), code="invalid_value") from None
 
     def check_prompt(ids: list[int], param: str) -> None:
         if not ids:
@@ -198,7 +214,9 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
                            param=param, code="invalid_token_id")
 
     def max_new_of(requested: int | None, prompt_len: int) -> int:
-        room = block_size - prompt_len
+        if settings.overflow == "slide":  # the window slides: any length up to the engine's limit
+            return requested or block_size - prompt_len
+        room = block_size - prompt_len  # OpenAI's rule: the context holds prompt and answer
         return room if requested is None else min(requested, room)
 
     async def submit(jobs: list[Job]) -> None:
@@ -313,8 +331,8 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
         if len(prompts) * n > S.MAX_N:
             raise APIError(400, f"prompts x n must be at most {S.MAX_N}", param="n")
         want_logprobs = req.logprobs is not None
-        jobs = [Job(prompt=ids, n=n, max_new_tokens=max_new_of(req.max_tokens, len(ids)),
-                    stop=stops_of(req), logprobs=want_logprobs, first_index=i * n, **sampling_of(req))
+        jobs = [Job(prompt=ids, first_index=i * n,
+                    params=params_of(req, max_new_of(req.max_tokens, len(ids)), stops_of(req), want_logprobs))
                 for i, ids in enumerate(prompts)]
         await submit(jobs)
         echo = [(_decode(tokenizer, ids) if req.echo else "") for ids in prompts]
@@ -332,11 +350,11 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
             logprobs = None
             if want_logprobs:
                 offsets, at = [], len(echo[i // n])
-                for tok, _ in lps[i]:
+                for tok, _, _ in lps[i]:
                     offsets.append(at)
                     at += len(tok)
-                logprobs = S.CompletionLogprobs(tokens=[t for t, _ in lps[i]],
-                                                token_logprobs=[lp for _, lp in lps[i]],
+                logprobs = S.CompletionLogprobs(tokens=[t for t, _, _ in lps[i]],
+                                                token_logprobs=[lp for _, lp, _ in lps[i]],
                                                 text_offset=offsets)
             choices.append(S.CompletionChoice(index=i, text=echo[i // n] + texts[i],
                                               finish_reason=finish[i], logprobs=logprobs))
@@ -368,9 +386,8 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
             ids = [tokenizer.eot_id]
         check_prompt(ids, "messages")
         requested = req.max_completion_tokens or req.max_tokens
-        job = Job(prompt=ids, n=n, max_new_tokens=max_new_of(requested, len(ids)),
-                  stop=list(template.stop) + stops_of(req), logprobs=bool(req.logprobs),
-                  first_index=0, **sampling_of(req))
+        job = Job(prompt=ids, params=params_of(req, max_new_of(requested, len(ids)),
+                                               list(template.stop) + stops_of(req), bool(req.logprobs)))
         await submit([job])
         cid = f"chatcmpl-{secrets.token_hex(12)}"
         now = int(time.time())
@@ -385,8 +402,7 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
             logprobs = None
             if req.logprobs:
                 logprobs = S.ChoiceLogprobs(content=[
-                    S.TokenLogprob(token=t, logprob=lp, bytes=list(t.encode("utf-8")))
-                    for t, lp in lps[i]])
+                    S.TokenLogprob(token=t, logprob=lp, bytes=list(raw)) for t, lp, raw in lps[i]])
             choices.append(S.ChatChoice(index=i, message=S.AssistantMessage(content=text),
                                         finish_reason=finish[i], logprobs=logprobs))
         completion_tokens = sum(tokens)
@@ -453,8 +469,7 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
                 logprobs = None
                 if event.logprobs:
                     logprobs = S.ChoiceLogprobs(content=[
-                        S.TokenLogprob(token=t, logprob=lp, bytes=list(t.encode("utf-8")))
-                        for t, lp in event.logprobs])
+                        S.TokenLogprob(token=t, logprob=lp, bytes=list(raw)) for t, lp, raw in event.logprobs])
                 yield chunk([S.ChatChunkChoice(index=event.index, delta=S.ChatDelta(content=text),
                                                logprobs=logprobs)])
             else:

@@ -25,6 +25,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from lyre.engine import Batch, Engine, Row, SamplingConfig
+from lyre.errors import LyreError
 from lyre.serve.errors import APIError
 
 log = logging.getLogger("lyre.serve")
@@ -36,8 +38,6 @@ class SchedulerSettings:
     max_queue: int = 64  # jobs waiting for slots
 
     def validate(self) -> None:
-        from lyre.errors import LyreError
-
         if self.max_batch < 1:
             raise LyreError(f"max_batch must be >= 1; got {self.max_batch}")
         if self.max_queue < 0:
@@ -55,7 +55,7 @@ class Piece:
     index: int
     text: str
     tokens: int
-    logprobs: list[tuple[str, float]] | None = None
+    logprobs: list[tuple[str, float, bytes]] | None = None  # (token, log p, its bytes) per new token
 
 
 @dataclass
@@ -75,18 +75,10 @@ class Failed:
 
 @dataclass(eq=False)
 class Job:
-    """One prompt and the `n` choices to generate from it."""
+    """One prompt and the `params.num_samples` choices to generate from it."""
 
     prompt: list[int]
-    n: int = 1
-    max_new_tokens: int = 16
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    logprobs: bool = False
+    params: SamplingConfig
     first_index: int = 0  # choice indices are first_index .. first_index + n - 1
     # set by Scheduler.submit
     events: asyncio.Queue | None = None
@@ -94,6 +86,10 @@ class Job:
     cancelled: bool = False
     finished: int = 0
     submitted_at: float = 0.0
+
+    @property
+    def n(self) -> int:
+        return self.params.num_samples
 
     def emit(self, event) -> None:
         """Deliver an event to the handler (called from the worker thread)."""
@@ -106,19 +102,25 @@ class Job:
 # ----------------------------------------------------------------------------------------------
 
 
+@dataclass(eq=False)
+class _Live:
+    job: Job
+    index: int  # the choice index in the response
+    reported: int = 0  # tokens already handed to the job
+
+
 class Scheduler:
-    def __init__(self, model, tokenizer, *, device="cpu", settings: SchedulerSettings | None = None,
-                 batch=None) -> None:
+    def __init__(self, engine: Engine, *, settings: SchedulerSettings | None = None,
+                 batch: Batch | None = None) -> None:
         self.settings = settings or SchedulerSettings()
         self.settings.validate()
-        self.model = model
-        self.tokenizer = tokenizer
-        self.device = device
-        self._batch = batch  # built in the worker thread unless given (tests)
+        self.engine = engine
+        # One batch for the life of the server: its KV cache is allocated once.
+        self._batch = batch if batch is not None else engine.new_batch(self.settings.max_batch)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._pending: deque[Job] = deque()
-        self._rows: dict[object, tuple[Job, int]] = {}  # row id -> (job, choice index)
+        self._live: dict[Row, _Live] = {}  # rows of running jobs, finished ones until reported
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.draining = False
@@ -148,7 +150,7 @@ class Scheduler:
                                f"the generation worker failed: {self.error}",
                                code="server_unavailable", headers={"Retry-After": "5"})
             if len(self._pending) >= self.settings.max_queue:
-                raise APIError(429, f"the server is busy: {len(self._rows)} choices are being generated "
+                raise APIError(429, f"the server is busy: {len(self._live)} choices are being generated "
                                f"and {len(self._pending)} requests wait; retry later",
                                code="queue_full", headers={"Retry-After": "1"})
             self._pending.append(job)
@@ -172,24 +174,26 @@ class Scheduler:
         """Drain for up to `timeout` seconds, then cancel what is left and end the thread."""
         self.begin_drain()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and (self._pending or self._rows) and self._alive():
+        while time.monotonic() < deadline and (self._pending or self._live) and self._alive():
             time.sleep(0.05)
         with self._lock:
             self._stopping = True
             self._wake.notify()
         if self._thread is not None:
             self._thread.join(timeout=max(1.0, timeout))
-        for job in list(self._pending) + [job for job, _ in self._rows.values()]:
+        with self._lock:
+            jobs = list(self._pending) + [live.job for live in self._live.values()]
+            self._pending.clear()
+            self._live.clear()
+        for job in dict.fromkeys(jobs):
             job.emit(Failed(503, "the server shut down before this request finished",
                             code="server_shutdown", headers={"Retry-After": "5"}))
-        self._pending.clear()
-        self._rows.clear()
 
     def _alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     def stats(self) -> dict:
-        return dict(active=len(self._rows), queued=len(self._pending),
+        return dict(active=len(self._live), queued=len(self._pending),
                     max_batch=self.settings.max_batch, max_queue=self.settings.max_queue,
                     steps=self.steps, generated_tokens=self.generated_tokens)
 
@@ -197,74 +201,71 @@ class Scheduler:
 
     def _run(self) -> None:
         try:
-            if self._batch is None:
-                self._batch = make_batch(self.model, self.tokenizer, self.device, self.settings.max_batch)
             while True:
                 with self._lock:
-                    while not self._stopping and not self._pending and not self._rows:
+                    while not self._stopping and not self._pending and not self._live:
                         self._wake.wait()
                     if self._stopping:
                         return
                 self._drop_cancelled()
-                self._admit()
-                if self._rows:
-                    self._step()
-        except Exception as e:  # a bug or an out-of-memory: fail every job, refuse new ones
+                if self._admit():
+                    self._report()  # first tokens out before the next step: a short TTFT
+                if len(self._batch):
+                    self._batch.step()
+                    self.steps += 1
+                self._report()
+        except Exception as e:  # a bug or out of memory: fail every job, refuse new ones
             log.exception("the generation worker failed")
-            self.error = f"{type(e).__name__}: {e}"
             with self._lock:
-                jobs = list(self._pending) + list({id(j): j for j, _ in self._rows.values()}.values())
+                self.error = f"{type(e).__name__}: {e}"
+                jobs = list(self._pending) + [live.job for live in self._live.values()]
                 self._pending.clear()
-                self._rows.clear()
-            for job in jobs:
+                self._live.clear()
+            for job in dict.fromkeys(jobs):
                 job.emit(Failed(500, f"generation failed ({self.error})", code="server_error"))
 
     def _drop_cancelled(self) -> None:
-        for row, (job, _) in list(self._rows.items()):
-            if job.cancelled:
+        for row, live in list(self._live.items()):
+            if live.job.cancelled:
                 self._batch.remove(row)
-                del self._rows[row]
+                del self._live[row]
         with self._lock:
             if any(job.cancelled for job in self._pending):
                 self._pending = deque(job for job in self._pending if not job.cancelled)
 
-    def _admit(self) -> None:
-        """Move waiting jobs into the batch, first come first served, while slots are free."""
+    def _admit(self) -> bool:
+        """Move waiting jobs into the batch, first come first served, while rows are free."""
+        admitted = False
         while True:
             with self._lock:
-                if not self._pending:
-                    return
-                job = self._pending[0]
-                if len(self._rows) + job.n > self.settings.max_batch:
-                    return  # the head job waits for slots (no overtaking: no starvation)
-                self._pending.popleft()
-            rows = self._batch.add(
-                job.prompt, n=job.n, max_new_tokens=job.max_new_tokens, temperature=job.temperature,
-                top_k=job.top_k, top_p=job.top_p, repetition_penalty=job.repetition_penalty,
-                seed=job.seed, stop=job.stop, logprobs=job.logprobs,
-            )
-            for i, row in enumerate(rows):
-                self._rows[row] = (job, job.first_index + i)
-
-    def _step(self) -> None:
-        updates = self._batch.step()
-        self.steps += 1
-        for u in updates:
-            entry = self._rows.get(u.row)
-            if entry is None:
+                if not self._pending or self._pending[0].n > self._batch.free:
+                    return admitted  # the head job waits for rows: no overtaking, no starvation
+                job = self._pending.popleft()
+            try:
+                rows = self._batch.add([job.prompt], job.params)
+            except LyreError as e:  # the handler validated; this is a last line of defence
+                job.emit(Failed(400, str(e), code="invalid_request"))
                 continue
-            job, index = entry
-            self.generated_tokens += u.new_tokens
-            if u.text or u.logprobs:
-                job.emit(Piece(index, u.text, u.tokens, u.logprobs))
-            if u.finish_reason is not None:
-                job.emit(Done(index, u.finish_reason, u.tokens))
-                self._batch.remove(u.row)
-                del self._rows[u.row]
+            for i, row in enumerate(rows):
+                self._live[row] = _Live(job, job.first_index + i)
+            admitted = True
 
-
-def make_batch(model, tokenizer, device, capacity: int):
-    """The engine's running batch (rows joining and leaving between decode steps)."""
-    from lyre.serve._fallback import GeneratorBatch  # TODO: the engine's step-level API
-
-    return GeneratorBatch(model, tokenizer, device, capacity)
+    def _report(self) -> None:
+        """Hand every row's new text (and finish) to its job; forget finished rows."""
+        token_bytes = self.engine.tokenizer.token_bytes
+        for row, live in list(self._live.items()):
+            text = row.take_text()
+            new = len(row.tokens) - live.reported
+            if text or new:
+                logprobs = None
+                if row.logprobs is not None and new:
+                    logprobs = []
+                    for tok, lp in zip(row.tokens[live.reported:], row.logprobs[live.reported:], strict=True):
+                        raw = token_bytes(tok)
+                        logprobs.append((raw.decode("utf-8", "replace"), float(lp), raw))
+                self.generated_tokens += new
+                live.reported = len(row.tokens)
+                live.job.emit(Piece(live.index, text, len(row.tokens), logprobs))
+            if row.finished:
+                live.job.emit(Done(live.index, row.finish_reason, len(row.tokens)))
+                del self._live[row]

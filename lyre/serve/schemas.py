@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lyre.engine import MAX_NEW_TOKENS
+
 # Bounds shared with the scheduler. They keep one request from monopolising the server.
 MAX_N = 8
 MAX_STOP = 4
@@ -78,7 +80,7 @@ class CompletionRequest(_SamplingFields):
         | Annotated[list[TokenId], Field(min_length=1)]
         | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=MAX_N)]
     ) = Field(description="Text, a list of texts, token ids, or a list of token id lists.")
-    max_tokens: int | None = Field(16, ge=1, description="New tokens per choice; default 16.")
+    max_tokens: int | None = Field(16, ge=1, le=MAX_NEW_TOKENS, description="New tokens per choice; default 16.")
     echo: bool | None = Field(False, description="Put the prompt in front of the completion.")
     logprobs: int | None = Field(
         None, ge=0, le=0,
@@ -116,9 +118,10 @@ class ChatCompletionRequest(_SamplingFields):
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=1024)
     max_tokens: int | None = Field(
-        None, ge=1, description="New tokens per choice; default: until the context is full."
+        None, ge=1, le=MAX_NEW_TOKENS,
+        description="New tokens per choice; default: until the context is full.",
     )
-    max_completion_tokens: int | None = Field(None, ge=1, description="Same as max_tokens.")
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS, description="Same as max_tokens.")
     logprobs: bool | None = Field(False, description="Return the log-probability of each token.")
     top_logprobs: int | None = Field(None, ge=0, le=0, description="Only 0 is supported.")
     response_format: ResponseFormat | None = None

@@ -1,0 +1,117 @@
+"""Muon vs AdamW on the CPU presets: steps and wall time to reach AdamW's final val loss.
+
+    python bench/optimizer.py [--preset shakespeare-char-cpu iliad-char] [--max-iters N]
+        [--eval-interval 100] [--muon-lr 0.02 ...] [--threads 1] [--out runs/bench-optimizer]
+
+For each preset: one AdamW run (the preset's own optimizer settings) and one Muon run per
+--muon-lr (Muon on the hidden matrices, the preset's AdamW on embeddings, head and gains), with
+the same data, seed, warmup + decay schedule and step budget. The val loss is exact (every
+window of the val split) every --eval-interval steps and at the end. The target is AdamW's
+final val loss; for Muon we report the first evaluated step at or below it (so the step count
+is rounded up to a multiple of --eval-interval) and the training wall time up to that step.
+Training wall time excludes evaluation: it is summed from the log lines' tokens/s. Runs of one
+preset are sequential, on the same number of threads, so they share the machine's noise alike
+only roughly: on a busy machine compare steps first, seconds second.
+
+Ends with one JSON line.
+"""
+
+# ruff: noqa: E402  (imports must follow the sys.path fix below)
+
+from __future__ import annotations
+
+import os
+import sys
+
+# bench/ holds tokenize.py, which would shadow the stdlib module if bench/ led sys.path.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
+import argparse
+import time
+from pathlib import Path
+
+from bench._common import json_line, machine
+from lyre.config import load_config
+from lyre.data import prepare
+from lyre.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = ("shakespeare-char-cpu", "iliad-char")
+
+
+def _corpus(paths: list[str]) -> list[Path]:
+    """Preset corpus paths are relative to the repository root (where `make` runs)."""
+    return [Path(p) if Path(p).is_absolute() else (REPO / p).resolve() for p in paths]
+
+
+def _run(preset: str, data_dir: Path, out: Path, overrides: list[str], threads: int, args) -> dict:
+    base = load_config(REPO / "configs" / f"{preset}.toml")
+    budget = args.max_iters or base.train.max_iters
+    config = load_config(REPO / "configs" / f"{preset}.toml", [
+        f"data.data_dir={data_dir}", f"train.max_iters={budget}", f"train.lr_decay_iters={budget}",
+        f"train.eval_interval={args.eval_interval}", "train.eval_windows=0", "train.final_eval=true",
+        "train.log_interval=10", f"train.threads={threads}", *overrides,
+    ])
+    start = time.perf_counter()
+    result = train(config, out, force=True, progress=False, plot=False)
+    wall = time.perf_counter() - start
+    tokens_per_step = config.train.batch_size * config.train.grad_accum * config.model.block_size
+    seconds, elapsed, previous = {}, 0.0, 0  # training seconds up to each logged step
+    for record in result.history:
+        if "tokens_per_s" in record:
+            elapsed += tokens_per_step * (record["step"] - previous) / record["tokens_per_s"]
+            previous = record["step"]
+            seconds[record["step"]] = elapsed
+    evals = [(r["step"], r["val_loss"]) for r in result.history if "val_loss" in r]
+    return {"evals": evals, "seconds": seconds, "final_val": result.val_loss, "train_s": elapsed,
+            "wall_s": wall, "steps": budget}
+
+
+def _reach(run: dict, target: float) -> tuple[int | None, float | None]:
+    for step, val in run["evals"]:
+        if val <= target + 1e-9:
+            return step, run["seconds"].get(step)
+    return None, None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", nargs="+", default=list(PRESETS), choices=PRESETS)
+    parser.add_argument("--max-iters", type=int, default=0, help="step budget (default: the preset's)")
+    parser.add_argument("--eval-interval", type=int, default=100)
+    parser.add_argument("--muon-lr", type=float, nargs="+", default=[0.02])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-optimizer")
+    args = parser.parse_args()
+    print(f"machine: {machine()}", flush=True)
+
+    report: dict = {"bench": "optimizer", "eval_interval": args.eval_interval, "presets": {}}
+    for preset in args.preset:
+        base = load_config(REPO / "configs" / f"{preset}.toml")
+        data_dir = args.out / preset / "data"
+        if not (data_dir / "meta.json").exists():
+            prepare(_corpus(base.data.corpus), base.data.tokenizer, data_dir,
+                    val_fraction=base.data.val_fraction)
+        adamw = _run(preset, data_dir, args.out / preset / "adamw", ["train.optimizer=adamw"], args.threads, args)
+        target = adamw["final_val"]
+        print(f"{preset}: adamw  final val {target:.4f} after {adamw['steps']} steps, "
+              f"{adamw['train_s']:.0f} s training", flush=True)
+        entry = {"adamw": {k: adamw[k] for k in ("final_val", "steps", "train_s", "evals")}, "muon": []}
+        for lr in args.muon_lr:
+            muon = _run(preset, data_dir, args.out / preset / f"muon-{lr:g}",
+                        ["train.optimizer=muon", f"train.muon_lr={lr}"], args.threads, args)
+            step, seconds = _reach(muon, target)
+            reached = (f"reaches {target:.4f} at step {step} ({seconds:.0f} s training, "
+                       f"{step / adamw['steps']:.0%} of AdamW's steps, "
+                       f"{seconds / adamw['train_s']:.0%} of its time)") if step else "never reaches it"
+            print(f"{preset}: muon lr {lr:g}  final val {muon['final_val']:.4f}, {reached}; "
+                  f"{muon['train_s']:.0f} s training in all", flush=True)
+            entry["muon"].append({"muon_lr": lr, "final_val": muon["final_val"], "steps_to_adamw": step,
+                                  "s_to_adamw": seconds, "train_s": muon["train_s"], "evals": muon["evals"]})
+        report["presets"][preset] = entry
+    json_line(report)
+
+
+if __name__ == "__main__":
+    main()

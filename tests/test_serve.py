@@ -1,0 +1,476 @@
+"""`lyre serve`: the official openai client against a live server, errors, concurrency, shutdown.
+
+Every server here listens on 127.0.0.1 (a free port) and serves a tiny model trained for the
+test session; nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from serve_util import sse_events, tiny_served_run, wait_health, with_template
+
+from lyre.engine import Engine
+from lyre.runs import load_run
+from lyre.serve import ServeSettings, create_app
+from lyre.serve.scheduler import Scheduler, SchedulerSettings
+from lyre.serve.server import free_port, start_background
+
+KEY = "sk-test-123"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tiny_served_run(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def run(run_dir):
+    return load_run(run_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    """An open server (no API key)."""
+    with start_background(run, ServeSettings(model_name="tiny")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def keyed(run):
+    """A server that wants `Authorization: Bearer sk-test-123`, with the alpaca template."""
+    with start_background(run, ServeSettings(model_name="tiny", api_key=KEY, chat_template="alpaca")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+# ----------------------------------------------------------------------------------------------
+# The openai client
+
+
+def test_models_list_and_get(client, server):
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["tiny"]
+    assert client.models.retrieve("tiny").id == "tiny"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
+
+
+def test_completion_usage_and_length(client, run):
+    r = client.completions.create(model="tiny", prompt="Sing, O goddess", max_tokens=7, seed=1)
+    assert r.object == "text_completion" and len(r.choices) == 1
+    choice = r.choices[0]
+    assert choice.finish_reason in ("length", "stop")
+    prompt_tokens = len(run.tokenizer.encode("Sing, O goddess"))
+    assert r.usage.prompt_tokens == prompt_tokens
+    assert r.usage.total_tokens == prompt_tokens + r.usage.completion_tokens
+    if choice.finish_reason == "length":
+        assert r.usage.completion_tokens == 7
+
+
+def test_seeded_completion_is_reproducible_streamed_or_not(client):
+    args = dict(model="tiny", prompt="The wrath of", max_tokens=12, seed=42, temperature=0.9,
+                extra_body={"top_k": 20, "repetition_penalty": 1.2})
+    first = client.completions.create(**args).choices[0].text
+    again = client.completions.create(**args).choices[0].text
+    assert first == again
+    stream = client.completions.create(stream=True, **args)
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == first
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+
+
+def test_completion_n_echo_and_prompt_list(client):
+    r = client.completions.create(model="tiny", prompt=["Achilles", "Hector"], n=2, max_tokens=4,
+                                  echo=True, seed=3)
+    assert sorted(c.index for c in r.choices) == [0, 1, 2, 3]
+    assert r.choices[0].text.startswith("Achilles") and r.choices[3].text.startswith("Hector")
+    ids = client.completions.create(model="tiny", prompt=[5, 6, 7], max_tokens=3)
+    assert ids.usage.prompt_tokens == 3
+
+
+def test_completion_stop_string_cut_from_output(client):
+    base = client.completions.create(model="tiny", prompt="Sing", max_tokens=20, temperature=0)
+    text = base.choices[0].text
+    if base.choices[0].finish_reason != "length" or len(text) < 6:
+        pytest.skip("the tiny model ended early; no stop string to pick")
+    stop = text[3:5]
+    r = client.completions.create(model="tiny", prompt="Sing", max_tokens=20, temperature=0, stop=[stop])
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].text == text[: text.index(stop)]
+
+
+def test_completion_logprobs(client):
+    r = client.completions.create(model="tiny", prompt="Sing", max_tokens=5, logprobs=0, seed=0)
+    lp = r.choices[0].logprobs
+    assert lp is not None and len(lp.token_logprobs) == r.usage.completion_tokens
+    assert all(x <= 0 for x in lp.token_logprobs)
+
+
+def test_chat_completion_and_stream(client):
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello, who are you? ✓"}]
+    r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, seed=5, n=2)
+    assert r.object == "chat.completion" and len(r.choices) == 2
+    for c in r.choices:
+        assert c.message.role == "assistant" and isinstance(c.message.content, str)
+        assert c.finish_reason in ("stop", "length")
+    assert r.usage.completion_tokens <= 16
+    stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, seed=5,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish and finish[-1] in ("stop", "length")
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    single = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, seed=5)
+    assert text == single.choices[0].message.content
+
+
+def test_chat_with_template_and_api_key(keyed, run):
+    good = openai.OpenAI(base_url=keyed.url + "/v1", api_key=KEY, max_retries=0)
+    r = good.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Name a hero."}],
+                                     max_tokens=6, temperature=0)
+    assert r.choices[0].finish_reason in ("stop", "length")
+    # The alpaca prompt is what the model saw.
+    from lyre.chat import get_template
+
+    prompt = get_template("alpaca").render([{"role": "user", "content": "Name a hero."}])
+    assert r.usage.prompt_tokens == len(run.tokenizer.encode(prompt))
+    chunks = list(good.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, stream=True))
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    bad = openai.OpenAI(base_url=keyed.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        bad.completions.create(model="tiny", prompt="x", max_tokens=1)
+    assert e.value.body["code"] == "invalid_api_key"
+    r = httpx.post(keyed.url + "/v1/completions", json={"model": "tiny", "prompt": "x"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
+    assert r.headers["www-authenticate"] == "Bearer"
+    # 401 comes before looking at the body, and the public routes stay public.
+    assert httpx.post(keyed.url + "/v1/completions", content=b"{not json").status_code == 401
+    assert httpx.get(keyed.url + "/health").status_code == 200
+    assert httpx.get(keyed.url + "/").status_code == 200
+    assert "bearer" in json.dumps(httpx.get(keyed.url + "/openapi.json").json()["components"]).lower()
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: always a 4xx in OpenAI's error shape
+
+
+def _post(server, path, body=None, content=None, headers=None):
+    return httpx.post(server.url + path, json=body, content=content, headers=headers, timeout=30)
+
+
+BAD = [
+    ("/v1/completions", b"{not json", 400, None),
+    ("/v1/completions", b"", 400, None),
+    ("/v1/completions", b"[1, 2]", 400, None),
+    ("/v1/completions", {"prompt": "x"}, 400, "model"),
+    ("/v1/completions", {"model": "gpt-4", "prompt": "x"}, 404, "model"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "top_p": 1.5}, 400, "top_p"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "top_p": 0}, 400, "top_p"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "temperature": -1}, 400, "temperature"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 1000}, 400, "n"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "top_k": -1}, 400, "top_k"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "repetition_penalty": 0}, 400, "repetition_penalty"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "stop": [1]}, 400, "stop"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "presence_penalty": 1}, 400, "presence_penalty"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "bogus": 1}, 400, "bogus"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "seed": "abc"}, 400, "seed"),
+    ("/v1/completions", {"model": "tiny", "prompt": [99999]}, 400, "prompt"),
+    ("/v1/completions", {"model": "tiny", "prompt": "word " * 300}, 400, "prompt"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": []}, 400, "messages"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, 400, None),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x " * 600}]}, 400, "messages"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                              "tools": [{"type": "function"}]}, 400, "tools"),
+]
+
+
+@pytest.mark.parametrize("path,body,status,param", BAD)
+def test_bad_requests_get_openai_errors(server, path, body, status, param):
+    if isinstance(body, bytes):
+        r = _post(server, path, content=body, headers={"Content-Type": "application/json"})
+    else:
+        r = _post(server, path, body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if param is not None:
+        assert err["param"] == param or (err["param"] or "").startswith(param), err
+
+
+def test_context_length_error_code(server):
+    r = _post(server, "/v1/completions", {"model": "tiny", "prompt": "word " * 300})
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+    assert "256" in r.json()["error"]["message"]
+
+
+def test_body_size_limit(run):
+    with start_background(run, ServeSettings(model_name="tiny", max_body_bytes=4096)) as srv:
+        big = json.dumps({"model": "tiny", "prompt": "x" * 10_000}).encode()
+        r = _post(srv, "/v1/completions", content=big, headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+        def chunks():  # no Content-Length: chunked transfer encoding
+            for i in range(0, len(big), 1000):
+                yield big[i : i + 1000]
+
+        r = _post(srv, "/v1/completions", content=chunks(), headers={"Content-Type": "application/json"})
+        assert r.status_code == 413
+        assert _post(srv, "/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 1}).status_code == 200
+
+
+def test_unknown_route_and_method(server):
+    r = httpx.get(server.url + "/v1/nothing")
+    assert r.status_code == 404 and "error" in r.json()
+    r = httpx.get(server.url + "/v1/completions")
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def test_openapi_schema_and_page(server):
+    schema = httpx.get(server.url + "/openapi.json").json()
+    for path in ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health"):
+        assert path in schema["paths"]
+    assert "422" not in json.dumps(schema["paths"])
+    props = schema["components"]["schemas"]["CompletionRequest"]["properties"]
+    assert {"top_k", "repetition_penalty", "stop", "seed", "n", "stream"} <= set(props)
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200 and "<textarea" in page.text
+    for name in ("app.js", "app.css", "favicon.svg"):
+        r = httpx.get(server.url + "/static/" + name)
+        assert r.status_code == 200
+        text = r.text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+        assert "http://" not in text and "https://" not in text  # works offline: no CDN
+
+
+# ----------------------------------------------------------------------------------------------
+# Concurrency
+
+
+async def _stream_one(http: httpx.AsyncClient, url: str, body: dict) -> tuple[str, str | None, int]:
+    text, finish, n = "", None, 0
+    async with http.stream("POST", url + "/v1/completions", json={**body, "stream": True}) as r:
+        assert r.status_code == 200, await r.aread()
+        lines = [line async for line in r.aiter_lines()]
+    events = sse_events(lines)
+    assert events[-1] == "[DONE]"
+    for e in events[:-1]:
+        for c in e["choices"]:
+            text += c["text"]
+            finish = c["finish_reason"] or finish
+            n += 1
+    return text, finish, n
+
+
+def test_32_concurrent_streams_finish_and_health_stays_responsive(client, server):
+    # A greedy reference tells which stop string each client will hit.
+    ref = client.completions.create(model="tiny", prompt="Sing", max_tokens=24, temperature=0)
+    ref_text = ref.choices[0].text
+    stop = ref_text[4:6] if ref.choices[0].finish_reason == "length" and len(ref_text) > 8 else None
+
+    async def main():
+        health_latency: list[float] = []
+        done = asyncio.Event()
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as http:
+            async def poll_health():
+                while not done.is_set():
+                    t = time.perf_counter()
+                    r = await http.get(server.url + "/health")
+                    assert r.status_code == 200
+                    health_latency.append(time.perf_counter() - t)
+                    await asyncio.sleep(0.05)
+
+            bodies = []
+            for i in range(32):
+                if i % 2 == 0:
+                    bodies.append({"model": "tiny", "prompt": f"Client {i} says", "max_tokens": 6 + i % 5,
+                                   "seed": i})
+                else:
+                    bodies.append({"model": "tiny", "prompt": "Sing", "max_tokens": 24, "temperature": 0,
+                                   **({"stop": [stop]} if stop else {})})
+            poller = asyncio.create_task(poll_health())
+            results = await asyncio.gather(*(_stream_one(http, server.url, b) for b in bodies))
+            done.set()
+            await poller
+        return bodies, results, health_latency
+
+    bodies, results, latency = asyncio.run(main())
+    for body, (text, finish, _) in zip(bodies, results, strict=True):
+        if body.get("temperature") == 0:
+            if stop:
+                assert finish == "stop" and text == ref_text[: ref_text.index(stop)]
+            else:
+                assert finish == ref.choices[0].finish_reason
+        else:
+            assert finish in ("length", "stop")
+    assert latency and max(latency) < 2.0, f"/health took up to {max(latency):.2f} s"
+    health = httpx.get(server.url + "/health").json()
+    assert health["active"] == 0 and health["queued"] == 0
+
+
+class SlowBatch:
+    """The engine's batch, with a pause before every decode step (so requests overlap for sure)."""
+
+    def __init__(self, inner, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def step(self):
+        time.sleep(self.delay)
+        return self.inner.step()
+
+
+def _slow_server(run, delay=0.05, **settings):
+    s = ServeSettings(model_name="tiny", **settings)
+    engine = Engine(run.model, run.tokenizer, device=run.device)
+    scheduler = Scheduler(engine, settings=SchedulerSettings(max_batch=s.max_batch, max_queue=s.max_queue),
+                          batch=SlowBatch(engine.new_batch(s.max_batch), delay))
+    return create_app(run, s, scheduler=scheduler)
+
+
+def _background_app(app):
+    import uvicorn
+
+    from lyre.serve.server import BackgroundServer, _Server
+
+    port = free_port()
+    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"),
+                     app.state.scheduler, install_signals=False)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    return BackgroundServer(app, server, thread, "127.0.0.1", port)
+
+
+def test_killed_client_frees_its_slot(run, tmp_path):
+    with _background_app(_slow_server(run, delay=0.05)) as srv:
+        body = {"model": "tiny", "prompt": "Sing", "max_tokens": 60, "temperature": 0}
+        if httpx.post(srv.url + "/v1/completions", json=body, timeout=60).json()["choices"][0]["finish_reason"] != "length":
+            pytest.skip("the tiny model ends this greedy answer early; nothing to interrupt")
+        before = httpx.get(srv.url + "/health").json()["generated_tokens"]
+        client_code = textwrap.dedent(f"""
+            import httpx, sys
+            with httpx.stream("POST", "{srv.url}/v1/completions", timeout=60,
+                              json={{**{body!r}, "stream": True}}) as r:
+                for line in r.iter_lines():  # (leaving this loop would close the stream)
+                    if line.startswith("data: "):
+                        print("first", flush=True)
+                        sys.stdin.read()  # hang, connection open, until killed
+        """)
+        proc = subprocess.Popen([sys.executable, "-c", client_code], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "first"
+            assert httpx.get(srv.url + "/health").json()["active"] == 1
+            proc.kill()
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        deadline = time.monotonic() + 10
+        while httpx.get(srv.url + "/health").json()["active"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        health = httpx.get(srv.url + "/health").json()
+        assert health["active"] == 0
+        # 60 tokens at >= 50 ms a step would take 3 s; the slot was freed well before.
+        assert health["generated_tokens"] - before < 55
+
+
+def test_full_queue_gets_429_with_retry_after(run):
+    app = _slow_server(run, delay=0.05, max_batch=1, max_queue=1)
+    with _background_app(app) as srv:
+        async def main():
+            async with httpx.AsyncClient(timeout=60) as http:
+                body = {"model": "tiny", "prompt": "Sing", "max_tokens": 20}
+                first = asyncio.create_task(http.post(srv.url + "/v1/completions", json=body))
+                while httpx.get(srv.url + "/health").json()["active"] < 1:
+                    await asyncio.sleep(0.02)
+                second = asyncio.create_task(http.post(srv.url + "/v1/completions", json=body))
+                while httpx.get(srv.url + "/health").json()["queued"] < 1:
+                    await asyncio.sleep(0.02)
+                third = await http.post(srv.url + "/v1/completions", json=body)
+                return await first, await second, third
+
+        first, second, third = asyncio.run(main())
+        assert first.status_code == 200 and second.status_code == 200
+        assert third.status_code == 429 and third.headers["retry-after"] == "1"
+        assert third.json()["error"]["type"] == "rate_limit_error"
+        # Draining (SIGTERM) refuses new work with 503.
+        app.state.scheduler.begin_drain()
+        r = httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": "x"})
+        assert r.status_code == 503 and "retry-after" in r.headers
+        assert httpx.get(srv.url + "/health").json()["status"] == "draining"
+
+
+def test_lyre_serve_cli_sigterm_is_graceful(run_dir, tmp_path):
+    """`lyre serve` in its own process: streams, then SIGTERM mid-stream -> clean exit 0."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lyre", "serve", str(run_dir), "--port", str(port), "--api-key", KEY,
+         "--model-name", "tiny", "--shutdown-timeout", "5", "--log-level", "warning"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_health(url, proc=proc)
+        headers = {"Authorization": f"Bearer {KEY}"}
+        events = []
+        with httpx.stream("POST", url + "/v1/chat/completions", headers=headers, timeout=60,
+                          json={"model": "tiny", "messages": [{"role": "user", "content": "Hi"}],
+                                "max_tokens": 40, "stream": True}) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data: ") and not events:
+                    proc.send_signal(signal.SIGTERM)
+                events.append(line)
+        parsed = sse_events(events)
+        assert parsed[-1] == "[DONE]"  # the in-flight stream finished cleanly
+        assert proc.wait(30) == 0, proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_lyre_serve_cli_bad_flags(run_dir, tmp_path):
+    from lyre.cli import main
+
+    assert main(["serve", str(run_dir), "--max-batch", "0"]) == 2
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    assert main(["serve", str(run_dir), "--template", "nope"]) == 2
+
+
+def test_template_from_run_dir(run_dir, tmp_path):
+    templated = with_template(run_dir, tmp_path / "alpaca-run", "alpaca")
+    app = create_app(load_run(templated, device="cpu"), ServeSettings())
+    assert app.state.model_name == "alpaca-run"
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as tc:
+        model = tc.get("/v1/models").json()["data"][0]
+        assert model["chat_template"] == "alpaca" and model["context_length"] == 256
