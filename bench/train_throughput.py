@@ -53,6 +53,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from lyre.config import TrainConfig
 from lyre.data import get_batch
+from lyre.distributed import Dist
 from lyre.model import GPT, GPTConfig
 from lyre.train import Trainer, autocast_context, make_optimizer
 
@@ -126,6 +127,7 @@ class LyreStep:
             train_tokens=tokens,
             batch_generator=torch.Generator().manual_seed(seed),
             device=device,
+            dist=Dist(device=device),  # one process
             step=0,
             run_dir="(bench)",
         )

@@ -477,11 +477,6 @@ class Batch:
         logits = self._decode(ids)
         return self._sample(list(self.rows), logits)
 
-    def remove(self, row: Row) -> None:
-        """Drop an unfinished row (its client went away); its slot is free at once."""
-        if row in self.rows:
-            self._release(row)
-
     # Added for the server's scheduler (issue 6, lyre/serve/scheduler.py): a client that goes
     # away mid-generation must free its row at once, without finishing it.
     def remove(self, row: Row) -> bool:

@@ -366,14 +366,19 @@ class Trainer:
         # No .item() inside the loop: the host queues the work and draws the next batch while
         # the device computes; DDP averages the gradients only after the last micro-batch.
         total = torch.zeros((), device=self.device)
-        x, y = self._next_batch()
+
+        def next_batch() -> tuple[torch.Tensor, torch.Tensor]:  # this process's share, pinned on CUDA
+            return self.dist.get_batch(self.train_tokens, cfg.batch_size, self.config.model.block_size,
+                                       self.batch_generator, self.device, draw=get_batch)
+
+        x, y = next_batch()
         for micro in range(cfg.grad_accum):
             last = micro == cfg.grad_accum - 1
             with self.dist.sync_gradients(last):
                 with self.autocast:
                     _, loss = self.forward(x, y)
                 if not last:
-                    x, y = self._next_batch()
+                    x, y = next_batch()
                 (loss / cfg.grad_accum).backward()
             total += loss.detach()
         loss_value = self.dist.mean(total).item() / cfg.grad_accum  # over all processes
@@ -387,14 +392,6 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value
-
-    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This process's share of the next global batch (pinned, non-blocking copy on CUDA)."""
-        cfg = self.config.train
-        return self.dist.get_batch(
-            self.train_tokens, cfg.batch_size, self.config.model.block_size, self.batch_generator,
-            self.device, draw=get_batch,
-        )
 
     @contextmanager
     def _out_of_memory_as_error(self):

@@ -28,10 +28,10 @@ corpus = ["{corpus}"]
 tokenizer = "bpe:300"
 
 [train]
-batch_size = 4
-max_iters = 10
+batch_size = 2
+max_iters = 6
 warmup_iters = 2
-eval_interval = 10
+eval_interval = 6
 eval_windows = 2
 log_interval = 5
 final_eval = false

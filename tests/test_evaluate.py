@@ -1,0 +1,146 @@
+"""`lyre eval`: loss, perplexity and bits per byte, checked against a brute-force computation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lyre.cli import main
+from lyre.errors import LyreError
+from lyre.evaluate import evaluate_run, evaluate_text, evaluate_tokens
+from lyre.model import GPT, GPTConfig
+from lyre.runs import load_run
+from lyre.tokenizers.char import CharTokenizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices gain nothing from threads, and on a busy machine extra threads spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory, tiny_corpus):
+    """Text the char run can encode (its own corpus), short enough for brute force."""
+    path = tmp_path_factory.mktemp("eval") / "heldout.txt"
+    path.write_text(tiny_corpus.read_text(encoding="utf-8")[5000:5600], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def bpe_run(tmp_path_factory, tiny_config):
+    """A tiny run with a byte-level BPE tokenizer, to compare with the char run."""
+    from lyre.train import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny-bpe"
+    train(tiny_config("data.tokenizer=bpe:300", "train.max_iters=10"), run_dir, progress=False, plot=False)
+    return run_dir
+
+
+def brute_force_nats(model, tokens: list[int], stride: int) -> list[float]:
+    """-log p of every token but the first, each from its own forward pass over its context."""
+    block, n = model.config.block_size, len(tokens)
+    last = n - 1 - min(block, n - 1)  # start of the final window, aligned to the end
+    nats = []
+    for t in range(1, n):
+        if stride == 1:
+            start = max(0, t - block)  # the most context a token can have
+        else:  # stride == block: non-overlapping windows, the tail in the end-aligned one
+            start = ((t - 1) // block) * block
+            start = start if start + block <= n - 1 else last
+            start = min(start, t - 1)
+        logits, _ = model(torch.tensor([tokens[start:t]]))
+        nats.append(-F.log_softmax(logits[0, -1].double(), dim=-1)[tokens[t]].item())
+    return nats
+
+
+@pytest.mark.parametrize("stride", [1, None])
+def test_numbers_match_brute_force(trained_run, heldout, stride):
+    run = load_run(trained_run, device="cpu")
+    text = heldout.read_text(encoding="utf-8")
+    tokens = run.tokenizer.encode(text)
+    block = run.config.model.block_size
+    result = evaluate_text(run.model, run.tokenizer, text, stride=stride, batch_size=5)
+    nats = brute_force_nats(run.model, tokens, stride or block)
+    assert result.tokens == len(tokens) - 1 == len(nats)
+    assert result.loss == pytest.approx(sum(nats) / len(nats), rel=1e-5)
+    assert result.perplexity == pytest.approx(math.exp(result.loss), rel=1e-9)
+    assert result.bytes == len(text.encode("utf-8")) - 1  # ASCII chars, all but the first scored
+    assert result.bits_per_byte == pytest.approx(sum(nats) / math.log(2) / result.bytes, rel=1e-5)
+    assert result.stride == (stride or block) and result.block_size == block
+
+
+def test_more_context_gives_a_lower_loss(trained_run, heldout):
+    run = load_run(trained_run, device="cpu")
+    text = heldout.read_text(encoding="utf-8")
+    overlapping = evaluate_text(run.model, run.tokenizer, text, stride=4)
+    separate = evaluate_text(run.model, run.tokenizer, text)
+    assert overlapping.tokens == separate.tokens
+    assert overlapping.loss < separate.loss
+
+
+def test_bits_per_byte_counts_the_bytes_of_bpe_tokens(bpe_run, trained_run, heldout):
+    bpe = evaluate_run(bpe_run, heldout, device="cpu")
+    char = evaluate_run(trained_run, heldout, device="cpu")
+    run = load_run(bpe_run, device="cpu")
+    text = heldout.read_text(encoding="utf-8")
+    first = run.tokenizer.encode(text)[0]
+    assert bpe.bytes == len(text.encode("utf-8")) - len(run.tokenizer.token_bytes(first))
+    assert bpe.tokens < char.tokens  # BPE tokens hold several characters ...
+    assert abs(bpe.bytes - char.bytes) <= 8  # ... but score (almost) the same bytes
+    assert bpe.bits_per_byte == pytest.approx(bpe.loss * bpe.tokens / math.log(2) / bpe.bytes)
+
+
+def test_multibyte_text_and_an_untrained_model():
+    text = "αβγ δεζ ηθι " * 20
+    tok = CharTokenizer(text)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=tok.vocab_size))
+    result = evaluate_tokens(model, tok, np.array(tok.encode(text)))
+    assert result.bytes == len(text[1:].encode("utf-8"))  # two bytes per Greek letter
+    assert result.loss == pytest.approx(math.log(tok.vocab_size), abs=0.3)  # ~uniform at init
+    with pytest.raises(LyreError, match="batch_size"):
+        evaluate_tokens(model, tok, np.array(tok.encode(text)), batch_size=0)
+
+
+def test_cli_eval_json_matches_the_python_api(trained_run, heldout, capsys):
+    assert main(["eval", str(trained_run), "--data", str(heldout), "--stride", "8", "--json",
+                 "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    expected = evaluate_run(trained_run, heldout, stride=8, device="cpu")
+    for key, value in expected.to_dict().items():
+        assert report[key] == pytest.approx(value)
+    assert report["tokenizer"] == "char" and report["checkpoint"] in ("best", "last")
+    assert main(["eval", str(trained_run), "--data", str(heldout), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "bits/byte" in out and "perplexity" in out and "stride 16" in out
+
+
+@pytest.mark.parametrize(
+    "content,flags,message",
+    [
+        (None, [], "not found"),
+        ("", [], "empty"),
+        (b"\xff\xfe bad", [], "not UTF-8"),
+        ("Sing, O goddess", ["--stride", "0"], "stride"),
+        ("Sing, O goddess", ["--stride", "17"], "stride"),
+        ("Sing \u2603", [], "not in the char tokenizer"),
+    ],
+)
+def test_cli_eval_errors_are_one_line(trained_run, tmp_path, capsys, content, flags, message):
+    path = tmp_path / "data.txt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content, encoding="utf-8")
+    assert main(["eval", str(trained_run), "--data", str(path), "--device", "cpu", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lyre: error:") and message in err and err.count("\n") == 1
