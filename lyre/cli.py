@@ -68,6 +68,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed: same seed, same output")
     p.add_argument("--num-samples", type=int, default=1,
                    help="how many samples, all from one prefill in one batch (default 1)")
+    p.add_argument("--int8", action="store_true",
+                   help="int8 weights (CPU only): faster, slightly different numbers")
     p.add_argument("--checkpoint", default="best", help="best or last (default best)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.set_defaults(func=cmd_sample)
@@ -272,7 +274,7 @@ def _default_preset() -> Path:
 
 
 def cmd_sample(args) -> None:
-    from lyre.engine import Engine, SamplingConfig
+    from lyre.engine import Engine, SamplingConfig, quantize_int8
     from lyre.generate import crop_prompt
     from lyre.runs import load_run
 
@@ -282,6 +284,8 @@ def cmd_sample(args) -> None:
         num_samples=args.num_samples, seed=args.seed, overflow=args.overflow,
     ).validate()  # bad flags fail before the model is loaded
     run = load_run(args.run_dir, args.checkpoint, args.device)
+    if args.int8:
+        quantize_int8(run.model)
     engine = Engine(run.model, run.tokenizer, run.device)
     prompt = _read_prompt(args)
     if prompt is None:  # start of text
@@ -358,8 +362,9 @@ def cmd_import_hf(args) -> None:
     from lyre.hf import import_hf, resolve_source
 
     run_dir = import_hf(resolve_source(args.src), args.out, tokenizer=args.tokenizer, force=args.force)
-    print(f"wrote {run_dir}: sample it with `lyre sample {run_dir}`, fine-tune it with "
-          f"`lyre train --set train.init_from={run_dir}`")
+    print(f"wrote {run_dir}: sample it with `lyre sample {run_dir}`; fine-tune it with "
+          f"`lyre train --set train.init_from={run_dir}` on data tokenized by {run_dir}/tokenizer "
+          f"(see docs/hf.md)")
 
 
 def cmd_export_hf(args) -> None:
@@ -415,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lyre: error: {where}{e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("\nlyre: interrupted", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+            print("\nlyre: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `lyre sample ... | head`
         return 0

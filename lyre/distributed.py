@@ -31,6 +31,7 @@ import base64
 import os
 import random
 import re
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -444,6 +445,7 @@ def launch(nproc: int, argv: list[str]) -> None:
     machine; a process that fails stops the others and becomes one LyreError here."""
     if nproc < 1:
         raise LyreError(f"--nproc must be at least 1; got {nproc}")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -454,7 +456,15 @@ def launch(nproc: int, argv: list[str]) -> None:
     )
     try:
         run(args)
+    except SignalException as e:
+        # torchrun forwarded the signal to every process (each in its own session); on SIGINT
+        # they agreed on a step and saved `last` before stopping (within torchrun's 30 s).
+        if e.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise LyreError(f"stopped by signal {e.sigval.name}; continue from the last checkpoint with --resume") from None
     except ChildFailedError as e:
+        if all(f.exitcode == 130 for f in e.failures.values()):  # they stopped on Ctrl-C
+            raise KeyboardInterrupt from None
         # The process that failed first is the cause; the others were stopped (by a signal) or
         # failed because they lost contact with it.
         rank, first = min(e.failures.items(), key=lambda kv: (kv[1].exitcode < 0, kv[1].timestamp, kv[0]))

@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,12 @@ KNOWN_FIELDS = {
 # Reading a Hugging Face directory
 
 
+def _first_line(e: BaseException) -> str:
+    """LyreErrors are one line; library exceptions are sometimes many."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 def read_hf_config(src: Path) -> dict[str, Any]:
     path = Path(src) / "config.json"
     if not path.is_file():
@@ -136,7 +143,7 @@ def _read_safetensors(path: Path) -> Tensors:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        raise LyreError(f"{path} is not a readable safetensors file ({ckpt._first_line(e)})") from None
+        raise LyreError(f"{path} is not a readable safetensors file ({_first_line(e)})") from None
 
 
 def _read_bin(path: Path) -> Tensors:
@@ -147,7 +154,7 @@ def _read_bin(path: Path) -> Tensors:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
         raise LyreError(
-            f"{path} could not be loaded as plain tensors ({ckpt._first_line(e)}); "
+            f"{path} could not be loaded as plain tensors ({_first_line(e)}); "
             f"use a {SAFETENSORS} copy of the checkpoint"
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -516,15 +523,18 @@ def import_tokenizer(src: Path, dest: Path) -> Tokenizer:
             return GPT2Tokenizer(dest)
         from tokenizers import Tokenizer as HFTokenizer
 
-        tokenizer = BPETokenizer(HFTokenizer.from_str(json.dumps(data)))
+        try:
+            tokenizer = BPETokenizer(HFTokenizer.from_str(json.dumps(data)))
+        except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+            raise LyreError(f"{path} is not a valid tokenizers file ({_first_line(e)})") from None
     else:
         raise LyreError(f"{path} is neither a byte-level BPE nor a char vocabulary; lyre cannot use it")
     tokenizer.save(dest)
     return tokenizer
 
 
-def _is_gpt2_vocab(vocab: dict[str, int]) -> bool:
-    return len(vocab) == 50257 and vocab.get(EOT) == 50256
+def _is_gpt2_vocab(vocab: Any) -> bool:
+    return isinstance(vocab, dict) and len(vocab) == 50257 and vocab.get(EOT) == 50256
 
 
 def _read_json(path: Path) -> Any:
@@ -577,16 +587,19 @@ def import_hf(
     ("gpt2:DIR" or a lyre tokenizer directory) replaces the one in SRC, or supplies it.
     """
     src, out = Path(src_dir), Path(out_run_dir)
-    cfg, model = hf_to_lyre_model(src)  # everything is validated before the output is touched
-    _clear_run(out, force)
-    tmp_tok = out / "tokenizer.tmp"
-    shutil.rmtree(tmp_tok, ignore_errors=True)
-    tok = _tokenizer_for_import(src, tmp_tok, tokenizer)
-    if tok.vocab_size > cfg.vocab_size:
-        shutil.rmtree(tmp_tok)
-        raise LyreError(f"the tokenizer has {tok.vocab_size} tokens but the model only {cfg.vocab_size}")
-    tmp_tok.rename(out / "tokenizer")
-    state = {"step": 0, "imported_from": str(src.resolve()), "model_type": read_hf_config(src)["model_type"]}
+    # Model and tokenizer are both converted and checked before the output is touched.
+    cfg, model = hf_to_lyre_model(src)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        tok = _tokenizer_for_import(src, Path(tmp) / "tokenizer", tokenizer)
+        if tok.vocab_size > cfg.vocab_size:
+            raise LyreError(
+                f"the tokenizer has {tok.vocab_size} tokens but the model only {cfg.vocab_size}"
+            )
+        _clear_run(out, force)
+        (Path(tmp) / "tokenizer").rename(out / "tokenizer")
+    model_type = read_hf_config(src)["model_type"]
+    state = {"step": 0, "imported_from": str(src.resolve()), "model_type": model_type}
     ckpt.save_checkpoint(out, "last", model=model, optimizer=None, state=state)
     data = DataConfig(tokenizer=_tokenizer_spec(tok, out / "tokenizer"))
     save_config(RunConfig(model=cfg, data=data, train=TrainConfig()), out / "config.json")
@@ -622,7 +635,7 @@ def resolve_source(name_or_dir: str | Path, revision: str | None = None) -> Path
     except Exception as e:  # no network, unknown repo, gated repo, ...
         raise LyreError(
             f"cannot get {name_or_dir!r} from the Hugging Face hub ({type(e).__name__}: "
-            f"{ckpt._first_line(e)}); pass a local model directory instead"
+            f"{_first_line(e)}); pass a local model directory instead"
         ) from None
     return local
 

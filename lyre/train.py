@@ -340,6 +340,7 @@ class Trainer:
         rank_rng = self.dist.rank_rng_states()
         model, optimizer = self.dist.checkpoint_sources(self.model, self.optimizer)
         if model is None:
+            self.dist.barrier()
             return
         state = {
             "step": self.step,
@@ -351,6 +352,7 @@ class Trainer:
         if rank_rng is not None:
             state["rank_rng"] = rank_rng
         ckpt.save_checkpoint(self.run_dir, name, model=model, optimizer=optimizer, state=state)
+        self.dist.barrier()  # nobody leaves (say, on Ctrl-C) while rank 0 is still writing
 
     def _log(self, record: dict) -> None:
         self.history.append(record)
@@ -514,8 +516,9 @@ class Trainer:
                 if self.dist.any(ctrl_c.requested):  # all processes stop at the same step
                     bar.close()
                     self._save("last")
-                    print(f"lyre: stopped by Ctrl-C; saved checkpoint 'last' at step {self.step}; "
-                          f"continue with `lyre train --resume {self.run_dir}`", file=sys.stderr)
+                    if self.dist.is_main:
+                        print(f"lyre: stopped by Ctrl-C; saved checkpoint 'last' at step {self.step}; "
+                              f"continue with `lyre train --resume {self.run_dir}`", file=sys.stderr)
                     raise KeyboardInterrupt
         finally:
             bar.close()

@@ -162,6 +162,24 @@ def test_overflow_stop_and_slide():
     assert slid == generate_without_cache(model, [long_prompt], 5)[0]
 
 
+def test_cpu_layout_keeps_values_ties_and_outputs():
+    model, ref = tiny_gpt("learned"), tiny_gpt("learned")
+    Engine(model)  # on CPU the engine stores Linear weights transposed in memory
+    assert model.transformer.h[0].attn.c_attn.weight.stride() == (1, 96)  # [96, 32] stored [32, 96]
+    assert model.lm_head.weight is model.transformer.wte.weight
+    for (name, a), b in zip(model.state_dict().items(), ref.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    x = torch.tensor([PROMPTS[1]])
+    torch.testing.assert_close(model(x, all_logits=True)[0], ref(x, all_logits=True)[0])
+
+
+def test_int8_weights_still_generate():
+    from lyre.engine import quantize_int8
+
+    out = Engine(quantize_int8(tiny_gpt("rope"))).generate(PROMPTS, greedy(5))
+    assert all(len(o.tokens) == 5 for o in out)
+
+
 def test_bigram_baseline_generates_through_the_engine():
     model = chain_model([3, 1, 4, 5, 9, 2, 6], vocab_size=10, block_size=4)
     out = Engine(model).generate([[3]], greedy(5))[0]
@@ -315,6 +333,8 @@ def test_cli_sample_on_a_trained_run(trained_run, capsys):
     assert out.count("--- sample") == 3
     assert main([*args, "--seed", "1", "--stop", "e"]) == 0
     assert "e" not in capsys.readouterr().out[len("Sing") :].rstrip("\n")
+    assert main([*args, "--seed", "1", "--int8", "--overflow", "stop"]) == 0
+    assert capsys.readouterr().out.startswith("Sing")
 
 
 @pytest.mark.parametrize(

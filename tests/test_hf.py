@@ -257,6 +257,7 @@ def test_tokenizer_larger_than_the_model_is_refused(tmp_path, bpe_tokenizer_json
     src = good_src(tmp_path, bpe_tokenizer_json, vocab_size=200)
     with pytest.raises(LyreError, match="tokenizer has .* tokens but the model only 200"):
         import_hf(src, tmp_path / "run")
+    assert not (tmp_path / "run").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
 
 
 def test_sharded_checkpoint_imports(tmp_path, bpe_tokenizer_json):

@@ -122,6 +122,13 @@ def test_completion_logprobs(client):
     assert all(x <= 0 for x in lp.token_logprobs)
 
 
+def test_chat_logprobs(client):
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                       max_tokens=4, logprobs=True, seed=0)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens and all(t.logprob <= 0 for t in content)
+
+
 def test_chat_completion_and_stream(client):
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello, who are you? ✓"}]
     r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, seed=5, n=2)
@@ -399,6 +406,16 @@ def test_killed_client_frees_its_slot(run, tmp_path):
         assert health["active"] == 0
         # 60 tokens at >= 50 ms a step would take 3 s; the slot was freed well before.
         assert health["generated_tokens"] - before < 55
+
+        # The same for a client that gives up on a non-streamed answer.
+        before = health["generated_tokens"]
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(srv.url + "/v1/completions", json=body, timeout=httpx.Timeout(60, read=0.5))
+        deadline = time.monotonic() + 10
+        while httpx.get(srv.url + "/health").json()["active"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        health = httpx.get(srv.url + "/health").json()
+        assert health["active"] == 0 and health["generated_tokens"] - before < 55
 
 
 def test_full_queue_gets_429_with_retry_after(run):

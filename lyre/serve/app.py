@@ -20,7 +20,7 @@ from pathlib import Path
 
 import anyio
 from fastapi import FastAPI, Request, Security
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
@@ -34,6 +34,11 @@ from lyre.serve.scheduler import Done, Failed, Job, Piece, Scheduler, SchedulerS
 
 STATIC_DIR = Path(__file__).parent / "static"
 KEEPALIVE_S = 5.0  # an SSE comment this often while a request waits in the queue
+CLIENT_CLOSED = 499  # nginx's "client closed request": logged, never seen by anyone
+
+
+class ClientGone(Exception):
+    """The client of a non-streamed request disconnected before its answer was ready."""
 
 
 @dataclass
@@ -230,19 +235,26 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
                 scheduler.cancel(job)
             raise
 
-    async def events_of(jobs: list[Job], request: Request) -> AsyncIterator[object]:
+    async def events_of(jobs: list[Job], watcher: asyncio.Task | None = None) -> AsyncIterator[object]:
         """Events of a request's jobs (they share one queue) until every choice is done or one
-        failed; None now and then while nothing happens (for SSE keep-alives). Leaving early
-        (the client went away) cancels the jobs, which frees their rows at the next step."""
+        failed; None after KEEPALIVE_S without any (for SSE keep-alives). Ends with ClientGone
+        as soon as `watcher` (a disconnect watcher) finishes. However it ends, the jobs are
+        cancelled, which frees their rows at the scheduler's next step."""
         queue = jobs[0].events
         remaining = sum(job.n for job in jobs)
         try:
             while remaining:
-                try:
-                    event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
-                except TimeoutError:
+                getter = asyncio.ensure_future(queue.get())
+                waiting = {getter} if watcher is None else {getter, watcher}
+                done, _ = await asyncio.wait(waiting, timeout=KEEPALIVE_S,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    if watcher is not None and watcher.done():
+                        raise ClientGone
                     yield None
                     continue
+                event = getter.result()
                 if isinstance(event, Done):
                     remaining -= 1
                 yield event
@@ -253,15 +265,15 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
                 scheduler.cancel(job)
 
     async def collect(jobs: list[Job], request: Request, n_choices: int):
+        """Every choice's text, token count, finish reason and log-probs (non-streamed answers).
+        Raises ClientGone when the client disconnects first."""
         texts = [""] * n_choices
         tokens = [0] * n_choices
         finish: list[str | None] = [None] * n_choices
         logprobs: list[list] = [[] for _ in range(n_choices)]
         watcher = asyncio.create_task(_wait_disconnect(request))
         try:
-            async for event in events_of(jobs, request):
-                if watcher.done():
-                    raise APIError(400, "client disconnected")  # nobody will read this
+            async for event in events_of(jobs, watcher):
                 if isinstance(event, Piece):
                     texts[event.index] += event.text
                     tokens[event.index] = event.tokens
@@ -342,9 +354,11 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
         n_choices = len(prompts) * n
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return SSEResponse(_completion_stream(jobs, request, cid, now, echo, n, prompt_tokens,
-                                                  include_usage, events_of))
-        texts, tokens, finish, lps = await collect(jobs, request, n_choices)
+            return SSEResponse(completion_stream(jobs, cid, now, echo, n, prompt_tokens, include_usage))
+        try:
+            texts, tokens, finish, lps = await collect(jobs, request, n_choices)
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
         choices = []
         for i in range(n_choices):
             logprobs = None
@@ -393,9 +407,11 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
         now = int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return SSEResponse(_chat_stream(job, request, cid, now, n, len(ids), include_usage,
-                                            template.strip_answer, events_of))
-        texts, tokens, finish, lps = await collect([job], request, n)
+            return SSEResponse(chat_stream(job, cid, now, n, len(ids), include_usage))
+        try:
+            texts, tokens, finish, lps = await collect([job], request, n)
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
         choices = []
         for i in range(n):
             text = texts[i].strip() if template.strip_answer else texts[i]
@@ -413,15 +429,15 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
     def _model_chunk(obj) -> str:
         return "data: " + obj.model_dump_json(exclude_none=False) + "\n\n"
 
-    async def _completion_stream(jobs, request, cid, now, echo, n, prompt_tokens, include_usage,
-                                 events_of):
+    async def completion_stream(jobs, cid, now, echo, n, prompt_tokens, include_usage):
         tokens: dict[int, int] = {}
+        offsets: dict[int, int] = {}  # text offset of each choice's next token (logprobs)
         if any(echo):
             for i in range(len(jobs) * n):
                 chunk = S.Completion(id=cid, created=now, model=model_name, choices=[
                     S.CompletionChoice(index=i, text=echo[i // n])])
                 yield _model_chunk(chunk)
-        async for event in events_of(jobs, request):
+        async for event in events_of(jobs):
             if event is None:
                 yield ": keep-alive\n\n"
                 continue
@@ -430,9 +446,20 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
                 break
             if isinstance(event, Piece):
                 tokens[event.index] = event.tokens
-                if not event.text:
+                if not event.text and not event.logprobs:
                     continue
-                choice = S.CompletionChoice(index=event.index, text=event.text)
+                logprobs = None
+                if event.logprobs:
+                    at = offsets.get(event.index, len(echo[event.index // n]))
+                    starts = []
+                    for tok, _, _ in event.logprobs:
+                        starts.append(at)
+                        at += len(tok)
+                    offsets[event.index] = at
+                    logprobs = S.CompletionLogprobs(tokens=[t for t, _, _ in event.logprobs],
+                                                    token_logprobs=[lp for _, lp, _ in event.logprobs],
+                                                    text_offset=starts)
+                choice = S.CompletionChoice(index=event.index, text=event.text, logprobs=logprobs)
             else:
                 tokens[event.index] = event.tokens
                 choice = S.CompletionChoice(index=event.index, text="", finish_reason=event.finish_reason)
@@ -445,16 +472,16 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
                                             usage=usage))
         yield "data: [DONE]\n\n"
 
-    async def _chat_stream(job, request, cid, now, n, prompt_tokens, include_usage, strip, events_of):
+    async def chat_stream(job, cid, now, n, prompt_tokens, include_usage):
         def chunk(choices, usage=None) -> str:
             return _model_chunk(S.ChatCompletionChunk(id=cid, created=now, model=model_name,
                                                       choices=choices, usage=usage))
 
-        trimmers = [AnswerTrimmer(strip) for _ in range(n)]
+        trimmers = [AnswerTrimmer(template.strip_answer) for _ in range(n)]
         tokens = [0] * n
         for i in range(n):
             yield chunk([S.ChatChunkChoice(index=i, delta=S.ChatDelta(role="assistant", content=""))])
-        async for event in events_of([job], request):
+        async for event in events_of([job]):
             if event is None:
                 yield ": keep-alive\n\n"
                 continue
@@ -464,7 +491,7 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
             tokens[event.index] = event.tokens
             if isinstance(event, Piece):
                 text = trimmers[event.index].feed(event.text)
-                if not text:
+                if not text and not event.logprobs:
                     continue
                 logprobs = None
                 if event.logprobs:
@@ -528,7 +555,3 @@ def _encode_text(tokenizer, text: str) -> list[int]:
         return tokenizer.encode(text)
     except LyreError as e:  # e.g. a character a char-level model never saw
         raise APIError(400, str(e), param="prompt", code="invalid_prompt") from None
-
-
-def json_error_response(status: int, message: str) -> JSONResponse:
-    return APIError(status, message).response()

@@ -1,0 +1,239 @@
+"""Generation speed: lyre's engine next to its no-cache path and Hugging Face transformers.
+
+    python bench/generate.py [--quick] [--batch 1 8] [--repeats 2] [--threads N] [--variants ...]
+
+A GPT-2 124M-shaped model with random weights (fp32, CPU), a 128-token prompt, 256 new tokens,
+greedy, batch 1 and batch 8. The same weights are copied into transformers' GPT2LMHeadModel
+(its Conv1D stores [in, out], our nn.Linear [out, in]) and a short greedy run checks that both
+produce the same tokens. Systems are interleaved inside every repeat, so a noisy neighbour slows
+them all alike; the best repeat is reported (and the median, to show the noise).
+
+Reported per system: tokens/s end to end (prefill included), time to first token, decode
+tokens/s, and at batch 1 the achieved GB/s of weight reads (a decode step reads every weight
+once: memory-bandwidth bound). Variants (--variants): engine (default layout for the device),
+engine-linear (nn.Linear's [out, in] layout kept), engine-int8 (dynamic int8 Linear weights),
+engine-bf16 (bf16 weights), nocache (recompute everything every step, over --nocache-tokens
+tokens only: it is quadratic), hf (transformers' generate with its cache).
+
+Ends with one JSON line; `b1_vs_hf_ratio` / `b8_vs_hf_ratio` are engine / hf tokens/s.
+"""
+
+# ruff: noqa: E402  (imports must follow the sys.path fix below)
+
+from __future__ import annotations
+
+import os
+import sys
+
+# bench/tokenize.py would shadow the stdlib module `tokenize` (imported by torch) when this
+# script runs with bench/ first on sys.path: take bench/ off the path before importing anything.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
+import argparse
+import copy
+import json
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+from lyre.engine import (
+    Engine,
+    SamplingConfig,
+    generate_without_cache,
+    quantize_int8,
+    use_cpu_decode_layout,
+)
+from lyre.model import GPT, GPTConfig
+
+DEFAULT_VARIANTS = ("engine", "engine-linear", "engine-int8", "nocache", "hf")
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+
+
+def build_models(variants: list[str]) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    ours = GPT(GPTConfig(vocab_size=50257, block_size=1024)).eval()
+    models = {"engine-linear": ours}
+    if "hf" in variants:
+        models["hf"] = to_transformers(ours)
+    if "engine-int8" in variants:
+        models["engine-int8"] = quantize_int8(copy.deepcopy(ours))
+    if "engine-bf16" in variants:
+        models["engine-bf16"] = copy.deepcopy(ours).to(torch.bfloat16)
+    if "engine" in variants:
+        fast = copy.deepcopy(ours)
+        use_cpu_decode_layout(fast)
+        models["engine"] = fast
+    models["nocache"] = ours
+    return models
+
+
+def to_transformers(model: GPT) -> nn.Module:
+    """transformers' GPT2LMHeadModel with our weights (Conv1D weights are [in, out])."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    c = model.config
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
+                                    n_layer=c.n_layer, n_head=c.n_head)).eval()
+    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    ours = model.state_dict()
+    with torch.no_grad():
+        for name, param in hf.transformer.state_dict().items():
+            tensor = ours["transformer." + name]
+            param.copy_(tensor.t() if name.endswith(conv1d) else tensor)
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied
+    return hf
+
+
+def weight_bytes_per_step(model: nn.Module) -> int:
+    """Bytes of weights one decode step reads: all of them except the position table (one row)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    wpe = getattr(model.transformer, "wpe", None)
+    return total - (wpe.weight.numel() * wpe.weight.element_size() if wpe is not None else 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# One timed run per system: (time to first token, total seconds, tokens)
+
+
+def run_engine(model: nn.Module, prompts: list[list[int]], n_new: int):
+    engine = Engine(model, cpu_layout=False)  # the layout each variant was built with
+    params = SamplingConfig(max_new_tokens=n_new, temperature=0, stop_token_ids=[])
+    t0 = time.perf_counter()
+    batch = engine.new_batch(len(prompts), max_length=len(prompts[0]) + n_new)
+    rows = batch.add(prompts, params)  # prefill + first token
+    ttft = time.perf_counter() - t0
+    while batch:
+        batch.step()
+    return ttft, time.perf_counter() - t0, [row.tokens for row in rows]
+
+
+def run_nocache(model: nn.Module, prompts: list[list[int]], n_new: int):
+    t0 = time.perf_counter()
+    generate_without_cache(model, prompts, 1)
+    ttft = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tokens = generate_without_cache(model, prompts, n_new)
+    return ttft, time.perf_counter() - t0, tokens
+
+
+def run_hf(model: nn.Module, prompts: list[list[int]], n_new: int):
+    from transformers.generation.streamers import BaseStreamer
+
+    class FirstToken(BaseStreamer):
+        """Notes when generate hands out its first new token (its second `put`)."""
+
+        def __init__(self) -> None:
+            self.calls, self.at = 0, None
+
+        def put(self, value) -> None:
+            self.calls += 1
+            if self.calls == 2:
+                self.at = time.perf_counter()
+
+        def end(self) -> None:
+            pass
+
+    ids = torch.tensor(prompts)
+    streamer = FirstToken()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new,
+                             min_new_tokens=n_new, do_sample=False, pad_token_id=0, streamer=streamer)
+    total = time.perf_counter() - t0
+    return streamer.at - t0, total, out[:, ids.size(1):].tolist()
+
+
+RUNNERS = {"hf": run_hf, "nocache": run_nocache}
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def summarise(runs: list[tuple[float, float]], batch: int, n_new: int) -> dict:
+    best_ttft, best_total = min(runs, key=lambda r: r[1])
+    decode = best_total - best_ttft
+    return {
+        "tok_s": batch * n_new / best_total,
+        "tok_s_median": batch * n_new / statistics.median(r[1] for r in runs),
+        "ttft_s": best_ttft,
+        "decode_tok_s": batch * (n_new - 1) / decode if n_new > 1 else None,
+        "decode_ms_per_step": 1e3 * decode / (n_new - 1) if n_new > 1 else None,
+        "new_tokens": n_new,
+        "repeats": len(runs),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: 16-token prompt, 8 new tokens, 1 repeat")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--nocache-tokens", type=int, default=32,
+                    help="new tokens for the no-cache path (quadratic; its tokens/s at this length)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                    help="comma list of engine, engine-linear, engine-int8, engine-bf16, nocache, hf")
+    args = ap.parse_args()
+    if args.quick:
+        args.prompt_tokens, args.new_tokens, args.nocache_tokens, args.repeats = 16, 8, 4, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variants = args.variants.split(",")
+    load_before = os.getloadavg()[0]
+    models = build_models(variants)
+    gen = torch.Generator().manual_seed(0)
+    results: dict[str, dict] = {}
+    agreement: dict[str, float] = {}
+    for batch in args.batch:
+        prompts = torch.randint(0, 50257, (batch, args.prompt_tokens), generator=gen).tolist()
+        timings: dict[str, list] = {v: [] for v in variants}
+        tokens: dict[str, list] = {}
+        for _ in range(args.repeats):
+            for v in variants:  # interleaved: every system once per repeat
+                n_new = args.nocache_tokens if v == "nocache" else args.new_tokens
+                ttft, total, toks = RUNNERS.get(v, run_engine)(models[v], prompts, n_new)
+                timings[v].append((ttft, total))
+                tokens[v] = toks
+                print(f"b{batch} {v:14s} ttft {ttft:7.3f}s  total {total:8.2f}s  "
+                      f"{batch * n_new / total:7.2f} tok/s", flush=True)
+        for v in variants:
+            n_new = args.nocache_tokens if v == "nocache" else args.new_tokens
+            results.setdefault(f"b{batch}", {})[v] = summarise(timings[v], batch, n_new)
+        if "hf" in tokens and "engine" in tokens:
+            same = sum(a == b for a, b in zip(tokens["engine"], tokens["hf"], strict=True))
+            agreement[f"b{batch}"] = same / batch
+    out = {"bench": "generate", "threads": torch.get_num_threads(), "prompt_tokens": args.prompt_tokens,
+           "new_tokens": args.new_tokens, "variants": variants, "results": results,
+           "greedy_rows_identical_to_hf": agreement,
+           "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+    for batch in args.batch:
+        r = results[f"b{batch}"]
+        if "engine" in r and "hf" in r:
+            out[f"b{batch}_vs_hf_ratio"] = r["engine"]["tok_s"] / r["hf"]["tok_s"]
+    if "b1" in results:
+        for v, r in results["b1"].items():
+            if v.startswith("engine") and v != "engine-int8" and r["decode_ms_per_step"]:
+                r["weight_gb_s"] = weight_bytes_per_step(models[v]) / (r["decode_ms_per_step"] / 1e3) / 1e9
+    print_table(results)
+    print(json.dumps(out))
+
+
+def print_table(results: dict) -> None:
+    print(f"\n{'':4s}{'system':16s}{'tok/s':>9s}{'median':>9s}{'TTFT s':>9s}{'decode tok/s':>14s}{'GB/s':>8s}")
+    for batch, systems in results.items():
+        for v, r in systems.items():
+            gbs = f"{r['weight_gb_s']:8.1f}" if "weight_gb_s" in r else ""
+            decode = f"{r['decode_tok_s']:14.2f}" if r["decode_tok_s"] else ""
+            print(f"{batch:4s}{v:16s}{r['tok_s']:9.2f}{r['tok_s_median']:9.2f}{r['ttft_s']:9.3f}{decode}{gbs}")
+
+
+if __name__ == "__main__":
+    main()
