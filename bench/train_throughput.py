@@ -41,46 +41,78 @@ sys.path = [os.path.dirname(_HERE)] + [
 ] + [_HERE]
 
 import argparse
+import json
 import math
+import tempfile
 import time
 import warnings
-from types import SimpleNamespace
+from pathlib import Path
 
 import numpy as np
 import torch
 from _common import json_line, machine, median
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lyre.config import TrainConfig
+from lyre.config import DataConfig, RunConfig, TrainConfig
 from lyre.data import get_batch
-from lyre.distributed import Dist
 from lyre.model import GPT, GPTConfig
-from lyre.train import Trainer, autocast_context, make_optimizer
+from lyre.train import Trainer
 
 SHAPES = {
-    # A small GPT-2: trains at a few thousand tokens/s on a 2-core CPU.
-    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=50257, batch=8),
-    # GPT-2 124M itself (slow on CPU: seconds per step).
+    # A small GPT-2 (nanoGPT's shakespeare-char shape) with the bpe:8192 vocabulary; a step takes
+    # a few seconds on a 2-core CPU.
+    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=8192, batch=8),
+    # GPT-2 124M itself (slow on CPU: tens of seconds per step on 2 cores).
     "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257, batch=4),
 }
 
 
-def build_lyre(shape: dict, seed: int) -> GPT:
-    torch.manual_seed(seed)
-    config = GPTConfig(
+def write_data(directory: Path, vocab_size: int, seed: int, n_tokens: int = 200_000) -> Path:
+    """A prepared data directory of random tokens (throughput does not depend on the text)."""
+    dtype = "uint16" if vocab_size <= 65536 else "uint32"
+    rng = np.random.default_rng(seed)
+    counts = {"train": n_tokens, "val": n_tokens // 10}
+    for split, n in counts.items():
+        rng.integers(0, vocab_size, size=n).astype(dtype).tofile(directory / f"{split}.bin")
+    (directory / "tokenizer").mkdir()
+    meta = {"dtype": dtype, "vocab_size": vocab_size, "train_tokens": counts["train"],
+            "val_tokens": counts["val"], "tokenizer": "random", "sources": [], "val_fraction": 0.1}
+    (directory / "meta.json").write_text(json.dumps(meta))
+    return directory
+
+
+def lyre_trainer(shape: dict, data_dir: Path, run_dir: Path, seed: int, compile: bool) -> Trainer:
+    """lyre's real Trainer, GPT-2 options, lyre's default optimizer settings, constant lr."""
+    model = GPTConfig(
         n_layer=shape["n_layer"], n_head=shape["n_head"], n_embd=shape["n_embd"],
         block_size=shape["block_size"], vocab_size=shape["vocab_size"], dropout=0.0, bias=True,
         pos="learned", norm="layernorm", act="gelu", tie_embeddings=True,
     )
-    return GPT(config)
+    # lyre's defaults: AdamW, lr 1e-3, betas (0.9, 0.99), weight decay 0.1, clip 1.0. No warmup
+    # and a far decay horizon keep the learning rate constant.
+    train = TrainConfig(batch_size=shape["batch"], grad_accum=1, warmup_iters=0, max_iters=10**9,
+                        lr_decay_iters=10**9, device="cpu", seed=seed, compile=compile)
+    config = RunConfig(model=model, data=DataConfig(data_dir=str(data_dir)), train=train)
+    return Trainer(config, run_dir, resume=False, progress=False)
 
 
-def build_hf(shape: dict, attn: str, ours: GPT) -> GPT2LMHeadModel:
+class LyreStep:
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+
+    def __call__(self) -> float:
+        loss = self.trainer.train_step()  # lyre's own step, exactly as `lyre train` runs it
+        self.trainer.step += 1
+        return loss
+
+
+def build_hf(ours: GPT, attn: str) -> GPT2LMHeadModel:
+    c = ours.config
     config = GPT2Config(
-        vocab_size=shape["vocab_size"], n_positions=shape["block_size"], n_embd=shape["n_embd"],
-        n_layer=shape["n_layer"], n_head=shape["n_head"], activation_function="gelu_new",
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
-        tie_word_embeddings=True, use_cache=False, attn_implementation=attn,
+        vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+        n_head=c.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, layer_norm_epsilon=1e-5, tie_word_embeddings=True, use_cache=False,
+        bos_token_id=None, eos_token_id=None, attn_implementation=attn,
     )
     model = GPT2LMHeadModel(config)
     assert model.config._attn_implementation == attn, model.config._attn_implementation
@@ -106,51 +138,20 @@ def copy_weights(ours: GPT, hf: GPT2LMHeadModel) -> None:
     assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr(), "HF head not tied"
 
 
-def train_config(batch: int) -> TrainConfig:
-    # lyre's defaults (lr 1e-3, betas (0.9, 0.99), weight decay 0.1, clip 1.0); a constant lr:
-    # warmup_iters=0 and a decay horizon far away keep the schedule out of the picture.
-    return TrainConfig(batch_size=batch, grad_accum=1, warmup_iters=0, max_iters=10**9,
-                       lr_decay_iters=10**9, device="cpu")
-
-
-class LyreStep:
-    """lyre's own Trainer.train_step, on a minimal stand-in for the Trainer's state."""
-
-    def __init__(self, model: GPT, tokens: np.ndarray, cfg: TrainConfig, seed: int, compile: bool):
-        device = torch.device("cpu")
-        self.state = SimpleNamespace(
-            config=SimpleNamespace(train=cfg, model=model.config),
-            model=model,
-            forward=torch.compile(model) if compile else model,
-            optimizer=make_optimizer(model, cfg, device),
-            autocast=autocast_context(device, cfg.dtype),
-            train_tokens=tokens,
-            batch_generator=torch.Generator().manual_seed(seed),
-            device=device,
-            dist=Dist(device=device),  # one process
-            step=0,
-            run_dir="(bench)",
-        )
-
-    def __call__(self) -> float:
-        loss = Trainer.train_step(self.state)
-        self.state.step += 1
-        return loss
-
-
 class HFStep:
     """The same step for GPT2LMHeadModel, with the optimizer HF's Trainer would create."""
 
-    def __init__(self, model: GPT2LMHeadModel, tokens: np.ndarray, cfg: TrainConfig, seed: int):
+    def __init__(self, model: GPT2LMHeadModel, tokens: np.ndarray, cfg: TrainConfig):
         self.model, self.tokens, self.cfg = model.train(), tokens, cfg
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
+        # transformers' TrainingArguments.optim defaults to "adamw_torch_fused" for torch >= 2.8.
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay},
              {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True,
         )
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
         self.block = model.config.n_positions
 
     def __call__(self) -> float:

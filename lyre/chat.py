@@ -19,6 +19,7 @@ says so.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -233,6 +234,9 @@ class ChatSettings:
             raise
 
     def validate(self) -> None:
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise LyreError(f"{name} must be a finite number; got {getattr(self, name)}")
         if self.temperature < 0:
             raise LyreError(f"temperature must be >= 0; got {self.temperature}")
         if self.top_k < 0:

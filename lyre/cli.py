@@ -344,12 +344,18 @@ def cmd_eval(args) -> None:
 
 def cmd_info(args) -> None:
     from lyre.config import load_config
-    from lyre.info import format_cost
+    from lyre.info import format_cost, vocab_size_of
 
     path = args.config
     if path is not None and path.is_dir():
         path = path / "config.json"
-    print(format_cost(load_config(path, args.overrides).model))
+    config = load_config(path, args.overrides)
+    from_preset = path is None or path.suffix != ".json"
+    if from_preset and not any(o.split("=")[0].endswith("vocab_size") for o in args.overrides):
+        # A preset's vocab_size is a placeholder: training takes the tokenizer's.
+        vocab = vocab_size_of(config.data.tokenizer, config.data.corpus) if path else None
+        config.model.vocab_size = vocab or config.model.vocab_size
+    print(format_cost(config.model))
 
 
 def cmd_plot(args) -> None:

@@ -12,7 +12,7 @@ lyre.train is the same for 1 or N processes; this module holds everything that d
   draws the offsets of the whole global batch; process r keeps rows [r*B, (r+1)*B). So N
   processes x batch B see exactly the windows of 1 process x batch N*B, and the generator state
   in a checkpoint means the same thing on any number of processes.
-- Other randomness (dropout): process r reseeds with seed + r after the model is built (the
+- Other randomness (dropout): process r reseeds from (seed, r) after the model is built (the
   model itself is built from `seed` everywhere, so all processes start identical). Checkpoints
   keep every process's torch RNG state; a resume on another number of processes reseeds
   deterministically from (seed, step, rank).

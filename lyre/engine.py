@@ -19,8 +19,8 @@ what was streamed is never taken back. Joined, the streamed pieces equal the fin
 
 Context overflow, when prompt + output reaches block_size: "stop" ends the row with
 finish_reason "length"; "slide" keeps going, each new token conditioned on the last block_size
-tokens exactly as nanoGPT's `idx[:, -block_size:]` (the window is re-prefilled every step,
-since with learned positions no cached key stays valid once the window moves).
+tokens exactly as nanoGPT's `idx[:, -block_size:]`. The window is re-prefilled every step: once
+it moves no cached key is valid (positions shift, and each key depends on tokens that left).
 """
 
 from __future__ import annotations
@@ -449,16 +449,16 @@ class Batch:
             raise LyreError(
                 f"the batch has {self.free} free rows, {len(prompts) * params.num_samples} needed"
             )
-        rows = [
-            [engine.new_row(p, params, k, tag) for k in range(params.num_samples)]
-            for p, tag in zip(prompts, tags, strict=True)
-        ]
         for p in prompts:
             positions = min(self.block_size, min(len(p), self.block_size) + params.max_new_tokens - 1)
             if positions > self.max_length:
                 raise LyreError(
                     f"a request needs {positions} cache positions; this batch has {self.max_length}"
                 )
+        rows = [
+            [engine.new_row(p, params, k, tag) for k in range(params.num_samples)]
+            for p, tag in zip(prompts, tags, strict=True)
+        ]
         by_length: dict[int, list[list[Row]]] = {}
         for samples in rows:
             by_length.setdefault(len(self._window(samples[0])), []).append(samples)
@@ -499,8 +499,8 @@ class Batch:
         """Prefill the prompts of `group` (same length) in one forward; sample first tokens."""
         live = []
         for samples in group:
-            if samples[0].params.overflow == "stop" and len(samples[0].prompt) >= self.block_size:
-                for row in samples:  # the prompt alone fills the context: nothing to generate
+            if self._full_at_start(samples[0]):
+                for row in samples:
                     row.finish("length")
             else:
                 live.append(samples)
@@ -521,7 +521,8 @@ class Batch:
                 new_logits.append(logits[i])
         return self._sample(new_rows, torch.stack(new_logits))
 
-    def _overflows_at_start(self, row: Row) -> bool:
+    def _full_at_start(self, row: Row) -> bool:
+        """With overflow="stop", a prompt that fills the context leaves nothing to generate."""
         return row.params.overflow == "stop" and len(row.prompt) >= self.block_size
 
     def _prefill(self, first: int, windows: list[list[int]]) -> torch.Tensor:
@@ -707,6 +708,9 @@ class Engine:
         return ids
 
     def check_ids(self, ids: Seq[int], allow_empty: bool = False) -> list[int]:
+        """Token ids as a list of ints in the model's vocabulary (tensors and arrays welcome)."""
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
         if isinstance(ids, str | bytes) or not isinstance(ids, Seq):
             raise LyreError(f"prompt must be text or a list of token ids; got {type(ids).__name__}")
         ids = list(ids)

@@ -63,6 +63,30 @@ def model_cost(c: GPTConfig) -> ModelCost:
     )
 
 
+def vocab_size_of(tokenizer_spec: str, corpus: list[str]) -> int | None:
+    """The vocabulary a tokenizer spec will give, without training it (None if unknown).
+
+    Training sets model.vocab_size from the tokenizer, so a preset's own vocab_size is only a
+    placeholder; `lyre info` uses this to show the real size.
+    """
+    kind, _, arg = tokenizer_spec.partition(":")
+    if kind == "gpt2":
+        return 50257
+    if kind == "bpe" and arg.isdigit():
+        return int(arg)
+    if kind == "char":
+        chars: set[str] = set()
+        for path in corpus:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    while chunk := f.read(1 << 20):
+                        chars.update(chunk)
+            except (OSError, UnicodeDecodeError):
+                return None
+        return len(chars) or None
+    return None
+
+
 def format_cost(c: GPTConfig) -> str:
     cost = model_cost(c)
     rows = [

@@ -117,6 +117,8 @@ def test_settings_set_and_validate():
         s.set("warmth", "1")
     with pytest.raises(LyreError, match="integer"):
         s.set("max_new_tokens", "lots")
+    with pytest.raises(LyreError, match="finite"):
+        s.set("temperature", "nan")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def launches(tmp_path_factory, tiny_toml):
     start("fsdp", _sets([*PART, "train.parallel=fsdp", "train.optimizer=muon"]), env)
     start("dies", _sets([*WHOLE, "train.eval_interval=3", "train.dist_timeout=60"]),
           {**faulty, "LYRE_TEST_FAULT": "die"})
-    start("hangs", _sets([*WHOLE, "train.dist_timeout=15"]), {**faulty, "LYRE_TEST_FAULT": "hang"}, nproc=None)
+    start("hangs", _sets([*WHOLE, "train.dist_timeout=20"]), {**faulty, "LYRE_TEST_FAULT": "hang"}, nproc=None)
     yield started
     for _, procs in started.values():
         for proc in procs:
@@ -181,7 +181,7 @@ def test_a_process_that_hangs_times_out_with_a_clear_message(launches):
     assert code == 2
     last = err.strip().splitlines()[-1]
     assert last.startswith("lyre: error: process 0 of 2 lost contact with the others at step 2")
-    assert "train.dist_timeout=15s" in last
+    assert "train.dist_timeout=20s" in last
     rank1.kill()
 
 

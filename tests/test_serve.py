@@ -197,6 +197,7 @@ BAD = [
     ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 1000}, 400, "n"),
     ("/v1/completions", {"model": "tiny", "prompt": "x", "top_k": -1}, 400, "top_k"),
     ("/v1/completions", {"model": "tiny", "prompt": "x", "repetition_penalty": 0}, 400, "repetition_penalty"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "repetition_penalty": 5e-324}, 400, "repetition_penalty"),
     ("/v1/completions", {"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ("/v1/completions", {"model": "tiny", "prompt": "x", "stop": [1]}, 400, "stop"),
     ("/v1/completions", {"model": "tiny", "prompt": "x", "presence_penalty": 1}, 400, "presence_penalty"),
@@ -442,6 +443,38 @@ def test_full_queue_gets_429_with_retry_after(run):
         r = httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": "x"})
         assert r.status_code == 503 and "retry-after" in r.headers
         assert httpx.get(srv.url + "/health").json()["status"] == "draining"
+
+
+class FaultyBatch(SlowBatch):
+    """Raises on its first decode step, like a bug would."""
+
+    def step(self):
+        if not getattr(self, "failed", False):
+            self.failed = True
+            raise RuntimeError("boom")
+        return self.inner.step()
+
+
+def test_failed_step_fails_its_requests_and_the_server_carries_on(run):
+    engine = Engine(run.model, run.tokenizer, device=run.device)
+    scheduler = Scheduler(engine, batch=FaultyBatch(engine.new_batch(4), 0))
+    app = create_app(run, ServeSettings(model_name="tiny"), scheduler=scheduler)
+    with _background_app(app) as srv:
+        body = {"model": "tiny", "prompt": "Sing", "max_tokens": 5, "temperature": 0}
+        r = httpx.post(srv.url + "/v1/completions", json=body, timeout=30)
+        assert r.status_code == 500 and r.json()["error"]["code"] == "generation_failed"
+        r = httpx.post(srv.url + "/v1/completions", json=body, timeout=30)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+        assert scheduler.failures == 1 and scheduler.stats()["active"] == 0
+
+
+def test_tiny_temperature_is_greedy_not_a_crash(client):
+    greedy = client.completions.create(model="tiny", prompt="Sing", max_tokens=6, temperature=0)
+    tiny = client.completions.create(model="tiny", prompt="Sing", max_tokens=6, temperature=1e-300,
+                                     extra_body={"repetition_penalty": 0.01})
+    assert tiny.choices[0].finish_reason in ("stop", "length")
+    plain = client.completions.create(model="tiny", prompt="Sing", max_tokens=6, temperature=1e-300)
+    assert plain.choices[0].text == greedy.choices[0].text
 
 
 def test_lyre_serve_cli_sigterm_is_graceful(run_dir, tmp_path):

@@ -34,6 +34,7 @@ from lyre.serve.scheduler import Done, Failed, Job, Piece, Scheduler, SchedulerS
 
 STATIC_DIR = Path(__file__).parent / "static"
 KEEPALIVE_S = 5.0  # an SSE comment this often while a request waits in the queue
+GREEDY_BELOW = 1e-5  # temperatures below this sample greedily (as vLLM)
 CLIENT_CLOSED = 499  # nginx's "client closed request": logged, never seen by anyone
 
 
@@ -156,6 +157,7 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
     app.state.scheduler = scheduler
     app.state.settings = settings
     app.state.model_name = model_name
+    app.state.template = template.name
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.api_key:
@@ -186,9 +188,12 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
         return [req.stop] if isinstance(req.stop, str) else list(req.stop)
 
     def params_of(req: S._SamplingFields, max_new_tokens: int, stop: list[str], logprobs: bool) -> SamplingConfig:
+        temperature = 1.0 if req.temperature is None else req.temperature
+        if temperature < GREEDY_BELOW:  # the limit T -> 0 is greedy; dividing by ~0 gives inf
+            temperature = 0.0
         params = SamplingConfig(
             max_new_tokens=max_new_tokens,
-            temperature=1.0 if req.temperature is None else req.temperature,
+            temperature=temperature,
             top_p=1.0 if req.top_p is None else req.top_p,
             top_k=req.top_k or 0,
             repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,

@@ -116,7 +116,9 @@ class Scheduler:
         self.settings.validate()
         self.engine = engine
         # One batch for the life of the server: its KV cache is allocated once.
-        self._batch = batch if batch is not None else engine.new_batch(self.settings.max_batch)
+        self._new_batch = (lambda: batch) if batch is not None else \
+            (lambda: engine.new_batch(self.settings.max_batch))
+        self._batch = self._new_batch()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._pending: deque[Job] = deque()
@@ -126,7 +128,7 @@ class Scheduler:
         self.draining = False
         self.steps = 0
         self.generated_tokens = 0
-        self.error: str | None = None
+        self.failures = 0  # steps that raised (each failed its batch's requests)
 
     # ---- called from the event loop ------------------------------------------------------
 
@@ -145,10 +147,9 @@ class Scheduler:
             raise APIError(400, f"n={job.n} is more than this server decodes at once "
                            f"({self.settings.max_batch})", param="n")
         with self._lock:
-            if self.draining or self._stopping or self.error:
-                raise APIError(503, "the server is shutting down" if not self.error else
-                               f"the generation worker failed: {self.error}",
-                               code="server_unavailable", headers={"Retry-After": "5"})
+            if self.draining or self._stopping:
+                raise APIError(503, "the server is shutting down", code="server_unavailable",
+                               headers={"Retry-After": "5"})
             if len(self._pending) >= self.settings.max_queue:
                 raise APIError(429, f"the server is busy: {len(self._live)} choices are being generated "
                                f"and {len(self._pending)} requests wait; retry later",
@@ -200,13 +201,13 @@ class Scheduler:
     # ---- the worker thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        try:
-            while True:
-                with self._lock:
-                    while not self._stopping and not self._pending and not self._live:
-                        self._wake.wait()
-                    if self._stopping:
-                        return
+        while True:
+            with self._lock:
+                while not self._stopping and not self._pending and not self._live:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+            try:
                 self._drop_cancelled()
                 if self._admit():
                     self._report()  # first tokens out before the next step: a short TTFT
@@ -214,15 +215,27 @@ class Scheduler:
                     self._batch.step()
                     self.steps += 1
                 self._report()
-        except Exception as e:  # a bug or out of memory: fail every job, refuse new ones
-            log.exception("the generation worker failed")
-            with self._lock:
-                self.error = f"{type(e).__name__}: {e}"
-                jobs = list(self._pending) + [live.job for live in self._live.values()]
-                self._pending.clear()
-                self._live.clear()
-            for job in dict.fromkeys(jobs):
-                job.emit(Failed(500, f"generation failed ({self.error})", code="server_error"))
+            except Exception as e:  # a bug (or out of memory) in one step must not kill the server
+                self._recover(e)
+
+    def _recover(self, error: Exception) -> None:
+        """Fail the jobs of the running batch with a 500, start a fresh batch, carry on with
+        the queue. The batch's state after a failed step cannot be trusted."""
+        log.exception("a generation step failed; failing its %d row(s) and starting a new batch",
+                      len(self._live))
+        self.failures += 1
+        jobs = dict.fromkeys(live.job for live in self._live.values())
+        for row in self._live:
+            try:
+                self._batch.remove(row)
+            except Exception:  # the fresh batch below replaces it anyway
+                pass
+        self._live.clear()
+        for job in jobs:
+            job.cancelled = True
+            job.emit(Failed(500, f"generation failed ({type(error).__name__}: {error}); "
+                                 "this is a bug in lyre", code="generation_failed"))
+        self._batch = self._new_batch()
 
     def _drop_cancelled(self) -> None:
         for row, live in list(self._live.items()):

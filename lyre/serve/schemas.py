@@ -42,7 +42,7 @@ class _SamplingFields(_Strict):
 
     model: str = Field(description="The model id, as listed by GET /v1/models.")
     temperature: float | None = Field(
-        None, ge=0.0, le=2.0, description="0 is greedy; default 1.0."
+        None, ge=0.0, le=2.0, description="0 is greedy (so is anything below 1e-5); default 1.0."
     )
     top_p: float | None = Field(
         None, gt=0.0, le=1.0, description="Nucleus sampling threshold; default 1.0 (off)."
@@ -66,7 +66,7 @@ class _SamplingFields(_Strict):
         None, ge=0, le=1_000_000, description="lyre extra: keep the k most likely tokens; 0 is off."
     )
     repetition_penalty: float | None = Field(
-        None, gt=0.0, le=10.0,
+        None, ge=0.01, le=10.0,
         description="lyre extra (Hugging Face meaning): >1 discourages repeating earlier tokens.",
     )
 

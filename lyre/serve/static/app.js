@@ -170,14 +170,16 @@ class ApiError extends Error {
 }
 
 function statsLine(tokens, startedAt, firstAt, endedAt, finish) {
+  // tokens/s of the decoding: the tokens after the first, over the time after the first arrived
+  // (the wait for the first one is shown on its own, as "first token").
   const parts = [tokens + " token" + (tokens === 1 ? "" : "s")];
-  const genSeconds = (endedAt - (firstAt || startedAt)) / 1000;
-  const total = (endedAt - startedAt) / 1000;
-  if (tokens > 1 && genSeconds > 0) parts.push((tokens - 1) / genSeconds >= 0 ? ((tokens - 1) / genSeconds).toFixed(1) + " tokens/s" : "");
-  else if (tokens > 0 && total > 0) parts.push((tokens / total).toFixed(1) + " tokens/s");
+  const decodeSeconds = firstAt ? (endedAt - firstAt) / 1000 : 0;
+  const totalSeconds = (endedAt - startedAt) / 1000;
+  if (tokens > 1 && decodeSeconds > 0) parts.push(((tokens - 1) / decodeSeconds).toFixed(1) + " tokens/s");
+  else if (tokens > 0 && totalSeconds > 0) parts.push((tokens / totalSeconds).toFixed(1) + " tokens/s");
   if (firstAt) parts.push("first token " + Math.round(firstAt - startedAt) + " ms");
   if (finish) parts.push(finish === "length" ? "stopped at the token limit" : "finished");
-  return parts.filter(Boolean).join(" · ");
+  return parts.join(" · ");
 }
 
 // ---------------------------------------------------------------------------------------------
