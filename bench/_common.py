@@ -19,7 +19,7 @@ def machine() -> str:
         pass
     parts = [cpu, f"{os.cpu_count()} cores"]
     if hasattr(os, "getloadavg"):
-        parts.append("load %.2f %.2f %.2f" % os.getloadavg())
+        parts.append("load " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     parts.append(f"Python {platform.python_version()}")
     try:
         import torch

@@ -10,8 +10,10 @@ window of the val split) every --eval-interval steps and at the end. The target 
 final val loss; for Muon we report the first evaluated step at or below it (so the step count
 is rounded up to a multiple of --eval-interval) and the training wall time up to that step.
 Training wall time excludes evaluation: it is summed from the log lines' tokens/s. Runs of one
-preset are sequential, on the same number of threads, so they share the machine's noise alike
-only roughly: on a busy machine compare steps first, seconds second.
+preset are sequential, so on a busy machine their seconds are not comparable; the bench
+therefore also times a training step of each optimizer interleaved (--timing-rounds rounds of
+--timing-steps steps each, alternating, median) and reports the time to reach the target as
+steps x that per-step time, which a noisy neighbour slows alike for both.
 
 Ends with one JSON line.
 """
@@ -34,7 +36,7 @@ from pathlib import Path
 from bench._common import json_line, machine
 from lyre.config import load_config
 from lyre.data import prepare
-from lyre.train import train
+from lyre.train import Trainer, train
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = ("shakespeare-char-cpu", "iliad-char")
@@ -68,6 +70,28 @@ def _run(preset: str, data_dir: Path, out: Path, overrides: list[str], threads: 
             "wall_s": wall, "steps": budget}
 
 
+def _step_seconds(preset: str, data_dir: Path, out: Path, lrs: list[float], args) -> dict[str, float]:
+    """Median seconds per training step of AdamW and Muon, timed in alternation."""
+    trainers = {}
+    for name, overrides in [("adamw", ["train.optimizer=adamw"])] + [
+        (f"muon-{lr:g}", ["train.optimizer=muon", f"train.muon_lr={lr}"]) for lr in lrs
+    ]:
+        config = load_config(REPO / "configs" / f"{preset}.toml", [
+            f"data.data_dir={data_dir}", f"train.threads={args.threads}", *overrides])
+        trainers[name] = Trainer(config, out / f"timing-{name}", resume=False, progress=False)
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    for trainer in trainers.values():  # warm up
+        trainer.train_step()
+    for r in range(args.timing_rounds):
+        names = list(trainers)
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = time.perf_counter()
+            for _ in range(args.timing_steps):
+                trainers[name].train_step()
+            times[name].append((time.perf_counter() - start) / args.timing_steps)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
 def _reach(run: dict, target: float) -> tuple[int | None, float | None]:
     for step, val in run["evals"]:
         if val <= target + 1e-9:
@@ -81,7 +105,10 @@ def main() -> None:
     parser.add_argument("--max-iters", type=int, default=0, help="step budget (default: the preset's)")
     parser.add_argument("--eval-interval", type=int, default=100)
     parser.add_argument("--muon-lr", type=float, nargs="+", default=[0.02])
+    parser.add_argument("--timing-only", action="store_true", help="only the interleaved step times")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--timing-steps", type=int, default=20)
+    parser.add_argument("--timing-rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-optimizer")
     args = parser.parse_args()
     print(f"machine: {machine()}", flush=True)
@@ -93,22 +120,31 @@ def main() -> None:
         if not (data_dir / "meta.json").exists():
             prepare(_corpus(base.data.corpus), base.data.tokenizer, data_dir,
                     val_fraction=base.data.val_fraction)
+        step_s = _step_seconds(preset, data_dir, args.out / preset, args.muon_lr, args)
+        print(f"{preset}: seconds per step, interleaved: "
+              + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in step_s.items()), flush=True)
+        if args.timing_only:
+            report["presets"][preset] = {"step_s": step_s}
+            continue
         adamw = _run(preset, data_dir, args.out / preset / "adamw", ["train.optimizer=adamw"], args.threads, args)
         target = adamw["final_val"]
         print(f"{preset}: adamw  final val {target:.4f} after {adamw['steps']} steps, "
               f"{adamw['train_s']:.0f} s training", flush=True)
-        entry = {"adamw": {k: adamw[k] for k in ("final_val", "steps", "train_s", "evals")}, "muon": []}
+        entry = {"adamw": {k: adamw[k] for k in ("final_val", "steps", "train_s", "evals")}, "muon": [],
+                 "step_s": step_s}
         for lr in args.muon_lr:
             muon = _run(preset, data_dir, args.out / preset / f"muon-{lr:g}",
                         ["train.optimizer=muon", f"train.muon_lr={lr}"], args.threads, args)
             step, seconds = _reach(muon, target)
+            ratio = step * step_s[f"muon-{lr:g}"] / (adamw["steps"] * step_s["adamw"]) if step else None
             reached = (f"reaches {target:.4f} at step {step} ({seconds:.0f} s training, "
-                       f"{step / adamw['steps']:.0%} of AdamW's steps, "
-                       f"{seconds / adamw['train_s']:.0%} of its time)") if step else "never reaches it"
+                       f"{step / adamw['steps']:.0%} of AdamW's steps, {seconds / adamw['train_s']:.0%} "
+                       f"of its measured time, {ratio:.0%} by interleaved step times)") if step else "never reaches it"
             print(f"{preset}: muon lr {lr:g}  final val {muon['final_val']:.4f}, {reached}; "
                   f"{muon['train_s']:.0f} s training in all", flush=True)
             entry["muon"].append({"muon_lr": lr, "final_val": muon["final_val"], "steps_to_adamw": step,
-                                  "s_to_adamw": seconds, "train_s": muon["train_s"], "evals": muon["evals"]})
+                                  "s_to_adamw": seconds, "time_ratio_interleaved": ratio,
+                                  "train_s": muon["train_s"], "evals": muon["evals"]})
         report["presets"][preset] = entry
     json_line(report)
 

@@ -164,6 +164,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--gpt2-dir", type=Path, default=GPT2_DIR)
     ap.add_argument("--run-dir", type=Path, help="serve this run instead of building a random one")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads of the server (0: its default)")
     args = ap.parse_args()
     if args.quick:
         args.max_tokens, args.rounds = 16, 1
@@ -179,7 +180,7 @@ def main() -> None:
         proc = subprocess.Popen(
             [sys.executable, "-m", "lyre", "serve", str(run_dir), "--port", str(port), "--model-name", "bench",
              "--max-batch", str(max(args.levels)), "--max-queue", "1024", "--log-level", "warning",
-             "--device", "cpu"], env=env)
+             "--device", "cpu", "--threads", str(args.threads)], env=env)
         try:
             wait_ready(url, proc)
             texts = prompts(max(args.levels) * args.rounds, args.prompt_tokens)
@@ -201,7 +202,8 @@ def main() -> None:
                 proc.kill()
     record = {"bench": "serve_load", "model": "gpt2-124M-shape, random weights, fp32, cpu",
               "tokenizer": spec, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
-              "rounds": args.rounds, "temperature": args.temperature, "levels": results,
+              "rounds": args.rounds, "temperature": args.temperature, "server_threads": args.threads,
+              "levels": results,
               "server_steps": health["steps"], "machine": machine()}
     base = results.get("1", {}).get("tokens_per_s")
     for clients, r in results.items():

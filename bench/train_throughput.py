@@ -1,16 +1,18 @@
 """Training throughput: lyre's training step next to Hugging Face transformers' GPT2LMHeadModel.
 
-    python bench/train_throughput.py [--shape small|gpt2-124m] [--batch 8] [--block 256]
-        [--vocab 50257] [--steps 5] [--rounds 5] [--warmup 3] [--threads N] [--eager] [--compile]
+    python bench/train_throughput.py [--shape small|gpt2-124m] [--batch B] [--block T]
+        [--vocab V] [--steps 3] [--rounds 5] [--warmup 2] [--threads N] [--eager] [--compile]
 
 Both sides get the identical model: the GPT-2 options of lyre's GPT (learned positions,
 LayerNorm, GELU tanh, biases, tied head, no dropout) and a GPT2LMHeadModel of the same shape
 holding a copy of the SAME initial weights (Conv1D keeps [in, out], so those are transposed).
-Both draw the same random windows of the same token array with `lyre.data.get_batch` from
+Both draw the same random windows of the same token file with `lyre.data.get_batch` from
 equally seeded generators, run AdamW with the same hyperparameters and parameter groups (weight
 decay on matrices only) and clip gradients to 1.0, on the same number of torch threads.
 
-* lyre: the real `Trainer.train_step` of lyre/train.py, with the optimizer of `make_optimizer`.
+* lyre: a real `lyre.train.Trainer` (over a data directory of random tokens) and its
+  `train_step`, exactly what `lyre train` runs: optimizer from `make_optimizer`, fp32 on the CPU,
+  torch.compile as train.compile's default says (off on the CPU; --compile adds a compiled run).
 * HF: the same step written for GPT2LMHeadModel (labels shifted by us, passed as
   `shift_labels`), with the optimizer its Trainer picks by default (for torch >= 2.8:
   "adamw_torch_fused", i.e. torch.optim.AdamW(fused=True)); attention "sdpa" (its default) and,
@@ -19,7 +21,8 @@ decay on matrices only) and clip gradients to 1.0, on the same number of torch t
 After `--warmup` untimed steps each, the contenders run in turn, `--steps` timed steps each, for
 `--rounds` rounds, the order rotating every round, so a noisy neighbour slows them all alike.
 tokens/s = batch * block * steps / seconds. The headline ratio is the median over rounds of
-lyre/HF(sdpa) measured in the same round. Sanity check: the first step's losses (same weights,
+lyre/HF(sdpa) measured in the same round; the same ratio in tokens per CPU-second of the process
+is printed beside it, as a check that is less sensitive to other jobs on the machine. Sanity check: the first step's losses (same weights,
 same batch) must agree within 1e-4.
 
 Ends with one JSON line.
@@ -70,11 +73,11 @@ SHAPES = {
 def write_data(directory: Path, vocab_size: int, seed: int, n_tokens: int = 200_000) -> Path:
     """A prepared data directory of random tokens (throughput does not depend on the text)."""
     dtype = "uint16" if vocab_size <= 65536 else "uint32"
+    (directory / "tokenizer").mkdir(parents=True)
     rng = np.random.default_rng(seed)
     counts = {"train": n_tokens, "val": n_tokens // 10}
     for split, n in counts.items():
         rng.integers(0, vocab_size, size=n).astype(dtype).tofile(directory / f"{split}.bin")
-    (directory / "tokenizer").mkdir()
     meta = {"dtype": dtype, "vocab_size": vocab_size, "train_tokens": counts["train"],
             "val_tokens": counts["val"], "tokenizer": "random", "sources": [], "val_fraction": 0.1}
     (directory / "meta.json").write_text(json.dumps(meta))
@@ -172,10 +175,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
     parser.add_argument("--batch", type=int, help="sequences per step (default: the shape's)")
     parser.add_argument("--block", type=int, help="tokens per sequence (default: the shape's)")
-    parser.add_argument("--vocab", type=int, help="vocabulary size (default: 50257, GPT-2's)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per contender per round")
+    parser.add_argument("--vocab", type=int, help="vocabulary size (default: the shape's)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per contender per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of interleaved timing")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per contender first")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per contender first")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--eager", action="store_true", help="also time HF with eager attention")
     parser.add_argument("--compile", action="store_true",
@@ -189,31 +192,29 @@ def main(argv: list[str] | None = None) -> dict:
     for key, value in (("batch", args.batch), ("block_size", args.block), ("vocab_size", args.vocab)):
         if value:
             shape[key] = value
-    cfg = train_config(shape["batch"])
     shape_name = (f"{args.shape}: {shape['n_layer']}L {shape['n_embd']}d {shape['n_head']}h "
                   f"block {shape['block_size']} vocab {shape['vocab_size']} batch {shape['batch']}")
     print(f"machine: {machine()}")
     print(f"shape:   {shape_name}")
     warnings.filterwarnings("ignore", module="transformers")
 
-    # Random tokens stand in for a corpus: throughput does not depend on what the tokens are.
-    tokens = np.random.default_rng(args.seed).integers(
-        0, shape["vocab_size"], size=200_000, dtype=np.int64
-    ).astype(np.uint16 if shape["vocab_size"] <= 65536 else np.uint32)
+    with tempfile.TemporaryDirectory(prefix="lyre-bench-") as tmp:
+        data_dir = write_data(Path(tmp) / "data", shape["vocab_size"], args.seed)
+        trainer = lyre_trainer(shape, data_dir, Path(tmp) / "run", args.seed, compile=None)
+        cfg = trainer.config.train
+        contenders: dict[str, object] = {}
+        # HF copies lyre's initial weights before anyone trains.
+        contenders["hf_sdpa"] = HFStep(build_hf(trainer.model, "sdpa"), trainer.train_tokens, cfg)
+        if args.eager:
+            contenders["hf_eager"] = HFStep(build_hf(trainer.model, "eager"), trainer.train_tokens, cfg)
+        if args.compile:
+            twin = lyre_trainer(shape, data_dir, Path(tmp) / "run-compiled", args.seed, compile=True)
+            contenders["lyre_compiled"] = LyreStep(twin)
+        contenders["lyre"] = LyreStep(trainer)
+        return measure(contenders, shape, shape_name, args)
 
-    ours = build_lyre(shape, args.seed)
-    contenders: dict[str, object] = {}
-    hf_sdpa = build_hf(shape, "sdpa", ours)
-    contenders["hf_sdpa"] = HFStep(hf_sdpa, tokens, cfg, args.seed)
-    if args.eager:
-        contenders["hf_eager"] = HFStep(build_hf(shape, "eager", ours), tokens, cfg, args.seed)
-    # lyre's models last, after HF copied the initial weights.
-    if args.compile:
-        twin = build_lyre(shape, args.seed)
-        twin.load_state_dict(ours.state_dict())
-        contenders["lyre_compiled"] = LyreStep(twin, tokens, cfg, args.seed, compile=True)
-    contenders["lyre"] = LyreStep(ours, tokens, cfg, args.seed, compile=False)
 
+def measure(contenders: dict, shape: dict, shape_name: str, args) -> dict:
     # Warmup; the first step of every contender sees the same weights and the same batch.
     first: dict[str, float] = {}
     for name, step in contenders.items():
@@ -223,34 +224,38 @@ def main(argv: list[str] | None = None) -> dict:
             step()
         print(f"warmup {name}: first loss {first[name]:.6f} ({time.perf_counter() - t0:.1f}s)")
     loss_diff = max(abs(v - first["lyre"]) for v in first.values())
-    print(f"first-step loss: max |difference| = {loss_diff:.2e} (expected ln V = "
-          f"{math.log(shape['vocab_size']):.4f})")
+    print(f"first-step loss: max |difference| = {loss_diff:.2e} "
+          f"(at init about ln V = {math.log(shape['vocab_size']):.4f})")
     if loss_diff > 1e-4:
         print("WARNING: the models disagree on the first step: the comparison is not like for like")
 
     tokens_per_step = shape["batch"] * shape["block_size"]
     names = list(contenders)
     rates: dict[str, list[float]] = {name: [] for name in names}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in names}  # tokens per CPU-second
     for r in range(args.rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             step = contenders[name]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 step()
             rates[name].append(tokens_per_step * args.steps / (time.perf_counter() - t0))
-        print(f"round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:,.0f}" for n in names) + " tok/s")
+            cpu_rates[name].append(tokens_per_step * args.steps / (time.process_time() - c0))
+        print(f"round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:,.0f}" for n in names) + " tok/s",
+              flush=True)
 
-    def paired_ratio(a: str, b: str) -> float:
-        return median([x / y for x, y in zip(rates[a], rates[b], strict=True)])
+    def paired(values: dict[str, list[float]], a: str, b: str = "hf_sdpa") -> float:
+        return median([x / y for x, y in zip(values[a], values[b], strict=True)])
 
     print()
-    print(f"{'contender':<15}{'median tok/s':>14}{'best tok/s':>12}{'vs hf_sdpa':>12}")
+    print(f"{'contender':<15}{'median tok/s':>14}{'best tok/s':>12}{'vs hf_sdpa':>12}"
+          f"{'(CPU time)':>12}")
     for name in names:
         print(f"{name:<15}{median(rates[name]):>14,.0f}{max(rates[name]):>12,.0f}"
-              f"{paired_ratio(name, 'hf_sdpa'):>12.3f}")
-    ratio = paired_ratio("lyre", "hf_sdpa")
-    print(f"\ntrain_vs_hf_ratio (lyre / HF sdpa, median of per-round ratios): {ratio:.3f}"
+              f"{paired(rates, name):>12.3f}{paired(cpu_rates, name):>12.3f}")
+    ratio = paired(rates, "lyre")
+    print(f"\ntrain_vs_hf_ratio (lyre / HF sdpa, median of the per-round ratios): {ratio:.3f}"
           f"  (goal >= 1.2)")
     record = {
         "bench": "train_throughput",
@@ -258,15 +263,16 @@ def main(argv: list[str] | None = None) -> dict:
         "lyre_tok_s": round(median(rates["lyre"])),
         "hf_tok_s": round(median(rates["hf_sdpa"])),
         "shape": shape_name,
-        "first_step_loss_diff": float(f"{loss_diff:.2e}"),
         "threads": torch.get_num_threads(),
+        "first_step_loss_diff": float(f"{loss_diff:.1e}"),
+        "cpu_time_ratio": round(paired(cpu_rates, "lyre"), 3),
     }
-    if args.eager:
+    if "hf_eager" in contenders:
         record["hf_eager_tok_s"] = round(median(rates["hf_eager"]))
-        record["vs_hf_eager_ratio"] = round(paired_ratio("lyre", "hf_eager"), 3)
-    if args.compile:
+        record["vs_hf_eager_ratio"] = round(paired(rates, "lyre", "hf_eager"), 3)
+    if "lyre_compiled" in contenders:
         record["lyre_compiled_tok_s"] = round(median(rates["lyre_compiled"]))
-        record["compiled_vs_hf_ratio"] = round(paired_ratio("lyre_compiled", "hf_sdpa"), 3)
+        record["compiled_vs_hf_ratio"] = round(paired(rates, "lyre_compiled"), 3)
     json_line(record)
     return record
 

@@ -172,6 +172,8 @@ def _add_serve(sub) -> None:
                         "OpenAI) or slide the window and keep generating")
     p.add_argument("--checkpoint", default="best", help="best or last (default best)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (default 0: torch's choice, one per core)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 
@@ -409,6 +411,12 @@ def cmd_serve(args) -> None:
                              max_body_bytes=args.max_body_bytes, chat_template=args.template,
                              shutdown_timeout=args.shutdown_timeout, overflow=args.context_overflow)
     settings.validate()
+    if args.threads < 0:
+        raise LyreError(f"--threads must be >= 0; got {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     run = load_run(args.run_dir, args.checkpoint, args.device)
     serve(run, args.host, args.port, settings, log_level=args.log_level)
 

@@ -1,6 +1,6 @@
 """Optimizers: AdamW (the default) and Muon (orthogonalized momentum for hidden matrices).
 
-AdamW is PyTorch's own, fused into one kernel on CUDA, with weight decay on matrices only.
+AdamW is PyTorch's own, fused into one kernel (CUDA and CPU), with weight decay on matrices only.
 
 Muon (Keller Jordan, 2024; the optimizer of the modern nanoGPT speedruns) treats each hidden
 weight matrix as a linear map rather than a bag of numbers. It keeps a Nesterov momentum of the
@@ -74,7 +74,10 @@ def build_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.
     fused = device.type == "cuda"  # one kernel for all parameters
     if cfg.optimizer == "adamw":
         groups = model.optimizer_groups(cfg.weight_decay)
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+        # Fused on the CPU too (torch >= 2.4): one pass over all parameters instead of ~10 small
+        # ops per parameter; about 3-5% faster training steps on a 2-core CPU (bench/train_throughput.py).
+        fused_adamw = fused or device.type == "cpu"
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused_adamw)
     parts = split_parameters(model)
     groups = [
         {"params": parts["hidden"], "use_muon": True, "lr": cfg.muon_lr,

@@ -143,7 +143,7 @@ def learning_rate(step: int, cfg) -> float:
 
 
 def make_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW (fused on CUDA) or Muon, as cfg.optimizer says; see lyre.optim."""
+    """AdamW (fused on CUDA and CPU) or Muon, as cfg.optimizer says; see lyre.optim."""
     return build_optimizer(model, cfg, device)
 
 

@@ -104,6 +104,10 @@ class SSEResponse(StreamingResponse):
 
     media_type = "text/event-stream"
 
+    def __init__(self, content) -> None:
+        # No caching, and no buffering by a reverse proxy (nginx honours X-Accel-Buffering).
+        super().__init__(content, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
     async def __call__(self, scope, receive, send) -> None:
         async with anyio.create_task_group() as tg:
             async def stream() -> None:

@@ -209,8 +209,7 @@ class Scheduler:
                     return
             try:
                 self._drop_cancelled()
-                if self._admit():
-                    self._report()  # first tokens out before the next step: a short TTFT
+                self._admit()
                 if len(self._batch):
                     self._batch.step()
                     self.steps += 1
@@ -246,14 +245,15 @@ class Scheduler:
             if any(job.cancelled for job in self._pending):
                 self._pending = deque(job for job in self._pending if not job.cancelled)
 
-    def _admit(self) -> bool:
+    def _admit(self) -> None:
         """Move waiting jobs into the batch, first come first served, while rows are free."""
-        admitted = False
         while True:
             with self._lock:
                 if not self._pending or self._pending[0].n > self._batch.free:
-                    return admitted  # the head job waits for rows: no overtaking, no starvation
+                    return  # the head job waits for rows: no overtaking, no starvation
                 job = self._pending.popleft()
+            if job.cancelled:  # its client left while it waited
+                continue
             try:
                 rows = self._batch.add([job.prompt], job.params)
             except LyreError as e:  # the handler validated; this is a last line of defence
@@ -261,7 +261,7 @@ class Scheduler:
                 continue
             for i, row in enumerate(rows):
                 self._live[row] = _Live(job, job.first_index + i)
-            admitted = True
+            self._report()  # its first token goes out now, not after the other prefills
 
     def _report(self) -> None:
         """Hand every row's new text (and finish) to its job; forget finished rows."""
