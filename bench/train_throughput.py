@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from _common import json_line, machine, median
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"machine: {machine()}")
     print(f"shape:   {shape_name}")
     warnings.filterwarnings("ignore", module="transformers")
+    transformers.logging.set_verbosity_error()
 
     with tempfile.TemporaryDirectory(prefix="lyre-bench-") as tmp:
         data_dir = write_data(Path(tmp) / "data", shape["vocab_size"], args.seed)
