@@ -305,3 +305,14 @@ def test_load_errors(tmp_path: Path) -> None:
     (tmp_path / "tokenizer.json").write_text('{"kind": "bpe"}')
     with pytest.raises(LyreError, match="bpe.json"):
         load_tokenizer(tmp_path)
+
+
+def test_a_saved_tokenizer_directory_is_a_spec(tmp_path):
+    """Fine-tuning reuses a run's tokenizer: its directory works wherever a spec does."""
+    from lyre.tokenizers import build_tokenizer as build
+
+    original = build("bpe:300", ["the quick brown fox jumps over the lazy dog " * 20])
+    original.save(tmp_path / "tok")
+    reused = build(str(tmp_path / "tok"))
+    text = "the lazy fox"
+    assert reused.kind == "bpe" and reused.encode(text) == original.encode(text)

@@ -27,7 +27,7 @@ __all__ = [
     "load_tokenizer",
 ]
 
-SPEC_HELP = "use 'char', 'bpe:VOCAB_SIZE' (e.g. bpe:8192) or 'gpt2:DIR'"
+SPEC_HELP = "use 'char', 'bpe:VOCAB_SIZE' (e.g. bpe:8192), 'gpt2:DIR' or a saved tokenizer directory (RUN_DIR/tokenizer)"
 
 
 def build_tokenizer(spec: str, texts: Iterable[str] | None = None) -> Tokenizer:
@@ -36,6 +36,10 @@ def build_tokenizer(spec: str, texts: Iterable[str] | None = None) -> Tokenizer:
     ``texts`` is an iterable of strings (whole documents or chunks of a streamed corpus) and
     is read once.
     """
+    if Path(spec).is_dir():
+        # A tokenizer saved by another run (e.g. RUN_DIR/tokenizer): reuse it as it is, which is
+        # what fine-tuning a trained or imported model needs.
+        return load_tokenizer(spec)
     kind, _, arg = spec.partition(":")
     if kind == "char" and not arg:
         return CharTokenizer.from_texts(require_texts(texts, spec))
