@@ -370,9 +370,15 @@ class Dist:
         (possibly resumed, full) state of `optimizer` split the same way. Else `optimizer`."""
         if not self.fsdp:
             return optimizer
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-        from torch.distributed.tensor import DTensor, distribute_tensor
+        try:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+            from torch.distributed.tensor import DTensor, distribute_tensor
+        except ImportError:
+            raise LyreError(
+                f"train.parallel=fsdp needs PyTorch >= 2.6 (fully_shard); this is {torch.__version__}; "
+                "use train.parallel=ddp or upgrade torch"
+            ) from None
 
         state = optimizer.state_dict()
         mesh = init_device_mesh(self.device.type, (self.world_size,))

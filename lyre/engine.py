@@ -646,11 +646,14 @@ class Engine:
         self,
         prompts: str | Seq[int] | Seq[str | Seq[int]],
         params: SamplingConfig | Seq[SamplingConfig] | None = None,
+        *,
+        max_batch: int = 64,
     ) -> list[Completion]:
-        """Complete every prompt (text or token ids) in one batch.
+        """Complete every prompt (text or token ids), batched.
 
         `params` is one config for all prompts or one per prompt. Returns num_samples
-        completions per prompt, prompt by prompt.
+        completions per prompt, prompt by prompt. At most `max_batch` rows decode together (it
+        bounds the KV cache); waiting prompts join as rows finish (continuous batching).
         """
         prompts = self._prompt_list(prompts)
         if isinstance(params, SamplingConfig) or params is None:
@@ -659,18 +662,25 @@ class Engine:
             raise LyreError(f"params: {len(params)} configs for {len(prompts)} prompts")
         for p in params:
             self.check_params(p)
+        _check_int("max_batch", max_batch, 1, None)
         ids = [self.encode(p) for p in prompts]
-        capacity = sum(p.num_samples for p in params)
+        rows_needed = sum(p.num_samples for p in params)
+        capacity = min(rows_needed, max(max_batch, max(p.num_samples for p in params)))
         need = max(min(len(i), self.block_size) + p.max_new_tokens for i, p in zip(ids, params, strict=True))
         batch = self.new_batch(capacity, max_length=need)
         rows: list[Row] = []
-        if all(p is params[0] for p in params):  # one config: same-length prompts share a prefill
-            rows = batch.add(ids, params[0])
-        else:
-            for i, p in zip(ids, params, strict=True):
-                rows += batch.add([i], p)
-        while batch:
-            batch.step()
+        i = 0
+        while i < len(ids) or batch:
+            # Admit the longest run of waiting prompts with the same config that fits: one add,
+            # so prompts of equal length share a prefill.
+            j = i
+            while j < len(ids) and params[j] is params[i] and (j + 1 - i) * params[i].num_samples <= batch.free:
+                j += 1
+            if j > i:
+                rows += batch.add(ids[i:j], params[i])
+                i = j
+            else:
+                batch.step()
         return [row.completion() for row in rows]
 
     def stream(self, prompt: str | Seq[int], params: SamplingConfig | None = None) -> Stream:

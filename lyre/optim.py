@@ -27,6 +27,11 @@ from torch.optim.adamw import adamw as adamw_update
 
 from lyre.errors import LyreError
 
+try:  # FSDP's sharded tensors (PyTorch >= 2.5 names them here)
+    from torch.distributed.tensor import DTensor as _DTensor
+except Exception:  # an old PyTorch, or a build without torch.distributed
+    _DTensor = None
+
 OPTIMIZERS = ("adamw", "muon")
 # Coefficients of the quintic Newton-Schulz iteration tuned by Keller Jordan: they push every
 # singular value into about [0.7, 1.2] in five steps, which is all Muon needs.
@@ -122,9 +127,9 @@ def _orthogonalized(update: torch.Tensor, steps: int) -> torch.Tensor:
 
     An FSDP shard (a DTensor) is gathered whole first, and this process keeps its own shard.
     """
-    from torch.distributed.tensor import DTensor, distribute_tensor
+    if _DTensor is not None and isinstance(update, _DTensor):
+        from torch.distributed.tensor import distribute_tensor
 
-    if isinstance(update, DTensor):
         full = _orthogonalized(update.full_tensor(), steps)
         return distribute_tensor(full, update.device_mesh, update.placements, src_data_rank=None)
     rows, cols = update.shape

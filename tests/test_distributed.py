@@ -93,11 +93,11 @@ def launches(tmp_path_factory, tiny_toml):
         started[name] = (run_dir, procs)
 
     started: dict = {}
-    start("ddp", _sets(PART), env)
+    start("ddp", _sets([*PART, "train.batch_size=2", "train.grad_accum=2"]), env)  # no_sync on micro-step 1
     start("fsdp", _sets([*PART, "train.parallel=fsdp", "train.optimizer=muon"]), env)
     start("dies", _sets([*WHOLE, "train.eval_interval=3", "train.dist_timeout=60"]),
           {**faulty, "LYRE_TEST_FAULT": "die"})
-    start("hangs", _sets([*WHOLE, "train.dist_timeout=20"]), {**faulty, "LYRE_TEST_FAULT": "hang"}, nproc=None)
+    start("hangs", _sets([*WHOLE, "train.dist_timeout=10"]), {**faulty, "LYRE_TEST_FAULT": "hang"}, nproc=None)
     yield started
     for _, procs in started.values():
         for proc in procs:
@@ -125,19 +125,21 @@ def _close(a: dict[int, float], b: dict[int, float]) -> None:
 
 
 def test_two_processes_match_one_with_twice_the_batch_and_resume_in_one(launches, tiny_config, tmp_path):
+    """2 processes x batch 2 x 2 micro-steps == 1 process x batch 4 x 2 micro-steps, and its
+    checkpoint continues in 1 process as if it had been trained there."""
     run_dir, (proc,) = launches["ddp"]
     code, out, err = _finish(proc)
     assert code == 0, err
-    assert "global batch 8 = 4 per process x 2 processes x 1 accumulation" in out
+    assert "global batch 8 = 2 per process x 2 processes x 2 accumulation" in out
     assert out.count("done:") == 1  # rank 0 speaks for the run
 
     straight = tmp_path / "straight"
-    train(tiny_config(*WHOLE, "train.batch_size=8"), straight, progress=False, plot=False)
+    train(tiny_config(*WHOLE, "train.batch_size=4", "train.grad_accum=2"), straight, progress=False, plot=False)
     reference = _losses(straight)
     _close(_losses(run_dir), {s: v for s, v in reference.items() if s <= 3})
 
-    # The 2-process checkpoint, same format, continues in 1 process (batch 8 = the same windows).
-    config = load_config(run_dir / "config.json", ["train.batch_size=8", "train.max_iters=6"])
+    # The 2-process checkpoint, same format, continues in 1 process (batch 4 = the same windows).
+    config = load_config(run_dir / "config.json", ["train.batch_size=4", "train.max_iters=6"])
     train(config, run_dir, resume=True, progress=False, plot=False)
     _close(_losses(run_dir), reference)
     resumed, expected = load_model_state(run_dir, "last"), load_model_state(straight, "last")
@@ -181,7 +183,7 @@ def test_a_process_that_hangs_times_out_with_a_clear_message(launches):
     assert code == 2
     last = err.strip().splitlines()[-1]
     assert last.startswith("lyre: error: process 0 of 2 lost contact with the others at step 2")
-    assert "train.dist_timeout=20s" in last
+    assert "train.dist_timeout=10s" in last
     rank1.kill()
 
 

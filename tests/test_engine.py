@@ -91,6 +91,9 @@ def test_batched_equals_one_at_a_time(pos):
         assert out.tokens == alone.tokens and out.finish_reason == alone.finish_reason
     # Rows of different lengths stop at different steps; the others go on unchanged.
     assert len({len(out.tokens) for out in batched}) > 1
+    # With room for two rows, the others wait and join as rows finish: same tokens.
+    limited = engine.generate(PROMPTS, greedy(12, overflow="stop"), max_batch=2)
+    assert [o.tokens for o in limited] == [o.tokens for o in batched]
 
 
 def test_rows_join_and_leave_a_running_batch():
