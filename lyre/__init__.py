@@ -6,7 +6,9 @@ The public API, one import away:
 """
 
 from lyre.config import DataConfig, RunConfig, TrainConfig, load_config
+from lyre.engine import Completion, Engine
 from lyre.errors import LyreError
+from lyre.evaluate import evaluate_run, evaluate_text
 from lyre.generate import SamplingConfig, generate, stream
 from lyre.hf import export_hf, from_pretrained, import_hf
 from lyre.model import GPT, BigramLM, GPTConfig, build_model
@@ -20,5 +22,6 @@ __all__ = [
     "GPT", "GPTConfig", "BigramLM", "build_model", "RunConfig", "DataConfig", "TrainConfig",
     "load_config", "LyreError", "SamplingConfig", "generate", "stream", "load_run",
     "build_tokenizer", "load_tokenizer", "TrainResult", "train",
-    "from_pretrained", "import_hf", "export_hf",
+    "from_pretrained", "import_hf", "export_hf", "Engine", "Completion", "evaluate_run",
+    "evaluate_text",
 ]

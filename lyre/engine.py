@@ -618,8 +618,8 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 class Engine:
     """Generation for one model and tokenizer: `generate` (batched), `stream`, `new_batch`.
 
-    On CPU the model's Linear weights are re-laid out for fast decoding (`use_cpu_decode_layout`;
-    pass cpu_layout=False to keep them as they are).
+    The model is moved to `device` (default: where it is). On CPU its Linear weights are re-laid
+    out for fast decoding (`use_cpu_decode_layout`; cpu_layout=False keeps them as they are).
     """
 
     def __init__(

@@ -94,6 +94,9 @@ def test_batched_equals_one_at_a_time(pos):
     # With room for two rows, the others wait and join as rows finish: same tokens.
     limited = engine.generate(PROMPTS, greedy(12, overflow="stop"), max_batch=2)
     assert [o.tokens for o in limited] == [o.tokens for o in batched]
+    # One config per prompt.
+    mixed = engine.generate(PROMPTS[:2], [greedy(3), greedy(5)])
+    assert [len(o.tokens) for o in mixed] == [3, 5]
 
 
 def test_rows_join_and_leave_a_running_batch():
