@@ -21,18 +21,27 @@ Acceptance (issue 2): val_loss_gain = nanogpt_val_loss - lyre_val_loss >= 0.15 a
 time_ratio = nanogpt_s / lyre_s >= 1.0. Ends with one JSON line.
 """
 
+# ruff: noqa: E402  (imports must follow the sys.path fix below)
+
 from __future__ import annotations
+
+import os
+import sys
+
+# bench/ holds tokenize.py, which would shadow the stdlib module if bench/ led sys.path.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from bench._common import json_line, machine
 from lyre.config import BUNDLED_ILIAD, load_config
 from lyre.data import prepare
 from lyre.train import train
@@ -42,7 +51,9 @@ NANOGPT_PRESET = REPO / "configs" / "shakespeare-char-cpu.toml"
 LYRE_PRESET = REPO / "configs" / "iliad-char.toml"
 
 
-def run_one(preset: Path, data_dir: Path, run_dir: Path, threads: int, extra: list[str]) -> dict:
+def run_one(
+    preset: Path, data_dir: Path, run_dir: Path, threads: int, extra: list[str], scale: float = 1.0
+) -> dict:
     overrides = [
         f"data.corpus={json.dumps(str(BUNDLED_ILIAD))}",
         f"data.data_dir={json.dumps(str(data_dir))}",
@@ -51,6 +62,12 @@ def run_one(preset: Path, data_dir: Path, run_dir: Path, threads: int, extra: li
         *extra,
     ]
     config = load_config(preset, overrides)
+    if scale != 1.0:  # a quick check of the bench itself: every step count scaled alike
+        t = config.train
+        t.max_iters = max(1, round(t.max_iters * scale))
+        t.warmup_iters = round(t.warmup_iters * scale)
+        t.lr_decay_iters = round(t.lr_decay_iters * scale)
+        t.eval_interval = max(1, round(t.eval_interval * scale))
     wall0, cpu0 = time.perf_counter(), time.process_time()
     result = train(config, run_dir, force=True, progress=False, plot=False)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
@@ -68,6 +85,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp dir)")
     parser.add_argument("--set", dest="lyre_set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field of the lyre preset (for experiments)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="scale both runs' step counts (e.g. 0.05 for a quick check; the bar is "
+                             "judged at 1.0)")
     args = parser.parse_args()
 
     base = nanogpt_check()
@@ -82,7 +102,7 @@ def main() -> int:
             order = ["nanogpt", "lyre"] if r % 2 == 0 else ["lyre", "nanogpt"]
             for name in order:
                 preset, extra = presets[name]
-                res = run_one(preset, data_dir, out / f"{name}-{r}", args.threads, extra)
+                res = run_one(preset, data_dir, out / f"{name}-{r}", args.threads, extra, args.scale)
                 runs[name].append(res)
                 print(f"[{r + 1}/{args.repeats}] {name:8s} val {res['val_loss']:.4f}  "
                       f"wall {res['wall_s']:7.1f}s  cpu {res['cpu_s']:7.1f}s   ({res['desc']})", flush=True)
@@ -96,12 +116,14 @@ def main() -> int:
     b_loss, b_s, b_cpu = summary("lyre")
     gain, ratio = a_loss - b_loss, a_s / b_s
     print()
-    print(f"machine: {args.threads} torch thread(s), torch {torch.__version__}; {base}")
+    torch.set_num_threads(args.threads)
+    print(f"machine: {machine()}")
+    print(base)
     print(f"nanoGPT CPU recipe on the Iliad: val loss {a_loss:.4f}  in {a_s:.1f}s (cpu {a_cpu:.1f}s)")
     print(f"lyre iliad-char.toml           : val loss {b_loss:.4f}  in {b_s:.1f}s (cpu {b_cpu:.1f}s)")
     print(f"gain {gain:+.4f} (bar: >= 0.15)   time ratio nanoGPT/lyre {ratio:.3f} (bar: >= 1.0)   "
           f"{'PASS' if gain >= 0.15 and ratio >= 1.0 else 'FAIL'}")
-    print(json.dumps({
+    json_line({
         "bench": "demo_quality",
         "nanogpt_val_loss": round(a_loss, 4),
         "lyre_val_loss": round(b_loss, 4),
@@ -113,7 +135,7 @@ def main() -> int:
         "lyre_cpu_s": round(b_cpu, 2),
         "threads": args.threads,
         "repeats": args.repeats,
-    }))
+    })
     return 0
 
 
