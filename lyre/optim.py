@@ -180,7 +180,8 @@ class Muon(torch.optim.Optimizer):
         return loss
 
     def _muon_step(self, group: dict) -> None:
-        lr, beta, decay = group["lr"], group["momentum"], group["weight_decay"]
+        lr, beta, decay, steps = group["lr"], group["momentum"], group["weight_decay"], group["ns_steps"]
+        same_shape: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -192,7 +193,17 @@ class Muon(torch.optim.Optimizer):
             update = p.grad.lerp(buf, beta)  # Nesterov: look one momentum step ahead
             if decay:
                 p.mul_(1 - lr * decay)
-            p.add_(_orthogonalized(update, group["ns_steps"]), alpha=-lr)
+            if _DTensor is not None and isinstance(update, _DTensor):
+                p.add_(_orthogonalized(update, steps), alpha=-lr)
+            else:
+                same_shape.setdefault((tuple(p.shape), p.dtype, p.device), []).append((p, update))
+        # Matrices of one shape (the same layer in every block) go through Newton-Schulz as one
+        # batch: the same arithmetic in a few large matmuls instead of many small ones.
+        for (shape, _, _), pairs in same_shape.items():
+            rows, cols = shape
+            ortho = newton_schulz(torch.stack([u for _, u in pairs]), steps) * math.sqrt(max(1.0, rows / cols))
+            for (p, _), o in zip(pairs, ortho, strict=True):
+                p.add_(o, alpha=-lr)
 
     def _adamw_step(self, group: dict) -> None:
         params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []

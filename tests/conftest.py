@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from lyre.config import BUNDLED_ILIAD, RunConfig, load_config
 
@@ -112,3 +113,12 @@ def tree_digest():
         }
 
     return digest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models gain nothing from a second thread; on a busy machine it only spins and waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lyre.config import RunConfig, load_config, save_config, config_from_json
+from lyre.config import RunConfig, config_from_json, load_config, save_config
 from lyre.errors import LyreError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

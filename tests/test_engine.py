@@ -27,14 +27,6 @@ PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14]]
 UNICODE_TEXT = "Sing, O goddess 😀 of Troy. 特洛伊的 Ἀχιλῆος, café, naïve ✨ 🎉 " * 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices gain nothing from threads, and on a busy machine extra threads spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_gpt(pos: str = "rope", seed: int = 0, **kw) -> GPT:
     torch.manual_seed(seed)

@@ -18,15 +18,6 @@ from lyre.runs import load_run
 from lyre.tokenizers.char import CharTokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices gain nothing from threads, and on a busy machine extra threads spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def heldout(tmp_path_factory, tiny_corpus):
     """Text the char run can encode (its own corpus), short enough for brute force."""
