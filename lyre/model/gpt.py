@@ -269,37 +269,6 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean of -log softmax(logits)[target] over the targets that are not -100.
-
-    logits: [N, V], targets: [N]. The same number as F.cross_entropy(..., ignore_index=-100).
-    """
-    return _CrossEntropy.apply(logits, targets)
-
-
-class _CrossEntropy(torch.autograd.Function):
-    # Speed: the gradient (softmax - one_hot) is written in one pass; F.cross_entropy's backward
-    # also fills and re-reads a zero [N, V] buffer (4% of a CPU training step at V=50257).
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        log_probs = torch.log_softmax(logits, dim=-1)
-        scored = targets != -100
-        safe = targets.masked_fill(~scored, 0)  # any valid index; those rows are masked out
-        picked = log_probs.gather(1, safe.unsqueeze(1)).squeeze(1)
-        count = scored.sum()
-        ctx.save_for_backward(log_probs, safe, scored, count)
-        return -torch.where(scored, picked, 0.0).sum() / count
-
-    @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor):
-        log_probs, safe, scored, count = ctx.saved_tensors
-        grad = log_probs.exp()  # softmax
-        grad[torch.arange(len(safe), device=grad.device), safe] -= 1.0  # minus one_hot(target)
-        grad.mul_(torch.where(scored, grad_loss / count, 0.0).unsqueeze(1))  # mean; ignored rows: 0
-        return grad, None
-
-
 # ----------------------------------------------------------------------------------------------
 # The model
 
@@ -395,7 +364,9 @@ class GPT(nn.Module):
         logits = self.lm_head(x)
         if targets is None:
             return logits, None
-        loss = cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        loss = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+        )
         return logits, loss
 
     def _absolute_positions(self, positions: torch.Tensor) -> torch.Tensor | float:
