@@ -21,27 +21,19 @@ Acceptance (issue 2): val_loss_gain = nanogpt_val_loss - lyre_val_loss >= 0.15 a
 time_ratio = nanogpt_s / lyre_s >= 1.0. Ends with one JSON line.
 """
 
-# ruff: noqa: E402  (imports must follow the sys.path fix below)
-
 from __future__ import annotations
-
-import os
-import sys
-
-# bench/ holds tokenize.py, which would shadow the stdlib module if bench/ led sys.path.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _common import json_line, machine
 
-from bench._common import json_line, machine
 from lyre.config import BUNDLED_ILIAD, load_config
 from lyre.data import prepare
 from lyre.train import train

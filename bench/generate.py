@@ -18,21 +18,12 @@ tokens only: it is quadratic), hf (transformers' generate with its cache).
 Ends with one JSON line; `b1_vs_hf_ratio` / `b8_vs_hf_ratio` are engine / hf tokens/s.
 """
 
-# ruff: noqa: E402  (imports must follow the sys.path fix below)
-
 from __future__ import annotations
-
-import os
-import sys
-
-# bench/tokenize.py would shadow the stdlib module `tokenize` (imported by torch) when this
-# script runs with bench/ first on sys.path: take bench/ off the path before importing anything.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import argparse
 import copy
 import json
+import os
 import statistics
 import time
 

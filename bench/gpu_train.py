@@ -24,20 +24,12 @@ and faster than transformers.
 Ends with one JSON line.
 """
 
-# ruff: noqa: E402  (imports must follow the sys.path fix below)
-
 from __future__ import annotations
-
-import os
-import sys
-
-# bench/ holds tokenize.py, which would shadow the stdlib module if bench/ led sys.path.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
 
 import argparse
 import json
 import math
+import sys
 import tempfile
 import time
 import warnings
@@ -45,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import json_line, machine, median
 
-from bench._common import json_line, machine, median
 from lyre.config import DataConfig, RunConfig, TrainConfig
 from lyre.data import get_batch
 from lyre.info import model_cost

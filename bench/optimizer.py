@@ -18,22 +18,14 @@ steps x that per-step time, which a noisy neighbour slows alike for both.
 Ends with one JSON line.
 """
 
-# ruff: noqa: E402  (imports must follow the sys.path fix below)
-
 from __future__ import annotations
-
-import os
-import sys
-
-# bench/ holds tokenize.py, which would shadow the stdlib module if bench/ led sys.path.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import argparse
 import time
 from pathlib import Path
 
-from bench._common import json_line, machine
+from _common import json_line, machine
+
 from lyre.config import load_config
 from lyre.data import prepare
 from lyre.train import Trainer, train

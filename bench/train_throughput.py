@@ -28,20 +28,7 @@ same batch) must agree within 1e-4.
 Ends with one JSON line.
 """
 
-# ruff: noqa: E402  (imports must follow the sys.path fix below)
-
 from __future__ import annotations
-
-import os
-import sys
-
-# bench/ holds tokenize.py, which would shadow the stdlib module (imported by torch) if bench/
-# were first on sys.path, as it is for a script; it goes to the end instead. The checkout's
-# lyre comes first, installed or not.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path = [os.path.dirname(_HERE)] + [
-    p for p in sys.path if os.path.abspath(p or ".") != _HERE
-] + [_HERE]
 
 import argparse
 import json

@@ -411,6 +411,21 @@ class _DecodeView:
 # The batch: rows decoding together, steppable by a scheduler
 
 
+def _prefill_groups(items: list, length: Callable[[object], int], max_padding: float = 0.25) -> list[list]:
+    """Split `items` into groups that share one padded prefill: sorted by length, a group
+    takes items while padding them to its longest costs at most `max_padding` of its tokens."""
+    groups: list[list] = []
+    for item in sorted(items, key=length, reverse=True):
+        group = groups[-1] if groups else None
+        if group and (len(group) + 1) * length(group[0]) <= (1 + max_padding) * (
+            sum(map(length, group)) + length(item)
+        ):
+            group.append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
 class Batch:
     """Up to `capacity` rows sharing one preallocated KV cache of `max_length` positions per row.
 
@@ -436,33 +451,41 @@ class Batch:
         return self.capacity - len(self.rows)
 
     @torch.inference_mode()
-    def add(self, prompts: Seq[Seq[int]], params: SamplingConfig, tags: Seq | None = None) -> list[Row]:
+    def add(
+        self,
+        prompts: Seq[Seq[int]],
+        params: SamplingConfig | Seq[SamplingConfig],
+        tags: Seq | None = None,
+    ) -> list[Row]:
         """Prefill `prompts` (token ids) and sample their first tokens; num_samples rows each.
 
+        `params` is one config for all prompts or one per prompt. Prompts of similar lengths
+        share one forward pass (right-padded), so a scheduler should add what waits together.
         Returns the rows prompt by prompt (sample 0, 1, ... of the first prompt, then the next).
         """
         engine = self.engine
-        engine.check_params(params)
+        if isinstance(params, SamplingConfig):
+            params = [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise LyreError(f"params: {len(params)} configs for {len(prompts)} prompts")
+        for p in params:
+            engine.check_params(p)
         prompts = [engine.check_ids(p) for p in prompts]
         tags = list(tags) if tags is not None else [None] * len(prompts)
-        if len(prompts) * params.num_samples > self.free:
-            raise LyreError(
-                f"the batch has {self.free} free rows, {len(prompts) * params.num_samples} needed"
-            )
-        for p in prompts:
-            positions = min(self.block_size, min(len(p), self.block_size) + params.max_new_tokens - 1)
+        needed = sum(p.num_samples for p in params)
+        if needed > self.free:
+            raise LyreError(f"the batch has {self.free} free rows, {needed} needed")
+        for ids, p in zip(prompts, params, strict=True):
+            positions = min(self.block_size, min(len(ids), self.block_size) + p.max_new_tokens - 1)
             if positions > self.max_length:
                 raise LyreError(
                     f"a request needs {positions} cache positions; this batch has {self.max_length}"
                 )
         rows = [
-            [engine.new_row(p, params, k, tag) for k in range(params.num_samples)]
-            for p, tag in zip(prompts, tags, strict=True)
+            [engine.new_row(ids, p, k, tag) for k in range(p.num_samples)]
+            for ids, p, tag in zip(prompts, params, tags, strict=True)
         ]
-        by_length: dict[int, list[list[Row]]] = {}
-        for samples in rows:
-            by_length.setdefault(len(self._window(samples[0])), []).append(samples)
-        for group in by_length.values():
+        for group in _prefill_groups(rows, lambda samples: len(self._window(samples[0]))):
             self._start(group)
         return [row for samples in rows for row in samples]
 
@@ -480,6 +503,7 @@ class Batch:
 
     # Added for the server's scheduler (issue 6, lyre/serve/scheduler.py): a client that goes
     # away mid-generation must free its row at once, without finishing it.
+    @torch.inference_mode()  # moving the last row into the freed slot writes the cache
     def remove(self, row: Row) -> bool:
         """Take an unfinished row out of the batch (its request was cancelled); its slot is free
         for the next `add`. Returns False when the row is not in the batch (already finished)."""
@@ -496,7 +520,7 @@ class Batch:
         return seq[-self.block_size :]
 
     def _start(self, group: list[list[Row]]) -> list[Row]:
-        """Prefill the prompts of `group` (same length) in one forward; sample first tokens."""
+        """Prefill the prompts of `group` in one forward; sample their first tokens."""
         live = []
         for samples in group:
             if self._full_at_start(samples[0]):
@@ -526,8 +550,18 @@ class Batch:
         return row.params.overflow == "stop" and len(row.prompt) >= self.block_size
 
     def _prefill(self, first: int, windows: list[list[int]]) -> torch.Tensor:
-        idx = torch.tensor(windows, device=self.engine.device)
-        logits, _ = self.engine.model(idx, cache=_PrefillView(self._cache(), first, len(windows)))
+        """One forward over `windows` into cache rows first, first + 1, ...; the logits of
+        each window's last token. Shorter windows are padded on the right: causal attention
+        keeps real tokens from seeing the padding, and decoding overwrites or masks its slots."""
+        device = self.engine.device
+        lengths = [len(w) for w in windows]
+        longest = max(lengths)
+        idx = torch.tensor([w + [0] * (longest - len(w)) for w in windows], device=device)
+        logits_at = None
+        if min(lengths) < longest:
+            logits_at = torch.tensor(lengths, device=device) - 1
+        logits, _ = self.engine.model(idx, cache=_PrefillView(self._cache(), first, len(windows)),
+                                      logits_at=logits_at)
         return logits[:, -1]
 
     def _decode(self, ids: torch.Tensor) -> torch.Tensor:
@@ -671,13 +705,13 @@ class Engine:
         rows: list[Row] = []
         i = 0
         while i < len(ids) or batch:
-            # Admit the longest run of waiting prompts with the same config that fits: one add,
-            # so prompts of equal length share a prefill.
-            j = i
-            while j < len(ids) and params[j] is params[i] and (j + 1 - i) * params[i].num_samples <= batch.free:
+            # Admit every waiting prompt that fits in one add, so they share prefills.
+            j, free = i, batch.free
+            while j < len(ids) and params[j].num_samples <= free:
+                free -= params[j].num_samples
                 j += 1
             if j > i:
-                rows += batch.add(ids[i:j], params[i])
+                rows += batch.add(ids[i:j], params[i:j])
                 i = j
             else:
                 batch.step()

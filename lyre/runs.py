@@ -26,9 +26,10 @@ class LoadedRun:
 
 
 def load_run(
-    run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "auto"
+    run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "auto", *, int8: bool = False
 ) -> LoadedRun:
-    """The model of RUN_DIR in eval mode; `best` falls back to `last` when absent."""
+    """The model of RUN_DIR in eval mode; `best` falls back to `last` when absent.
+    int8: quantize its Linear weights for CPU inference (see engine.quantize_int8)."""
     from lyre.train import resolve_device
 
     run_dir = Path(run_dir)
@@ -45,4 +46,9 @@ def load_run(
     model = build_model(config.model)
     ckpt.load_checkpoint(run_dir, name, model=model, map_location="cpu")
     tokenizer = load_tokenizer(run_dir / "tokenizer")
-    return LoadedRun(run_dir, config, tokenizer, model.to(device).eval(), name, device)
+    model = model.to(device).eval()
+    if int8:
+        from lyre.engine import quantize_int8
+
+        quantize_int8(model)
+    return LoadedRun(run_dir, config, tokenizer, model, name, device)

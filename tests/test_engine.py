@@ -112,6 +112,68 @@ def test_rows_join_and_leave_a_running_batch():
         engine.new_batch(capacity=1).add([PROMPTS[0]], greedy(2, num_samples=2))
 
 
+def test_removing_a_middle_row_keeps_the_others_exact():
+    """The last row moves into a freed slot (a cache copy): outside inference mode too."""
+    model = tiny_gpt("rope", seed=3)
+    engine = Engine(model)
+    batch = engine.new_batch(capacity=3)
+    a, b, c = batch.add(PROMPTS[:3], greedy(8))
+    batch.step()
+    assert batch.remove(a) and not batch.remove(a)
+    while batch:
+        batch.step()
+    assert b.tokens == generate_without_cache(model, [PROMPTS[1]], 8)[0]
+    assert c.tokens == generate_without_cache(model, [PROMPTS[2]], 8)[0]
+
+
+def count_forwards(monkeypatch, cls=GPT) -> list[tuple[int, int]]:
+    calls = []
+    real = cls.forward
+
+    def counting(self, idx, *args, **kwargs):
+        calls.append(tuple(idx.shape))
+        return real(self, idx, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "forward", counting)
+    return calls
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope"])
+def test_prompts_of_different_lengths_share_one_padded_prefill(monkeypatch, pos):
+    model = tiny_gpt(pos, seed=4, block_size=32)
+    engine = Engine(model)
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13], [14, 15, 16, 17, 18, 19, 20, 21]]
+    expected = [generate_without_cache(model, [p], 10)[0] for p in prompts]
+    calls = count_forwards(monkeypatch)
+    batch = engine.new_batch(capacity=3)
+    rows = batch.add(prompts, [greedy(10), greedy(10, seed=1), greedy(10)])
+    assert calls == [(3, 8)]  # one forward, padded to the longest prompt
+    while batch:
+        batch.step()
+    assert [row.tokens for row in rows] == expected
+
+
+def test_padded_prefill_groups_bound_the_padding():
+    from lyre.engine import _prefill_groups
+
+    lengths = [100, 3, 90, 4, 95, 5, 300]
+    groups = _prefill_groups(lengths, lambda n: n)
+    assert sorted(n for g in groups for n in g) == sorted(lengths)
+    assert groups == [[300], [100, 95, 90], [5, 4, 3]]
+    for g in groups:
+        assert len(g) * max(g) <= 1.25 * sum(g)
+
+
+def test_logits_at_picks_each_rows_position():
+    model = tiny_gpt("rope", seed=5)
+    idx = torch.randint(0, V, (3, 9))
+    at = torch.tensor([8, 2, 5])
+    with torch.no_grad():
+        full, _ = model(idx, all_logits=True)
+        picked, _ = model(idx, logits_at=at)
+    torch.testing.assert_close(picked[:, 0], full[torch.arange(3), at])
+
+
 def test_num_samples_share_one_prefill(monkeypatch):
     model = tiny_gpt("rope")
     engine = Engine(model)

@@ -524,3 +524,50 @@ def test_template_from_run_dir(run_dir, tmp_path):
     with TestClient(app) as tc:
         model = tc.get("/v1/models").json()["data"][0]
         assert model["chat_template"] == "alpaca" and model["context_length"] == 256
+
+
+def test_waiting_jobs_share_one_add_and_a_bad_one_fails_alone(run):
+    """Requests that wait together are prefilled together; an invalid one fails only itself."""
+    from lyre.engine import SamplingConfig
+    from lyre.serve.scheduler import Done, Failed, Job, Piece
+
+    engine = Engine(run.model, run.tokenizer, device=run.device)
+    params = SamplingConfig(max_new_tokens=6, temperature=0)
+    texts = ["Sing, O goddess", "the wrath", "of Peleus' son Achilles"]
+    expected = [c.text for c in engine.generate(texts, params)]
+
+    def serve_jobs(prompts):
+        adds = []
+
+        class CountingBatch(SlowBatch):
+            def add(self, prompts, params, tags=None):
+                adds.append(len(prompts))
+                return self.inner.add(prompts, params, tags)
+
+        scheduler = Scheduler(engine, batch=CountingBatch(engine.new_batch(8), 0))
+
+        async def main():
+            jobs = [Job(p, params) for p in prompts]
+            for job in jobs:
+                scheduler.submit(job)  # the worker has not started: they all wait
+            scheduler.start()
+            outcomes = []
+            for job in jobs:
+                text = ""
+                while not isinstance(event := await job.events.get(), Done | Failed):
+                    assert isinstance(event, Piece)
+                    text += event.text
+                outcomes.append(text if isinstance(event, Done) else event.status)
+            return outcomes
+
+        try:
+            return asyncio.run(main()), adds
+        finally:
+            scheduler.stop()
+
+    prompts = [engine.encode(t) for t in texts]
+    outcomes, adds = serve_jobs(prompts)
+    assert outcomes == expected and adds == [3]
+    outcomes, adds = serve_jobs(prompts[:2] + [[engine.vocab_size + 5]] + prompts[2:])
+    assert outcomes == expected[:2] + [400] + expected[2:]
+    assert adds == [4, 1, 1, 1, 1]  # together first; then one by one to fail the bad one alone

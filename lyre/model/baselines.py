@@ -34,13 +34,18 @@ class BigramLM(nn.Module):
         attn_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         all_logits: bool = False,
+        logits_at: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Same contract as GPT.forward; positions, masks and caches mean nothing here."""
-        logits = self.table(idx)
         if cache is not None:
             cache.advance(idx.size(1))
+        if targets is None and not all_logits:
+            if logits_at is not None:
+                idx = idx[torch.arange(idx.size(0), device=idx.device), logits_at].unsqueeze(1)
+            return self.table(idx[:, -1:]), None
+        logits = self.table(idx)
         if targets is None:
-            return (logits if all_logits else logits[:, -1:, :]), None
+            return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 

@@ -336,13 +336,16 @@ class GPT(nn.Module):
         attn_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         all_logits: bool = False,
+        logits_at: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for every position (training) or only the last one (generation).
 
         idx: [B, T] token ids. targets: [B, T] next-token ids, -100 where the loss must ignore a
         position (padding, prompts in instruction tuning). positions: [B, T] absolute positions
         (default: continue after what the cache holds). attn_mask: [B, 1, T, S] bool, True where
-        attending is allowed (for left-padded batches). Returns (logits, mean loss or None).
+        attending is allowed (for left-padded batches). logits_at: [B] the position whose logits
+        each row wants instead of the last (right-padded prompts of different lengths).
+        Returns (logits, mean loss or None).
         """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
@@ -360,7 +363,10 @@ class GPT(nn.Module):
             cache.advance(T)
         x = self.transformer.ln_f(x)
         if targets is None and not all_logits:
-            return self.lm_head(x[:, -1:, :]), None  # only the next token is needed
+            # Only the next token is needed: the vocabulary projection is the costliest matmul.
+            if logits_at is not None:
+                return self.lm_head(x[torch.arange(B, device=x.device), logits_at].unsqueeze(1)), None
+            return self.lm_head(x[:, -1:, :]), None
         logits = self.lm_head(x)
         if targets is None:
             return logits, None

@@ -246,22 +246,40 @@ class Scheduler:
                 self._pending = deque(job for job in self._pending if not job.cancelled)
 
     def _admit(self) -> None:
-        """Move waiting jobs into the batch, first come first served, while rows are free."""
-        while True:
-            with self._lock:
-                if not self._pending or self._pending[0].n > self._batch.free:
-                    return  # the head job waits for rows: no overtaking, no starvation
+        """Move waiting jobs into the batch, first come first served, while rows are free.
+
+        They are added together: prompts of similar lengths then share one prefill forward,
+        which matters when many clients arrive at once (bench/serve_load.py)."""
+        jobs, free = [], self._batch.free
+        with self._lock:
+            # The head job waits for rows when it does not fit: no overtaking, no starvation.
+            while self._pending and self._pending[0].n <= free:
                 job = self._pending.popleft()
-            if job.cancelled:  # its client left while it waited
-                continue
-            try:
-                rows = self._batch.add([job.prompt], job.params)
-            except LyreError as e:  # the handler validated; this is a last line of defence
-                job.emit(Failed(400, str(e), code="invalid_request"))
-                continue
-            for i, row in enumerate(rows):
-                self._live[row] = _Live(job, job.first_index + i)
-            self._report()  # its first token goes out now, not after the other prefills
+                if not job.cancelled:  # its client left while it waited
+                    jobs.append(job)
+                    free -= job.n
+        if not jobs:
+            return
+        try:
+            rows = self._batch.add([job.prompt for job in jobs], [job.params for job in jobs])
+        except LyreError:  # the handlers validated; this is a last line of defence
+            for job in jobs:  # one at a time, so only a bad job fails (400) and the rest run
+                self._add_alone(job)
+            return
+        new_rows = iter(rows)
+        for job in jobs:
+            for i in range(job.n):
+                self._live[next(new_rows)] = _Live(job, job.first_index + i)
+        self._report()  # first tokens go out now, not after the next decode step
+
+    def _add_alone(self, job: Job) -> None:
+        try:
+            rows = self._batch.add([job.prompt], job.params)
+        except LyreError as e:
+            job.emit(Failed(400, str(e), code="invalid_request"))
+            return
+        for i, row in enumerate(rows):
+            self._live[row] = _Live(job, job.first_index + i)
 
     def _report(self) -> None:
         """Hand every row's new text (and finish) to its job; forget finished rows."""

@@ -1,6 +1,6 @@
 """Tokenizer speed: lyre's char / bpe / gpt2 tokenizers next to tiktoken and HF tokenizers.
 
-    python bench/tokenize.py [--corpus FILE ...] [--gpt2-dir DIR] [--repeats 7]
+    python bench/tokenizer_speed.py [--corpus FILE ...] [--gpt2-dir DIR] [--repeats 7]
 
 Encoding speed is measured in MB of UTF-8 input per second, with the tokenizers interleaved
 inside every repeat (so a noisy neighbour slows them all alike) and the best time reported.
@@ -14,25 +14,11 @@ ratio against calling HF directly is also ~1; the number shows the wrapper's ove
 Ends with one JSON line (numbers for the first corpus, the Iliad by default).
 """
 
-# ruff: noqa: E402  (imports must follow the sys.path fix below)
-
 from __future__ import annotations
-
-import os
-import sys
-
-# This file shares its name with the stdlib module ``tokenize`` (imported by linecache, so by
-# logging, torch and tiktoken). Run as a script, bench/ is first on sys.path and would shadow
-# it: import the real one with bench/ off the path, then put bench/ back for _common.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_PATH = list(sys.path)
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-import tokenize  # noqa: F401  (the stdlib module, cached in sys.modules from now on)
-
-sys.path = _PATH
 
 import argparse
 import gc
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
