@@ -302,6 +302,14 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def maximum(self, value: int) -> int:
+        """The largest `value` over processes (e.g. the number of a signal that reached only some)."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
     def mean(self, t: torch.Tensor) -> torch.Tensor:
         """The mean of `t` over processes (in place)."""
         if self.enabled:
@@ -460,20 +468,30 @@ def launch(nproc: int, argv: list[str]) -> None:
     args = get_args_parser().parse_args(
         ["--standalone", f"--nproc_per_node={nproc}", "--module", "lyre", *argv]
     )
+    from lyre.train import Stopped
+
     try:
         run(args)
     except SignalException as e:
         # torchrun forwarded the signal to every process (each in its own session); on SIGINT
-        # they agreed on a step and saved `last` before stopping (within torchrun's 30 s).
-        if e.sigval == signal.SIGINT:
-            raise KeyboardInterrupt from None
+        # or SIGTERM they agreed on a step and saved `last` before stopping (within torchrun's
+        # 30 s), and rank 0 said so.
+        if e.sigval in (signal.SIGINT, signal.SIGTERM):
+            raise Stopped(e.sigval) from None
         raise LyreError(f"stopped by signal {e.sigval.name}; continue from the last checkpoint with --resume") from None
     except ChildFailedError as e:
-        if all(f.exitcode == 130 for f in e.failures.values()):  # they stopped on Ctrl-C
-            raise KeyboardInterrupt from None
+        # They stopped on Ctrl-C or SIGTERM (130, 143), some perhaps killed by torchrun's own
+        # SIGTERM or SIGKILL on their way out, after the first had exited.
+        closed = (-signal.SIGTERM, -signal.SIGKILL)
+        codes = {f.exitcode for f in e.failures.values() if f.exitcode not in closed}
+        if codes in ({128 + signal.SIGINT}, {128 + signal.SIGTERM}):
+            raise Stopped(codes.pop() - 128) from None
         # The process that failed first is the cause; the others were stopped (by a signal) or
-        # failed because they lost contact with it.
-        rank, first = min(e.failures.items(), key=lambda kv: (kv[1].exitcode < 0, kv[1].timestamp, kv[0]))
+        # failed because they lost contact with it. Within the same second, the one that torchrun
+        # saw first (the failures are in that order): the others may have failed only after
+        # torchrun's SIGTERM, which training turns into a stop at the end of the step.
+        order = {rank: i for i, rank in enumerate(e.failures)}
+        rank, first = min(e.failures.items(), key=lambda kv: (kv[1].exitcode < 0, kv[1].timestamp, order[kv[0]]))
         how = f"exit code {first.exitcode}" if first.exitcode >= 0 else first.message
         raise LyreError(
             f"process rank {rank} of {nproc} failed ({how}), so the run was stopped; its own error, "

@@ -467,8 +467,8 @@ class Trainer:
         cfg = self.config.train
         end = min(cfg.max_iters, stop_at) if stop_at is not None else cfg.max_iters
         lost = self.dist.guard(lambda: f" at step {self.step + 1}")  # a process died or hung
-        with _CtrlC() as ctrl_c, lost, self._out_of_memory_as_error():
-            last_eval = self._loop(end, ctrl_c)
+        with _StopOnSignal() as stop, lost, self._out_of_memory_as_error():
+            last_eval = self._loop(end, stop)
             if self.step >= cfg.max_iters:
                 last_eval = self._evaluate_and_checkpoint(exact=cfg.final_eval)
             elif last_eval is None or last_eval["step"] != self.step:
@@ -482,7 +482,7 @@ class Trainer:
             history=self.history,
         )
 
-    def _loop(self, end: int, ctrl_c: _CtrlC) -> dict | None:
+    def _loop(self, end: int, stop: _StopOnSignal) -> dict | None:
         """Train up to step `end`; returns the last periodic evaluation, if any."""
         cfg = self.config.train
         tokens_per_step = self.global_batch * self.config.model.block_size  # all processes
@@ -513,47 +513,80 @@ class Trainer:
                         bar.write(f"step {self.step}: train {last_eval['train_loss']:.4f}, "
                                   f"val {last_eval['val_loss']:.4f}")
                     t0, steps_timed = time.perf_counter(), 0
-                if self.dist.any(ctrl_c.requested):  # all processes stop at the same step
+                # All processes stop after the same step, for the same signal (SIGTERM wins).
+                signum = self.dist.maximum(stop.signum)
+                if signum:
                     bar.close()
                     self._save("last")
                     if self.dist.is_main:
-                        print(f"lyre: stopped by Ctrl-C; saved checkpoint 'last' at step {self.step}; "
-                              f"continue with `lyre train --resume {self.run_dir}`", file=sys.stderr)
-                    raise KeyboardInterrupt
+                        print(f"lyre: stopped by {_signal_name(signum)}; saved checkpoint 'last' at step "
+                              f"{self.step}; continue with `lyre train --resume {self.run_dir}`", file=sys.stderr)
+                    raise Stopped(signum)
         finally:
             bar.close()
         return last_eval
 
 
-class _CtrlC:
-    """While training, a first Ctrl-C only asks the loop to stop after the current step.
+class Stopped(KeyboardInterrupt):
+    """Training stopped on a signal after saving `last`: SIGINT (Ctrl-C) or SIGTERM (`kill`,
+    systemd, Slurm preemption, `docker stop`).
+
+    A KeyboardInterrupt, so code that handles Ctrl-C handles both. `exit_code` is what the CLI
+    returns: 128 + the signal number (130, 143). Rank 0 has printed what happened and how to
+    resume.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__()
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+
+
+def _signal_name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+class _StopOnSignal:
+    """While training, SIGINT (Ctrl-C) or SIGTERM only asks the loop to stop after the current step.
 
     A checkpoint written between steps holds weights, optimizer moments and RNG states that
     agree with each other, so --resume continues exactly; one written mid-step would not.
-    A second Ctrl-C stops at once, without saving. Outside the main thread, or where SIGINT is
-    ignored (a background job), nothing changes.
+    A second Ctrl-C stops at once, without saving. A second SIGTERM changes nothing: under
+    torchrun and Slurm one stop can reach a process twice (from the launcher and from the
+    scheduler), and whoever sends SIGTERM follows with SIGKILL when it has waited long enough.
+    Outside the main thread nothing changes; neither does a signal that is ignored (SIGINT in a
+    background job) or whose handler was not set from Python (it could not be put back).
     """
 
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __enter__(self) -> _CtrlC:
-        previous = signal.getsignal(signal.SIGINT)
-        if threading.current_thread() is threading.main_thread() and previous is not signal.SIG_IGN:
-            self._previous = previous if previous is not None else signal.default_int_handler
-            signal.signal(signal.SIGINT, self._handle)
+    def __init__(self) -> None:
+        self.signum = 0  # the first signal that asked to stop; 0 while none did
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for signum in self.SIGNALS:
+            previous = signal.getsignal(signum)
+            if previous is None and signum == signal.SIGINT:
+                previous = signal.default_int_handler  # Python's own, set from C
+            if previous is None or previous is signal.SIG_IGN:
+                continue
+            self._previous[signum] = previous
+            signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
         # No printing here: the handler may run in the middle of tqdm writing to stderr.
-        if self.requested:
+        if self.signum and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
+        self.signum = self.signum or signum
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
 
 
 def train(

@@ -437,3 +437,67 @@ def test_train_on_a_prepared_data_dir(capsys, tmp_path, tiny_corpus, tiny_toml):
                            "--no-progress")
     assert code == 0 and "done: step 2" in out
     assert not (tmp_path / "run" / "data").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Stopped by a signal under `--nproc` (torchrun's outcome faked: no process is started)
+
+
+def _launch_ending_in(monkeypatch, capsys, tiny_toml, tmp_path, error: BaseException) -> tuple[int, str, str]:
+    import torch.distributed.run as torchrun
+
+    def run(args):
+        raise error
+
+    monkeypatch.setattr(torchrun, "run", run)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # launch() sets a default in os.environ
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    return run_cli(capsys, "train", "--nproc", "2", "--config", tiny_toml, "--out", tmp_path / "run",
+                   "--set", "train.device=cpu")
+
+
+def _failure(rank: int, exitcode: int, timestamp: int):
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    failure = ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=exitcode, error_file="")
+    failure.timestamp = timestamp
+    return failure
+
+
+@pytest.mark.parametrize("signame,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_nproc_run_stopped_by_a_signal_exits_with_128_plus_it(capsys, monkeypatch, tiny_toml, tmp_path,
+                                                              signame, code):
+    """torchrun got the signal and passed it on; the processes saved `last` and rank 0 said so."""
+    import signal
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    sigval = getattr(signal, signame)
+    got, _, err = _launch_ending_in(monkeypatch, capsys, tiny_toml, tmp_path,
+                                    SignalException(f"got signal: {sigval}", sigval=sigval))
+    assert got == code, err
+    assert err == ("\nlyre: interrupted\n" if signame == "SIGINT" else "")  # rank 0 printed the rest
+
+
+@pytest.mark.parametrize("exitcodes,code", [({0: 143, 1: 143}, 143), ({0: 143, 1: -15}, 143),
+                                            ({0: 130, 1: -9}, 130)])
+def test_nproc_processes_stopped_by_a_signal_exit_with_128_plus_it(capsys, monkeypatch, tiny_toml, tmp_path,
+                                                                   exitcodes, code):
+    """The processes got the signal themselves and stopped; torchrun may have killed the slower
+    ones on their way out, after the first had exited."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    failures = {rank: _failure(rank, exitcode, 100) for rank, exitcode in exitcodes.items()}
+    got, _, err = _launch_ending_in(monkeypatch, capsys, tiny_toml, tmp_path, ChildFailedError("lyre", failures))
+    assert got == code, err
+
+
+def test_nproc_names_the_process_that_failed_first_not_the_one_stopped_after(capsys, monkeypatch, tiny_toml,
+                                                                            tmp_path):
+    """Rank 1 failed; torchrun's SIGTERM then stopped rank 0 at the end of its step, which failed
+    to reach rank 1 (exit 2) within the same second: torchrun lists rank 1 first."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    failures = {1: _failure(1, 3, 100), 0: _failure(0, 2, 100)}
+    code, _, err = _launch_ending_in(monkeypatch, capsys, tiny_toml, tmp_path, ChildFailedError("lyre", failures))
+    assert_one_line_error(code, err, r"process rank 1 of 2 failed \(exit code 3\)")

@@ -1,4 +1,4 @@
-"""The training loop: resume is exact, crashes and Ctrl-C lose nothing, NaN stops cleanly.
+"""The training loop: resume is exact, crashes, Ctrl-C and SIGTERM lose nothing, NaN stops cleanly.
 
 Runs are tiny (see conftest.py) and on the CPU, where every step is deterministic, so "the same"
 below means bit-identical losses and weights, not "close".
@@ -175,6 +175,114 @@ def test_ctrl_c_from_the_command_line(tmp_path, tiny_toml):
     assert "Ctrl-C" in stderr and "--resume" in stderr and "Traceback" not in stderr
     step = state(run_dir)["step"]
     assert step > 0
+    assert max(losses(run_dir)) == step  # nothing logged beyond the checkpoint
+
+    from lyre.cli import main
+
+    assert main(["train", "--resume", str(run_dir), "--set", f"train.max_iters={step + 3}",
+                 "--no-progress"]) == 0
+    assert state(run_dir)["step"] == step + 3
+    assert sorted(losses(run_dir)) == list(range(1, step + 4))
+
+
+@pytest.fixture
+def sigterm_guard():
+    """A SIGTERM handler of the caller's that fails the test instead of killing pytest, should
+    training not catch the SIGTERM it raises; training must put it back afterwards."""
+
+    def caller(signum, frame):
+        raise AssertionError("the SIGTERM reached the caller's handler, not training's")
+
+    previous = signal.signal(signal.SIGTERM, caller)
+    try:
+        yield caller
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["one-sigterm", "two-sigterms"])
+def test_sigterm_in_process_saves_an_exact_checkpoint(tmp_path, tiny_config, straight, monkeypatch,
+                                                      sigterm_guard, signals):
+    """SIGTERM in the middle of step 5 does what Ctrl-C does: the step finishes, `last` is saved at
+    5, resume is exact. A second SIGTERM (torchrun and Slurm may both send one) changes nothing."""
+    real_get_batch, calls = train_module.get_batch, []
+
+    def get_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            for _ in range(signals):
+                signal.raise_signal(signal.SIGTERM)
+        return real_get_batch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "get_batch", get_batch)
+    run_dir = tmp_path / "terminated"
+    sigint = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train(tiny_config(*SHORT, "dropout=0.2"), run_dir, progress=False, plot=False)
+    assert isinstance(stopped.value, train_module.Stopped)
+    assert stopped.value.signum == signal.SIGTERM and stopped.value.exit_code == 143
+    assert state(run_dir)["step"] == 5
+    # The caller's handlers are back.
+    assert signal.getsignal(signal.SIGTERM) is sigterm_guard
+    assert signal.getsignal(signal.SIGINT) is sigint
+
+    monkeypatch.setattr(train_module, "get_batch", real_get_batch)
+    train(None, run_dir, resume=True, progress=False, plot=False)
+    assert records(run_dir) == records(straight(0.2))
+    assert_same_weights(run_dir, straight(0.2))
+
+
+def test_ctrl_c_after_sigterm_stops_at_once(tmp_path, tiny_config, monkeypatch, sigterm_guard):
+    """Waiting for the end of the step after a SIGTERM, a Ctrl-C stops at once, without saving:
+    `last` stays the one of the evaluation at step 4."""
+    real_get_batch, calls = train_module.get_batch, []
+
+    def get_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGINT)
+        return real_get_batch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "get_batch", get_batch)
+    run_dir = tmp_path / "impatient"
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train(tiny_config(*SHORT), run_dir, progress=False, plot=False)
+    assert not isinstance(stopped.value, train_module.Stopped)
+    assert state(run_dir)["step"] == 4
+    assert signal.getsignal(signal.SIGTERM) is sigterm_guard
+
+
+def test_sigterm_from_the_command_line(tmp_path, tiny_toml):
+    """`lyre train` under SIGTERM (kill, systemd, Slurm, docker stop): exit 143, one line that
+    says so and how to resume, a `last` checkpoint that --resume continues."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lyre", "train", "--config", str(tiny_toml), "--out", str(run_dir),
+         "--set", "train.max_iters=1000000", "--set", "train.eval_interval=1000000", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+    )
+    try:
+        metrics = run_dir / "metrics.jsonl"
+        deadline = time.monotonic() + 180  # imports and data preparation on a busy machine
+        while not (metrics.exists() and metrics.stat().st_size > 0):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no metrics line appeared"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, stderr
+    step = state(run_dir)["step"]
+    assert step > 0
+    assert stderr.splitlines() == [
+        f"lyre: stopped by SIGTERM; saved checkpoint 'last' at step {step}; "
+        f"continue with `lyre train --resume {run_dir}`"
+    ]
     assert max(losses(run_dir)) == step  # nothing logged beyond the checkpoint
 
     from lyre.cli import main
