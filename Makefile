@@ -22,7 +22,7 @@ venv: $(BIN)/python
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/lyre train --config configs/iliad-char.toml --out $(DEMO_RUN) --force
+	$(BIN)/lyre train --config iliad-char --out $(DEMO_RUN) --force
 	$(BIN)/lyre sample $(DEMO_RUN) --prompt "Sing, O goddess, " --max-new-tokens 400 --seed 1337
 
 test: install

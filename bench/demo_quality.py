@@ -4,10 +4,10 @@
 
 Trains, back to back on this machine with the same torch thread count:
 
-  (a) nanoGPT's CPU recipe (configs/shakespeare-char-cpu.toml: 4 layers, 4 heads, 128 dims,
+  (a) nanoGPT's CPU recipe (lyre/presets/shakespeare-char-cpu.toml: 4 layers, 4 heads, 128 dims,
       block 64, batch 12, lr 1e-3 cosine to 1e-4 over 2000 iters, warmup 100, learned
       positions, LayerNorm, GELU, biases, tied head) with the corpus swapped for the bundled Iliad;
-  (b) configs/iliad-char.toml, the default demo (`make demo`).
+  (b) lyre/presets/iliad-char.toml, the default demo (`make demo`).
 
 Both read the same prepared data (char tokenizer, the Iliad's last 10% as val), so the two
 val losses are the same measurement: the exact mean cross-entropy over the whole val split
@@ -34,13 +34,12 @@ from pathlib import Path
 import torch
 from _common import json_line, machine
 
-from lyre.config import BUNDLED_ILIAD, load_config
+from lyre.config import BUNDLED_ILIAD, list_presets, load_config
 from lyre.data import prepare
 from lyre.train import train
 
-REPO = Path(__file__).resolve().parents[1]
-NANOGPT_PRESET = REPO / "configs" / "shakespeare-char-cpu.toml"
-LYRE_PRESET = REPO / "configs" / "iliad-char.toml"
+NANOGPT_PRESET = list_presets()["shakespeare-char-cpu"]
+LYRE_PRESET = list_presets()["iliad-char"]
 
 
 def run_one(

@@ -40,9 +40,9 @@ def _corpus(paths: list[str]) -> list[Path]:
 
 
 def _run(preset: str, data_dir: Path, out: Path, overrides: list[str], threads: int, args) -> dict:
-    base = load_config(REPO / "configs" / f"{preset}.toml")
+    base = load_config(preset)
     budget = args.max_iters or base.train.max_iters
-    config = load_config(REPO / "configs" / f"{preset}.toml", [
+    config = load_config(preset, [
         f"data.data_dir={data_dir}", f"train.max_iters={budget}", f"train.lr_decay_iters={budget}",
         f"train.eval_interval={args.eval_interval}", "train.eval_windows=0", "train.final_eval=true",
         "train.log_interval=10", f"train.threads={threads}", *overrides,
@@ -68,7 +68,7 @@ def _step_seconds(preset: str, data_dir: Path, out: Path, lrs: list[float], args
     for name, overrides in [("adamw", ["train.optimizer=adamw"])] + [
         (f"muon-{lr:g}", ["train.optimizer=muon", f"train.muon_lr={lr}"]) for lr in lrs
     ]:
-        config = load_config(REPO / "configs" / f"{preset}.toml", [
+        config = load_config(preset, [
             f"data.data_dir={data_dir}", f"train.threads={args.threads}", *overrides])
         trainers[name] = Trainer(config, out / f"timing-{name}", resume=False, progress=False)
     times: dict[str, list[float]] = {name: [] for name in trainers}
@@ -107,7 +107,7 @@ def main() -> None:
 
     report: dict = {"bench": "optimizer", "eval_interval": args.eval_interval, "presets": {}}
     for preset in args.preset:
-        base = load_config(REPO / "configs" / f"{preset}.toml")
+        base = load_config(preset)
         data_dir = args.out / preset / "data"
         if not (data_dir / "meta.json").exists():
             prepare(_corpus(base.data.corpus), base.data.tokenizer, data_dir,

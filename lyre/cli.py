@@ -32,9 +32,11 @@ def _add_prepare(sub) -> None:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model from a TOML preset",
-                       description="Train a model. Presets live in configs/; every field can be overridden.")
-    p.add_argument("--config", type=Path,
-                   help="TOML preset (default: the demo preset configs/iliad-char.toml)")
+                       description="Train a model from a preset (`lyre presets` lists the bundled ones) "
+                                   "or any TOML file; every field can be overridden.")
+    p.add_argument("--config", metavar="PRESET",
+                   help="a bundled preset's name (e.g. iliad-char) or a TOML file's path "
+                        "(default: the demo preset iliad-char)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.lr=3e-4 --set n_layer=6 (repeatable)")
     p.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
@@ -56,24 +58,35 @@ def _add_sample(sub) -> None:
                      help="text to continue (default: start of text: <|endoftext|>, or a newline "
                           "for tokenizers without it)")
     src.add_argument("--prompt-file", type=Path, help="read the prompt from a file")
-    p.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate (default 500)")
+    _add_sampling_flags(p, max_new_tokens=500)
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop before this text (repeatable); <|endoftext|> always stops")
+    p.add_argument("--overflow", choices=("slide", "stop"), default="slide",
+                   help="at the context limit: slide the window (default) or stop")
+    p.add_argument("--num-samples", type=int, default=1,
+                   help="how many samples, all from one prefill in one batch (default 1)")
+    _add_model_flags(p)
+    p.set_defaults(func=cmd_sample)
+
+
+def _add_sampling_flags(p, max_new_tokens: int) -> None:
+    """The sampling controls of `sample` and `chat` (engine.SamplingConfig)."""
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                   help=f"tokens to generate (default {max_new_tokens})")
     p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=200, help="keep the k most likely tokens; 0 disables (default 200)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1] (default 1.0)")
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="> 1 discourages repeating tokens of the prompt and output (default 1.0: off)")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="stop before this text (repeatable); <|endoftext|> always stops")
-    p.add_argument("--overflow", choices=("slide", "stop"), default="slide",
-                   help="at the context limit: slide the window (default) or stop")
     p.add_argument("--seed", type=int, default=None, help="random seed: same seed, same output")
-    p.add_argument("--num-samples", type=int, default=1,
-                   help="how many samples, all from one prefill in one batch (default 1)")
-    p.add_argument("--int8", action="store_true",
-                   help="int8 weights (CPU only): faster, slightly different numbers")
+
+
+def _add_model_flags(p) -> None:
+    """How `sample`, `chat` and `serve` load a run's model (runs.load_run)."""
     p.add_argument("--checkpoint", default="best", help="best or last (default best)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.set_defaults(func=cmd_sample)
+    p.add_argument("--int8", action="store_true",
+                   help="int8 weights (CPU only): 2-3x faster decoding, slightly different numbers")
 
 
 def _add_eval(sub) -> None:
@@ -95,10 +108,17 @@ def _add_eval(sub) -> None:
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="parameters, memory and FLOPs of a model config",
                        description="Print parameters, memory and FLOPs per token of a model config.")
-    p.add_argument("config", nargs="?", type=Path, help="TOML preset or RUN_DIR (default: GPT-2 124M)")
+    p.add_argument("config", nargs="?", metavar="CONFIG",
+                   help="a preset's name, a TOML file or a RUN_DIR (default: GPT-2 124M)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. --set n_layer=96 --set n_embd=12288")
     p.set_defaults(func=cmd_info)
+
+
+def _add_presets(sub) -> None:
+    p = sub.add_parser("presets", help="list the bundled presets (names for --config)",
+                       description="List the bundled presets: `lyre train --config NAME` trains one.")
+    p.set_defaults(func=cmd_presets)
 
 
 def _add_plot(sub) -> None:
@@ -141,16 +161,8 @@ def _add_chat(sub) -> None:
     p.add_argument("--system", default=None, help="system message (chat templates)")
     p.add_argument("--template", default=None,
                    help="prompt template: plain | alpaca | chatml | simple (default: the run's, else plain)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per answer (default 256)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=200, help="0 disables (default 200)")
-    p.add_argument("--top-p", type=float, default=1.0, help="in (0, 1] (default 1.0)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help=">1 discourages repeats (default 1.0)")
-    p.add_argument("--seed", type=int, default=None, help="random seed: same seed, same answers")
-    p.add_argument("--int8", action="store_true",
-                   help="int8 weights (CPU only): faster, slightly different numbers")
-    p.add_argument("--checkpoint", default="best", help="best or last (default best)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    _add_sampling_flags(p, max_new_tokens=256)
+    _add_model_flags(p)
     p.set_defaults(func=cmd_chat)
 
 
@@ -173,12 +185,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--context-overflow", default="stop", choices=["stop", "slide"],
                    help="at the end of the context: stop with finish_reason length (default, as "
                         "OpenAI) or slide the window and keep generating")
-    p.add_argument("--checkpoint", default="best", help="best or last (default best)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    _add_model_flags(p)
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (default 0: torch's choice, one per core)")
-    p.add_argument("--int8", action="store_true",
-                   help="int8 weights (CPU only): 2-3x faster, slightly different numbers")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 
@@ -186,7 +195,7 @@ def _add_serve(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lyre", description="Build your own GPT from scratch.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_train, _add_sample, _add_eval, _add_info, _add_plot,
+    for add in (_add_prepare, _add_train, _add_sample, _add_eval, _add_info, _add_presets, _add_plot,
                 _add_import_hf, _add_export_hf, _add_chat, _add_serve):
         add(sub)
     return parser
@@ -205,7 +214,7 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from lyre.config import load_config
+    from lyre.config import load_config, resolve_preset
     from lyre.train import train
 
     if args.nproc:
@@ -221,7 +230,7 @@ def cmd_train(args) -> None:
         config = load_config(args.resume / "config.json", args.overrides)
         result = train(config, args.resume, resume=True, progress=not args.no_progress)
     else:
-        preset = args.config or _default_preset()
+        preset = resolve_preset(args.config) if args.config else _default_preset()
         config = load_config(preset, args.overrides)
         run_dir = args.out or Path("runs") / preset.stem
         result = train(config, run_dir, force=args.force, progress=not args.no_progress)
@@ -270,13 +279,15 @@ def _launch_processes(args) -> None:
 
 
 def _default_preset() -> Path:
-    """The demo preset of the source tree: the library defaults are GPT-2 124M, far too big to
-    train on a CPU by accident."""
-    preset = Path(__file__).resolve().parents[1] / "configs" / "iliad-char.toml"
-    if not preset.is_file():
-        raise LyreError("no --config given and no configs/iliad-char.toml next to lyre; "
-                        "pass a TOML preset with --config")
-    print(f"lyre: no --config given; training the demo preset {preset}", file=sys.stderr)
+    """The bundled demo preset: the library defaults are GPT-2 124M, far too big to train on a
+    CPU by accident."""
+    from lyre.config import DEFAULT_PRESET, list_presets
+
+    preset = list_presets().get(DEFAULT_PRESET)
+    if preset is None:
+        raise LyreError(f"no --config given and the bundled preset {DEFAULT_PRESET} is missing "
+                        "(a broken install?); pass a TOML file with --config")
+    print(f"lyre: no --config given; training the demo preset {DEFAULT_PRESET} ({preset})", file=sys.stderr)
     return preset
 
 
@@ -348,12 +359,14 @@ def cmd_eval(args) -> None:
 
 
 def cmd_info(args) -> None:
-    from lyre.config import load_config
+    from lyre.config import load_config, resolve_preset
     from lyre.info import format_cost, vocab_size_of
 
-    path = args.config
+    path = None if args.config is None else Path(args.config)
     if path is not None and path.is_dir():
-        path = path / "config.json"
+        path = path / "config.json"  # a run directory
+    elif path is not None and path.suffix != ".json":
+        path = resolve_preset(args.config)
     config = load_config(path, args.overrides)
     from_preset = path is None or path.suffix != ".json"
     if from_preset and not any(o.split("=")[0].endswith("vocab_size") for o in args.overrides):
@@ -361,6 +374,18 @@ def cmd_info(args) -> None:
         vocab = vocab_size_of(config.data.tokenizer, config.data.corpus) if path else None
         config.model.vocab_size = vocab or config.model.vocab_size
     print(format_cost(config.model))
+
+
+def cmd_presets(args) -> None:
+    from lyre.config import PRESETS_DIR, list_presets
+
+    presets = list_presets()
+    width = max(map(len, presets), default=0)
+    for name, path in presets.items():
+        comment = next((line.lstrip("# ").rstrip() for line in path.read_text().splitlines()
+                        if line.startswith("#")), "")
+        print(f"{name:<{width}}  {comment}")
+    print(f"(the files are in {PRESETS_DIR}: copy one to start your own, pass it with --config PATH)")
 
 
 def cmd_plot(args) -> None:

@@ -6,6 +6,9 @@ A preset file has up to three tables, one per dataclass:
     [data]    where the tokens come from (corpus files, tokenizer spec)
     [train]   the optimisation (batch size, learning rate schedule, evaluation, device)
 
+The presets ship inside the package, in lyre/presets/; `--config` and `load_config` take a preset
+by name (`iliad-char`) or any TOML file by path (see `resolve_preset`).
+
 Overrides name a field as `section.field` (`train.lr=3e-4`) or, when the name is unique across
 the sections, as `field` alone (`lr=3e-4`). Unknown keys and values of the wrong type are errors:
 a typo must never be silently ignored.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tomllib
 import types
 import typing
@@ -26,6 +30,8 @@ from lyre.errors import LyreError
 from lyre.model.gpt import GPTConfig
 
 BUNDLED_ILIAD = Path(__file__).parent / "data_files" / "iliad.txt"
+PRESETS_DIR = Path(__file__).parent / "presets"  # package data: shipped in the wheel
+DEFAULT_PRESET = "iliad-char"  # what `lyre train` trains without --config (the demo)
 
 
 @dataclass
@@ -93,12 +99,46 @@ class RunConfig:
 SECTIONS: dict[str, type] = {"model": GPTConfig, "data": DataConfig, "train": TrainConfig}
 
 
+def list_presets() -> dict[str, Path]:
+    """The bundled presets, name -> file, sorted by name."""
+    return dict(sorted((p.stem, p) for p in PRESETS_DIR.glob("*.toml")))
+
+
+def resolve_preset(name_or_path: str | Path) -> Path:
+    """The TOML file that `--config name_or_path` means: an existing file wins; otherwise a bare
+    name (no directory part; `.toml` optional) is a bundled preset. Anything else is a LyreError
+    that lists the presets."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    text = str(name_or_path)
+    presets = list_presets()
+    is_name = not any(sep and sep in text for sep in ("/", os.sep, os.altsep))
+    name = text.removesuffix(".toml")
+    if is_name and name in presets:
+        return presets[name]
+    names = ", ".join(presets) or "none (is lyre installed completely?)"
+    if is_name:
+        what = f"no config file or preset named {text!r}"
+    elif path.is_dir():
+        what = f"{text} is a directory, not a TOML config file"
+    else:
+        what = f"config file {text} not found"
+        if path.stem in presets:  # e.g. an old configs/NAME.toml path
+            what += f"; did you mean the bundled preset {path.stem}?"
+    raise LyreError(f"{what}; bundled presets: {names} (pass a name, or a path to a TOML file)")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a TOML preset or a run's config.json (or start from defaults), apply `key=value` overrides."""
+    """Read a TOML preset (a file or a bundled preset's name, see `resolve_preset`) or a run's
+    config.json (or start from defaults), apply `key=value` overrides."""
     raw: dict[str, Any] = {}
-    if path is not None:
+    if path is not None and Path(path).suffix == ".json":
         path = Path(path)
-        raw = _read_json(path) if path.suffix == ".json" else _read_toml(path)
+        raw = _read_json(path)
+    elif path is not None:
+        path = resolve_preset(path)
+        raw = _read_toml(path)
     for item in overrides or []:
         section, name, value = _parse_override(item)
         raw.setdefault(section, {})[name] = value

@@ -11,7 +11,6 @@ import io
 import json
 import re
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -238,8 +237,44 @@ def test_train_without_config_trains_the_demo_preset(capsys, tmp_path, monkeypat
     assert code == 0, err
     assert "iliad-char.toml" in err and "done: step 1" in out
     config = json.loads((tmp_path / "runs" / "iliad-char" / "config.json").read_text())
-    preset = load_config(Path(__file__).resolve().parents[1] / "configs" / "iliad-char.toml")
+    preset = load_config("iliad-char")
     assert config["model"]["n_embd"] == preset.model.n_embd
+
+
+@pytest.mark.parametrize("name", ["iliad-char", "iliad-char.toml"])
+def test_train_a_preset_by_name(capsys, tmp_path, monkeypatch, name):
+    """From any working directory: the presets ship inside the package. The run directory
+    defaults to runs/<preset name>."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "train", "--config", name, "--set", "train.max_iters=1",
+                             "--set", "batch_size=1", "--set", "block_size=8", "--set", "final_eval=false",
+                             "--set", "eval_windows=1", "--set", "threads=1", "--no-progress")
+    assert code == 0, err
+    assert "done: step 1" in out
+    saved = json.loads((tmp_path / "runs" / "iliad-char" / "config.json").read_text())
+    assert saved["model"]["n_embd"] == load_config("iliad-char").model.n_embd
+
+
+@pytest.mark.parametrize("config", ["nope", "nope.toml", "configs/iliad-char.toml"])
+def test_unknown_preset_is_one_line_listing_the_presets(capsys, tmp_path, monkeypatch, config):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "train", "--config", config, "--no-progress")
+    assert_one_line_error(code, err, "gpt2-124m, iliad-char, shakespeare-char, shakespeare-char-cpu")
+    assert not (tmp_path / "runs").exists()
+    assert_one_line_error(*run_cli(capsys, "info", config)[::2], "iliad-char")
+
+
+def test_info_of_a_preset_by_name(capsys):
+    code, out, _ = run_cli(capsys, "info", "gpt2-124m")
+    assert code == 0 and "124,439,808" in out
+
+
+def test_presets_lists_every_preset_with_its_description(capsys):
+    code, out, _ = run_cli(capsys, "presets")
+    assert code == 0
+    lines = out.splitlines()
+    for name in ("iliad-char", "shakespeare-char-cpu", "shakespeare-char", "gpt2-124m"):
+        assert any(line.split()[0] == name and len(line.split()) > 2 for line in lines), out
 
 
 @pytest.mark.parametrize("flag", [["--config", "x.toml"], ["--out", "elsewhere"], ["--force"]])

@@ -149,13 +149,14 @@ def test_ctrl_c_in_process_saves_an_exact_checkpoint(tmp_path, tiny_config, stra
     assert_same_weights(run_dir, straight(0.2))
 
 
-def test_ctrl_c_from_the_command_line(tmp_path, tiny_toml):
-    """`lyre train` under SIGINT: exit 130, a message, a `last` checkpoint that --resume continues."""
+def stop_cli_training(tmp_path, tiny_toml, signum: int) -> tuple[Path, int, str]:
+    """Start `lyre train` in a subprocess, send `signum` once it has logged a step, and return
+    (run_dir, exit code, stderr)."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lyre", "train", "--config", str(tiny_toml), "--out", str(run_dir),
-         "--set", "train.max_iters=1000000", "--set", "train.eval_interval=1000000"],
+         "--set", "train.max_iters=1000000", "--set", "train.eval_interval=1000000", "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
     )
     try:
@@ -165,24 +166,33 @@ def test_ctrl_c_from_the_command_line(tmp_path, tiny_toml):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no metrics line appeared"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 130, stderr
-    assert "Ctrl-C" in stderr and "--resume" in stderr and "Traceback" not in stderr
-    step = state(run_dir)["step"]
-    assert step > 0
-    assert max(losses(run_dir)) == step  # nothing logged beyond the checkpoint
+    return run_dir, proc.returncode, stderr
 
+
+def resume_three_more_steps(run_dir: Path, step: int) -> None:
     from lyre.cli import main
 
+    assert max(losses(run_dir)) == step  # nothing logged beyond the checkpoint
     assert main(["train", "--resume", str(run_dir), "--set", f"train.max_iters={step + 3}",
                  "--no-progress"]) == 0
     assert state(run_dir)["step"] == step + 3
     assert sorted(losses(run_dir)) == list(range(1, step + 4))
+
+
+def test_ctrl_c_from_the_command_line(tmp_path, tiny_toml):
+    """`lyre train` under SIGINT: exit 130, a message, a `last` checkpoint that --resume continues."""
+    run_dir, code, stderr = stop_cli_training(tmp_path, tiny_toml, signal.SIGINT)
+    assert code == 130, stderr
+    assert "Ctrl-C" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    step = state(run_dir)["step"]
+    assert step > 0
+    resume_three_more_steps(run_dir, step)
 
 
 @pytest.fixture
@@ -256,41 +266,15 @@ def test_ctrl_c_after_sigterm_stops_at_once(tmp_path, tiny_config, monkeypatch, 
 def test_sigterm_from_the_command_line(tmp_path, tiny_toml):
     """`lyre train` under SIGTERM (kill, systemd, Slurm, docker stop): exit 143, one line that
     says so and how to resume, a `last` checkpoint that --resume continues."""
-    run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lyre", "train", "--config", str(tiny_toml), "--out", str(run_dir),
-         "--set", "train.max_iters=1000000", "--set", "train.eval_interval=1000000", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
-    )
-    try:
-        metrics = run_dir / "metrics.jsonl"
-        deadline = time.monotonic() + 180  # imports and data preparation on a busy machine
-        while not (metrics.exists() and metrics.stat().st_size > 0):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no metrics line appeared"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 143, stderr
+    run_dir, code, stderr = stop_cli_training(tmp_path, tiny_toml, signal.SIGTERM)
+    assert code == 143, stderr
     step = state(run_dir)["step"]
     assert step > 0
     assert stderr.splitlines() == [
         f"lyre: stopped by SIGTERM; saved checkpoint 'last' at step {step}; "
         f"continue with `lyre train --resume {run_dir}`"
     ]
-    assert max(losses(run_dir)) == step  # nothing logged beyond the checkpoint
-
-    from lyre.cli import main
-
-    assert main(["train", "--resume", str(run_dir), "--set", f"train.max_iters={step + 3}",
-                 "--no-progress"]) == 0
-    assert state(run_dir)["step"] == step + 3
-    assert sorted(losses(run_dir)) == list(range(1, step + 4))
+    resume_three_more_steps(run_dir, step)
 
 
 def test_resume_a_finished_run_says_how_to_continue(copy_run, trained_run):
