@@ -11,7 +11,8 @@ them all alike; the best repeat is reported (and the median, to show the noise).
 Reported per system: tokens/s end to end (prefill included), time to first token, decode
 tokens/s, and at batch 1 the achieved GB/s of weight reads (a decode step reads every weight
 once: memory-bandwidth bound). Variants (--variants): engine (default layout for the device),
-engine-linear (nn.Linear's [out, in] layout kept), engine-int8 (dynamic int8 Linear weights),
+engine-linear (nn.Linear's [out, in] layout kept), engine-fp16 (fp16 copies of the weights for
+few-row products, `--fp16`), engine-int8 (dynamic int8 Linear weights, `--int8`),
 engine-bf16 (bf16 weights), nocache (recompute everything every step, over --nocache-tokens
 tokens only: it is quadratic), hf (transformers' generate with its cache).
 
@@ -32,14 +33,17 @@ import torch.nn as nn
 
 from lyre.engine import (
     Engine,
+    HalfCopyLinear,
     SamplingConfig,
+    add_fp16_copies,
     generate_without_cache,
     quantize_int8,
     use_cpu_decode_layout,
 )
 from lyre.model import GPT, GPTConfig
+from lyre.model.gpt import RMSNorm
 
-DEFAULT_VARIANTS = ("engine", "engine-linear", "engine-int8", "nocache", "hf")
+DEFAULT_VARIANTS = ("engine", "engine-linear", "engine-fp16", "engine-int8", "nocache", "hf")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -54,6 +58,10 @@ def build_models(variants: list[str]) -> dict[str, nn.Module]:
         models["hf"] = to_transformers(ours)
     if "engine-int8" in variants:
         models["engine-int8"] = quantize_int8(copy.deepcopy(ours))
+    if "engine-fp16" in variants:
+        half = add_fp16_copies(copy.deepcopy(ours))
+        use_cpu_decode_layout(half)  # as Engine does: the fp32 weights serve the prefill
+        models["engine-fp16"] = half
     if "engine-bf16" in variants:
         models["engine-bf16"] = copy.deepcopy(ours).to(torch.bfloat16)
     if "engine" in variants:
@@ -82,10 +90,22 @@ def to_transformers(model: GPT) -> nn.Module:
 
 
 def weight_bytes_per_step(model: nn.Module) -> int:
-    """Bytes of weights one decode step reads: all of them except the position table (one row)."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    wpe = getattr(model.transformer, "wpe", None)
-    return total - (wpe.weight.numel() * wpe.weight.element_size() if wpe is not None else 0)
+    """Bytes of weights one decode step reads: every Linear's (its fp16 copy where it has one)
+    and the norms'; of the embedding tables one row each, left out (the output layer, tied to
+    the token table, reads all of it)."""
+    def nbytes(tensors) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    total, wrapped = 0, set()
+    for name, module in model.named_modules():
+        if isinstance(module, HalfCopyLinear):
+            total += nbytes([module.weight16, module.bias16])
+            wrapped.add(name + ".linear")
+        elif isinstance(module, nn.Linear) and name not in wrapped:
+            total += nbytes([module.weight, module.bias])
+        elif isinstance(module, nn.LayerNorm | RMSNorm):
+            total += nbytes(module.parameters(recurse=False))
+    return total
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,7 +191,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                    help="comma list of engine, engine-linear, engine-int8, engine-bf16, nocache, hf")
+                    help="comma list of engine, engine-linear, engine-fp16, engine-int8, engine-bf16, "
+                         "nocache, hf")
     args = ap.parse_args()
     if args.quick:
         args.prompt_tokens, args.new_tokens, args.nocache_tokens, args.repeats = 16, 8, 4, 1

@@ -26,10 +26,10 @@ class LoadedRun:
 
 
 def load_run(
-    run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "auto", *, int8: bool = False
+    run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "auto", *, weights: str = "fp32"
 ) -> LoadedRun:
     """The model of RUN_DIR in eval mode; `best` falls back to `last` when absent.
-    int8: quantize its Linear weights for CPU inference (see engine.quantize_int8)."""
+    weights: "fp32" (as trained), "fp16" or "int8" for faster CPU inference (engine.convert_weights)."""
     from lyre.train import resolve_device
 
     run_dir = Path(run_dir)
@@ -46,9 +46,7 @@ def load_run(
     model = build_model(config.model)
     ckpt.load_checkpoint(run_dir, name, model=model, map_location="cpu")
     tokenizer = load_tokenizer(run_dir / "tokenizer")
-    model = model.to(device).eval()
-    if int8:
-        from lyre.engine import quantize_int8
+    from lyre.engine import convert_weights
 
-        quantize_int8(model)
+    model = convert_weights(model.to(device).eval(), weights)
     return LoadedRun(run_dir, config, tokenizer, model, name, device)

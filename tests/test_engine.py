@@ -240,6 +240,30 @@ def test_int8_weights_still_generate():
     assert all(len(o.tokens) == 5 for o in out)
 
 
+def test_fp16_copies_decode_close_to_fp32_and_prefill_exactly():
+    from lyre.engine import HalfCopyLinear, add_fp16_copies
+
+    ref = tiny_gpt("learned", seed=6, block_size=32)
+    model = add_fp16_copies(tiny_gpt("learned", seed=6, block_size=32))
+    assert model.lm_head.linear.weight is model.transformer.wte.weight  # still tied
+    assert sum(isinstance(m, HalfCopyLinear) for m in model.modules()) == 2 * 4 + 1
+    with torch.no_grad():
+        wide = torch.tensor([PROMPTS[1]])  # 7 rows: the fp32 weights, bit for bit
+        assert torch.equal(model(wide, all_logits=True)[0], ref(wide, all_logits=True)[0])
+        one = torch.tensor([[5]])  # 1 row: the fp16 copies, within fp16 rounding
+        torch.testing.assert_close(model(one)[0], ref(one)[0], atol=5e-3, rtol=5e-3)
+    fp32 = Engine(ref).generate(PROMPTS, greedy(10))
+    fp16 = Engine(model).generate(PROMPTS, greedy(10))
+    assert [o.tokens for o in fp16] == [o.tokens for o in fp32]
+
+
+def test_weights_option_names_the_choices():
+    from lyre.engine import convert_weights
+
+    with pytest.raises(LyreError, match="fp32, fp16, int8"):
+        convert_weights(tiny_gpt(), "fp8")
+
+
 def test_bigram_baseline_generates_through_the_engine():
     model = chain_model([3, 1, 4, 5, 9, 2, 6], vocab_size=10, block_size=4)
     out = Engine(model).generate([[3]], greedy(5))[0]
@@ -395,6 +419,11 @@ def test_cli_sample_on_a_trained_run(trained_run, capsys):
     assert "e" not in capsys.readouterr().out[len("Sing") :].rstrip("\n")
     assert main([*args, "--seed", "1", "--int8", "--overflow", "stop"]) == 0
     assert capsys.readouterr().out.startswith("Sing")
+    assert main([*args, "--temperature", "0", "--fp16"]) == 0
+    assert capsys.readouterr().out.startswith("Sing")
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--fp16", "--int8"])  # one or the other
+    assert exit_.value.code == 2
 
 
 @pytest.mark.parametrize(
