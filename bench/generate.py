@@ -219,12 +219,13 @@ def main() -> None:
         for v in variants:
             n_new = args.nocache_tokens if v == "nocache" else args.new_tokens
             results.setdefault(f"b{batch}", {})[v] = summarise(timings[v], batch, n_new)
-        if "hf" in tokens and "engine" in tokens:
-            same = sum(a == b for a, b in zip(tokens["engine"], tokens["hf"], strict=True))
-            agreement[f"b{batch}"] = same / batch
+        for v in tokens:  # greedy rows identical to HF's, per engine variant
+            if v.startswith("engine") and "hf" in tokens:
+                same = sum(a == b for a, b in zip(tokens[v], tokens["hf"], strict=True))
+                agreement.setdefault(v, {})[f"b{batch}"] = same / batch
     out = {"bench": "generate", "threads": torch.get_num_threads(), "prompt_tokens": args.prompt_tokens,
            "new_tokens": args.new_tokens, "variants": variants, "results": results,
-           "greedy_rows_identical_to_hf": agreement,
+           "greedy_rows_identical_to_hf": agreement,  # per variant and batch
            "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     for batch in args.batch:
         r = results[f"b{batch}"]
