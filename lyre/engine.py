@@ -513,6 +513,14 @@ class Batch:
         self._release(row)
         return True
 
+    def reserve(self) -> int:
+        """Allocate the KV cache now; returns its bytes. A server does this at start, so the first
+        request does not wait for gigabytes of zeros and too little memory shows at once."""
+        if self.engine.model.config.arch == "bigram":  # no attention, no cache
+            return 0
+        cache = self._cache()
+        return 2 * cache.keys.numel() * cache.keys.element_size()
+
     # ---- internals -----------------------------------------------------------------------
 
     def _window(self, row: Row) -> list[int]:

@@ -126,6 +126,17 @@ def test_removing_a_middle_row_keeps_the_others_exact():
     assert c.tokens == generate_without_cache(model, [PROMPTS[2]], 8)[0]
 
 
+def test_reserve_allocates_the_cache_up_front():
+    model = tiny_gpt("rope")  # 2 layers, 4 heads x 8 dims, context 16
+    batch = Engine(model).new_batch(capacity=3)
+    assert batch.reserve() == 2 * 2 * 3 * 4 * 16 * 8 * 4  # keys and values, fp32
+    (row,) = batch.add([PROMPTS[0]], greedy(3))
+    while batch:
+        batch.step()
+    assert row.tokens == generate_without_cache(model, [PROMPTS[0]], 3)[0]
+    assert Engine(chain_model([1, 2, 3], 5)).new_batch(2).reserve() == 0  # no attention, no cache
+
+
 def count_forwards(monkeypatch, cls=GPT) -> list[tuple[int, int]]:
     calls = []
     real = cls.forward

@@ -137,6 +137,14 @@ class Scheduler:
             self._thread = threading.Thread(target=self._run, name="lyre-scheduler", daemon=True)
             self._thread.start()
 
+    def reserve(self) -> int:
+        """Allocate the batch's KV cache now (see engine.Batch.reserve); returns its bytes."""
+        try:
+            return self._batch.reserve()
+        except (MemoryError, RuntimeError) as e:  # torch reports a failed allocation as either
+            raise LyreError(f"not enough memory for the KV cache of {self.settings.max_batch} rows "
+                            f"({type(e).__name__}); lower --max-batch") from e
+
     def submit(self, job: Job) -> None:
         """Queue a job; raises APIError 429 (queue full) or 503 (draining / stopped)."""
         job.loop = asyncio.get_running_loop()

@@ -66,9 +66,11 @@ def serve(run, host: str = "127.0.0.1", port: int = 8000, settings: ServeSetting
     settings = settings or ServeSettings()
     _check_port(host, port)
     app = create_app(run, settings)
+    cache_bytes = app.state.scheduler.reserve()
     shown = f"[{host}]" if ":" in host else host
     print(f"lyre serve: model {app.state.model_name!r} ({run.config.model.block_size}-token context, "
-          f"template {app.state.template}), API key {'required' if settings.api_key else 'off'}; "
+          f"template {app.state.template}), API key {'required' if settings.api_key else 'off'}, "
+          f"KV cache {cache_bytes / 2**30:.2f} GiB for {settings.max_batch} rows; "
           f"chat page http://{shown}:{port}/ , API http://{shown}:{port}/v1", file=sys.stderr, flush=True)
     server = _Server(_config(app, host, port, settings, log_level), app.state.scheduler)
     server.run()
