@@ -416,14 +416,14 @@ def _prefill_groups(items: list, length: Callable[[object], int], max_padding: f
     """Split `items` into groups that share one padded prefill: sorted by length, a group
     takes items while padding them to its longest costs at most `max_padding` of its tokens."""
     groups: list[list] = []
-    for item in sorted(items, key=length, reverse=True):
-        group = groups[-1] if groups else None
-        if group and (len(group) + 1) * length(group[0]) <= (1 + max_padding) * (
-            sum(map(length, group)) + length(item)
-        ):
-            group.append(item)
+    longest = total = 0  # of the last group
+    for n, item in sorted(((length(item), item) for item in items), key=lambda pair: -pair[0]):
+        if groups and (len(groups[-1]) + 1) * longest <= (1 + max_padding) * (total + n):
+            groups[-1].append(item)
+            total += n
         else:
             groups.append([item])
+            longest = total = n
     return groups
 
 
