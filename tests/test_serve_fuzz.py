@@ -8,6 +8,8 @@ requests ask for a few tokens at most) so the whole run stays short.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed")
@@ -85,5 +87,8 @@ def test_api_never_answers_5xx(api_schema, live, mode):
         except Unsatisfiable:
             # Nothing to make invalid: an operation with no parameters and no body.
             assert mode == "negative" and op.method.upper() == "GET", op.path
-    health = live.app.state.scheduler.stats()
+    # A stream whose client stopped reading is cancelled at the worker's next step: allow it.
+    deadline = time.monotonic() + 10
+    while (health := live.app.state.scheduler.stats())["active"] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert health["active"] == 0 and health["queued"] == 0

@@ -306,5 +306,5 @@ class Scheduler:
                 live.reported = len(row.tokens)
                 live.job.emit(Piece(live.index, text, len(row.tokens), logprobs))
             if row.finished:
+                del self._live[row]  # first: the client may ask /health as soon as it has its answer
                 live.job.emit(Done(live.index, row.finish_reason, len(row.tokens)))
-                del self._live[row]
