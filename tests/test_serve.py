@@ -571,3 +571,12 @@ def test_waiting_jobs_share_one_add_and_a_bad_one_fails_alone(run):
     outcomes, adds = serve_jobs(prompts[:2] + [[engine.vocab_size + 5]] + prompts[2:])
     assert outcomes == expected[:2] + [400] + expected[2:]
     assert adds == [4, 1, 1, 1, 1]  # together first; then one by one to fail the bad one alone
+
+
+def test_only_loopback_hosts_count_as_private():
+    """`lyre serve --host` other than these, without an API key, prints a warning."""
+    from lyre.serve.server import _is_loopback
+
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("::") and not _is_loopback("192.168.1.5")
+    assert not _is_loopback("myhost.example")

@@ -9,6 +9,7 @@ thread stops and the process exits 0.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import signal
 import socket
@@ -72,8 +73,20 @@ def serve(run, host: str = "127.0.0.1", port: int = 8000, settings: ServeSetting
           f"template {app.state.template}), API key {'required' if settings.api_key else 'off'}, "
           f"KV cache {cache_bytes / 2**30:.2f} GiB for {settings.max_batch} rows; "
           f"chat page http://{shown}:{port}/ , API http://{shown}:{port}/v1", file=sys.stderr, flush=True)
+    if not settings.api_key and not _is_loopback(host):
+        print(f"lyre serve: warning: listening on {host} without an API key: anyone who can reach "
+              "this machine can use the model; set --api-key or LYRE_API_KEY", file=sys.stderr, flush=True)
     server = _Server(_config(app, host, port, settings, log_level), app.state.scheduler)
     server.run()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _check_port(host: str, port: int) -> None:
