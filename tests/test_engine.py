@@ -14,6 +14,7 @@ from lyre.engine import (
     TextStream,
     apply_repetition_penalty,
     generate_without_cache,
+    onednn_linear_works,
     warp_logits,
 )
 from lyre.errors import LyreError
@@ -233,15 +234,48 @@ def test_overflow_stop_and_slide():
     assert slid == generate_without_cache(model, [long_prompt], 5)[0]
 
 
-def test_cpu_layout_keeps_values_ties_and_outputs():
+def test_cpu_layout_keeps_values_ties_and_outputs(monkeypatch):
+    import lyre.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "onednn_linear_works", lambda: False)  # the fallback
     model, ref = tiny_gpt("learned"), tiny_gpt("learned")
-    Engine(model)  # on CPU the engine stores Linear weights transposed in memory
+    Engine(model)  # without oneDNN the engine stores Linear weights transposed in memory
     assert model.transformer.h[0].attn.c_attn.weight.stride() == (1, 96)  # [96, 32] stored [32, 96]
     assert model.lm_head.weight is model.transformer.wte.weight
     for (name, a), b in zip(model.state_dict().items(), ref.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     x = torch.tensor([PROMPTS[1]])
     torch.testing.assert_close(model(x, all_logits=True)[0], ref(x, all_logits=True)[0])
+
+
+@pytest.mark.skipif(not onednn_linear_works(), reason="this torch build has no oneDNN packed linear")
+def test_onednn_linears_match_and_stay_trainable():
+    import copy
+
+    from lyre.engine import OneDNNLinear
+
+    model, ref = tiny_gpt("learned", seed=7), tiny_gpt("learned", seed=7)
+    engine = Engine(model)
+    assert isinstance(model.lm_head, OneDNNLinear) and model.lm_head.weight is model.transformer.wte.weight
+    for (name, a), b in zip(model.state_dict().items(), ref.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    x = torch.tensor([PROMPTS[1], PROMPTS[1]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, all_logits=True)[0], ref(x, all_logits=True)[0],
+                                   atol=1e-5, rtol=1e-5)
+    assert [o.tokens for o in engine.generate(PROMPTS, greedy(8))] == [
+        o.tokens for o in Engine(ref, cpu_layout=False).generate(PROMPTS, greedy(8))]
+    # Training goes on as with nn.Linear, and inference sees the new weights.
+    model.train()
+    for m in (model, ref):
+        opt = torch.optim.SGD(m.parameters(), lr=0.5)
+        m(x, targets=x)[1].backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, all_logits=True)[0], ref(x, all_logits=True)[0],
+                                   atol=1e-5, rtol=1e-5)
+    copy.deepcopy(model)  # the packed copies are not copied (opaque tensors); packed again on use
 
 
 def test_int8_weights_still_generate():
