@@ -10,7 +10,8 @@ them all alike; the best repeat is reported (and the median, to show the noise).
 
 Reported per system: tokens/s end to end (prefill included), time to first token, decode
 tokens/s, and at batch 1 the achieved GB/s of weight reads (a decode step reads every weight
-once: memory-bandwidth bound). Variants (--variants): engine (default layout for the device),
+once: memory-bandwidth bound). Variants (--variants): engine (what Engine does on a CPU:
+oneDNN-packed Linear weights), engine-transposed (the fallback: weights stored [in, out]),
 engine-linear (nn.Linear's [out, in] layout kept), engine-fp16 (fp16 copies of the weights for
 few-row products, `--fp16`), engine-int8 (dynamic int8 Linear weights, `--int8`),
 engine-bf16 (bf16 weights), nocache (recompute everything every step, over --nocache-tokens
@@ -39,11 +40,12 @@ from lyre.engine import (
     generate_without_cache,
     quantize_int8,
     use_cpu_decode_layout,
+    use_onednn_linears,
 )
 from lyre.model import GPT, GPTConfig
 from lyre.model.gpt import RMSNorm
 
-DEFAULT_VARIANTS = ("engine", "engine-linear", "engine-fp16", "engine-int8", "nocache", "hf")
+DEFAULT_VARIANTS = ("engine", "engine-transposed", "engine-linear", "engine-fp16", "engine-int8", "nocache", "hf")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -60,14 +62,18 @@ def build_models(variants: list[str]) -> dict[str, nn.Module]:
         models["engine-int8"] = quantize_int8(copy.deepcopy(ours))
     if "engine-fp16" in variants:
         half = add_fp16_copies(copy.deepcopy(ours))
-        use_cpu_decode_layout(half)  # as Engine does: the fp32 weights serve the prefill
+        use_onednn_linears(half) or use_cpu_decode_layout(half)  # as Engine does (prefills)
         models["engine-fp16"] = half
     if "engine-bf16" in variants:
         models["engine-bf16"] = copy.deepcopy(ours).to(torch.bfloat16)
-    if "engine" in variants:
+    if "engine" in variants:  # what Engine does on a CPU by default
         fast = copy.deepcopy(ours)
-        use_cpu_decode_layout(fast)
+        use_onednn_linears(fast) or use_cpu_decode_layout(fast)
         models["engine"] = fast
+    if "engine-transposed" in variants:  # the fallback without oneDNN
+        transposed = copy.deepcopy(ours)
+        use_cpu_decode_layout(transposed)
+        models["engine-transposed"] = transposed
     models["nocache"] = ours
     return models
 
@@ -191,8 +197,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                    help="comma list of engine, engine-linear, engine-fp16, engine-int8, engine-bf16, "
-                         "nocache, hf")
+                    help="comma list of engine, engine-transposed, engine-linear, engine-fp16, "
+                         "engine-int8, engine-bf16, nocache, hf")
     args = ap.parse_args()
     if args.quick:
         args.prompt_tokens, args.new_tokens, args.nocache_tokens, args.repeats = 16, 8, 4, 1
