@@ -363,15 +363,13 @@ def cmd_eval(args) -> None:
 
 
 def cmd_info(args) -> None:
-    from lyre.config import load_config, resolve_preset
+    from lyre.config import load_config
     from lyre.info import format_cost, vocab_size_of
 
     path = None if args.config is None else Path(args.config)
     if path is not None and path.is_dir():
         path = path / "config.json"  # a run directory
-    elif path is not None and path.suffix != ".json":
-        path = resolve_preset(args.config)
-    config = load_config(path, args.overrides)
+    config = load_config(path, args.overrides)  # a preset's name or a TOML/JSON file
     from_preset = path is None or path.suffix != ".json"
     if from_preset and not any(o.split("=")[0].endswith("vocab_size") for o in args.overrides):
         # A preset's vocab_size is a placeholder: training takes the tokenizer's.

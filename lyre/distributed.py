@@ -294,14 +294,6 @@ class Dist:
             return result
         return fn()
 
-    def any(self, flag: bool) -> bool:
-        """True on every process if `flag` is true on any (e.g. Ctrl-C reached only some)."""
-        if not self.enabled:
-            return flag
-        t = torch.tensor([int(flag)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
     def maximum(self, value: int) -> int:
         """The largest `value` over processes (e.g. the number of a signal that reached only some)."""
         if not self.enabled:

@@ -26,6 +26,7 @@ it moves no cached key is valid (positions shift, and each key depends on tokens
 from __future__ import annotations
 
 import codecs
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -659,6 +660,7 @@ class OneDNNLinear(nn.Linear):
         return state
 
 
+@functools.cache  # a property of the torch build; Engine asks each time it is made
 def onednn_linear_works() -> bool:
     """Whether this torch build has oneDNN's packed linear and it computes F.linear."""
     try:

@@ -274,10 +274,9 @@ class Scheduler:
             for job in jobs:  # one at a time, so only a bad job fails (400) and the rest run
                 self._add_alone(job)
             return
-        new_rows = iter(rows)
-        for job in jobs:
-            for i in range(job.n):
-                self._live[next(new_rows)] = _Live(job, job.first_index + i)
+        for job in jobs:  # add() returns the rows job by job, n each
+            self._track(job, rows[: job.n])
+            rows = rows[job.n :]
         self._report()  # first tokens go out now, not after the next decode step
 
     def _add_alone(self, job: Job) -> None:
@@ -286,6 +285,9 @@ class Scheduler:
         except LyreError as e:
             job.emit(Failed(400, str(e), code="invalid_request"))
             return
+        self._track(job, rows)
+
+    def _track(self, job: Job, rows: list[Row]) -> None:
         for i, row in enumerate(rows):
             self._live[row] = _Live(job, job.first_index + i)
 
