@@ -29,7 +29,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,8 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from lyre.errors import LyreError
+from lyre.io import atomic_write_bytes, atomic_write_text
+from lyre.io import fsync_dir as _fsync_dir
 
 FORMAT = "lyre-checkpoint"
 VERSION = 1
@@ -72,49 +73,12 @@ def _first_line(e: BaseException) -> str:
 # Durable, atomic file writes
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Flush a directory entry to disk so a rename inside it survives a power cut (POSIX only)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_durable(path: Path, data: bytes) -> None:
     """Write bytes and fsync them: the file is on disk when this returns, not just in a cache."""
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Replace `path` with `data` all at once: readers see the old file or the new, never half.
-
-    The temporary file lives in the same directory because os.replace is only atomic within
-    one filesystem.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
-    """atomic_write_bytes for text (config.json, meta.json, ...)."""
-    atomic_write_bytes(path, text.encode(encoding))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,13 +369,27 @@ def checkpoint_exists(run_dir: Path, name: str) -> bool:
     return found is not None and (found / STATE_FILE).is_file()
 
 
+def checkpoint_step(run_dir: Path, name: str) -> int | None:
+    """The training step recorded in checkpoint NAME, or None if its state cannot be read."""
+    found = _find(Path(run_dir), name)
+    try:
+        step = _read_header(found)["state"].get("step") if found is not None else None
+    except (LyreError, AttributeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 def latest_checkpoint(run_dir: Path) -> str | None:
-    """Name of the most recently saved checkpoint of a run, or None if it has none."""
+    """The checkpoint that got furthest: the highest recorded step, `last` on a tie; None if none.
+    A checkpoint whose state cannot be read comes after every readable one.
+
+    By step, not by file time: `cp -r` or `scp -r` of a run directory gives every file a new
+    time in whatever order, and resuming from an older `best` would silently throw work away.
+    """
     found = []
     for name in _names(Path(run_dir)):
-        state_file = _find(Path(run_dir), name) / STATE_FILE
-        if state_file.is_file():
-            found.append((state_file.stat().st_mtime, name == "last", name))  # ties: prefer last
+        step = checkpoint_step(run_dir, name)  # unreadable: ranked last, so loading it says why
+        found.append((-1 if step is None else step, name == "last", name))
     return max(found)[-1] if found else None
 
 

@@ -17,7 +17,7 @@ a typo must never be silently ignored.
 from __future__ import annotations
 
 import dataclasses
-import json
+import difflib
 import os
 import tomllib
 import types
@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from lyre.errors import LyreError
-from lyre.model.gpt import GPTConfig
+from lyre.io import read_json_object, write_json
+from lyre.model import GPTConfig, get_family
 
 BUNDLED_ILIAD = Path(__file__).parent / "data_files" / "iliad.txt"
 PRESETS_DIR = Path(__file__).parent / "presets"  # package data: shipped in the wheel
@@ -60,6 +61,13 @@ class TrainConfig:
     eval_windows: int = 64  # windows of the val split scored at each periodic eval (0: all)
     final_eval: bool = True  # score the whole val split exactly at the end
     log_interval: int = 10
+    # `last` is also saved between evaluations, so a killed run loses at most this much work
+    # (0 turns either off): every N steps, and every M minutes of training.
+    checkpoint_interval: int = 0
+    checkpoint_minutes: float = 5.0
+    tensorboard: bool = False  # also write TensorBoard event files to RUN_DIR/tensorboard
+    wandb: bool = False  # also log to Weights & Biases (offline unless WANDB_MODE says otherwise)
+    wandb_project: str = "lyre"
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | mps
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, else fp32) | float32 | bfloat16
@@ -78,25 +86,73 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    model: GPTConfig = field(default_factory=GPTConfig)
+    """Everything a run needs. `model` is the config dataclass of the family that
+    `model.arch` names (lyre.model.registry); GPTConfig by default.
+
+    Beyond the three sections, a run may carry optional ones that later stages register with
+    `register_section` (fine-tuning, adapters, a classification head), and a `chat_template`:
+    the name of the template (lyre.chat) that `lyre chat` and `lyre serve` use for this run.
+    """
+
+    model: Any = field(default_factory=GPTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    chat_template: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)  # registered optional sections
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        if self.chat_template:
+            out["chat_template"] = self.chat_template
+        for name, section in self.extras.items():
+            out[name] = dataclasses.asdict(section)
+        return out
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> RunConfig:
-        unknown = set(raw) - set(SECTIONS)
+        known = [*SECTIONS, *TOP_LEVEL, *OPTIONAL_SECTIONS]
+        unknown = sorted(set(raw) - set(known))
         if unknown:
-            raise LyreError(f"{source}: unknown section(s) {sorted(unknown)}; expected {list(SECTIONS)}")
-        values = {}
-        for name, section_cls in SECTIONS.items():
-            values[name] = _build_section(section_cls, raw.get(name, {}), f"{source}: [{name}]")
-        return cls(**values)
+            raise LyreError(f"{source}: unknown key(s) {unknown}{_did_you_mean(unknown[0], known)}; "
+                            f"expected {known}")
+        sections = section_classes(raw)
+        values: dict[str, Any] = {
+            name: _build_section(sections[name], raw.get(name, {}), f"{source}: [{name}]")
+            for name in SECTIONS
+        }
+        template = raw.get("chat_template")
+        if template is not None and not (isinstance(template, str) and template):
+            raise LyreError(f"{source}: chat_template must be a template name; got {template!r}")
+        extras = {
+            name: _build_section(OPTIONAL_SECTIONS[name], raw[name], f"{source}: [{name}]")
+            for name in OPTIONAL_SECTIONS if name in raw
+        }
+        return cls(**values, chat_template=template, extras=extras)
 
 
 SECTIONS: dict[str, type] = {"model": GPTConfig, "data": DataConfig, "train": TrainConfig}
+TOP_LEVEL = ("chat_template",)
+OPTIONAL_SECTIONS: dict[str, type] = {}
+
+
+def register_section(name: str, cls: type) -> None:
+    """Let run configs carry an optional section `name` (a dataclass), e.g. a fine-tuning stage's
+    settings; it is read, checked and written like the built-in sections."""
+    if name in SECTIONS or name in TOP_LEVEL:
+        raise ValueError(f"{name!r} is a built-in part of the run config")
+    OPTIONAL_SECTIONS[name] = cls
+
+
+def section_classes(raw: dict[str, Any]) -> dict[str, type]:
+    """The dataclass of each section; the model's comes from the family `model.arch` names."""
+    model = raw.get("model", {})
+    arch = model.get("arch", "gpt") if isinstance(model, dict) else "gpt"
+    return {**SECTIONS, "model": get_family(arch).config_class}
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def list_presets() -> dict[str, Path]:
@@ -131,40 +187,55 @@ def resolve_preset(name_or_path: str | Path) -> Path:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a TOML preset (a file or a bundled preset's name, see `resolve_preset`) or a run's
-    config.json (or start from defaults), apply `key=value` overrides."""
+    config.json (or start from defaults), apply `key=value` overrides.
+
+    An override that changes `model.arch` switches the model section to that family's config:
+    the preset's model fields that the new family lacks are dropped (fields it shares, such as
+    block_size, are kept). An override the family does not know is an error that names the
+    command line, not the preset file.
+    """
     raw: dict[str, Any] = {}
     if path is not None and Path(path).suffix == ".json":
         path = Path(path)
-        raw = _read_json(path)
+        raw = read_json_object(path, "is this a lyre run directory?")
     elif path is not None:
         path = resolve_preset(path)
         raw = _read_toml(path)
-    for item in overrides or []:
-        section, name, value = _parse_override(item)
-        raw.setdefault(section, {})[name] = value
-    return RunConfig.from_dict(raw, source=str(path) if path else "config")
+    source = str(path) if path else "config"
+    parsed = [_parse_override(item) for item in overrides or []]
+    arch = [value for key, value in parsed if key in ("arch", "model.arch")]
+    if arch:
+        model = raw.setdefault("model", {})
+        if isinstance(model, dict) and model.get("arch", "gpt") != arch[-1]:
+            keep = {f.name for f in dataclasses.fields(get_family(str(arch[-1])).config_class)}
+            raw["model"] = {k: v for k, v in model.items() if k in keep}
+        raw["model"]["arch"] = arch[-1]
+    try:  # the file on its own must be valid: its errors name the file
+        RunConfig.from_dict(raw, source=source)
+    except LyreError:
+        if not parsed:
+            raise
+        # ...unless the overrides fix it; checked again below with them applied
+    for key, value in parsed:
+        classes = section_classes(raw)
+        section, name = _resolve_key(key, classes)
+        hint = typing.get_type_hints(classes[section])[name]
+        raw.setdefault(section, {})[name] = _coerce(value, hint, f"--set {key}")
+    if not parsed:
+        return RunConfig.from_dict(raw, source=source)
+    try:
+        return RunConfig.from_dict(raw, source=source)
+    except LyreError as e:
+        flags = " ".join(f"--set {item}" for item in overrides or [])
+        raise LyreError(f"{e} (with {flags})") from None
 
 
 def save_config(config: RunConfig, path: Path) -> None:
-    from lyre.checkpoint import atomic_write_text
-
-    atomic_write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")
+    write_json(path, config.to_dict())
 
 
 def config_from_json(path: Path) -> RunConfig:
-    return RunConfig.from_dict(_read_json(path), source=str(path))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LyreError(f"{path} not found: is this a lyre run directory?") from None
-    except json.JSONDecodeError as e:
-        raise LyreError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(raw, dict):
-        raise LyreError(f"{path} must hold a JSON object")
-    return raw
+    return RunConfig.from_dict(read_json_object(path, "is this a lyre run directory?"), source=str(path))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -177,32 +248,35 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise LyreError(f"{path} is not valid TOML: {e}") from None
 
 
-def _parse_override(item: str) -> tuple[str, str, Any]:
-    """`train.lr=3e-4` or `lr=3e-4` -> ("train", "lr", 3e-4); the value is read as TOML."""
+def _parse_override(item: str) -> tuple[str, Any]:
+    """`train.lr=3e-4` -> ("train.lr", 3e-4); the value is read as TOML."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
-        raise LyreError(f"override {item!r} must look like key=value (e.g. train.lr=3e-4)")
-    section, name = _resolve_key(key.strip())
+        raise LyreError(f"--set {item!r} must look like key=value (e.g. train.lr=3e-4)")
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text  # a bare word such as `pos=rope` is a string
-    return section, name, value
+    return key.strip(), value
 
 
-def _resolve_key(key: str) -> tuple[str, str]:
+def _resolve_key(key: str, sections: dict[str, type]) -> tuple[str, str]:
+    """`train.lr` or `lr` -> ("train", "lr"); unknown keys get the closest known one suggested."""
+    everything = [f"{s}.{n}" for s, cls in sections.items() for n in sorted(_field_names(cls))]
     if "." in key:
         section, _, name = key.partition(".")
-        if section not in SECTIONS:
-            raise LyreError(f"unknown config section {section!r} in {key!r}; expected {list(SECTIONS)}")
-        if name not in _field_names(SECTIONS[section]):
-            raise LyreError(f"unknown config key {key!r}")
+        if section not in sections:
+            raise LyreError(f"--set {key}: unknown config section {section!r}"
+                            f"{_did_you_mean(section, sections)}; expected {list(sections)}")
+        if name not in _field_names(sections[section]):
+            raise LyreError(f"--set {key}: unknown config key{_did_you_mean(key, everything)}")
         return section, name
-    owners = [s for s, cls in SECTIONS.items() if key in _field_names(cls)]
+    owners = [s for s, cls in sections.items() if key in _field_names(cls)]
     if not owners:
-        raise LyreError(f"unknown config key {key!r}")
+        names = [n.partition(".")[2] for n in everything]
+        raise LyreError(f"--set {key}: unknown config key{_did_you_mean(key, names)}")
     if len(owners) > 1:
-        raise LyreError(f"config key {key!r} is ambiguous: write one of {[f'{s}.{key}' for s in owners]}")
+        raise LyreError(f"--set {key}: ambiguous, write one of {[f'{s}.{key}' for s in owners]}")
     return owners[0], key
 
 
@@ -214,9 +288,9 @@ def _build_section(cls: type, raw: dict[str, Any], where: str):
     if not isinstance(raw, dict):
         raise LyreError(f"{where} must be a table of key = value pairs")
     hints = typing.get_type_hints(cls)
-    unknown = set(raw) - _field_names(cls)
+    unknown = sorted(set(raw) - _field_names(cls))
     if unknown:
-        raise LyreError(f"{where}: unknown key(s) {sorted(unknown)}")
+        raise LyreError(f"{where}: unknown key(s) {unknown}{_did_you_mean(unknown[0], _field_names(cls))}")
     values = {name: _coerce(value, hints[name], f"{where} {name}") for name, value in raw.items()}
     return cls(**values)
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lyre.errors import LyreError
+from lyre.io import make_temp_dir
 from lyre.tokenizers import Tokenizer, build_tokenizer
 
 DEFAULT_CHUNK_BYTES = 1 << 20  # read the corpus 1 MiB at a time
@@ -157,7 +158,7 @@ def _progress(total: int, desc: str) -> tqdm:
     )
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(4 << 20):
@@ -194,8 +195,7 @@ def prepare(
 
     sizes = [p.stat().st_size for p in paths]
     total = sum(sizes)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir.parent, prefix=f".{out_dir.name}.")  # becomes out_dir: umask perms
     try:
         # 1. Build the tokenizer. Char and BPE learn from the whole corpus, val included, as
         #    nanoGPT does: a character seen only in val must still have an id.
@@ -231,7 +231,7 @@ def prepare(
             "val_tokens": counts["val"],
             "tokenizer": tokenizer_spec,
             "sources": [
-                {"path": str(p), "sha256": _sha256(p), "bytes": size}
+                {"path": str(p), "sha256": file_sha256(p), "bytes": size}
                 for p, size in zip(paths, sizes, strict=True)
             ],
             "val_fraction": val_fraction,

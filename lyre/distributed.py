@@ -43,8 +43,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from lyre.data import get_batch
 from lyre.errors import LyreError
+from lyre.signals import Stopped
 
 PARALLEL = ("ddp", "fsdp")
 BACKENDS = ("auto", "nccl", "gloo")
@@ -320,16 +320,17 @@ class Dist:
     # -- data ------------------------------------------------------------------------------------
 
     def get_batch(
-        self, tokens: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator,
-        device: torch.device, draw: Callable = get_batch,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """This process's `batch_size` rows of the global batch that `draw` (lyre.data.get_batch)
-        takes from `generator`; single-process, exactly draw(...)."""
+        self, draw: Callable[[int, torch.device], tuple[torch.Tensor, ...]], batch_size: int
+    ) -> tuple[torch.Tensor, ...]:
+        """This process's `batch_size` rows of the global batch that `draw(rows, device)` takes
+        (a task's sampler); single-process, exactly draw(batch_size, device). Every process
+        draws the whole global batch on the CPU, so the sampler's state stays identical in all
+        of them, and keeps its own rows."""
         if not self.enabled:
-            return draw(tokens, batch_size, block_size, generator, device)
-        x, y = draw(tokens, batch_size * self.world_size, block_size, generator, "cpu")
+            return draw(batch_size, self.device)
+        batch = draw(batch_size * self.world_size, torch.device("cpu"))
         rows = slice(self.rank * batch_size, (self.rank + 1) * batch_size)
-        return _to_device(x[rows], device), _to_device(y[rows], device)
+        return tuple(_to_device(t[rows], self.device) for t in batch)
 
     # -- randomness ------------------------------------------------------------------------------
 
@@ -460,8 +461,6 @@ def launch(nproc: int, argv: list[str]) -> None:
     args = get_args_parser().parse_args(
         ["--standalone", f"--nproc_per_node={nproc}", "--module", "lyre", *argv]
     )
-    from lyre.train import Stopped
-
     try:
         run(args)
     except SignalException as e:

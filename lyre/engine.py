@@ -517,7 +517,7 @@ class Batch:
     def reserve(self) -> int:
         """Allocate the KV cache now; returns its bytes. A server does this at start, so the first
         request does not wait for gigabytes of zeros and too little memory shows at once."""
-        if self.engine.model.config.arch == "bigram":  # no attention, no cache
+        if not getattr(self.engine.model, "uses_kv_cache", True):  # no attention, no cache
             return 0
         cache = self._cache()
         return 2 * cache.keys.numel() * cache.keys.element_size()
@@ -618,8 +618,10 @@ class Batch:
             self._storage.keys[:, dst, :, :length] = self._storage.keys[:, src, :, :length]
             self._storage.values[:, dst, :, :length] = self._storage.values[:, src, :, :length]
 
-    def _cache(self) -> KVCache:
-        # Allocated on first use: models without attention (the bigram baseline) never need it.
+    def _cache(self) -> KVCache | None:
+        # Allocated on first use; models without attention (the bigram baseline) have none.
+        if not getattr(self.engine.model, "uses_kv_cache", True):
+            return None
         if self._storage is None:
             config, dtype = self.engine.model.config, self.engine.dtype
             self._storage = KVCache(config, self.capacity, self.max_length, self.engine.device, dtype)

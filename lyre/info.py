@@ -24,10 +24,14 @@ class ModelCost:
     adamw_train_bytes: int  # fp32 weights + grads + two Adam moments (activations not included)
 
 
-def count_parameters(c: GPTConfig) -> tuple[int, int]:
-    """(total, embedding) parameter counts of a GPTConfig, tied weights counted once."""
-    if c.arch == "bigram":
-        return c.vocab_size * c.vocab_size, c.vocab_size * c.vocab_size
+def count_parameters(c) -> tuple[int, int]:
+    """(total, embedding) parameter counts of a config, tied weights counted once.
+
+    GPTs are counted from the formula (tested against real models); any other family is built
+    on the meta device, which allocates nothing, and counted.
+    """
+    if c.arch != "gpt":
+        return _count_by_building(c)
     d, h, bias = c.n_embd, c.mlp_hidden, int(c.bias)
     norm = d * (1 + bias) if c.norm == "layernorm" else d
     attention = d * 3 * d + 3 * d * bias + d * d + d * bias
@@ -44,13 +48,25 @@ def flops_per_token(c: GPTConfig, non_embedding_params: int) -> float:
     N counts every weight used in a matmul: the blocks and the LM head (a matmul even when tied
     to the embedding); 12 L T d is attention's QK^T and AV at full context T, forward + backward.
     """
-    if c.arch == "bigram":
-        return 6.0 * c.vocab_size
+    if c.arch != "gpt":  # every weight in one multiply-add per token, forward and backward
+        return 6.0 * max(non_embedding_params, 1) + 6.0 * c.vocab_size
     head = c.vocab_size * c.n_embd
     return 6.0 * (non_embedding_params + head) + 12.0 * c.n_layer * c.block_size * c.n_embd
 
 
-def model_cost(c: GPTConfig) -> ModelCost:
+def _count_by_building(c) -> tuple[int, int]:
+    import torch
+
+    from lyre.model import build_model
+
+    with torch.device("meta"):
+        model = build_model(c)
+    total = sum(p.numel() for p in model.parameters())
+    embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    return total, embedding
+
+
+def model_cost(c) -> ModelCost:
     total, embedding = count_parameters(c)
     return ModelCost(
         total_params=total,
@@ -87,12 +103,16 @@ def vocab_size_of(tokenizer_spec: str, corpus: list[str]) -> int | None:
     return None
 
 
-def format_cost(c: GPTConfig) -> str:
+def format_cost(c) -> str:
     cost = model_cost(c)
+    if c.arch != "gpt":
+        shape = ", ".join(f"{k}={v}" for k, v in vars(c).items())
+    else:
+        shape = (f"{c.n_layer} layers x {c.n_embd} dims x {c.n_head} heads, context {c.block_size}, "
+                 f"vocab {c.vocab_size}, pos={c.pos}, norm={c.norm}, act={c.act}, "
+                 f"tied={c.tie_embeddings}, bias={c.bias}")
     rows = [
-        ("shape", f"{c.n_layer} layers x {c.n_embd} dims x {c.n_head} heads, context {c.block_size}, "
-                  f"vocab {c.vocab_size}, pos={c.pos}, norm={c.norm}, act={c.act}, "
-                  f"tied={c.tie_embeddings}, bias={c.bias}"),
+        ("shape", shape),
         ("parameters", f"{cost.total_params:,} ({_human(cost.total_params)})"),
         ("  embedding", f"{cost.embedding_params:,}"),
         ("  non-embedding", f"{cost.non_embedding_params:,}"),

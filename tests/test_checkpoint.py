@@ -217,17 +217,41 @@ def test_state_json_records_format_and_checksums(tmp_path: Path):
     assert header["state"] == {"best_val_loss": 1.5}
 
 
-def test_exists_and_latest(tmp_path: Path):
+def test_exists_and_latest_go_by_step_not_file_time(tmp_path: Path):
+    """After `cp -r`, an older `best` can carry a newer file time: the step decides, `last` wins
+    a tie, and a checkpoint whose state cannot be read is passed over."""
     assert latest_checkpoint(tmp_path) is None
     assert not checkpoint_exists(tmp_path, "last")
     model, _ = make(0)
-    save_checkpoint(tmp_path, "best", model=model, optimizer=None, state={})
-    save_checkpoint(tmp_path, "last", model=model, optimizer=None, state={})
+    save_checkpoint(tmp_path, "best", model=model, optimizer=None, state={"step": 200})
+    save_checkpoint(tmp_path, "last", model=model, optimizer=None, state={"step": 600})
     assert checkpoint_exists(tmp_path, "best") and checkpoint_exists(tmp_path, "last")
     state_file = tmp_path / "checkpoints/best/state.json"
-    later = state_file.stat().st_mtime + 10
+    later = state_file.stat().st_mtime + 3600
     os.utime(state_file, (later, later))
+    assert latest_checkpoint(tmp_path) == "last"
+    save_checkpoint(tmp_path, "best", model=model, optimizer=None, state={"step": 600})
+    assert latest_checkpoint(tmp_path) == "last"
+    save_checkpoint(tmp_path, "best", model=model, optimizer=None, state={"step": 700})
     assert latest_checkpoint(tmp_path) == "best"
+    (tmp_path / "checkpoints/best/state.json").write_text("{not json")
+    assert latest_checkpoint(tmp_path) == "last"  # the readable one, though its step is lower
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_written_files_respect_the_umask(tmp_path: Path, umask: int):
+    """Files and directories come out as an ordinary open()/mkdir would make them, not 0600."""
+    previous = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "config.json", "{}")
+        model, _ = make(0)
+        save_checkpoint(tmp_path, "last", model=model, optimizer=None, state={"step": 1})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "config.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    for path in (tmp_path / "checkpoints/last").iterdir():
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "checkpoints/last").stat().st_mode & 0o777 == 0o777 & ~umask
 
 
 def test_atomic_write_text(tmp_path: Path):

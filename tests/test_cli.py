@@ -334,17 +334,17 @@ def test_bad_corpus_for_prepare(capsys, tmp_path, content, pattern):
 @pytest.mark.parametrize(
     "overrides,toml_extra,pattern",
     [
-        (["model.n_layers=2"], "", "unknown config key 'model.n_layers'"),
-        (["learning_rate=1e-3"], "", "unknown config key 'learning_rate'"),
-        ([], "[optim]\nlr = 1\n", "unknown section"),
-        (["n_layer=two"], "", "expected int"),
+        (["model.n_layers=2"], "", r"--set model.n_layers: unknown config key \(did you mean 'model.n_layer'\?\)"),
+        (["learning_rate=1e-3"], "", "--set learning_rate: unknown config key"),
+        ([], "[optim]\nlr = 1\n", "unknown key"),
+        (["n_layer=two"], "", "^lyre: error: --set n_layer: expected int"),
         (["train.max_iters=1.5"], "", "expected int"),
         (["train.compile=yes"], "", "true or false"),
         (["n_head=3"], "", r"n_embd \(16\) must be divisible by model.n_head \(3\)"),
         (["train.eval_interval=0"], "", "eval_interval must be at least 1"),
         (["pos=spiral"], "", "model.pos must be one of"),
     ],
-    ids=["unknown-key", "unknown-bare-key", "unknown-section", "wrong-type", "float-for-int",
+    ids=["unknown-key", "unknown-bare-key", "unknown-section", "wrong-type-blamed-on-the-command-line", "float-for-int",
          "not-a-bool", "n_embd-not-divisible", "zero-interval", "bad-choice"],
 )
 def test_bad_config(capsys, tmp_path, tiny_toml, overrides, toml_extra, pattern):

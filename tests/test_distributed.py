@@ -242,9 +242,12 @@ def test_processes_take_their_rows_of_one_global_draw(tiny_config):
     """N processes x batch B read exactly the windows of 1 process x batch N*B."""
     tokens = torch.arange(1000).numpy()
     whole = get_batch(tokens, 6, 8, torch.Generator().manual_seed(3))
+    def sampler():  # a task's draw(rows, device), each process with its own generator copy
+        generator = torch.Generator().manual_seed(3)
+        return lambda rows, device: get_batch(tokens, rows, 8, generator, device)
+
     parts = [
-        distributed.Dist(device=torch.device("cpu"), rank=r, world_size=3).get_batch(
-            tokens, 2, 8, torch.Generator().manual_seed(3), torch.device("cpu"))
+        distributed.Dist(device=torch.device("cpu"), rank=r, world_size=3).get_batch(sampler(), 2)
         for r in range(3)
     ]
     for i in range(2):

@@ -19,7 +19,7 @@ from lyre.engine import (
 )
 from lyre.errors import LyreError
 from lyre.generate import generate, generate_tokens, stream
-from lyre.model import GPT, BigramLM, GPTConfig
+from lyre.model import GPT, BigramConfig, BigramLM, GPTConfig
 from lyre.tokenizers import build_tokenizer
 from lyre.tokenizers.char import CharTokenizer
 
@@ -41,7 +41,7 @@ def greedy(n: int, **kw) -> SamplingConfig:
 
 def chain_model(sequence: list[int], vocab_size: int, block_size: int = 64) -> BigramLM:
     """A bigram model that greedily walks `sequence` (ids distinct): token i -> token i + 1."""
-    model = BigramLM(GPTConfig(arch="bigram", vocab_size=vocab_size, block_size=block_size))
+    model = BigramLM(BigramConfig(vocab_size=vocab_size, block_size=block_size))
     with torch.no_grad():
         model.table.weight.zero_()
         for a, b in zip(sequence, sequence[1:], strict=False):

@@ -35,6 +35,7 @@ from lyre.hf import (  # noqa: E402
     hf_to_lyre_config,
     import_hf,
 )
+from lyre.model.baselines import BigramConfig  # noqa: E402
 from lyre.model.gpt import GPT, GPTConfig  # noqa: E402
 from lyre.runs import load_run  # noqa: E402
 from lyre.tokenizers import CharTokenizer, build_tokenizer, load_tokenizer  # noqa: E402
@@ -435,7 +436,10 @@ def test_conftest_modern_run_exports_to_arcee(tmp_path, trained_run):
     (dict(arch="bigram"), ["arch='bigram'"]),
 ])
 def test_models_without_an_exact_equivalent_are_refused(tmp_path, options, blockers):
-    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=8, **options)
+    if options.get("arch") == "bigram":
+        cfg = BigramConfig(block_size=16, vocab_size=8)
+    else:
+        cfg = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=8, **options)
     if cfg.arch == "bigram":
         run_dir = tmp_path / "run"
         run_dir.mkdir()

@@ -25,6 +25,8 @@ from lyre.errors import LyreError
 from lyre.model.gpt import GPT
 from lyre.train import train
 
+lm_task = importlib.import_module("lyre.tasks.lm")
+
 # `lyre.train` is also the name of the function that lyre/__init__.py re-exports.
 train_module = importlib.import_module("lyre.train")
 
@@ -34,9 +36,9 @@ SHORT = ("train.max_iters=12", "train.eval_interval=4")
 
 
 def records(run_dir: Path) -> list[dict]:
-    """metrics.jsonl without the wall-clock field, which differs between any two runs."""
+    """metrics.jsonl without the wall-clock fields, which differ between any two runs."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_s", "ms_per_step")} for line in lines]
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -127,7 +129,7 @@ def test_killed_run_resumes_from_last_complete_checkpoint(tmp_path, tiny_config,
 
 def test_ctrl_c_in_process_saves_an_exact_checkpoint(tmp_path, tiny_config, straight, monkeypatch):
     """SIGINT in the middle of step 5: the step finishes, `last` is saved at 5, resume is exact."""
-    real_get_batch, calls = train_module.get_batch, []
+    real_get_batch, calls = lm_task.get_batch, []
 
     def get_batch(*args, **kwargs):
         calls.append(1)
@@ -135,7 +137,7 @@ def test_ctrl_c_in_process_saves_an_exact_checkpoint(tmp_path, tiny_config, stra
             signal.raise_signal(signal.SIGINT)
         return real_get_batch(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "get_batch", get_batch)
+    monkeypatch.setattr(lm_task, "get_batch", get_batch)
     run_dir = tmp_path / "interrupted"
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
@@ -143,7 +145,7 @@ def test_ctrl_c_in_process_saves_an_exact_checkpoint(tmp_path, tiny_config, stra
     assert state(run_dir)["step"] == 5
     assert signal.getsignal(signal.SIGINT) is handler  # the caller's handler is back
 
-    monkeypatch.setattr(train_module, "get_batch", real_get_batch)
+    monkeypatch.setattr(lm_task, "get_batch", real_get_batch)
     train(None, run_dir, resume=True, progress=False, plot=False)
     assert records(run_dir) == records(straight(0.2))
     assert_same_weights(run_dir, straight(0.2))
@@ -215,7 +217,7 @@ def test_sigterm_in_process_saves_an_exact_checkpoint(tmp_path, tiny_config, str
                                                       sigterm_guard, signals):
     """SIGTERM in the middle of step 5 does what Ctrl-C does: the step finishes, `last` is saved at
     5, resume is exact. A second SIGTERM (torchrun and Slurm may both send one) changes nothing."""
-    real_get_batch, calls = train_module.get_batch, []
+    real_get_batch, calls = lm_task.get_batch, []
 
     def get_batch(*args, **kwargs):
         calls.append(1)
@@ -224,7 +226,7 @@ def test_sigterm_in_process_saves_an_exact_checkpoint(tmp_path, tiny_config, str
                 signal.raise_signal(signal.SIGTERM)
         return real_get_batch(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "get_batch", get_batch)
+    monkeypatch.setattr(lm_task, "get_batch", get_batch)
     run_dir = tmp_path / "terminated"
     sigint = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt) as stopped:
@@ -236,7 +238,7 @@ def test_sigterm_in_process_saves_an_exact_checkpoint(tmp_path, tiny_config, str
     assert signal.getsignal(signal.SIGTERM) is sigterm_guard
     assert signal.getsignal(signal.SIGINT) is sigint
 
-    monkeypatch.setattr(train_module, "get_batch", real_get_batch)
+    monkeypatch.setattr(lm_task, "get_batch", real_get_batch)
     train(None, run_dir, resume=True, progress=False, plot=False)
     assert records(run_dir) == records(straight(0.2))
     assert_same_weights(run_dir, straight(0.2))
@@ -245,7 +247,7 @@ def test_sigterm_in_process_saves_an_exact_checkpoint(tmp_path, tiny_config, str
 def test_ctrl_c_after_sigterm_stops_at_once(tmp_path, tiny_config, monkeypatch, sigterm_guard):
     """Waiting for the end of the step after a SIGTERM, a Ctrl-C stops at once, without saving:
     `last` stays the one of the evaluation at step 4."""
-    real_get_batch, calls = train_module.get_batch, []
+    real_get_batch, calls = lm_task.get_batch, []
 
     def get_batch(*args, **kwargs):
         calls.append(1)
@@ -254,7 +256,7 @@ def test_ctrl_c_after_sigterm_stops_at_once(tmp_path, tiny_config, monkeypatch, 
             signal.raise_signal(signal.SIGINT)
         return real_get_batch(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "get_batch", get_batch)
+    monkeypatch.setattr(lm_task, "get_batch", get_batch)
     run_dir = tmp_path / "impatient"
     with pytest.raises(KeyboardInterrupt) as stopped:
         train(tiny_config(*SHORT), run_dir, progress=False, plot=False)

@@ -6,17 +6,37 @@ token in a table, with no context at all. Its loss is the bar any real model mus
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lyre.model.gpt import GPTConfig, KVCache
+from lyre.errors import LyreError
+from lyre.model.gpt import KVCache
+
+
+@dataclass
+class BigramConfig:
+    """The bigram's whole shape is its vocabulary; block_size only sets the training windows."""
+
+    arch: str = "bigram"
+    vocab_size: int = 65
+    block_size: int = 256
+    dropout: float = 0.0  # unused: kept so every family can be told dropout=0 for inference
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size"):
+            if getattr(self, name) <= 0:
+                raise LyreError(f"model.{name} must be positive; got {getattr(self, name)}")
 
 
 class BigramLM(nn.Module):
     """next-token logits = table[current token]; only config.vocab_size is used."""
 
-    def __init__(self, config: GPTConfig) -> None:
+    uses_kv_cache = False  # no attention: nothing to cache
+
+    def __init__(self, config: BigramConfig) -> None:
         super().__init__()
         self.config = config
         self.table = nn.Embedding(config.vocab_size, config.vocab_size)

@@ -33,7 +33,7 @@ ATTENTION_IMPLS = ("sdpa", "reference")
 class GPTConfig:
     """Shape and options of the model. GPT-2 124M is GPTConfig() with vocab_size=50257."""
 
-    arch: str = "gpt"  # "gpt" or "bigram" (the baseline of lyre.model.baselines)
+    arch: str = "gpt"  # the model family (lyre.model.registry); this file builds "gpt"
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
@@ -55,7 +55,7 @@ class GPTConfig:
     def validate(self) -> None:
         """Reject shapes and option names that cannot build a model, with a readable reason."""
         for name, value, allowed in (
-            ("arch", self.arch, ("gpt", "bigram")),
+            ("arch", self.arch, ("gpt",)),
             ("pos", self.pos, POSITION_KINDS),
             ("norm", self.norm, NORM_KINDS),
             ("act", self.act, ACTIVATIONS),
