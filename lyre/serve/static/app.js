@@ -380,15 +380,16 @@ async function sendChat(text) {
       saveConversations();
       addMeta(el, reply.meta);
     } else {  // nothing arrived: the turn did not happen; its text goes back to the composer
+      const stillOpen = state.current === conv.id;  // not after "New chat" or another conversation
       conv.messages.splice(conv.messages.indexOf(user), 1);
       if (!conv.messages.length) {
         state.conversations = state.conversations.filter((c) => c !== conv);
-        state.current = null;
+        if (stillOpen) state.current = null;
       }
       saveConversations();
       renderHistory();
       renderMessages();
-      if (!$("prompt").value) $("prompt").value = text;
+      if (stillOpen && !$("prompt").value) $("prompt").value = text;
     }
     throw err;
   }
