@@ -1,10 +1,10 @@
-"""Talking to a model: prompt templates, a conversation that fits the context, and the REPL.
+"""Talking to a model: prompt templates, a conversation that fits the context, a chat session.
 
-A *base* model only continues text, so its "chat" is one growing document: what you type is
-appended and the model writes what comes next (template `plain`). A chat or instruction model
-was fine-tuned on conversations laid out by a prompt template; it must be prompted with the same
-layout, and its answer ends where the template's next turn would begin (the template's stop
-strings) or at <|endoftext|>.
+A *base* model only continues text, so its "chat" is one growing document: each turn on its
+own line(s), as the terminal shows them, and the model writes the next line (template `plain`).
+A chat or instruction model was fine-tuned on conversations laid out by a prompt template; it
+must be prompted with the same layout, and its answer ends where the template's next turn would
+begin (the template's stop strings) or at <|endoftext|>.
 
 Which template a run uses is read from its run directory: `RUN_DIR/chat.json` holding
 `{"chat_template": "alpaca"}` (written by the fine-tuning stage), else a top-level
@@ -12,15 +12,15 @@ Which template a run uses is read from its run directory: `RUN_DIR/chat.json` ho
 overrides it.
 
 The conversation is kept within the context window: before each answer the oldest turns are
-dropped (the system message stays) until the prompt plus room for the answer fits, and the REPL
-says so.
+dropped (the system message stays) until the prompt plus room for the answer fits; the REPL
+(lyre/repl.py) says so before the answer, also when the message itself had to be cut or had
+characters a char-level model does not know.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,8 +60,10 @@ def _system_text(messages: Sequence[dict]) -> str | None:
 
 
 def _render_plain(messages: Sequence[dict]) -> str:
-    # A base model continues one document: the system text (if any), then every turn as typed.
-    return "".join(m["content"] for m in messages)
+    # A base model continues one document: the system text (if any), then every turn on its
+    # own line(s), the document the terminal shows; the model writes the next line.
+    return "".join(m["content"] if m["content"].endswith("\n") else m["content"] + "\n"
+                   for m in messages)
 
 
 def _render_alpaca(messages: Sequence[dict]) -> str:
@@ -99,8 +101,8 @@ def _render_simple(messages: Sequence[dict]) -> str:
 TEMPLATES: dict[str, ChatTemplate] = {
     t.name: t
     for t in (
-        ChatTemplate("plain", "base model: the conversation is one text the model continues",
-                     _render_plain, strip_answer=False),
+        ChatTemplate("plain", "base model: the conversation is one text, a turn per line, "
+                     "that the model continues", _render_plain),
         ChatTemplate("alpaca", "Alpaca-style ### Instruction / ### Response (LLMs-from-scratch ch07)",
                      _render_alpaca, stop=("### Instruction:", "### Response:", "### Input:")),
         ChatTemplate("chatml", "<|im_start|>role ... <|im_end|> turns",
@@ -141,17 +143,26 @@ def template_name_for_run(run_dir: str | Path) -> str:
 # A conversation that fits the context
 
 
+@dataclass
+class Fitted:
+    """A conversation fitted to the context (`fit_messages`)."""
+
+    ids: list[int]  # the prompt
+    kept: list[dict]  # the messages it renders
+    dropped: int  # oldest messages left out
+    cut: int = 0  # tokens cut from the start of an over-long last message (base models)
+
+
 def fit_messages(
     messages: list[dict],
     template: ChatTemplate,
     encode: Callable[[str], list[int]],
     budget: int,
-) -> tuple[list[int], list[dict], int]:
+) -> Fitted:
     """Drop the oldest non-system messages until the rendered prompt has <= `budget` tokens.
 
-    Returns (prompt ids, the messages kept, how many were dropped). The last message is never
-    dropped; when it alone is too long, a base-model (`plain`) prompt keeps its last `budget`
-    tokens and a chat prompt is an error.
+    The last message is never dropped; when it alone is too long, a base-model (`plain`) prompt
+    keeps its last `budget` tokens (and says how many it cut) and a chat prompt is an error.
     """
     if budget < 1:
         raise LyreError("no room for a prompt: the context is too small for this many new tokens")
@@ -162,7 +173,7 @@ def fit_messages(
         kept = system + turns
         ids = encode(template.render(kept))
         if len(ids) <= budget:
-            return ids, kept, dropped
+            return Fitted(ids, kept, dropped)
         if len(turns) > 1:
             # Drop a whole exchange when we can, so the conversation keeps alternating.
             n = 2 if len(turns) > 2 and turns[0]["role"] == "user" and turns[1]["role"] == "assistant" else 1
@@ -170,10 +181,36 @@ def fit_messages(
             dropped += n
             continue
         if template.name == "plain":
-            return ids[-budget:], kept, dropped
+            return Fitted(ids[-budget:], kept, dropped, cut=len(ids) - budget)
         raise LyreError(
-            f"the message is {len(ids)} tokens with its template; the context leaves room for {budget}"
+            f"your message is {len(ids)} tokens with its template; the context leaves room for "
+            f"{budget} next to the answer: shorten it, or /set max_new_tokens lower"
         )
+
+
+def check_text(tokenizer, text: str, what: str) -> int:
+    """Encode `text` on its own so that a character a char-level model does not know is
+    reported at its position in `text` (what the user typed), not in the rendered conversation.
+
+    Returns how many unknown characters the tokenizer will replace (its --replace-unknown
+    policy); raises LyreError starting with `what` when it would refuse them.
+    """
+    count = getattr(tokenizer, "count_unknown", None)  # only char tokenizers have unknowns
+    if count is None:
+        return 0
+    try:
+        tokenizer.encode(text)
+    except LyreError as e:
+        raise LyreError(f"{what}: {e}") from None
+    return count(text)
+
+
+def check_messages(tokenizer, messages: Sequence[dict]) -> None:
+    """`check_text` for each message of an API request: the error names the message
+    (`messages[2].content`) and the position in its own text."""
+    for i, m in enumerate(messages):
+        if isinstance(m.get("content"), str):
+            check_text(tokenizer, m["content"], f"messages[{i}].content")
 
 
 class AnswerTrimmer:
@@ -266,14 +303,16 @@ class Conversation:
         self.turns.clear()
 
 
-HELP = """commands:
-  /reset              forget the conversation (keeps the system message)
-  /system TEXT        set the system message (empty TEXT removes it) and reset
-  /set NAME VALUE     change a sampling control: temperature, top_k, top_p,
-                      repetition_penalty, max_new_tokens, seed (none for random)
-  /set                show the current settings
-  /help               this help
-  /quit               leave (or Ctrl-D)"""
+@dataclass
+class PreparedTurn:
+    """One user message made ready for an answer: the prompt and what fitting it cost."""
+
+    user_text: str
+    ids: list[int]
+    turns: list[dict]  # the earlier turns still in the prompt
+    dropped: int = 0  # earlier messages left out to fit the context
+    cut: int = 0  # tokens cut from the start of the message itself
+    replaced: int = 0  # unknown characters replaced (--replace-unknown)
 
 
 class ChatSession:
@@ -289,30 +328,54 @@ class ChatSession:
         self.tokenizer = run.tokenizer
         self.block_size = run.config.model.block_size
         self.engine = Engine(run.model, run.tokenizer, device=run.device)
-        self.conversation = Conversation(template, system)
+        self.conversation = Conversation(template)
+        self.set_system(system)
         self.last_finish_reason: str | None = None
         self.last_new_tokens = 0
 
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
+    def set_system(self, text: str | None) -> None:
+        """Set (or with None/"" remove) the system message; its characters are checked now."""
+        if text:
+            check_text(self.tokenizer, text, "the system message")
+        self.conversation.system = text or None
 
-    def prompt_for(self, user_text: str) -> tuple[list[int], int]:
-        """Prompt ids of the conversation plus `user_text`, and how many old turns were dropped."""
+    def reserve(self) -> int:
+        """Tokens kept free for the answer: max_new_tokens, at most half the context."""
+        return min(self.settings.max_new_tokens, max(1, self.block_size // 2))
+
+    def prepare(self, user_text: str) -> PreparedTurn:
+        """The prompt for the conversation plus `user_text`, fitted to the context."""
+        replaced = check_text(self.tokenizer, user_text, "your message")
         conv = self.conversation
         messages = conv.messages() + [{"role": "user", "content": user_text}]
-        reserve = min(self.settings.max_new_tokens, max(1, self.block_size // 2))
-        ids, kept, dropped = fit_messages(messages, conv.template, self._encode, self.block_size - reserve)
-        if dropped:
-            conv.turns = [m for m in kept if m["role"] not in ("system", "developer")][:-1]
-        if not ids:
-            ids = [self.tokenizer.eot_id] if self.tokenizer.eot_id is not None else self._encode("\n")
-        return ids, dropped
+        fitted = fit_messages(messages, conv.template, self.tokenizer.encode,
+                              self.block_size - self.reserve())
+        ids = fitted.ids
+        if not ids:  # an empty conversation starts from the start of text
+            eot = self.tokenizer.eot_id
+            ids = [eot] if eot is not None else self.tokenizer.encode("\n")
+        turns = [m for m in fitted.kept if m["role"] not in ("system", "developer")][:-1]
+        return PreparedTurn(user_text, ids, turns, fitted.dropped, fitted.cut, replaced)
 
-    def reply(self, user_text: str, write: Callable[[str], None] | None = None) -> tuple[str, int]:
-        """Stream the answer to `user_text` through `write`; returns (answer, turns dropped)."""
+    def notices(self, turn: PreparedTurn) -> list[str]:
+        """What fitting the prompt did, said before the answer."""
+        out = []
+        if turn.replaced:
+            out.append(f"{turn.replaced} character(s) this model does not know were replaced "
+                       f"with {self.tokenizer.replacement!r}")
+        if turn.dropped:
+            out.append(f"the conversation outgrew the context of {self.block_size} tokens: its "
+                       f"{turn.dropped} oldest message(s) were dropped")
+        if turn.cut:
+            out.append(f"your message did not fit the context of {self.block_size} tokens next to "
+                       f"room for the answer: its first {turn.cut} tokens were cut, the model sees "
+                       f"the last {len(turn.ids)}")
+        return out
+
+    def answer(self, turn: PreparedTurn, write: Callable[[str], None] | None = None) -> str:
+        """Stream the answer to a prepared turn through `write`; the turn joins the conversation."""
         from lyre.engine import SamplingConfig
 
-        ids, dropped = self.prompt_for(user_text)
         s = self.settings
         template = self.conversation.template
         params = SamplingConfig(
@@ -321,7 +384,7 @@ class ChatSession:
             # A chat answer ends at the context's end; a base model's text slides on.
             overflow="slide" if template.name == "plain" else "stop",
         )
-        stream = self.engine.stream(ids, params)
+        stream = self.engine.stream(turn.ids, params)
         trimmer = AnswerTrimmer(template.strip_answer)
         pieces: list[str] = []
         for raw in stream:
@@ -334,98 +397,12 @@ class ChatSession:
         self.last_finish_reason = result.finish_reason
         self.last_new_tokens = len(result.tokens)
         answer = "".join(pieces)
-        self.conversation.turns += [{"role": "user", "content": user_text},
-                                    {"role": "assistant", "content": answer}]
-        return answer, dropped
+        self.conversation.turns = turn.turns + [{"role": "user", "content": turn.user_text},
+                                                {"role": "assistant", "content": answer}]
+        return answer
 
-
-def run_repl(session: ChatSession, stdin=None, stdout=None) -> None:
-    """The interactive loop. Reads lines until /quit or end of input."""
-    stdin = stdin or sys.stdin
-    stdout = stdout or sys.stdout
-
-    def say(text: str) -> None:
-        stdout.write(text)
-        stdout.flush()
-
-    template = session.conversation.template
-    mode = "continues your text (base model)" if template.name == "plain" else f"template {template.name}"
-    say(f"lyre chat: {session.run.run_dir} ({mode}). /help for commands, /quit to leave.\n")
-    interactive = hasattr(stdin, "isatty") and stdin.isatty()
-    while True:
-        if interactive:
-            say("you> ")
-        line = stdin.readline()
-        if not line:  # end of input
-            say("\n" if interactive else "")
-            return
-        line = line.rstrip("\n")
-        if not line.strip():
-            continue
-        if line.startswith("/"):
-            if _command(session, line, say):
-                return
-            continue
-        say("lyre> " if template.name != "plain" else "")
-        try:
-            _, dropped = session.reply(line, say)
-        except KeyboardInterrupt:
-            say("\n[interrupted]\n")
-            continue
-        except LyreError as e:
-            say(f"[error] {e}\n")
-            continue
-        say("\n")
-        if dropped:
-            say(f"[notice] the conversation outgrew the context of {session.block_size} tokens: "
-                f"its {dropped} oldest message(s) were dropped\n")
-        if session.last_finish_reason == "length":
-            say(f"[notice] stopped at max_new_tokens={session.settings.max_new_tokens} "
-                "or the end of the context (/set max_new_tokens N)\n")
-
-
-def _command(session: ChatSession, line: str, say) -> bool:
-    """Run one /command; True means quit."""
-    name, _, rest = line.partition(" ")
-    rest = rest.strip()
-    if name in ("/quit", "/exit", "/q"):
-        return True
-    if name == "/help":
-        say(HELP + "\n")
-    elif name == "/reset":
-        session.conversation.reset()
-        say("[conversation reset]\n")
-    elif name == "/system":
-        session.conversation.system = rest or None
-        session.conversation.reset()
-        say(f"[system message {'set' if rest else 'removed'}; conversation reset]\n")
-    elif name == "/set":
-        if not rest:
-            say(session.settings.describe() + "\n")
-            return False
-        key, _, value = rest.partition(" ")
-        if not value.strip():
-            say("[error] usage: /set NAME VALUE, e.g. /set temperature 0.7\n")
-            return False
-        try:
-            session.settings.set(key, value.strip())
-            say(f"[{key} = {getattr(session.settings, key.replace('-', '_'))}]\n")
-        except LyreError as e:
-            say(f"[error] {e}\n")
-    else:
-        say(f"[error] unknown command {name}; /help lists them\n")
-    return False
-
-
-def one_answer(session: ChatSession, prompt: str, stdout=None) -> str:
-    """`lyre chat -p TEXT`: stream one answer to stdout and return it."""
-    stdout = stdout or sys.stdout
-
-    def write(piece: str) -> None:
-        stdout.write(piece)
-        stdout.flush()
-
-    answer, _ = session.reply(prompt, write)
-    stdout.write("\n")
-    stdout.flush()
-    return answer
+    def reply(self, user_text: str,
+              write: Callable[[str], None] | None = None) -> tuple[str, PreparedTurn]:
+        """`prepare` then `answer`: returns (answer, the prepared turn with its notices' facts)."""
+        turn = self.prepare(user_text)
+        return self.answer(turn, write), turn

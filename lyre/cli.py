@@ -65,6 +65,7 @@ def _add_sample(sub) -> None:
                    help="at the context limit: slide the window (default) or stop")
     p.add_argument("--num-samples", type=int, default=1,
                    help="how many samples, all from one prefill in one batch (default 1)")
+    _add_replace_unknown_flag(p)
     _add_model_flags(p)
     p.set_defaults(func=cmd_sample)
 
@@ -79,6 +80,13 @@ def _add_sampling_flags(p, max_new_tokens: int) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="> 1 discourages repeating tokens of the prompt and output (default 1.0: off)")
     p.add_argument("--seed", type=int, default=None, help="random seed: same seed, same output")
+
+
+def _add_replace_unknown_flag(p) -> None:
+    p.add_argument("--replace-unknown", action="store_true",
+                   help="char-level models: replace characters the model never saw with '?' (or a "
+                        "space) instead of refusing the text; to record it with the run, set "
+                        "\"unk\": \"?\" in RUN_DIR/tokenizer/tokenizer.json")
 
 
 def _add_model_flags(p) -> None:
@@ -165,7 +173,11 @@ def _add_chat(sub) -> None:
     p.add_argument("--system", default=None, help="system message (chat templates)")
     p.add_argument("--template", default=None,
                    help="prompt template: plain | alpaca | chatml | simple (default: the run's, else plain)")
+    p.add_argument("--history", default=None, metavar="FILE",
+                   help="file of the lines you typed, for the arrow keys and Ctrl-R (default: "
+                        "$LYRE_HISTORY, else ~/.local/state/lyre/chat_history; '' keeps none)")
     _add_sampling_flags(p, max_new_tokens=256)
+    _add_replace_unknown_flag(p)
     _add_model_flags(p)
     p.set_defaults(func=cmd_chat)
 
@@ -189,6 +201,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--context-overflow", default="stop", choices=["stop", "slide"],
                    help="at the end of the context: stop with finish_reason length (default, as "
                         "OpenAI) or slide the window and keep generating")
+    _add_replace_unknown_flag(p)
     _add_model_flags(p)
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (default 0: torch's choice, one per core)")
@@ -299,6 +312,7 @@ def cmd_sample(args) -> None:
     from lyre.engine import Engine, SamplingConfig
     from lyre.generate import crop_prompt
     from lyre.runs import load_run
+    from lyre.tokenizers.char import replace_unknown
 
     params = SamplingConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -306,6 +320,8 @@ def cmd_sample(args) -> None:
         num_samples=args.num_samples, seed=args.seed, overflow=args.overflow,
     ).validate()  # bad flags fail before the model is loaded
     run = load_run(args.run_dir, args.checkpoint, args.device, weights=args.weights)
+    if args.replace_unknown:
+        replace_unknown(run.tokenizer)
     engine = Engine(run.model, run.tokenizer, run.device)
     prompt = _read_prompt(args)
     if prompt is None:  # start of text
@@ -413,8 +429,9 @@ def cmd_export_hf(args) -> None:
 
 
 def cmd_chat(args) -> None:
-    from lyre import chat
+    from lyre import chat, repl
     from lyre.runs import load_run
+    from lyre.tokenizers.char import replace_unknown
 
     settings = chat.ChatSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             repetition_penalty=args.repetition_penalty,
@@ -422,11 +439,13 @@ def cmd_chat(args) -> None:
     settings.validate()
     template = chat.get_template(args.template or chat.template_name_for_run(args.run_dir))
     run = load_run(args.run_dir, args.checkpoint, args.device, weights=args.weights)
+    if args.replace_unknown:
+        replace_unknown(run.tokenizer)
     session = chat.ChatSession(run, template, settings, system=args.system)
     if args.one_prompt is not None:
-        chat.one_answer(session, args.one_prompt)
+        repl.one_answer(session, args.one_prompt)
     else:
-        chat.run_repl(session)
+        repl.run_repl(session, history=repl.history_path(args.history))
 
 
 def cmd_serve(args) -> None:
@@ -448,6 +467,10 @@ def cmd_serve(args) -> None:
 
         torch.set_num_threads(args.threads)
     run = load_run(args.run_dir, args.checkpoint, args.device, weights=args.weights)
+    if args.replace_unknown:
+        from lyre.tokenizers.char import replace_unknown
+
+        replace_unknown(run.tokenizer)
     serve(run, args.host, args.port, settings, log_level=args.log_level)
 
 

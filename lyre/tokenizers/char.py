@@ -9,15 +9,27 @@ than a Python loop over characters and makes a typo-level error report cheap: th
 unknown character is found with ``np.flatnonzero``.
 
 Unknown characters. By default a character that was not in the training corpus is an error
-(LyreError naming the character, its code point and its position), because silently dropping
-or replacing text hides data problems. Pass ``unk="?"`` (any single character) to replace
-unknown characters instead; that character is added to the vocabulary if the corpus lacks it.
-Decoding then gives the replacement character back, so the round trip is lossy only for
-characters the tokenizer never saw.
+(LyreError naming the character, its code point and its position in the text given to
+``encode``), because silently dropping or replacing text hides data problems. To replace unknown
+characters instead:
+
+- per call: ``encode(text, unknown="replace")``;
+- for this tokenizer object: ``replace_unknown()`` (what ``--replace-unknown`` of ``lyre chat``,
+  ``lyre sample`` and ``lyre serve`` does);
+- recorded with a run: ``"unk": "?"`` in ``RUN_DIR/tokenizer/tokenizer.json`` (any character of
+  the vocabulary), so every command that loads the run replaces;
+- at build time: ``unk="?"`` (any single character; added to the vocabulary if the corpus
+  lacks it, so only before training).
+
+The replacement is ``unk`` when set, else ``?``, else a space, else the first character of the
+vocabulary: always a character the model knows, so a trained model's vocabulary never changes.
+Decoding gives the replacement back, so the round trip is lossy only for characters the
+tokenizer never saw.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -65,23 +77,65 @@ class CharTokenizer(Tokenizer):
             vocab.update(chunk)
         return cls(vocab, unk=unk)
 
+    @property
+    def replacement(self) -> str:
+        """The character an unknown one becomes: ``unk``, else ``?``, else a space, else the
+        vocabulary's first character (always one the model knows)."""
+        if self.unk is not None:
+            return self.unk
+        return next((c for c in ("?", " ") if c in self._stoi), self.chars[0])
+
+    def replace_unknown(self, char: str | None = None) -> CharTokenizer:
+        """From now on replace unknown characters with ``char`` (default: ``replacement``).
+
+        ``char`` must already be in the vocabulary: a trained model has no id for a new one.
+        """
+        char = self.replacement if char is None else char
+        if char not in self._stoi:
+            raise LyreError(f"the replacement {char!r} is not in this char tokenizer's vocabulary; "
+                            f"pick one of its characters, e.g. {self.replacement!r}")
+        self.unk, self._unk_id = char, self._stoi[char]
+        return self
+
+    def encode(self, text: str, *, allow_special: bool = False,
+               unknown: str | None = None) -> list[int]:
+        """Text to ids. ``unknown``: "error" or "replace" for characters outside the vocabulary;
+        None follows this tokenizer (replace when it has an ``unk``). A char vocabulary has no
+        special tokens, so ``allow_special`` changes nothing."""
+        if unknown not in (None, "error", "replace"):
+            raise LyreError(f"unknown= must be 'error' or 'replace'; got {unknown!r}")
+        return self._encode(text, unknown or ("error" if self._unk_id is None else "replace"))
+
     def encode_ordinary(self, text: str) -> list[int]:
+        return self.encode(text)
+
+    def _encode(self, text: str, unknown: str) -> list[int]:
         codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
         ids = self._lut[np.minimum(codes, len(self._lut) - 1)]
-        unknown = ids < 0
-        if unknown.any():
-            if self._unk_id is None:
-                self._raise_unknown(text, int(np.flatnonzero(unknown)[0]))
-            ids[unknown] = self._unk_id
+        missing = ids < 0
+        if missing.any():
+            if unknown == "error":
+                self._raise_unknown(text, int(np.flatnonzero(missing)[0]))
+            ids[missing] = self._stoi[self.replacement]
         return ids.tolist()
+
+    def count_unknown(self, text: str) -> int:
+        """How many characters of ``text`` are outside the vocabulary (for a notice)."""
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        return int((self._lut[np.minimum(codes, len(self._lut) - 1)] < 0).sum())
 
     def _raise_unknown(self, text: str, pos: int) -> None:
         c = text[pos]
         line = text.count("\n", 0, pos) + 1
+        column = pos - (text.rfind("\n", 0, pos) + 1) + 1  # 1-based, as editors count
+        near = text[max(0, pos - 12) : pos + 12]
         raise LyreError(
-            f"character {c!r} (U+{ord(c):04X}) at position {pos} (line {line}) is not in the "
-            f"char tokenizer's vocabulary of {self.vocab_size} characters; build the tokenizer "
-            f"on a corpus that contains it, or use CharTokenizer(..., unk='?') to replace it"
+            f"character {c!r} (U+{ord(c):04X}) at position {pos} (line {line}, column {column}, "
+            f"near {near!r}) is "
+            f"not in this char-level model's vocabulary of {self.vocab_size} characters; to replace "
+            f"unknown characters with {self.replacement!r} pass --replace-unknown (lyre chat, "
+            f"sample, serve) or record it with the run: \"unk\": {json.dumps(self.replacement)} in "
+            f"RUN_DIR/tokenizer/tokenizer.json"
         )
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -105,8 +159,12 @@ class CharTokenizer(Tokenizer):
     @classmethod
     def load(cls, meta: dict) -> CharTokenizer:
         """Rebuild from the parsed ``tokenizer.json`` written by ``save``."""
+        unk = meta.get("unk")
+        if unk is not None and isinstance(meta.get("chars"), list) and unk not in meta["chars"]:
+            raise LyreError(f"char tokenizer.json: unk {unk!r} is not one of its 'chars'; the "
+                            "replacement must be a character the model knows (e.g. \"?\" or \" \")")
         try:
-            tok = cls(meta["chars"], unk=meta.get("unk"))
+            tok = cls(meta["chars"], unk=unk)
         except (KeyError, TypeError) as e:
             raise LyreError(f"char tokenizer.json is missing a valid 'chars' list ({e})") from e
         if tok.chars != meta["chars"]:
@@ -115,3 +173,13 @@ class CharTokenizer(Tokenizer):
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size}, unk={self.unk!r})"
+
+
+def replace_unknown(tokenizer: Tokenizer, char: str | None = None) -> Tokenizer:
+    """``--replace-unknown``: make a char tokenizer replace characters outside its vocabulary.
+
+    Byte-level tokenizers (bpe, gpt2) encode every text, so for them this changes nothing.
+    """
+    if isinstance(tokenizer, CharTokenizer):
+        tokenizer.replace_unknown(char)
+    return tokenizer

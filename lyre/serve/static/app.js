@@ -9,6 +9,7 @@ const state = {
   model: null,
   contextLength: null,
   mode: "chat",            // "chat" | "complete"
+  modes: {},               // model id -> the mode the user chose for it (the tabs)
   conversations: [],       // [{id, title, messages: [{role, content, meta?}]}]
   current: null,           // id of the open conversation
   controller: null,        // AbortController of the request in flight
@@ -32,7 +33,8 @@ function loadSettings() {
     for (const key of ["temperature", "top_k", "top_p", "max_tokens", "api_key"]) {
       if (saved[key] !== undefined) $(key).value = saved[key];
     }
-    if (saved.mode) state.mode = saved.mode;
+    // Only a mode the user chose counts; without one the model decides (fetchModel).
+    if (saved.modes && typeof saved.modes === "object") state.modes = saved.modes;
   } catch (e) { /* ignore a corrupt entry */ }
   showSliderValues();
 }
@@ -40,7 +42,7 @@ function loadSettings() {
 function saveSettings() {
   const s = settings();
   s.api_key = $("api_key").value;
-  s.mode = state.mode;
+  s.modes = state.modes;
   localStorage.setItem(SETTINGS, JSON.stringify(s));
 }
 
@@ -73,7 +75,7 @@ function newChat() {
   setStats("");
   hideError();
   $("prompt").focus();
-  $("sidebar").classList.remove("open");
+  showDrawer(false);
 }
 
 function renderHistory() {
@@ -92,7 +94,7 @@ function renderHistory() {
       setMode("chat");
       renderHistory();
       renderMessages();
-      $("sidebar").classList.remove("open");
+      showDrawer(false);
     };
     const del = document.createElement("button");
     del.className = "delete";
@@ -146,9 +148,8 @@ function scrollDown() {
 // errors and stats
 
 function showError(text) {
-  const box = $("error");
-  box.textContent = text;
-  box.hidden = false;
+  $("error-text").textContent = text;
+  $("error").hidden = false;
 }
 
 function hideError() { $("error").hidden = true; }
@@ -198,11 +199,13 @@ async function fetchModel() {
     if (!res.ok) throw await apiError(res);
     const body = await res.json();
     const model = body.data[0];
+    const isNew = state.model !== model.id;
     state.model = model.id;
     state.contextLength = model.context_length;
     $("model-name").textContent = model.id + " · " + model.context_length + "-token context" +
       (model.chat_template === "plain" ? " · base model" : "");
-    if (model.chat_template === "plain" && !localStorage.getItem(SETTINGS)) setMode("complete");
+    // The mode the user chose for this model, else Complete for a base model, Chat otherwise.
+    if (isNew) setMode(state.modes[model.id] || (model.chat_template === "plain" ? "complete" : "chat"));
     hideError();
   } catch (err) {
     const text = describeFailure(err);
@@ -262,6 +265,60 @@ async function streamRequest(path, body, onDelta, signal) {
 // ---------------------------------------------------------------------------------------------
 // chat mode
 
+// What goes to the server: the stored turns, without a user message that never got an answer
+// (one stored by an older page after a failure; this page removes failed turns).
+function requestMessages(conv) {
+  const turns = conv.messages.filter((m) => m.role === "user" || m.role === "assistant");
+  return turns.filter((m, i) => !(m.role === "user" && turns[i + 1] && turns[i + 1].role === "user"));
+}
+
+// Tokens of a stored message: counted from the server's usage when it answered (`tokens`), else
+// estimated from its length with the most tokens per character seen in this conversation.
+function tokensOf(msg, perChar) {
+  return msg.tokens != null ? msg.tokens : Math.ceil(msg.content.length * perChar) + 4;
+}
+
+function tokensPerChar(messages) {
+  let ratio = 0;
+  for (const m of messages) {
+    if (m.tokens != null && m.content.length) ratio = Math.max(ratio, m.tokens / m.content.length);
+  }
+  return ratio || 1;  // nothing counted yet: one token per character errs on the safe side
+}
+
+// Leave out the oldest exchanges until the prompt leaves room for a useful answer: max_tokens,
+// at most half the context (the terminal's rule). The server would otherwise cut the answer
+// to whatever room is left, a few tokens in a long conversation.
+function fitHistory(history, maxTokens) {
+  const reserve = Math.min(maxTokens, Math.floor(state.contextLength / 2));
+  const perChar = tokensPerChar(history);
+  let kept = history;
+  let dropped = 0;
+  const total = () => kept.reduce((n, m) => n + tokensOf(m, perChar), 0);
+  while (kept.length > 1 && total() + reserve > state.contextLength) {
+    const n = kept.length > 2 && kept[0].role === "user" && kept[1].role === "assistant" ? 2 : 1;
+    kept = kept.slice(n);
+    dropped += n;
+  }
+  return { kept, dropped };
+}
+
+// Remember how many tokens the question and the answer took (for fitHistory next time).
+function countTokens(sent, user, reply, usage) {
+  if (!usage) return;
+  reply.tokens = usage.completion_tokens;
+  const perChar = tokensPerChar(sent);
+  const before = sent.filter((m) => m !== user).reduce((n, m) => n + tokensOf(m, perChar), 0);
+  user.tokens = Math.max(1, usage.prompt_tokens - before);
+}
+
+function addMeta(el, text) {
+  const meta = document.createElement("span");
+  meta.className = "meta";
+  meta.textContent = text;
+  el.append(meta);
+}
+
 async function sendChat(text) {
   let conv = currentConversation();
   if (!conv) {
@@ -269,7 +326,8 @@ async function sendChat(text) {
     state.conversations.unshift(conv);
     state.current = conv.id;
   }
-  conv.messages.push({ role: "user", content: text });
+  const user = { role: "user", content: text };
+  conv.messages.push(user);
   saveConversations();
   renderHistory();
   renderMessages();
@@ -282,46 +340,63 @@ async function sendChat(text) {
   const content = el.querySelector(".content");
 
   const s = settings();
-  let history = conv.messages.filter((m) => m.role === "user" || m.role === "assistant")
-    .map((m) => ({ role: m.role, content: m.content }));
-  let dropped = 0;
+  let { kept: history, dropped } = fitHistory(requestMessages(conv), s.max_tokens);
   const startedAt = performance.now();
   let firstAt = null;
-  for (;;) {
-    try {
-      const result = await streamRequest("/v1/chat/completions", {
-        model: state.model, messages: history, temperature: s.temperature, top_k: s.top_k,
-        top_p: s.top_p, max_tokens: s.max_tokens,
-      }, (piece) => {
-        if (firstAt === null) firstAt = performance.now();
-        reply.content += piece;
-        content.textContent = reply.content;
-        scrollDown();
-      }, state.controller.signal);
-      const tokens = result.usage ? result.usage.completion_tokens : result.pieces;
-      reply.meta = statsLine(tokens, startedAt, firstAt, performance.now(), result.finish);
-      if (dropped) reply.meta += " · oldest " + dropped + " message(s) left out to fit the context";
-      break;
-    } catch (err) {
-      // A conversation longer than the context: leave out the oldest exchange and try again.
-      if (err instanceof ApiError && err.code === "context_length_exceeded" && history.length > 1) {
-        const n = history.length > 2 ? 2 : 1;
-        history = history.slice(n);
-        dropped += n;
-        continue;
+  try {
+    for (;;) {
+      try {
+        const result = await streamRequest("/v1/chat/completions", {
+          model: state.model, messages: history.map((m) => ({ role: m.role, content: m.content })),
+          temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, max_tokens: s.max_tokens,
+        }, (piece) => {
+          if (firstAt === null) firstAt = performance.now();
+          reply.content += piece;
+          content.textContent = reply.content;
+          scrollDown();
+        }, state.controller.signal);
+        const tokens = result.usage ? result.usage.completion_tokens : result.pieces;
+        countTokens(history, user, reply, result.usage);
+        reply.meta = statsLine(tokens, startedAt, firstAt, performance.now(), result.finish);
+        if (dropped) reply.meta += " · oldest " + dropped + " message(s) left out to fit the context";
+        break;
+      } catch (err) {
+        // Still longer than the context: leave out the next oldest exchange and try again.
+        if (err instanceof ApiError && err.code === "context_length_exceeded" && history.length > 1
+            && !reply.content) {
+          const n = history.length > 2 ? 2 : 1;
+          history = history.slice(n);
+          dropped += n;
+          continue;
+        }
+        throw err;
       }
-      throw Object.assign(err, { partial: reply });
-    } finally {
-      el.classList.remove("streaming");
     }
+  } catch (err) {
+    el.classList.remove("streaming");
+    if (reply.content) {  // keep what had arrived, and say it is not the whole answer
+      reply.meta = err.name === "AbortError" ? "stopped" : "incomplete: the answer was cut off";
+      conv.messages.push(reply);
+      saveConversations();
+      addMeta(el, reply.meta);
+    } else {  // nothing arrived: the turn did not happen; its text goes back to the composer
+      const stillOpen = state.current === conv.id;  // not after "New chat" or another conversation
+      conv.messages.splice(conv.messages.indexOf(user), 1);
+      if (!conv.messages.length) {
+        state.conversations = state.conversations.filter((c) => c !== conv);
+        if (stillOpen) state.current = null;
+      }
+      saveConversations();
+      renderHistory();
+      renderMessages();
+      if (stillOpen && !$("prompt").value) $("prompt").value = text;
+    }
+    throw err;
   }
+  el.classList.remove("streaming");
   conv.messages.push(reply);
   saveConversations();
-  setStats(reply.meta);
-  const meta = document.createElement("span");
-  meta.className = "meta";
-  meta.textContent = reply.meta;
-  el.append(meta);
+  addMeta(el, reply.meta);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -354,8 +429,10 @@ async function sendCompletion(text) {
 // ---------------------------------------------------------------------------------------------
 // wiring
 
-function setMode(mode) {
+// `remember`: the user chose it (a tab), so this model opens in it next time.
+function setMode(mode, remember = false) {
   state.mode = mode;
+  if (remember && state.model) state.modes[state.model] = mode;
   $("mode-chat").setAttribute("aria-selected", String(mode === "chat"));
   $("mode-complete").setAttribute("aria-selected", String(mode === "complete"));
   $("chat-view").hidden = mode !== "chat";
@@ -364,7 +441,14 @@ function setMode(mode) {
     ? "Message lyre…  (Enter to send, Shift+Enter for a new line)"
     : "Type a beginning for the model to continue…";
   $("send").textContent = state.controller ? "Stop" : (mode === "chat" ? "Send" : "Generate");
-  saveSettings();
+  setStats("");
+  if (remember) saveSettings();
+}
+
+// The history drawer of phone-width screens, with a backdrop that closes it.
+function showDrawer(open) {
+  $("sidebar").classList.toggle("open", open);
+  $("backdrop").hidden = !open;
 }
 
 function setBusy(busy) {
@@ -383,20 +467,15 @@ async function submit(event) {
   if (!state.model) return;
   state.controller = new AbortController();
   setBusy(true);
+  setStats("");
   if (state.mode === "chat") $("prompt").value = "";
   try {
-    if (state.mode === "chat") await sendChat(text);
+    if (state.mode === "chat") await sendChat(text);  // its stats go under the answer
     else await sendCompletion(text);
   } catch (err) {
     const message = describeFailure(err);
     if (message) showError(message);
-    if (err.partial && err.partial.content) {  // keep what had arrived
-      const conv = currentConversation();
-      if (conv) { conv.messages.push(err.partial); saveConversations(); }
-    } else if (state.mode === "chat" && !$("prompt").value) {
-      $("prompt").value = text;  // let the user resend
-    }
-    if (!message) setStats("stopped");
+    else if (state.mode !== "chat") setStats("stopped");
   } finally {
     state.controller = null;
     setBusy(false);
@@ -414,10 +493,13 @@ function init() {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) submit(e);
   });
   $("new-chat").onclick = newChat;
-  $("mode-chat").onclick = () => setMode("chat");
-  $("mode-complete").onclick = () => setMode("complete");
+  $("mode-chat").onclick = () => setMode("chat", true);
+  $("mode-complete").onclick = () => setMode("complete", true);
   $("toggle-settings").onclick = () => { $("settings").hidden = !$("settings").hidden; };
-  $("toggle-sidebar").onclick = () => $("sidebar").classList.toggle("open");
+  $("toggle-sidebar").onclick = () => showDrawer(!$("sidebar").classList.contains("open"));
+  $("backdrop").onclick = () => showDrawer(false);
+  $("error-close").onclick = hideError;
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape") showDrawer(false); });
   for (const key of ["temperature", "top_k", "top_p", "max_tokens", "api_key"]) {
     $(key).addEventListener("input", () => { showSliderValues(); saveSettings(); });
   }
