@@ -19,7 +19,6 @@ characters a char-level model does not know.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -124,19 +123,13 @@ def get_template(name: str) -> ChatTemplate:
 
 def template_name_for_run(run_dir: str | Path) -> str:
     """The run's `chat_template` (chat.json, then config.json), or `plain` for a base model."""
-    run_dir = Path(run_dir)
-    for path in (run_dir / "chat.json", run_dir / "config.json"):
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(raw, dict) and raw.get("chat_template"):
-            name = raw["chat_template"]
-            if not isinstance(name, str):
-                raise LyreError(f"{path}: chat_template must be a template name; got {name!r}")
-            get_template(name)  # fail early on an unknown name
-            return name
-    return "plain"
+    from lyre.rundir import RunDir
+
+    name = RunDir(run_dir).chat_template()
+    if name is None:
+        return "plain"
+    get_template(name)  # fail early on an unknown name
+    return name
 
 
 # ----------------------------------------------------------------------------------------------

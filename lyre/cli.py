@@ -106,7 +106,8 @@ def _add_eval(sub) -> None:
                        description="Score a run's model on held-out text with a sliding window: loss, "
                                    "perplexity and bits per byte (comparable across tokenizers).")
     p.add_argument("run_dir", type=Path, help="run directory")
-    p.add_argument("--data", type=Path, required=True, help="UTF-8 text file to score")
+    p.add_argument("--data", type=Path, default=None,
+                   help="UTF-8 text file to score (default: the run's own validation split)")
     p.add_argument("--stride", type=int, default=None,
                    help="tokens between window starts, 1..block_size (default block_size); smaller "
                         "gives each token more context and costs more")
@@ -209,9 +210,29 @@ def _add_serve(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, plus "did you mean" for a mistyped command or choice."""
+
+    def error(self, message: str):
+        import difflib
+        import re
+
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = re.findall(r"'?([\w.-]+)'?", match.group(2))
+            close = difflib.get_close_matches(match.group(1), choices, n=1)
+            if close:
+                message += f"; did you mean '{close[0]}'?"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lyre", description="Build your own GPT from scratch.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from lyre import __version__
+
+    parser = _Parser(prog="lyre", description="Build your own GPT from scratch.")
+    parser.add_argument("--version", action="version", version=f"lyre {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
     for add in (_add_prepare, _add_train, _add_sample, _add_eval, _add_info, _add_presets, _add_plot,
                 _add_import_hf, _add_export_hf, _add_chat, _add_serve):
         add(sub)
@@ -363,8 +384,13 @@ def cmd_eval(args) -> None:
     from lyre.evaluate import evaluate_text, read_text
     from lyre.runs import load_run
 
-    text = read_text(args.data)
     run = load_run(args.run_dir, args.checkpoint, args.device)
+    if args.data is None:
+        from lyre.evaluate import validation_text
+
+        text, args.data = validation_text(run)
+    else:
+        text = read_text(args.data)
     result = evaluate_text(run.model, run.tokenizer, text, stride=args.stride,
                            batch_size=args.batch_size, device=run.device)
     if args.json:

@@ -124,3 +124,16 @@ def evaluate_run(
     text = read_text(data)
     run = load_run(run_dir, checkpoint, device)
     return evaluate_text(run.model, run.tokenizer, text, stride=stride, batch_size=batch_size, device=run.device)
+
+
+def validation_text(run) -> tuple[str, str]:
+    """The text of a run's own validation split (its prepared val tokens, decoded) and a label
+    for it: what `lyre eval RUN` scores when no --data is given."""
+    from lyre.data import load_split
+
+    data_dir = Path(run.config.data.data_dir) if run.config.data.data_dir else Path(run.run_dir) / "data"
+    if not (data_dir / "meta.json").exists():
+        raise LyreError(f"{run.run_dir} has no prepared validation split in {data_dir}; "
+                        "pass --data FILE to score a text file")
+    tokens = load_split(data_dir, "val")
+    return run.tokenizer.decode(tokens.tolist()), f"the validation split ({data_dir / 'val.bin'})"

@@ -7,7 +7,7 @@
     RUN/loss.png          the loss plot
     RUN/data/             tokens prepared from the corpus on first use (kept by --force)
     RUN/tensorboard/      event files, when asked for
-    RUN/chat.json         optional: {"chat_template": NAME} (older runs; config.json's wins)
+    RUN/chat.json         optional: {"chat_template": NAME}, read before config.json's key
 
 Training, fine-tuning, import-hf and every reader go through RunDir, so that a new kind of
 output (adapters, a classification head) is added here once.
@@ -79,17 +79,16 @@ class RunDir:
         save_config(config, self.config_path)
 
     def chat_template(self) -> str | None:
-        """The run's chat template name: config.json's `chat_template`, else chat.json's."""
-        if self.config_path.exists():
-            template = self.read_config().chat_template
-            if template:
-                return template
+        """The run's chat template name: chat.json's `chat_template`, else config.json's."""
         legacy = self.path / "chat.json"
         if legacy.exists():
             name = read_json_object(legacy).get("chat_template")
-            if name is not None and not (isinstance(name, str) and name):
-                raise LyreError(f"{legacy}: chat_template must be a template name; got {name!r}")
-            return name
+            if name is not None:
+                if not (isinstance(name, str) and name):
+                    raise LyreError(f"{legacy}: chat_template must be a template name; got {name!r}")
+                return name
+        if self.config_path.exists():
+            return self.read_config().chat_template
         return None
 
     # ---- starting a run ------------------------------------------------------------------

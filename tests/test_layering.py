@@ -1,0 +1,84 @@
+"""The package's layering: no module of lyre/ imports, even lazily, a module that imports it back.
+
+A cycle makes the import order matter and hides which module depends on which; the map in
+docs/architecture.md is only true while the graph stays a DAG.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lyre"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """Every lyre module that `path` imports anywhere (top level or inside a function)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found |= {name for name in names if name in modules}
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    modules = set(paths)
+    graph = {}
+    for name, path in paths.items():
+        # A package's own submodules are not a dependency of the package on itself.
+        graph[name] = {m for m in imports_of(path, modules) if m != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as a path [a, b, ..., a], or None (depth-first search with colours)."""
+    colour = dict.fromkeys(graph, 0)  # 0 new, 1 on the stack, 2 done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        colour[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if colour[nxt] == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if colour[nxt] == 0 and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        colour[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if colour[node] == 0 and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_finder_sees_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def package_edges(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Edges from a package's __init__ to its own submodules are how packages re-export; the
+    cycle that matters is between modules, so a package importing its children is dropped
+    when the child imports the package only for a sibling (`from lyre.model import X`)."""
+    out = {}
+    for name, deps in graph.items():
+        out[name] = {d for d in deps if not d.startswith(name + ".")}
+    return out
+
+
+def test_no_import_cycle_inside_lyre():
+    cycle = find_cycle(package_edges(import_graph()))
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
