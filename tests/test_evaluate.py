@@ -123,7 +123,7 @@ def test_cli_eval_json_matches_the_python_api(trained_run, heldout, capsys):
         (b"\xff\xfe bad", [], "not UTF-8"),
         ("Sing, O goddess", ["--stride", "0"], "stride"),
         ("Sing, O goddess", ["--stride", "17"], "stride"),
-        ("Sing \u2603", [], "not in the char tokenizer"),
+        ("Sing \u2603", [], "is not in this char-level model"),
     ],
 )
 def test_cli_eval_errors_are_one_line(trained_run, tmp_path, capsys, content, flags, message):
