@@ -91,45 +91,44 @@ class Analyzer:
 class BM25Index:
     """BM25 scores of every chunk for any weighted set of terms."""
 
-    def __init__(self, bm25, config: LexicalConfig) -> None:
-        self.bm25 = bm25
+    def __init__(self, bm25, config: LexicalConfig, num_docs: int) -> None:
+        self.bm25 = bm25  # None when no chunk has a single term (bm25s cannot index that)
         self.config = config
-        self.vocab: dict[str, int] = bm25.vocab_dict
-        scores = bm25.scores
-        self.data, self.indices, self.indptr = scores["data"], scores["indices"], scores["indptr"]
-        self.num_docs = int(scores["num_docs"])
-        self.nonoccurrence = bm25.nonoccurrence_array
+        self.num_docs = num_docs
+        self.vocab: dict[str, int] = bm25.vocab_dict if bm25 is not None else {}
+        if bm25 is not None:
+            scores = bm25.scores
+            self.data, self.indices, self.indptr = scores["data"], scores["indices"], scores["indptr"]
+            self.nonoccurrence = bm25.nonoccurrence_array
 
     @classmethod
     def build(cls, docs_terms: list[list[str]], config: LexicalConfig) -> BM25Index:
+        if not any(docs_terms):
+            return cls(None, config, len(docs_terms))
         import bm25s
 
         logging.getLogger("bm25s").setLevel(logging.ERROR)
         bm25 = bm25s.BM25(method=config.method, k1=config.k1, b=config.b, delta=config.delta)
-        # bm25s cannot index an empty corpus; one empty document keeps the code path uniform.
-        bm25.index(docs_terms or [[]], show_progress=False)
-        index = cls(bm25, config)
-        index.num_docs = len(docs_terms)
-        return index
+        bm25.index(docs_terms, show_progress=False)
+        return cls(bm25, config, len(docs_terms))
 
     def save(self, directory: Path) -> None:
-        self.bm25.save(str(directory), show_progress=False)
-        (directory / "lyre.json").write_text(json.dumps({"num_docs": self.num_docs,
-                                                          "config": asdict(self.config)}))
+        if self.bm25 is not None:
+            self.bm25.save(str(directory), show_progress=False)
+        (directory / "lyre.json").write_text(json.dumps({
+            "num_docs": self.num_docs, "empty": self.bm25 is None, "config": asdict(self.config)}))
 
     @classmethod
     def load(cls, directory: Path) -> BM25Index:
         import bm25s
 
         meta = json.loads((directory / "lyre.json").read_text())
-        bm25 = bm25s.BM25.load(str(directory), mmap=False, show_progress=False)
-        index = cls(bm25, LexicalConfig.from_dict(meta["config"]))
-        index.num_docs = int(meta["num_docs"])
-        return index
+        bm25 = None if meta["empty"] else bm25s.BM25.load(str(directory), show_progress=False)
+        return cls(bm25, LexicalConfig.from_dict(meta["config"]), int(meta["num_docs"]))
 
     def scores(self, weights: dict[str, float]) -> np.ndarray:
         """Σ_t w_t · BM25(t, chunk) for every chunk: a float32 vector of num_docs."""
-        out = np.zeros(max(self.num_docs, 1), dtype=np.float32)
+        out = np.zeros(self.num_docs, dtype=np.float32)
         for term, w in weights.items():
             t = self.vocab.get(term)
             if t is None:
@@ -139,7 +138,11 @@ class BM25Index:
             out[self.indices[lo:hi]] += np.float32(w) * self.data[lo:hi]
             if self.nonoccurrence is not None:  # bm25l/bm25+ give absent terms a score too
                 out += np.float32(w) * self.nonoccurrence[t]
-        return out[: self.num_docs]
+        return out
+
+    def document_frequency(self, term: str) -> int:
+        t = self.vocab.get(term)
+        return 0 if t is None else int(self.indptr[t + 1] - self.indptr[t])
 
 
 def query_weights(terms: list[str]) -> dict[str, float]:
