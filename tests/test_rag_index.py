@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lyre.errors import LyreError
@@ -201,3 +202,21 @@ def test_killed_indexing_leaves_a_consistent_index(tmp_path):
     assert len(report.unchanged) == 2 and len(report.added) == 4
     assert len(store.sources()) == 6
     store.close()
+
+
+@pytest.mark.parametrize("method", ["lucene", "robertson", "atire", "bm25+"])
+def test_bm25_scores_match_bm25s(method):
+    bm25s = pytest.importorskip("bm25s")
+    from lyre.rag.lexical import Analyzer, BM25Index, LexicalConfig
+
+    words = "ship sea storm harbour sail wind wave rock light keeper".split()
+    docs = [[words[(i * j + j) % len(words)] for j in range(3 + i % 7)] for i in range(40)]
+    config = LexicalConfig(method=method, k1=1.3, b=0.6)
+    ours = BM25Index.build(docs, config)
+    ref = bm25s.BM25(method=method, k1=1.3, b=0.6)
+    ref.index(docs, show_progress=False)
+    for query in (["storm", "rock"], ["keeper"], ["ship", "ship", "light"]):
+        weights = {t: 1.0 for t in query}
+        expected = ref.get_scores(sorted(set(query)))
+        np.testing.assert_allclose(ours.scores(weights), expected, rtol=1e-5, atol=1e-6)
+    assert Analyzer(LexicalConfig())("The Stormy seas, and storms!") == ["stormi", "sea", "storm"]
