@@ -43,14 +43,15 @@ QA = ROOT / "lyre" / "rag" / "data" / "dev_qa.jsonl"
 BUDGET = 4000
 
 
-def ours_index(tmp: Path) -> tuple[float, EmbeddedStore]:
+def ours_index(path: Path) -> tuple[float, EmbeddedStore]:
     t0 = time.perf_counter()
-    store = open_store(tmp / "ours", create=True)
+    store = open_store(path, create=True)
     index_paths([str(p) for p in CORPUS], store)
     return time.perf_counter() - t0, store
 
 
 def theirs_index():
+    import rank_bm25  # noqa: F401  (imports are paid before the clock starts, for both)
     from langchain_community.retrievers import BM25Retriever
     from langchain_core.documents import Document as LCDocument
     from langchain_text_splitters import RecursiveCharacterTextSplitter
@@ -121,9 +122,14 @@ def main() -> None:
     out: dict = {"bench": "rag_speed"}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        # -- side by side: index ----------------------------------------------------------------
-        ours_s, store = ours_index(tmp)
-        theirs_s, lc, lc_chunks = theirs_index()
+        # -- side by side: index (best of --repeat fresh runs each: the machine is shared) ------
+        ours_runs = [ours_index(tmp / f"run{i}") for i in range(args.repeat)]
+        ours_s, store = min(ours_runs, key=lambda r: r[0])
+        for _, other in ours_runs:
+            if other is not store:
+                other.close()
+        theirs_runs = [theirs_index() for _ in range(args.repeat)]
+        theirs_s, lc, lc_chunks = min(theirs_runs, key=lambda r: r[0])
         mb = sum(p.stat().st_size for p in CORPUS) / 1e6
         print(f"\nindexing {mb:.2f} MB: lyre {ours_s:.2f} s ({store.chunk_count()} chunks), "
               f"LangChain {theirs_s:.2f} s ({lc_chunks} chunks)")

@@ -21,6 +21,7 @@ import logging
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -99,11 +100,13 @@ class Analyzer:
     def __call__(self, text: str) -> list[str]:
         words = WORD.findall(text.lower())
         terms = self._terms
-        new = [w for w in set(words) if w not in terms]
-        if new:
+        out = list(map(terms.get, words))  # C-speed lookups; None marks a word not seen yet
+        if None in out:
+            new = list({w for w, t in zip(words, out, strict=True) if t is None})
             stems = self.stemmer.stemWords(new) if self.stemmer else new
             terms.update((w, "" if w in self.stop else s) for w, s in zip(new, stems, strict=True))
-        return [t for t in map(terms.__getitem__, words) if t]
+            out = list(map(terms.__getitem__, words))
+        return [t for t in out if t]
 
 
 # How each BM25 variant weighs term frequency (tf) in a document of length dl (in terms) and
@@ -145,15 +148,15 @@ class BM25Index:
         if config.method in ("bm25l", "bm25+"):
             return cls._build_bm25s(docs_terms, config)
         n = len(docs_terms)
-        vocab: dict[str, int] = {}
-        ids = [np.fromiter((vocab.setdefault(t, len(vocab)) for t in terms), dtype=np.int64,
-                           count=len(terms)) for terms in docs_terms]
-        lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        every = list(chain.from_iterable(docs_terms))
+        vocab = {t: i for i, t in enumerate(dict.fromkeys(every))}  # first-seen order
         if not vocab:
             empty = np.zeros(0, dtype=np.float32)
             return cls({}, empty, np.zeros(0, np.int32), np.zeros(1, np.int64), n, config)
+        ids = np.fromiter(map(vocab.__getitem__, every), dtype=np.int64, count=len(every))
+        lengths = np.fromiter(map(len, docs_terms), dtype=np.int64, count=n)
         docs = np.repeat(np.arange(n, dtype=np.int64), lengths)
-        keys, tf = np.unique(np.concatenate(ids) * n + docs, return_counts=True)
+        keys, tf = np.unique(ids * n + docs, return_counts=True)
         term, doc = keys // n, keys % n  # sorted by term, then chunk: already column order
         df = np.bincount(term, minlength=len(vocab))
         avgdl = max(float(lengths.mean()), 1e-9)
