@@ -161,6 +161,9 @@ def _add_export_hf(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="directory to write")
     p.add_argument("--checkpoint", default="best", help="best or last (default best)")
     p.add_argument("--force", action="store_true", help="overwrite the model files in a non-empty --out")
+    p.add_argument("--peft-adapter", type=Path, metavar="DIR",
+                   help="LoRA runs: also write the adapter in PEFT's format to DIR, with its base model "
+                        "in DIR/base (PeftModel.from_pretrained(base, DIR)); --out gets the merged model")
     p.set_defaults(func=cmd_export_hf)
 
 
@@ -506,8 +509,16 @@ def cmd_import_hf(args) -> None:
 def cmd_export_hf(args) -> None:
     from lyre.hf import export_hf
 
+    if args.peft_adapter:  # checked (a LoRA run, a GPT-2 shape) before anything is written
+        from lyre.finetune.export import export_peft_adapter
+
+        adapter = export_peft_adapter(args.run_dir, args.peft_adapter, checkpoint=args.checkpoint,
+                                      force=args.force)
     out = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint, force=args.force)
     print(f"wrote {out}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    if args.peft_adapter:
+        print(f"wrote {adapter}: peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("
+              f"{str(adapter / 'base')!r}), {str(adapter)!r})")
 
 
 def cmd_finetune(args) -> None:

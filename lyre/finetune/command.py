@@ -44,8 +44,11 @@ def finetune(base: str | Path | None = None, data: str | Path | None = None,
              out: str | Path = "runs/finetune", *, task: str | None = None,
              template: str | None = None, lora_rank: int | None = None,
              overrides: list[str] | None = None, resume: bool = False, force: bool = False,
-             progress: bool = True, plot: bool = True, quiet: bool = False) -> FinetuneResult:
-    """Fine-tune BASE (a lyre run or a Hugging Face directory) on DATA into OUT; see the module."""
+             progress: bool = True, plot: bool = True, quiet: bool = False,
+             stop_at: int | None = None) -> FinetuneResult:
+    """Fine-tune BASE (a lyre run or a Hugging Face directory) on DATA into OUT; see the module.
+
+    `stop_at` ends the run at that step with a checkpoint, as if it had been stopped there."""
     import os
 
     out = Path(out)
@@ -64,7 +67,7 @@ def finetune(base: str | Path | None = None, data: str | Path | None = None,
         trainer_task = prepared.task.make(prepared, autocast_context(resolve_device(cfg.device), cfg.dtype))
         prepared.report = lambda line: _say(line, quiet)  # what is trained, once it is built
         result = train(prepared.config, out, resume=resume, force=force, progress=progress,
-                       plot=plot, task=trainer_task)
+                       plot=plot, task=trainer_task, stop_at=stop_at)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     done = FinetuneResult(out, result, prepared)
@@ -79,7 +82,8 @@ def finetune(base: str | Path | None = None, data: str | Path | None = None,
              f"({out / ckpt.CHECKPOINTS}/*/{ckpt.MODEL_FILE}); the base stays in "
              f"{prepared.finetune.base}", quiet)
     ft = prepared.finetune
-    if ft.responses and prepared.task.responses and prepared.splits.test:
+    finished = result.step >= prepared.config.train.max_iters or result.stopped_early
+    if finished and ft.responses and prepared.task.responses and prepared.splits.test:
         done.responses = answer_test_split(out, prepared, quiet)
     return done
 
