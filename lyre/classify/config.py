@@ -19,28 +19,22 @@ TRAINABLE = ("head", "blocks", "all", "lora")
 
 @dataclass
 class ClassifyConfig:
+    """What a classifier adds to a fine-tuned run; the data file, its split, the epochs and the
+    base run are in the run's [finetune] section (lyre.finetune.config), as for every task."""
+
     # The classes, in the order of the head's outputs (index 0 first). Empty: taken from the
     # training data (numbers in numeric order, other names in order of first appearance).
     labels: list[str] = field(default_factory=list)
-    data: str = ""  # the labelled file (TSV, CSV or JSONL)
-    val_data: str = ""  # explicit validation / test files; empty: split off `data`
-    test_data: str = ""
     text_column: str = ""  # the column (header name) or JSON key of the text; empty: detected
     label_column: str = ""  # the same for the label
-    val_fraction: float = 0.1  # the default split is 70 / 10 / 20, the book's
-    test_fraction: float = 0.2
-    split_seed: int = 123  # the shuffle before the split (and the balancing draw)
     balance: bool = False  # undersample every class to the size of the smallest (the book's way)
-    epochs: int = 5  # passes over the training split (sets train.max_iters unless --set)
     pooling: str = "last_nonpad"  # last_nonpad | last | mean: which hidden states the head reads
     trainable: str = "blocks"  # head | blocks (last `blocks` + final norm) | all | lora (+ head)
     blocks: int = 1  # trainable=blocks: how many of the last transformer blocks train
-    max_length: int = 0  # tokens kept per text (the start); 0: the model's context
     eval_train_rows: int = 512  # training rows scored at each evaluation (0: all)
     # Filled in when the run starts:
     pad_id: int = 0  # the id padding uses: <|endoftext|> when the tokenizer has it
     pad_to: int = 0  # pooling=last: every batch padded to this length (the longest training text)
-    base: str = ""  # the run the classifier was fine-tuned from
 
     def validate(self) -> None:
         if self.pooling not in POOLINGS:
@@ -48,16 +42,9 @@ class ClassifyConfig:
         if self.trainable not in TRAINABLE:
             raise LyreError(f"classify.trainable must be one of {', '.join(TRAINABLE)}; "
                             f"got {self.trainable!r}")
-        for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise LyreError(f"classify.{name} must be in [0, 1); got {value}")
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise LyreError("classify.val_fraction + classify.test_fraction leave no training data")
-        for name in ("epochs", "blocks"):
-            if getattr(self, name) < 1:
-                raise LyreError(f"classify.{name} must be at least 1; got {getattr(self, name)}")
-        for name in ("max_length", "eval_train_rows", "pad_to"):
+        if self.blocks < 1:
+            raise LyreError(f"classify.blocks must be at least 1; got {self.blocks}")
+        for name in ("eval_train_rows", "pad_to"):
             if getattr(self, name) < 0:
                 raise LyreError(f"classify.{name} must not be negative; got {getattr(self, name)}")
         if len(set(self.labels)) != len(self.labels):
@@ -85,5 +72,5 @@ def run_kind(config: RunConfig) -> str:
     finetune = config.extras.get("finetune")
     task = getattr(finetune, "task", None)
     if task:
-        return f"a fine-tuned run, task {task!r}"
-    return "a language model: task 'lm'"
+        return f"a model fine-tuned with --task {task}"
+    return "a language model (task 'lm')"

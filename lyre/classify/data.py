@@ -315,7 +315,7 @@ def split(examples: list[Example], val_fraction: float, test_fraction: float, se
         if fraction > 0 and not part:
             raise LyreError(f"{n} rows are too few to split {1 - val_fraction - test_fraction:.0%}/"
                             f"{val_fraction:.0%}/{test_fraction:.0%}: the {name} split would be "
-                            "empty; add data or pass explicit classify.val_data / test_data")
+                            "empty; add data or pass explicit finetune.val_data / test_data")
     return parts
 
 
@@ -359,31 +359,32 @@ def read_eval_file(path: str | Path, labels: list[str], text_column: str, label_
     return examples
 
 
-def load_dataset(cfg: Any) -> Dataset:
-    """Read, check, balance and split the data a ClassifyConfig names."""
-    if not cfg.data:
+def load_dataset(ft: Any, cls: Any) -> Dataset:
+    """Read, check, balance and split the data: `ft` the run's [finetune] section (data files,
+    fractions, seed), `cls` its [classify] section (columns, labels, balance)."""
+    if not ft.data:
         raise LyreError("no training data: pass --data FILE (TSV, CSV or JSONL with a text and a label)")
-    examples, problems = read_labelled(cfg.data, cfg.text_column, cfg.label_column)
-    labels = label_order(examples, cfg.labels)
-    if cfg.labels:
+    examples, problems = read_labelled(ft.data, cls.text_column, cls.label_column)
+    labels = label_order(examples, cls.labels)
+    if cls.labels:
         examples = keep_known(examples, labels, problems)
-    check_classes(examples, labels, str(cfg.data))
+    check_classes(examples, labels, str(ft.data))
     notes = []
     if problems.count:
-        notes.append(f"skipped {problems.count:,} of {problems.rows:,} rows of {cfg.data}: "
+        notes.append(f"skipped {problems.count:,} of {problems.rows:,} rows of {ft.data}: "
                      f"{problems.summary()}")
-    if cfg.balance:
+    if cls.balance:
         before = Counter(e.label for e in examples)
-        examples = balance(examples, cfg.split_seed)
+        examples = balance(examples, ft.split_seed)
         shown = ", ".join(f"{name} {before[name]:,}" for name in labels if before[name])
         notes.append(f"balanced by undersampling: {shown} -> {len(examples) // len(before):,} each")
-    val_fraction = 0.0 if cfg.val_data else cfg.val_fraction
-    test_fraction = 0.0 if cfg.test_data else cfg.test_fraction
-    splits = split(examples, val_fraction, test_fraction, cfg.split_seed)
-    if cfg.val_data:
-        splits.val = read_eval_file(cfg.val_data, labels, cfg.text_column, cfg.label_column, "validation")
-    if cfg.test_data:
-        splits.test = read_eval_file(cfg.test_data, labels, cfg.text_column, cfg.label_column, "test")
+    val_fraction = 0.0 if ft.val_data else ft.val_fraction
+    test_fraction = 0.0 if ft.test_data else ft.test_fraction
+    splits = split(examples, val_fraction, test_fraction, ft.split_seed)
+    if ft.val_data:
+        splits.val = read_eval_file(ft.val_data, labels, cls.text_column, cls.label_column, "validation")
+    if ft.test_data:
+        splits.test = read_eval_file(ft.test_data, labels, cls.text_column, cls.label_column, "test")
     if not splits.val:
-        raise LyreError("no validation rows: set classify.val_fraction above 0 or pass classify.val_data")
+        raise LyreError("no validation rows: set finetune.val_fraction above 0 or pass finetune.val_data")
     return Dataset(splits, labels, notes)

@@ -50,7 +50,7 @@ class Classifier:
         self.section = self.config.extras["classify"]
         self.labels: list[str] = list(self.section.labels)
         self.tokenizer = load_tokenizer(self.run_dir / "tokenizer")
-        self.limit = token_limit(self.section.max_length, self.config.model.block_size)
+        self.limit = token_limit(self.config.extras["finetune"].max_length, self.config.model.block_size)
 
     def classify(self, texts: str | list[str], batch_size: int = 32) -> list[Prediction]:
         """One Prediction per text, in order. An empty text is a LyreError naming it."""
