@@ -26,13 +26,13 @@ def plot_classifier(run_dir: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out else run_dir / "classify.png"
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
     epochs = [r["epoch"] for r in evals]
-    left.plot([r["step"] / per_epoch for r in steps], [r["loss"] for r in steps], lw=1, alpha=0.5,
-              label="train (batch)")
-    left.plot(epochs, [r["train_loss"] for r in evals], "o-", label="train")
-    left.plot(epochs, [r["val_loss"] for r in evals], "o-", label="val")
+    left.plot([r["step"] / per_epoch for r in steps], [r["loss"] for r in steps], lw=1, alpha=0.4,
+              color="C0", label="train (batch)")
+    left.plot(epochs, [r["train_loss"] for r in evals], "o-", color="C0", label="train")
+    left.plot(epochs, [r["val_loss"] for r in evals], "o-", color="C1", label="val")
     left.set_ylabel("cross-entropy loss")
-    right.plot(epochs, [r["train_accuracy"] for r in evals], "o-", label="train")
-    right.plot(epochs, [r["val_accuracy"] for r in evals], "o-", label="val")
+    right.plot(epochs, [r["train_accuracy"] for r in evals], "o-", color="C0", label="train")
+    right.plot(epochs, [r["val_accuracy"] for r in evals], "o-", color="C1", label="val")
     right.set_ylabel("accuracy")
     for ax in (left, right):
         ax.set_xlabel("epoch")

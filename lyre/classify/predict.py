@@ -84,3 +84,29 @@ def load_classifier(run_dir: str | Path, checkpoint: str = "best",
 def classify(run_dir: str | Path, texts: str | list[str], **kwargs: Any) -> list[Prediction]:
     """Load RUN_DIR and classify `texts` (for one-off use; keep a Classifier for many calls)."""
     return load_classifier(run_dir, **kwargs).classify(texts)
+
+
+def read_texts(given: list[str], file: Path | None, stdin: Any) -> list[str]:
+    """The texts `lyre classify` was given: arguments, else a file or stdin, one per line
+    (blank lines skipped). Not UTF-8, nothing to classify, or both sources: a LyreError."""
+    from lyre.classify.data import read_text_file
+
+    if given and file is not None:
+        raise LyreError("give texts on the command line or --file, not both")
+    if given:
+        return list(given)
+    if file is not None and str(file) != "-":
+        lines, where = read_text_file(file).splitlines(), str(file)
+    else:
+        if file is None and stdin.isatty():
+            raise LyreError("nothing to classify: give a TEXT, --file FILE, or pipe texts in (one per line)")
+        data = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode("utf-8")
+        try:
+            lines, where = data.decode("utf-8-sig").splitlines(), "stdin"
+        except UnicodeDecodeError as e:
+            line = data[: e.start].count(b"\n") + 1
+            raise LyreError(f"stdin is not UTF-8 text (byte {e.start}, line {line})") from None
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise LyreError(f"{where} holds no text to classify (one text per line)")
+    return texts
