@@ -9,6 +9,7 @@ and symbols a small pretraining corpus may lack, and one odd character should no
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from lyre.classify.data import Example
 from lyre.tokenizers import Tokenizer
@@ -48,3 +49,12 @@ def encode_examples(tokenizer: Tokenizer, examples: list[Example], labels: list[
     encoded = encode_texts(tokenizer, [e.text for e in examples], limit)
     encoded.labels = [index[e.label] for e in examples]
     return encoded
+
+
+def run_token_limit(config: Any) -> int:
+    """Tokens kept per text by a classifier run. With pooling=last every batch is padded to
+    classify.pad_to, and a longer text is cut to it too, so that the last position is the same
+    for a text whatever it is batched with (the book's fixed max_length)."""
+    cls, ft = config.extras["classify"], config.extras["finetune"]
+    limit = token_limit(ft.max_length, config.model.block_size)
+    return min(limit, cls.pad_to) if cls.pooling == "last" and cls.pad_to else limit

@@ -23,7 +23,7 @@ import torch
 
 from lyre.classify.build import load_classifier_model
 from lyre.classify.data import read_split
-from lyre.classify.encode import encode_examples, token_limit
+from lyre.classify.encode import encode_examples, run_token_limit
 from lyre.classify.metrics import classification_report, format_report
 from lyre.classify.model import score
 from lyre.classify.prepare import SPLITS, PreparedClassifier, prepare_classifier
@@ -63,9 +63,10 @@ def finetune_classifier(base: str | Path | None = None, data: str | Path | None 
                         out: str | Path = "runs/classify", *, lora_rank: int | None = None,
                         overrides: list[str] | None = None, resume: bool = False,
                         force: bool = False, progress: bool = True, plot: bool = True,
-                        quiet: bool = False) -> ClassifyResult:
+                        quiet: bool = False, stop_at: int | None = None) -> ClassifyResult:
     """Train a classifier on DATA from the language model BASE (a lyre run or a Hugging Face
-    directory) into run OUT; resume=True continues OUT where it stopped (see the module)."""
+    directory) into run OUT; resume=True continues OUT where it stopped (see the module).
+    `stop_at` ends the run at that step, with a checkpoint and no report, as if killed there."""
     out = Path(out)
     main = os.environ.get("RANK", "0") == "0"
     quiet = quiet or not main
@@ -83,13 +84,13 @@ def finetune_classifier(base: str | Path | None = None, data: str | Path | None 
         task.report = lambda line: _say(f"lyre: {line}", quiet)
         started = time.perf_counter()
         result = train(prepared.config, out, resume=resume, force=force, progress=progress,
-                       plot=plot, task=task)
+                       plot=plot, task=task, stop_at=stop_at)
         seconds = time.perf_counter() - started
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     done = ClassifyResult(out, result, prepared, seconds=seconds)
-    if not main:
-        return done
+    if not main or result.step < prepared.config.train.max_iters and not result.stopped_early:
+        return done  # stopped on request (stop_at): no best model to report on yet
     if result.stopped_early:
         _say(f"lyre: stopped early at step {result.step}: {result.stopped_early}", quiet)
     done.report = evaluate_classifier(out)
@@ -111,7 +112,7 @@ def evaluate_classifier(run_dir: str | Path, checkpoint: str = "best",
     config, model, name = load_classifier_model(run.path, checkpoint)
     cfg = config.extras["classify"]
     tokenizer = load_tokenizer(run.tokenizer_dir)
-    limit = token_limit(config.extras["finetune"].max_length, config.model.block_size)
+    limit = run_token_limit(config)
     out: dict[str, Any] = {"checkpoint": name, "labels": cfg.labels}
     for split in splits:
         rows = read_split(run.data_dir / f"{split}.jsonl")

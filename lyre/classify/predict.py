@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from lyre.classify.build import load_classifier_model
-from lyre.classify.encode import encode_text, token_limit
+from lyre.classify.encode import encode_text, run_token_limit
 from lyre.classify.model import score
 from lyre.errors import LyreError
 from lyre.tokenizers import load_tokenizer
@@ -50,7 +50,7 @@ class Classifier:
         self.section = self.config.extras["classify"]
         self.labels: list[str] = list(self.section.labels)
         self.tokenizer = load_tokenizer(self.run_dir / "tokenizer")
-        self.limit = token_limit(self.config.extras["finetune"].max_length, self.config.model.block_size)
+        self.limit = run_token_limit(self.config)
 
     def classify(self, texts: str | list[str], batch_size: int = 32) -> list[Prediction]:
         """One Prediction per text, in order. An empty text is a LyreError naming it."""

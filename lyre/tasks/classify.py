@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from lyre.classify.build import build_classifier
 from lyre.classify.data import read_split
-from lyre.classify.encode import Encoded, encode_examples, token_limit
+from lyre.classify.encode import Encoded, encode_examples, run_token_limit
 from lyre.classify.model import pad_batch, score
 from lyre.classify.prepare import SPLITS, PreparedClassifier
 from lyre.config import RunConfig
@@ -95,9 +95,9 @@ class ClassificationTask:
         if not self.splits["train"] or not self.splits["val"]:
             raise LyreError(f"{run.data_dir} lacks the training or validation split; start the run "
                             "again without --resume")
-        cls, ft = config.extras["classify"], config.extras["finetune"]
+        cls = config.extras["classify"]
         tokenizer = load_tokenizer(run.tokenizer_dir)
-        limit = token_limit(ft.max_length, config.model.block_size)
+        limit = run_token_limit(config)
         self.encoded: dict[str, Encoded] = {
             name: encode_examples(tokenizer, rows, cls.labels, limit)
             for name, rows in self.splits.items()
