@@ -709,6 +709,21 @@ def test_chat_top_logprobs_are_the_models_alternatives(client, run):
                                         for i in expected.indices.tolist()]
 
 
+def test_engine_top_logprobs_come_from_the_same_log_softmax(run):
+    """engine.token_logprobs: the alternatives beside each sampled token's log p."""
+    from lyre.engine import SamplingConfig
+
+    params = SamplingConfig(max_new_tokens=3, temperature=0, logprobs=True, top_logprobs=4)
+    out = Engine(run.model, run.tokenizer).generate(["Sing"], params)[0]
+    assert len(out.top_logprobs) == len(out.logprobs) == len(out.tokens)
+    for token, logprob, top in zip(out.tokens, out.logprobs, out.top_logprobs, strict=True):
+        assert len(top) == 4 and top[0] == (token, pytest.approx(logprob))  # greedy: the top one
+    expected = torch.topk(_last_logprobs(run, "Sing"), 4)
+    assert [i for i, _ in out.top_logprobs[0]] == expected.indices.tolist()
+    plain = Engine(run.model, run.tokenizer).generate(["Sing"], SamplingConfig(max_new_tokens=2, logprobs=True))
+    assert plain[0].top_logprobs is None and len(plain[0].logprobs) == len(plain[0].tokens)
+
+
 def test_completion_logprobs_up_to_5(client, run):
     r = client.completions.create(model="tiny", prompt="Sing", max_tokens=5, logprobs=5, seed=0)
     lp = r.choices[0].logprobs
