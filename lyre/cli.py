@@ -532,14 +532,11 @@ def cmd_import_hf(args) -> None:
 def cmd_export_hf(args) -> None:
     from lyre.hf import export_hf
 
-    if args.peft_adapter:  # checked (a LoRA run, a GPT-2 shape) before anything is written
-        from lyre.finetune.export import export_peft_adapter
-
-        adapter = export_peft_adapter(args.run_dir, args.peft_adapter, checkpoint=args.checkpoint,
-                                      force=args.force)
-    out = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint, force=args.force)
+    out = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint, force=args.force,
+                    peft_adapter=args.peft_adapter)
     print(f"wrote {out}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     if args.peft_adapter:
+        adapter = args.peft_adapter
         print(f"wrote {adapter}: peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("
               f"{str(adapter / 'base')!r}), {str(adapter)!r})")
 

@@ -37,6 +37,7 @@ def colour_records(n: int = 60) -> list[dict]:
 def preference_records(n: int = 60) -> list[dict]:
     out = []
     for i, r in enumerate(colour_records(n)):
+        r = {**r, "instruction": r["instruction"].replace("?", f" number {i}?")}  # every prompt new
         answer = r["output"]
         # Learnable from the answers alone: the chosen one always says thanks, the rejected
         # one always grumbles, whatever the prompt.

@@ -23,6 +23,7 @@ from lyre.errors import LyreError
 from lyre.finetune.prepare import Prepared, prepare
 from lyre.finetune.responses import RESPONSES_FILE, generate_responses, write_responses
 from lyre.io import make_temp_dir
+from lyre.rundir import RunDir
 from lyre.train import TrainResult, train
 
 
@@ -56,6 +57,8 @@ def finetune(base: str | Path | None = None, data: str | Path | None = None,
     quiet = quiet or not main
     if resume and not (out / "config.json").is_file():
         raise LyreError(f"no fine-tuning run in {out} to resume (no config.json)")
+    if not resume and not force and RunDir(out).holds_run():  # before the data is even read
+        raise LyreError(f"{out} already holds a run; use --resume to continue it or --force to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = make_temp_dir(out.parent, f".{out.name}.finetune-")
     try:

@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
+from lyre import checkpoint as ckpt
 from lyre.chat import ChatTemplate, get_template
 from lyre.config import RunConfig, TrainConfig, config_from_json, load_config
 from lyre.errors import LyreError
@@ -38,7 +40,13 @@ from lyre.finetune.encode import require_eot
 from lyre.finetune.records import Splits, split_records, write_records
 from lyre.finetune.tasks import FinetuneTask, get_task
 from lyre.io import remove_path, write_json
-from lyre.lora import LoRAConfig, apply_lora, checkpoint_adapters_only, count_parameters
+from lyre.lora import (
+    LoRAConfig,
+    apply_lora,
+    checkpoint_adapters_only,
+    count_parameters,
+    resolve_targets,
+)
 from lyre.model import build_model
 from lyre.rundir import RunDir
 from lyre.tokenizers import Tokenizer, load_tokenizer
@@ -151,6 +159,7 @@ def resolve_base(source: str | Path, scratch: Path) -> Base:
     if base_mod.is_lyre_run(path):
         name = base_mod.pick_checkpoint(path)
         config = config_from_json(path / "config.json")
+        ckpt.load_model_state(path, name)  # a truncated or corrupt base fails now, not mid-setup
         if "lora" in config.extras:
             base_mod.check_base(path, config.extras["finetune"])  # say now if its base is gone
         return Base(str(source), path.resolve(), name, base_mod.checkpoint_sha256(path, name), config)
@@ -337,6 +346,17 @@ def prepare(*, base: str | Path | None, data: str | Path | None, out: Path, task
     cfg = config.train
     steps = math.ceil(len(train) / (cfg.batch_size * cfg.grad_accum * _world_size()))
     derive_schedule(config, overrides, steps, resume)
+    if resume:
+        done = ckpt.checkpoint_step(out, ckpt.latest_checkpoint(out) or "last")
+        if done is None:
+            raise LyreError(f"{out} holds no checkpoint yet (it stopped before its first save); start "
+                            f"it again: lyre finetune {ft.base_source} --data {ft.data} --out {out} --force")
+        if done >= cfg.max_iters:
+            raise LyreError(f"{out} already finished at step {done} (train.max_iters = {cfg.max_iters}); "
+                            "to train on, raise it: --set finetune.epochs=N or --set max_iters=N")
+    if config.extras.get("lora") is not None:  # an unknown target fails before anything is written
+        with torch.device("meta"):
+            resolve_targets(build_model(config.model), list(config.extras["lora"].targets))
     if config.extras.get("lora") is not None and cfg.parallel == "fsdp":
         raise LyreError("LoRA runs train with train.parallel=ddp (the adapters are small); "
                         "FSDP is for full fine-tuning of large models")
