@@ -530,11 +530,13 @@ def cmd_import_hf(args) -> None:
 
 
 def cmd_export_hf(args) -> None:
+    from lyre.classify.config import is_classifier_run
     from lyre.hf import export_hf
 
     out = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint, force=args.force,
                     peft_adapter=args.peft_adapter)
-    print(f"wrote {out}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    auto = "AutoModelForSequenceClassification" if is_classifier_run(args.run_dir) else "AutoModelForCausalLM"
+    print(f"wrote {out}: load it with transformers.{auto}.from_pretrained({str(out)!r})")
     if args.peft_adapter:
         adapter = args.peft_adapter
         print(f"wrote {adapter}: peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("

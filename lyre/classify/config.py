@@ -8,7 +8,9 @@ route of `lyre serve` need it, the text-generating commands refuse it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from lyre.config import RunConfig, register_section
 from lyre.errors import LyreError
@@ -74,3 +76,12 @@ def run_kind(config: RunConfig) -> str:
     if task:
         return f"a model fine-tuned with --task {task}"
     return "a language model (task 'lm')"
+
+
+def is_classifier_run(run_dir: str | Path) -> bool:
+    """Does RUN_DIR/config.json have a [classify] section? (False when it cannot be read.)"""
+    try:
+        raw = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and "classify" in raw
