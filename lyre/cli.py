@@ -676,6 +676,15 @@ def cmd_serve(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    from lyre.classify.config import is_classifier_run
+
+    if is_classifier_run(args.run_dir):  # POST /v1/classify instead of completions
+        from lyre.classify.predict import load_classifier
+        from lyre.serve.classify_routes import serve_classifier
+
+        serve_classifier(load_classifier(args.run_dir, args.checkpoint, args.device), args.host,
+                         args.port, settings, log_level=args.log_level)
+        return
     run = load_run(args.run_dir, args.checkpoint, args.device, weights=args.weights)
     if args.replace_unknown:
         from lyre.tokenizers.char import replace_unknown
