@@ -100,7 +100,7 @@ def glob_regex(pattern: str) -> str:
             if j < 0:  # no closing bracket: a literal '[' (as fnmatch)
                 out.append(r"\[")
                 continue
-            body = pattern[i:j].replace("\\", "\\\\")
+            body = pattern[i:j].replace("\\", "\\\\").replace("[", "\\[")
             if body.startswith("!"):
                 body = "^" + body[1:]
             out.append(f"[{body}]")
