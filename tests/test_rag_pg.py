@@ -39,9 +39,8 @@ def pg_url():
     """
     import shutil
     import tempfile
-    from pathlib import Path
-
     import warnings
+    from pathlib import Path
 
     with warnings.catch_warnings():  # "XDG_RUNTIME_DIR is not set": it falls back to /tmp
         warnings.simplefilter("ignore")
@@ -196,13 +195,14 @@ def test_embedded_store_passes_the_same_contract(tmp_path):
 
 def test_shared_contract_suite_on_postgres(make_pg):
     contract = pytest.importorskip("rag_store_contract", reason="tests/rag_store_contract.py not merged")
-    runner = getattr(contract, "run_store_contract", None) or getattr(contract, "check_store")
+    runner = getattr(contract, "run_store_contract", None) or contract.check_store
     runner(make_pg)
 
 
 def test_glob_regex_matches_like_fnmatch():
-    from lyre.rag.pgstore import glob_regex
     import re
+
+    from lyre.rag.pgstore import glob_regex
 
     names = ["a.md", "docs/a.md", "docs/sub/b.txt", "x[1].txt", "notes.MD", "a-b.pdf", "c?.txt",
              "weird $^.txt", "back\\slash.txt"]

@@ -9,12 +9,11 @@ module asks the model every question of a QA file and scores what it wrote:
     evidence_shown  questions where the model was shown a passage holding the evidence
 
 Normalisation is SQuAD v1.1's official one (lower case, no punctuation, no a/an/the, single
-spaces), so the numbers compare with published ones. A record is
-{"question": str, "answers": [str, ...], "evidence": str}.
+spaces), so the numbers compare with published ones. Records are
+lyre.rag.evaluate.QARecord ({"question", "answers": [...], "evidence"}, load_qa reads them).
 
-A passage "holds the evidence" when, after collapsing whitespace and case, it contains the
-evidence, or a contiguous part of it covering half the evidence (evidence cut by a chunk
-boundary) or nearly all of a passage shorter than the evidence.
+A passage "holds the evidence" by the retrieval metrics' rule (lyre.rag.evaluate.is_relevant):
+it contains the evidence, lies inside it, or holds half of it at one of its ends.
 """
 
 from __future__ import annotations
@@ -24,9 +23,10 @@ import string
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from difflib import SequenceMatcher
 
-from lyre.rag.chains import Answer, ask
+from lyre.rag.chains import Answer, Source, ask
+from lyre.rag.evaluate import QARecord, is_relevant
+from lyre.rag.types import Chunk
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
@@ -62,18 +62,10 @@ def f1_score(prediction: str, golds: list[str]) -> float:
     return best
 
 
-def _squash(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def holds_evidence(passage: str, evidence: str) -> bool:
-    p, e = _squash(passage), _squash(evidence)
-    if not e:
-        return False
-    if e in p:
-        return True
-    match = SequenceMatcher(None, e, p, autojunk=False).find_longest_match(0, len(e), 0, len(p))
-    return match.size >= min(0.5 * len(e), 0.9 * len(p))
+def holds_evidence(source: Source, evidence: str) -> bool:
+    """The passage the model saw holds the evidence (lyre.rag.evaluate's relevance rule)."""
+    chunk = Chunk(text=source.text, source=source.source, start=source.start, end=source.end)
+    return bool(evidence) and is_relevant(chunk, evidence)
 
 
 @dataclass
@@ -108,7 +100,7 @@ class AnswerReport:
 
 
 def score_answer(answer: Answer, golds: list[str], evidence: str) -> AnswerRecord:
-    shown = [s for s in answer.sources if holds_evidence(s.text, evidence)]
+    shown = [s for s in answer.sources if holds_evidence(s, evidence)]
     return AnswerRecord(
         question=answer.question, answer=answer.text,
         exact_match=exact_match(answer.text, golds), f1=f1_score(answer.text, golds),
@@ -117,16 +109,16 @@ def score_answer(answer: Answer, golds: list[str], evidence: str) -> AnswerRecor
     )
 
 
-def evaluate_answers(records: list[dict], retriever, llm, *, chain: str = "stuff", k: int = 4,
+def evaluate_answers(records: list[QARecord], retriever, llm, *, chain: str = "stuff", k: int = 4,
                      max_tokens: int | None = None, callbacks=None,
                      progress: Callable[[int, int], None] | None = None) -> AnswerReport:
     """Ask every question of `records` and score the answers (means over questions)."""
     scored: list[AnswerRecord] = []
     unparseable = calls = 0
     for i, rec in enumerate(records):
-        answer = ask(rec["question"], retriever, llm, chain=chain, k=k, max_tokens=max_tokens,
+        answer = ask(rec.question, retriever, llm, chain=chain, k=k, max_tokens=max_tokens,
                      callbacks=callbacks)
-        scored.append(score_answer(answer, list(rec["answers"]), rec.get("evidence", "")))
+        scored.append(score_answer(answer, rec.answers, rec.evidence))
         unparseable += answer.unparseable_scores
         calls += answer.llm_calls
         if progress is not None:
