@@ -196,11 +196,17 @@ def _add_serve(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def _add_rag(sub) -> None:
+    from lyre.rag.cli import add_rag_parser  # `lyre rag ...` lives with the rest of lyre.rag
+
+    add_rag_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lyre", description="Build your own GPT from scratch.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_prepare, _add_train, _add_sample, _add_eval, _add_info, _add_presets, _add_plot,
-                _add_import_hf, _add_export_hf, _add_chat, _add_serve):
+                _add_import_hf, _add_export_hf, _add_chat, _add_serve, _add_rag):
         add(sub)
     return parser
 
