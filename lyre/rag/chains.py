@@ -18,7 +18,10 @@ the model's context. Passages that do not fit are trimmed (cut at a word, marked
 dropped, in retrieval order, each with a notice in `answer.notices`; when even the first passage
 cannot get MIN_PASSAGE_TOKENS tokens, it is a LyreError naming the sizes. Passages keep their
 retrieval rank as their number everywhere, and the answer cites them as [n]; `answer.sources`
-lists what the model saw (path, page, offsets), `answer.cited` what the answer cites.
+lists what the model saw (path, page, offsets), `answer.cited` what the answer cites. When the
+answer was written from exactly one passage (map_rerank's pick, a prompt that held one passage)
+and the model cited nothing, that passage's [n] is appended: its provenance is known. Contexts
+under 512 tokens get the compact prompts (lyre.rag.prompts.COMPACT).
 
 Only the final call streams through `on_token` (stuff's one call, refine's last, the reduce
 call; map_rerank delivers the kept answer whole when the scoring is done). Callbacks see every
@@ -36,7 +39,7 @@ from lyre.rag.callbacks import Callbacks, Run, as_callbacks
 from lyre.rag.types import Chunk, Hit
 
 CHAIN_TYPES = ("stuff", "refine", "map_reduce", "map_rerank")
-MIN_PASSAGE_TOKENS = 32  # below this a passage is not worth sending: the context is too small
+MIN_PASSAGE_TOKENS = 8  # room for less of a passage than this: the context is too small
 MAX_COLLAPSE_ROUNDS = 4
 TRIM_MARK = " ..."
 
@@ -107,6 +110,7 @@ class _Item:
     text: str
     chunk: Chunk | None = None
     score: float = 0.0
+    basis: tuple[int, ...] = ()  # notes: the passages they were taken from
 
 
 class _Ctx:
@@ -118,6 +122,8 @@ class _Ctx:
         self.calls = 0
         self.streamed = False
         self.seen: dict[int, Source] = {}  # passages put in some prompt
+        self.prompts = P.prompts_for(llm.context_window)
+        self.basis: set[int] = set()  # the passages the final answer was written from
 
     @property
     def room(self) -> int:
@@ -222,7 +228,8 @@ def call_llm(llm, prompt: str, max_tokens: int, cbs: Callbacks, parent: Run | No
 
 
 def _stuff(ctx: _Ctx, items: list[_Item]) -> str:
-    prompt, _ = ctx.fit(P.STUFF, {"question": ctx.question}, items)
+    prompt, kept = ctx.fit(ctx.prompts.stuff, {"question": ctx.question}, items)
+    ctx.basis = {it.n for it in kept}
     return ctx.call(prompt, "stuff", stream=True)
 
 
@@ -231,16 +238,18 @@ def _refine(ctx: _Ctx, items: list[_Item]) -> str:
     for i, item in enumerate(items):
         last = i == len(items) - 1
         if answer is None:
-            prompt, _ = ctx.fit(P.REFINE_FIRST, {"question": ctx.question}, [item])
+            prompt, _ = ctx.fit(ctx.prompts.refine_first, {"question": ctx.question}, [item])
             answer = ctx.call(prompt, "refine (first passage)", stream=last)
+            ctx.basis.add(item.n)
             continue
         fields = {"question": ctx.question, "answer": answer, "n": item.n}
         try:
-            prompt, _ = ctx.fit(P.REFINE_NEXT, fields, [item])
+            prompt, _ = ctx.fit(ctx.prompts.refine_next, fields, [item])
         except LyreError:  # the answer so far has grown too long to leave room for a passage
             ctx.notices.append(f"passage {item.n} skipped: the answer so far leaves no room for it")
             continue
         better = ctx.call(prompt, f"refine (passage {item.n})", stream=last)
+        ctx.basis.add(item.n)
         if better.strip():
             answer = better
         else:
@@ -252,15 +261,18 @@ def _refine(ctx: _Ctx, items: list[_Item]) -> str:
 def _map_reduce(ctx: _Ctx, items: list[_Item]) -> str:
     notes: list[_Item] = []
     for item in items:
-        prompt, _ = ctx.fit(P.MAP, {"question": ctx.question}, [item])
+        prompt, _ = ctx.fit(ctx.prompts.map, {"question": ctx.question}, [item])
         note = ctx.call(prompt, f"map (passage {item.n})").strip()
         if note and note.upper().rstrip(".") != P.NONE_NOTE:
-            notes.append(_Item(item.n, f"[{item.n}]", note))
+            notes.append(_Item(item.n, f"[{item.n}]", note, basis=(item.n,)))
     if not notes:
         ctx.notices.append("map_reduce: no passage held anything relevant")
         notes = [_Item(0, "(no notes)", "None of the passages holds anything relevant.")]
+        ctx.basis = set()
     notes = _collapse(ctx, notes)
-    prompt, _ = ctx.fit(P.REDUCE, {"question": ctx.question}, notes, slot="notes", what="note")
+    prompt, kept = ctx.fit(ctx.prompts.reduce, {"question": ctx.question}, notes, slot="notes",
+                           what="note")
+    ctx.basis = {n for it in kept for n in it.basis}
     return ctx.call(prompt, "reduce", stream=True)
 
 
@@ -271,11 +283,11 @@ def _collapse(ctx: _Ctx, notes: list[_Item]) -> list[_Item]:
         return ctx.count(template.format(question=ctx.question, **{slot: body})) <= ctx.room
 
     for round_ in range(1, MAX_COLLAPSE_ROUNDS + 1):
-        if fits(P.REDUCE, notes):
+        if fits(ctx.prompts.reduce, notes):
             return notes
         groups: list[list[_Item]] = [[]]
         for note in notes:  # greedy: a group takes notes while its COLLAPSE prompt fits
-            if groups[-1] and not fits(P.COLLAPSE, groups[-1] + [note]):
+            if groups[-1] and not fits(ctx.prompts.collapse, groups[-1] + [note]):
                 groups.append([])
             groups[-1].append(note)
         if all(len(g) == 1 for g in groups):
@@ -285,11 +297,12 @@ def _collapse(ctx: _Ctx, notes: list[_Item]) -> list[_Item]:
             if len(group) == 1:
                 shorter.append(group[0])
                 continue
-            prompt, _ = ctx.fit(P.COLLAPSE, {"question": ctx.question}, group, slot="notes",
+            prompt, _ = ctx.fit(ctx.prompts.collapse, {"question": ctx.question}, group, slot="notes",
                                 what="note")
             text = ctx.call(prompt, f"collapse (round {round_})").strip()
             header = " ".join(g.header for g in group)
-            shorter.append(_Item(group[0].n, header, text or "(nothing kept)"))
+            basis = tuple(n for g in group for n in g.basis)
+            shorter.append(_Item(group[0].n, header, text or "(nothing kept)", basis=basis))
         ctx.notices.append(f"map_reduce: collapsed {len(notes)} notes into {len(shorter)} "
                            f"(round {round_}) to fit the context")
         notes = shorter
@@ -300,7 +313,7 @@ def _map_rerank(ctx: _Ctx, items: list[_Item], scores: dict[int, float | None]) 
     best: tuple[float, int, str] | None = None  # (score, n, answer)
     first: tuple[int, str] | None = None
     for item in items:
-        prompt, _ = ctx.fit(P.RERANK, {"question": ctx.question}, [item])
+        prompt, _ = ctx.fit(ctx.prompts.rerank, {"question": ctx.question}, [item])
         answer, score = P.parse_scored_answer(ctx.call(prompt, f"rerank (passage {item.n})"))
         scores[item.n] = score
         if first is None:
@@ -316,10 +329,9 @@ def _map_rerank(ctx: _Ctx, items: list[_Item], scores: dict[int, float | None]) 
         best = (0.0, *first)
         ctx.notices.append("map_rerank: no reply was scored; kept the top-ranked passage's answer")
     _, n, text = best
+    ctx.basis = {n}
     if not text.strip():
         text = "I do not know."
-    if not P.citations(text):
-        text = f"{text} [{n}]"  # the answer comes from exactly one passage: say which
     if ctx.on_token is not None:
         ctx.on_token(text)
     ctx.streamed = True
@@ -364,8 +376,8 @@ def run_chain(question: str, hits: list[Hit], llm, *, chain: str = "stuff",
     result = Answer(question=question, text="", chain=chain)
     with cbs.run("chain", parent, (chain, {"question": question, "passages": len(hits)})) as run:
         ctx = _Ctx(question, llm, max_tokens, cbs, run, on_token)
-        items = [_Item(i + 1, P.passage_header(i + 1, h.chunk), h.chunk.text, h.chunk, h.score)
-                 for i, h in enumerate(hits)]
+        items = [_Item(i + 1, P.passage_header(i + 1, h.chunk, ctx.prompts.headers), h.chunk.text,
+                       h.chunk, h.score) for i, h in enumerate(hits)]
         if not items:
             text = "I found no passage about this in the index."
             ctx.notices.append("no passage was retrieved; the model was not asked")
@@ -381,6 +393,13 @@ def run_chain(question: str, hits: list[Hit], llm, *, chain: str = "stuff",
             text = _map_rerank(ctx, items, result.scores)
         if not ctx.streamed and items and on_token is not None:
             on_token(text)  # e.g. refine whose last passage was skipped
+        if items and len(ctx.basis) == 1 and not P.citations(text):
+            # Written from exactly one passage (map_rerank's pick, a one-passage prompt) but the
+            # model cited nothing: the provenance is known, so the citation is added.
+            addition = f" [{next(iter(ctx.basis))}]"
+            text = text.rstrip() + addition
+            if on_token is not None:
+                on_token(addition)
         result.text = text
         result.sources = [ctx.seen[n] for n in sorted(ctx.seen)]
         valid = {s.n for s in result.sources}

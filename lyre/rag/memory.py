@@ -2,7 +2,7 @@
 
 A follow-up such as "and who was his father?" finds nothing on its own: "his" names nobody the
 index knows. So each question after the first is first rewritten by the model into a standalone
-question ("Who was Hector's father?") from the conversation so far (prompts.CONDENSE); that
+question ("Who was Hector's father?") from the conversation so far (the condense prompt of lyre.rag.prompts); that
 question is what is retrieved and answered. The answer prompt itself holds the passages, not
 the history, as in LangChain's chain: the history's only job is to resolve the follow-up.
 
@@ -84,8 +84,11 @@ class RAGChat:
         budget = min(CONDENSE_TOKENS, self.max_tokens)
         room = self.llm.context_window - budget
         turns = list(self.memory.turns)
+        prompts = P.prompts_for(self.llm.context_window)
+        compact = not prompts.headers
         while turns:
-            prompt = P.CONDENSE.format(history=P.format_history(turns), question=question)
+            prompt = prompts.condense.format(history=P.format_history(turns, compact),
+                                             question=question)
             if self.llm.count_tokens(prompt) <= room:
                 break
             turns.pop(0)
