@@ -36,7 +36,7 @@ class LexicalConfig:
     b: float = 0.75
     delta: float = 0.5  # bm25l / bm25+ only
     stemmer: str | None = "english"  # a Snowball language, or None
-    stopwords: str | None = "en"  # "en" (Lucene's 33 words), "en_plus" (bm25s' long list), None
+    stopwords: str | None = "en_plus"  # "en" (Lucene's 33 words), "en_plus" (bm25s' long list)
 
     def __post_init__(self) -> None:
         if self.method not in {"robertson", "lucene", "atire", "bm25l", "bm25+"}:

@@ -1,8 +1,10 @@
 """Retriever: a question -> ranked chunks, lexical (BM25), dense (embeddings) or hybrid.
 
-    lexical  BM25 over the store's analysed terms; optionally with pseudo-relevance feedback
-             (RM3: the best terms of the first results are added to the query, then search
-             again), which helps when the question words differ from the text's
+    lexical  BM25 over the store's analysed terms, plus half the mean score of the two chunks
+             on each side ("context": a chunk inside a passage about the question ranks higher
+             than an isolated one that shares a word with it); optionally pseudo-relevance
+             feedback (RM3: the best terms of the first results are added to the query, then
+             search again; it did not help on our questions, so it is off by default)
     dense    cosine similarity of the question's embedding with every chunk's
     hybrid   both rankings fused by reciprocal rank fusion: score = Σ 1 / (rrf_k + rank).
              RRF needs no score calibration between BM25 (unbounded) and cosine ([-1, 1])
@@ -33,6 +35,8 @@ class RetrieverConfig:
     prf_terms: int = 10  # expansion terms added
     prf_weight: float = 0.5  # weight of the original query against the expansion terms
     merge: bool = True  # merge overlapping or touching hits of the same source
+    context_weight: float = 0.5  # add this share of the neighbouring chunks' mean BM25 score
+    context_window: int = 2  # neighbours on each side counted by context_weight
 
 
 class Retriever:
@@ -83,11 +87,14 @@ class Retriever:
         weighted = hasattr(store, "lexical_search_terms") and hasattr(store, "analyze")
         if not weighted:
             return store.lexical_search(query, depth, source_glob)
+        c = self.config
+        extra = {"context_weight": c.context_weight, "context_window": c.context_window} \
+            if c.context_weight > 0 else {}
         weights = query_weights(store.analyze(query))
-        hits = store.lexical_search_terms(weights, depth, source_glob)
-        if self.config.prf_docs > 0 and hits:
-            weights = self._rm3(weights, hits[: self.config.prf_docs])
-            hits = store.lexical_search_terms(weights, depth, source_glob)
+        hits = store.lexical_search_terms(weights, depth, source_glob, **extra)
+        if c.prf_docs > 0 and hits:
+            weights = self._rm3(weights, hits[: c.prf_docs])
+            hits = store.lexical_search_terms(weights, depth, source_glob, **extra)
         return hits
 
     def _rm3(self, weights: dict[str, float], feedback: list[Hit]) -> dict[str, float]:

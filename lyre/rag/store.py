@@ -69,6 +69,23 @@ def _row_chunk(row) -> Chunk:
                  chunk_id=chunk_id)
 
 
+def neighbour_mean(scores: np.ndarray, codes: np.ndarray, window: int) -> np.ndarray:
+    """Mean score of the up-to-`window` chunks before and after each chunk of the same source
+    (rows of one source are contiguous and in text order: each source is written at once)."""
+    n = len(scores)
+    csum = np.concatenate([[0.0], np.cumsum(scores, dtype=np.float64)])
+    idx = np.arange(n)
+    change = np.flatnonzero(np.diff(codes)) + 1  # first row of each run of one source
+    starts = np.concatenate([[0], change])
+    ends = np.concatenate([change, [n]])
+    run = np.repeat(np.arange(len(starts)), ends - starts)
+    lo = np.maximum(idx - window, starts[run])
+    hi = np.minimum(idx + window + 1, ends[run])
+    total = csum[hi] - csum[lo] - scores
+    count = np.maximum(hi - lo - 1, 1)
+    return (total / count).astype(np.float32)
+
+
 class _Lexical:
     """The BM25 matrix of one generation and which SQLite row each of its documents is."""
 
@@ -281,12 +298,18 @@ class EmbeddedStore:
         return self.lexical_search_terms(query_weights(self.analyze(query)), k, source_glob)
 
     def lexical_search_terms(self, weights: dict[str, float], k: int,
-                             source_glob: str | None = None) -> list[Hit]:
-        """BM25 search with a weight per (analysed) term: what query expansion needs."""
+                             source_glob: str | None = None, context_weight: float = 0.0,
+                             context_window: int = 0) -> list[Hit]:
+        """BM25 search with a weight per (analysed) term: what query expansion needs.
+        context_weight > 0 adds that share of the mean score of the `context_window` chunks
+        on each side (same source): a chunk in a passage about the question scores higher."""
         lex = self._lexical_index()
         if not weights or lex.index.num_docs == 0:
             return []
         scores = lex.index.scores(weights)
+        if context_weight > 0 and context_window > 0:
+            scores = scores + context_weight * neighbour_mean(scores, lex.source_codes,
+                                                              context_window)
         mask = self._mask(lex.source_codes, lex.source_names, source_glob)
         return self._hits(top_k(scores, k, mask), lex.rows)
 
