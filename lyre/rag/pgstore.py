@@ -178,9 +178,9 @@ class PgStore:
 
     def acquire_write_lock(self) -> None:
         """Become the only writer of this index until close(); LyreError if another holds it."""
+        self._create()
         if self._locked:
             return
-        self._create()
         (got,), = self._run("SELECT pg_try_advisory_lock(hashtext(%s))", (f"lyre:{self.schema}",))
         if not got:
             raise LyreError(f"index {self.collection} in {masked(self.url)} is being written by "
@@ -304,6 +304,9 @@ class PgStore:
             self.conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
             self.conn.execute(f"SET LOCAL hnsw.ef_search = {max(40, min(1000, 2 * k))}")
             return _hits(self._run(sql, (_vector_text(vector), *params, k)))
+
+    def has_vectors(self) -> bool:
+        return self._vector_dim() is not None
 
     def _filter(self, source_glob: str | None) -> tuple[str, tuple]:
         if source_glob is None:
