@@ -190,6 +190,10 @@ def _add_serve(sub) -> None:
                    help="at the end of the context: stop with finish_reason length (default, as "
                         "OpenAI) or slide the window and keep generating")
     _add_model_flags(p)
+    p.add_argument("--rag", default=None, metavar="IDX",
+                   help="also answer POST /v1/rag/answer from this index (docs/rag.md)")
+    p.add_argument("--rag-embedder", default=None, metavar="SPEC",
+                   help="embedder of the --rag index's vectors (default none: BM25)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (default 0: torch's choice, one per core)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -445,7 +449,8 @@ def cmd_serve(args) -> None:
     settings = ServeSettings(model_name=args.model_name, api_key=args.api_key or os.environ.get("LYRE_API_KEY"),
                              max_batch=args.max_batch, max_queue=args.max_queue,
                              max_body_bytes=args.max_body_bytes, chat_template=args.template,
-                             shutdown_timeout=args.shutdown_timeout, overflow=args.context_overflow)
+                             shutdown_timeout=args.shutdown_timeout, overflow=args.context_overflow,
+                             rag_index=args.rag, rag_embedder=args.rag_embedder)
     settings.validate()
     if args.threads < 0:
         raise LyreError(f"--threads must be >= 0; got {args.threads}")

@@ -367,7 +367,7 @@ def test_openai_llm_without_tokenize_or_context_uses_safe_bounds():
         assert llm.context_window == 2048 - 64
         assert llm.count_tokens("héllo") == 6  # one per UTF-8 byte: never undercounts
         notes = llm.take_notices()
-        assert any("context length" in n for n in notes) and any("/tokenize" in n for n in notes)
+        assert any("context length" in n for n in notes) and any("tokenize route" in n for n in notes)
 
 
 @pytest.mark.parametrize("failure, message", [(500, "answered 500: the model fell over"),

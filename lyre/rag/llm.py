@@ -14,9 +14,9 @@ is greedy by default: question answering wants the model's best answer, and the 
 twice.
 
 Counting tokens exactly matters: the chains promise never to overflow the context. In process
-that is the run's tokenizer. Over HTTP it is the server's `POST /tokenize` when it has one
-(lyre serve and vLLM do), else a bound that cannot undercount for byte-level tokenizers (one
-token per UTF-8 byte), said once.
+that is the run's tokenizer. Over HTTP it is the server's tokenize route when it has one (lyre
+serve's POST /v1/tokenize, vLLM's POST /tokenize), else a bound that cannot undercount for
+byte-level tokenizers (one token per UTF-8 byte), said once.
 """
 
 from __future__ import annotations
@@ -81,29 +81,22 @@ class _Notices:
 # In process: a lyre run through the engine
 
 
-class EngineLLM:
-    """A lyre run answering in this process (`lyre rag ask --model RUN`)."""
+class RunPrompts:
+    """A lyre run's side of answering: its tokenizer and chat template, so prompts are laid out
+    and counted exactly as the model will see them. EngineLLM (in process) and the server's
+    RAG route (through its scheduler) add how the model is run."""
 
-    def __init__(self, run, *, template: str | None = None, temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, seed: int | None = 0,
-                 notice: NoticeFn | None = None) -> None:
+    def __init__(self, run, template: str | None = None, notice: NoticeFn | None = None) -> None:
         from lyre.chat import get_template, template_name_for_run
-        from lyre.engine import Engine
-        from lyre.runs import load_run
 
-        if isinstance(run, str | Path):
-            run = load_run(run)
         self.run = run
         self.name = Path(run.run_dir).name
         self.tokenizer = run.tokenizer
         self.template = get_template(template or template_name_for_run(run.run_dir))
-        self.engine = Engine(run.model, run.tokenizer, device=run.device)
         self.block_size = run.config.model.block_size
-        self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
         self.notices = _Notices(notice)
         overhead = len(self._encode(self._render("")))
         self.context_window = self.block_size - overhead - BOUNDARY_MARGIN
-        self._replacements: dict[str, str] | None = None
 
     def _render(self, text: str) -> str:
         return self.template.render([{"role": "user", "content": text}])
@@ -129,18 +122,47 @@ class EngineLLM:
     def count_tokens(self, text: str) -> int:
         return len(self._encode(text))
 
-    def complete(self, prompt: str, max_tokens: int, stop: list[str] | None = None,
-                 on_token: TokenFn | None = None) -> str:
-        from lyre.chat import AnswerTrimmer
-        from lyre.engine import SamplingConfig
-
+    def prompt_ids(self, prompt: str, max_tokens: int) -> list[int]:
+        """The token ids of `prompt` laid out by the template; refuses to overflow the context."""
         ids = self._encode(self._render(prompt))
         if len(ids) + max_tokens > self.block_size:
             raise LyreError(f"the prompt ({len(ids)} tokens) and the answer budget ({max_tokens}) "
                             f"exceed {self.name}'s context of {self.block_size} tokens")
-        params = SamplingConfig(max_new_tokens=max_tokens, temperature=self.temperature,
-                                top_k=self.top_k, top_p=self.top_p, seed=self.seed,
-                                stop=tuple(self.template.stop) + tuple(stop or ()), overflow="stop")
+        return ids
+
+    def sampling(self, max_tokens: int, stop: list[str] | None, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int | None = 0):
+        from lyre.engine import SamplingConfig
+
+        return SamplingConfig(max_new_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                              top_p=top_p, seed=seed, overflow="stop",
+                              stop=tuple(self.template.stop) + tuple(stop or ()))
+
+    def take_notices(self) -> list[str]:
+        return self.notices.take()
+
+
+class EngineLLM(RunPrompts):
+    """A lyre run answering in this process (`lyre rag ask --model RUN`)."""
+
+    def __init__(self, run, *, template: str | None = None, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int | None = 0,
+                 notice: NoticeFn | None = None) -> None:
+        from lyre.engine import Engine
+        from lyre.runs import load_run
+
+        if isinstance(run, str | Path):
+            run = load_run(run)
+        super().__init__(run, template, notice)
+        self.engine = Engine(run.model, run.tokenizer, device=run.device)
+        self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
+
+    def complete(self, prompt: str, max_tokens: int, stop: list[str] | None = None,
+                 on_token: TokenFn | None = None) -> str:
+        from lyre.chat import AnswerTrimmer
+
+        ids = self.prompt_ids(prompt, max_tokens)
+        params = self.sampling(max_tokens, stop, self.temperature, self.top_k, self.top_p, self.seed)
         trimmer = AnswerTrimmer(True)
         pieces = []
         for raw in self.engine.stream(ids, params):
@@ -150,9 +172,6 @@ class EngineLLM:
                 if on_token is not None:
                     on_token(piece)
         return "".join(pieces)
-
-    def take_notices(self) -> list[str]:
-        return self.notices.take()
 
 
 _FOLDS = {"\u2014": "-", "\u2013": "-", "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
@@ -202,7 +221,7 @@ class OpenAILLM:
                                  timeout=httpx.Timeout(timeout, connect=10.0))
         self.notices = _Notices(notice)
         self._counts: dict[str, int] = {}
-        self._tokenize: bool | None = None  # does the server have POST /tokenize?
+        self._tokenize: str | bool | None = None  # the server's tokenize URL; False: none
         info = self._model_info()
         window = context_window or info.get("context_length") or info.get("max_model_len") \
             or info.get("context_window")
@@ -247,21 +266,27 @@ class OpenAILLM:
     # ---- tokens --------------------------------------------------------------------------
 
     def _server_count(self, messages: list[dict]) -> int | None:
-        """Exact count from the server's POST /tokenize (vLLM's shape), or None without one."""
+        """Exact count from the server's tokenize route (lyre serve's /v1/tokenize, vLLM's
+        /tokenize: {"count": n}), or None when it has neither."""
         if self._tokenize is False:
             return None
         body = {"model": self.name, "messages": messages, "add_generation_prompt": True}
-        try:
-            r = self.http.post(f"{self.root}/tokenize", json=body)
-            count = r.json().get("count") if r.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, AttributeError):
-            count = None
+        paths = [self._tokenize] if isinstance(self._tokenize, str) else \
+            [f"{self.api}/tokenize", f"{self.root}/tokenize"]
+        for url in paths:
+            try:
+                r = self.http.post(url, json=body)
+                count = r.json().get("count") if r.status_code == 200 else None
+            except (httpx.HTTPError, ValueError, AttributeError):
+                count = None
+            if isinstance(count, int):
+                self._tokenize = url
+                return count
         if self._tokenize is None:
-            self._tokenize = isinstance(count, int)
-            if not self._tokenize:
-                self.notices.say_once("count", f"{self.root} has no POST /tokenize; counting one "
-                                               "token per UTF-8 byte, a bound that never undercounts")
-        return count if isinstance(count, int) else None
+            self._tokenize = False
+            self.notices.say_once("count", f"{self.root} has no tokenize route; counting one "
+                                           "token per UTF-8 byte, a bound that never undercounts")
+        return None
 
     def _template_overhead(self) -> int:
         self._empty = self._server_count([{"role": "user", "content": ""}])

@@ -58,10 +58,12 @@ class RAGChat:
         self.max_tokens = check_max_tokens(llm, max_tokens)
         self.cbs = as_callbacks(callbacks)
         self.memory = memory or ChatMemory()
+        self._condense_calls = 0  # model calls of the current turn's condensing
 
     def ask(self, question: str, on_token: Callable[[str], None] | None = None) -> Answer:
         question = check_question(question)
         notices: list[str] = []
+        self._condense_calls = 0
         with self.cbs.run("chain", None, ("conversational_retrieval_qa",
                                           {"question": question, "chain": self.chain})) as run:
             standalone = self.condense(question, run, notices) if self.memory.turns else question
@@ -74,6 +76,7 @@ class RAGChat:
         answer.question = question
         answer.standalone_question = standalone
         answer.notices = notices + answer.notices
+        answer.llm_calls += self._condense_calls
         self.memory.add(question, answer.text)
         return answer
 
@@ -101,8 +104,9 @@ class RAGChat:
             notices.append(f"{left_out} oldest turn{'s' if left_out > 1 else ''} left out of the "
                            "conversation to fit the model's context")
         text = call_llm(self.llm, prompt, budget, self.cbs, parent, "condense question")
+        self._condense_calls += 1
         standalone = _first_line(text)
-        if not standalone:
+        if not any(ch.isalnum() for ch in standalone):  # nothing, or no word at all
             notices.append("the model did not rewrite the follow-up; it is searched as it is")
             return question
         return standalone
