@@ -316,8 +316,7 @@ class EmbeddedStore:
     def term_document_frequency(self, terms: list[str]) -> dict[str, int]:
         """How many chunks contain each term (for weighting expansion terms)."""
         index = self._lexical_index().index
-        return {t: int(index.indptr[index.vocab[t] + 1] - index.indptr[index.vocab[t]])
-                if t in index.vocab else 0 for t in terms}
+        return {t: index.document_frequency(t) for t in terms}
 
     def _lexical_index(self) -> _Lexical:
         generation = self.generation()
