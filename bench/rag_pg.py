@@ -38,7 +38,7 @@ from lyre.rag.types import Chunk  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 BOOKS = [SHARED / "rag" / "sherlock_holmes_pg1661.txt", SHARED / "iliad.txt"]
-QA_FILES = [ROOT / "lyre" / "rag" / "data" / "dev_qa.jsonl"]
+QA_FILES = [ROOT / "lyre" / "rag" / "data" / "dev_qa.jsonl"]  # --qa puts another first
 DIM = 64
 PER_SOURCE = 100
 
@@ -140,7 +140,10 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--url", default=None, help="an existing PostgreSQL (default: start one)")
+    ap.add_argument("--qa", type=Path, default=None, help="QA file (default: the dev set)")
     args = ap.parse_args()
+    if args.qa is not None:
+        QA_FILES.insert(0, args.qa)
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"# machine: {machine()}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="lyre-bench-pg-"))
