@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -145,6 +146,7 @@ def main() -> None:
     if args.qa is not None:
         QA_FILES.insert(0, args.qa)
     sizes = [int(s) for s in args.sizes.split(",")]
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))  # still stop the server on kill
     print(f"# machine: {machine()}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="lyre-bench-pg-"))
     server = None

@@ -319,3 +319,16 @@ def test_cli_index_and_search_on_postgres(pg_url, tmp_path, capsys):
     assert err.count("\n") == 1 and "cannot connect to PostgreSQL" in err
     assert main(["rag", "ask", f"{pg_url}#nothing_here", "q?", "--llm-url", "http://x"]) == 2
     assert "is empty" in capsys.readouterr().err
+
+
+def test_lexical_ranking_weighs_rare_words_above_common_ones(make_pg):
+    store = make_pg()
+    common = [f"The man walked to the man of the hill, man number {i}." for i in range(40)]
+    store.replace_source("common.txt", "h1", _chunks("common.txt", common), None)
+    store.replace_source("rare.txt", "h2", _chunks("rare.txt", ["Hector stood by the gate."]), None)
+    store.flush()  # ANALYZE: the term statistics the idf comes from
+    hits = store.lexical_search("man Hector", 3)
+    assert hits[0].chunk.source == "rare.txt"  # one rare word beats three common ones
+    # "man" is in almost every chunk: it scores but does not select candidates on its own
+    assert len(hits) == 1
+    assert len(store.lexical_search("man walked", 3)) == 3  # only common words: they select

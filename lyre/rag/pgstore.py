@@ -7,11 +7,14 @@ When one machine is not enough (many users, millions of chunks, several writers 
 the chunks move to PostgreSQL with the pgvector extension:
 
     dense side    pgvector `vector(dim)` column with an HNSW index (inner product: the vectors
-                  are unit length, so that is cosine similarity); filtered searches use
-                  pgvector's iterative index scans so a source filter still returns k hits
+                  are unit length, so that is cosine similarity), built by flush() after the
+                  first load; filtered searches use pgvector's iterative index scans so a
+                  source filter still returns k hits
     lexical side  a generated `tsvector` column (the 'english' text search configuration:
-                  Snowball stemming and stop words, as the embedded BM25) with a GIN index,
-                  ranked by ts_rank_cd; the query's words are OR-ed, as BM25 does, not AND-ed
+                  Snowball stemming and stop words, as the embedded BM25) with a GIN index;
+                  chunks holding any query term (OR, as BM25, not plainto_tsquery's AND),
+                  ranked by Σ idf(term) * ts_rank(term) with the idf from PostgreSQL's own
+                  column statistics (see lexical_search)
     filters       a source glob (fnmatch rules: `*` also crosses '/') becomes a regex on the
                   source column
     writes        replace_source / delete_source are single transactions; one writer per
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import re
 import time
 from urllib.parse import urlsplit, urlunsplit
@@ -38,6 +42,8 @@ from lyre.errors import LyreError
 from lyre.rag.types import Chunk, Hit
 
 TEXT_CONFIG = "english"  # PostgreSQL's text search configuration for the lexical side
+COMMON_TERM = 0.05  # terms in more than this share of chunks do not select candidates
+STATS_TTL_S = 60.0  # how long the term statistics are reused
 DEFAULT_COLLECTION = "default"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
@@ -110,6 +116,17 @@ def glob_regex(pattern: str) -> str:
     return "^" + "".join(out) + "$"
 
 
+def _idf(share: float) -> float:
+    """BM25's idf from the share of chunks holding a term: ln(1 + (1 - p) / p)."""
+    p = min(max(share, 1e-9), 0.99)
+    return math.log(1 + (1 - p) / p)
+
+
+def _tsquery_term(lexeme: str) -> str:
+    """One lexeme as a tsquery literal ('it''s'): already normalised, so matched as is."""
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 def _vector_text(v: np.ndarray) -> str:
     return "[" + ",".join(f"{x:.7g}" for x in np.asarray(v, dtype=np.float32).tolist()) + "]"
 
@@ -136,6 +153,7 @@ class PgStore:
         self._locked = False
         self._exists = self._schema_exists()
         self._dim: int | None = None
+        self._stats: tuple[float, tuple[dict[str, float], float]] | None = None
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -207,8 +225,8 @@ class PgStore:
             self._dim = int(rows[0][0]) if rows else None
         return self._dim
 
-    def _ensure_vector_index(self, dim: int) -> None:
-        """Fix the column to vector(dim) and build the HNSW index, the first time vectors come."""
+    def _ensure_vector_column(self, dim: int) -> None:
+        """Fix the column to vector(dim) the first time vectors come (HNSW needs a dimension)."""
         have = self._vector_dim()
         if have == dim:
             return
@@ -217,8 +235,6 @@ class PgStore:
                             f"have {dim}; use the embedder the index was built with (or --rebuild)")
         with self.conn.transaction():
             self.conn.execute(self._q(f"ALTER TABLE {{s}}.chunks ALTER COLUMN embedding TYPE vector({dim})"))
-            self.conn.execute(self._q("CREATE INDEX IF NOT EXISTS chunks_hnsw ON {s}.chunks "
-                                      "USING hnsw (embedding vector_ip_ops)"))
             self.conn.execute(self._q("INSERT INTO {s}.meta VALUES ('vector_dim', %s)"), (str(dim),))
         self._dim = dim
 
@@ -235,7 +251,7 @@ class PgStore:
             raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
         self.acquire_write_lock()
         if vectors is not None and len(chunks):
-            self._ensure_vector_index(int(np.asarray(vectors).shape[1]))
+            self._ensure_vector_column(int(np.asarray(vectors).shape[1]))
         texts = [_vector_text(v) for v in vectors] if vectors is not None else [None] * len(chunks)
         with self.conn.transaction():  # all or nothing: old chunks out, new chunks in
             self.conn.execute(self._q("DELETE FROM {s}.sources WHERE source = %s"), (source,))
@@ -255,7 +271,17 @@ class PgStore:
         return bool(rows)  # its chunks go with it (ON DELETE CASCADE), in the same statement
 
     def flush(self) -> None:
-        """Nothing to do: PostgreSQL keeps its indexes current with every write."""
+        """After a batch of writes (index_paths calls it once at the end): build the HNSW index
+        if there are vectors and none yet (one build over all rows is much faster than growing
+        the graph row by row; later writes update it), and refresh the planner's statistics,
+        which the lexical ranking reads its term frequencies from."""
+        if not self._locked:
+            return
+        if self._vector_dim() is not None:
+            self._run("CREATE INDEX IF NOT EXISTS chunks_hnsw ON {s}.chunks "
+                      "USING hnsw (embedding vector_ip_ops)", fetch=False)
+        self._run("ANALYZE {s}.chunks", fetch=False)
+        self._stats = None
 
     # -- the Store protocol: reads -------------------------------------------------------------
 
@@ -273,15 +299,51 @@ class PgStore:
         return [found[c] for c in chunk_ids if c in found]
 
     def lexical_search(self, query: str, k: int, source_glob: str | None = None) -> list[Hit]:
+        """Chunks holding any of the query's terms, ranked by Σ idf(term) * ts_rank(term).
+
+        ts_rank alone weighs every word alike (PostgreSQL keeps no document frequencies), so
+        "Hector" would count no more than "man"; the idf comes from the planner's statistics of
+        the tsvector column (the ~1000 most common lexemes and the share of chunks holding each,
+        refreshed by ANALYZE in flush()). Terms in over COMMON_TERM of the chunks still score but
+        do not select candidates, which keeps the rows ranked (and the latency) small.
+        """
         if not self._exists or k < 1 or not query.strip():
             return []
+        rows = self._run(f"SELECT unnest(tsvector_to_array(to_tsvector('{TEXT_CONFIG}', %s)))",
+                         (query,))
+        terms = [r[0] for r in rows]
+        if not terms:
+            return []  # only stop words
+        share, floor = self._term_shares()
+        idf = [_idf(share.get(t, floor / 2)) for t in terms]
+        selective = [t for t in terms if share.get(t, 0.0) < COMMON_TERM] or terms
         where, params = self._filter(source_glob)
-        # plainto_tsquery AND-s the words; a question's words should each add evidence (OR).
-        sql = (f"WITH q AS (SELECT replace(plainto_tsquery('{TEXT_CONFIG}', %s)::text, '&', '|')"
-               f"::tsquery AS query) "
-               f"SELECT {_COLUMNS}, ts_rank_cd(tsv, q.query) AS score FROM {{s}}.chunks, q "
-               f"WHERE tsv @@ q.query {where} ORDER BY score DESC, id LIMIT %s")
-        return _hits(self._run(sql, (query, *params, k)))
+        sql = (f"WITH terms AS (SELECT t.term::tsquery AS q, t.idf "
+               f"FROM unnest(%s::text[], %s::float8[]) AS t(term, idf)) "
+               f"SELECT {_COLUMNS}, (SELECT sum(terms.idf * ts_rank(c.tsv, terms.q, 1)) FROM terms) "
+               f"AS score FROM {{s}}.chunks c WHERE c.tsv @@ %s::tsquery {where} "
+               f"ORDER BY score DESC, c.id LIMIT %s")
+        quoted = [_tsquery_term(t) for t in terms]
+        filter_query = " | ".join(_tsquery_term(t) for t in selective)
+        return _hits(self._run(sql, (quoted, idf, filter_query, *params, k)))
+
+    def _term_shares(self) -> tuple[dict[str, float], float]:
+        """({lexeme: share of chunks holding it} for the most common lexemes, the smallest share
+        listed); ({}, 1.0) before the first ANALYZE. Cached for STATS_TTL_S seconds."""
+        now = time.monotonic()
+        if self._stats is not None and now - self._stats[0] < STATS_TTL_S:
+            return self._stats[1]
+        rows = self._run("SELECT most_common_elems::text::text[], most_common_elem_freqs "
+                         "FROM pg_stats WHERE schemaname = %s AND tablename = 'chunks' "
+                         "AND attname = 'tsv'", (self.schema,))
+        if rows and rows[0][0]:
+            elems, freqs = rows[0]
+            # the last three numbers are the smallest and largest share and the null share
+            result = (dict(zip(elems, freqs, strict=False)), float(freqs[-3]))
+        else:
+            result = ({}, 1.0)
+        self._stats = (now, result)
+        return result
 
     def vector_search(self, vector: np.ndarray, k: int, source_glob: str | None = None) -> list[Hit]:
         if not self._exists or k < 1:
@@ -334,6 +396,7 @@ class PgStore:
         if self.conn.closed:
             return
         try:
+            self.flush()
             if self._locked:  # also released by the server when the connection closes
                 self._run("SELECT pg_advisory_unlock(hashtext(%s))", (f"lyre:{self.schema}",))
         except LyreError:
