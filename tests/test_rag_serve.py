@@ -267,3 +267,37 @@ def test_the_served_embeddings_can_build_and_search_an_index(server, tmp_path):
     hits = Retriever(store, embedder, mode="dense").search("Hector, son of Priam", k=1)
     assert hits and hits[0].chunk.text.startswith("Hector, son of Priam")
     store.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# A character-level run (like the demo) served: characters it never saw are replaced, not fatal
+
+
+@pytest.fixture(scope="module")
+def char_run(tmp_path_factory, tiny_config):
+    from lyre.train import train
+
+    run_dir = tmp_path_factory.mktemp("char-run") / "char"
+    train(tiny_config("model.block_size=128", "train.max_iters=4", "train.eval_interval=4"),
+          run_dir, progress=False, plot=False)
+    return load_run(run_dir, device="cpu")
+
+
+def test_a_char_model_behind_lyre_serve_gets_unknown_characters_replaced(char_run):
+    from lyre.rag.llm import OpenAILLM
+    from lyre.rag.types import Chunk, Hit
+
+    hits = [Hit(Chunk(text="Hector — “tamer of horses”, son of Priam; café 42.", source="a.txt",
+                      start=0, end=50), 1.0, 1)]
+
+    class Fixed:
+        def search(self, query, k=4, source_glob=None):
+            return hits
+
+    with start_background(char_run, ServeSettings()) as srv:
+        tok = httpx.post(srv.url + "/v1/tokenize", json={"prompt": "café [1]"}).json()
+        assert tok["count"] == 8 and "é" in tok["unknown"] and "[" in tok["unknown"]
+        llm = OpenAILLM(srv.url, "char")
+        answer = ask("Who was Hector?", Fixed(), llm, chain="stuff", max_tokens=8)
+    assert answer.sources and answer.sources[0].source == "a.txt"
+    assert any("does not know some characters" in n for n in answer.notices)

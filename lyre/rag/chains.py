@@ -152,7 +152,7 @@ class _Ctx:
             raise LyreError(
                 f"the model's context ({self.llm.context_window} tokens for the prompt and answer) "
                 f"cannot hold one {what}: the instructions and question take "
-                f"{self.room + self.max_tokens - free} tokens and the answer {self.max_tokens}; "
+                f"{self.room - free} tokens and the answer {self.max_tokens}; "
                 "use a model with a longer context, a smaller --max-tokens or a shorter question")
         kept: list[_Item] = []
         for i, item in enumerate(items):

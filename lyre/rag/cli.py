@@ -355,12 +355,14 @@ def cmd_ask(args) -> None:
                      callbacks=make_callbacks(args), on_token=None if args.json else _write)
     finally:
         store.close()
+    if not args.json:
+        print(flush=True)  # end the streamed answer's line before any note on stderr
     for notice in answer.notices:
         _note(notice)
     if args.json:
         print(json.dumps(answer.to_dict(), ensure_ascii=False, indent=1))
         return
-    print("\n\n" + answer.format_sources())
+    print("\n" + answer.format_sources())
 
 
 def cmd_chat(args) -> None:
@@ -391,11 +393,12 @@ def cmd_chat(args) -> None:
                 print("(conversation forgotten)")
                 continue
             answer = chat.ask(line, on_token=_write)
+            print(flush=True)
             for notice in answer.notices:
                 _note(notice)
             if answer.standalone_question and answer.standalone_question != line:
                 _note(f"searched for: {answer.standalone_question}")
-            print("\n\n" + answer.format_sources() + "\n", flush=True)
+            print("\n" + answer.format_sources() + "\n", flush=True)
     finally:
         store.close()
 

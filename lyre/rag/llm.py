@@ -178,7 +178,17 @@ _FOLDS = {"\u2014": "-", "\u2013": "-", "\u2018": "'", "\u2019": "'", "\u201c": 
           "\u2026": "...", "\u00a0": " ", "\t": " "}
 
 
-def _closest_known(c: str, known: dict) -> str:
+class _AllBut:
+    """`c in known` for every character except the ones a server said it lacks."""
+
+    def __init__(self, unknown: set[str]) -> None:
+        self.unknown = unknown
+
+    def __contains__(self, c: str) -> bool:
+        return c not in self.unknown
+
+
+def _closest_known(c: str, known) -> str:
     folded = _FOLDS.get(c) or "".join(
         ch for ch in unicodedata.normalize("NFKD", c) if not unicodedata.combining(ch))
     if folded and all(ch in known for ch in folded):
@@ -222,6 +232,7 @@ class OpenAILLM:
         self.notices = _Notices(notice)
         self._counts: dict[str, int] = {}
         self._tokenize: str | bool | None = None  # the server's tokenize URL; False: none
+        self._unknown: set[str] = set()  # characters the served model lacks (lyre serve says)
         info = self._model_info()
         window = context_window or info.get("context_length") or info.get("max_model_len") \
             or info.get("context_window")
@@ -276,17 +287,37 @@ class OpenAILLM:
         for url in paths:
             try:
                 r = self.http.post(url, json=body)
-                count = r.json().get("count") if r.status_code == 200 else None
+                reply = r.json() if r.status_code == 200 else {}
+                count = reply.get("count")
             except (httpx.HTTPError, ValueError, AttributeError):
-                count = None
+                count, reply = None, {}
             if isinstance(count, int):
                 self._tokenize = url
+                self._note_unknown(reply.get("unknown"))
                 return count
         if self._tokenize is None:
             self._tokenize = False
             self.notices.say_once("count", f"{self.root} has no tokenize route; counting one "
                                            "token per UTF-8 byte, a bound that never undercounts")
         return None
+
+    def _note_unknown(self, chars) -> None:
+        """lyre serve's tokenize lists the characters a char-level model lacks; they are
+        replaced before sending (the server refuses them), as EngineLLM does in process."""
+        if not isinstance(chars, list):
+            return
+        new = {c for c in chars if isinstance(c, str) and len(c) == 1} - self._unknown
+        if new:
+            self._unknown |= new
+            shown = ", ".join(repr(c) for c in sorted(self._unknown)[:8])
+            self.notices.say_once("oov", f"the model {self.name} does not know some characters of "
+                                         f"the retrieved text ({shown}); they are replaced")
+
+    def fit_vocabulary(self, text: str) -> str:
+        if not self._unknown or not (set(text) & self._unknown):
+            return text
+        known = _AllBut(self._unknown)
+        return text.translate(str.maketrans({c: _closest_known(c, known) for c in self._unknown}))
 
     def _template_overhead(self) -> int:
         self._empty = self._server_count([{"role": "user", "content": ""}])
@@ -307,6 +338,7 @@ class OpenAILLM:
 
     def complete(self, prompt: str, max_tokens: int, stop: list[str] | None = None,
                  on_token: TokenFn | None = None) -> str:
+        prompt = self.fit_vocabulary(prompt)
         body = {"model": self.name, "messages": [{"role": "user", "content": prompt}],
                 "max_tokens": max_tokens, "temperature": self.temperature, "stream": True}
         if stop:

@@ -11,7 +11,8 @@ base64 of little-endian float32s. A language model's states are a weak retriever
 model was trained for it: measure before relying on them.
 
 Tokenize: how many tokens a prompt (or chat messages, laid out by the run's template) takes,
-so a client (lyre rag's OpenAILLM) can fit prompts to the context exactly.
+so a client (lyre rag's OpenAILLM) can fit prompts to the context exactly; for a char-level
+model also which characters it lacks (`unknown`), which the client replaces before sending.
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class TokenizeResponse(BaseModel):
     count: int
     max_model_len: int
     tokens: list[int]
+    unknown: list[str] = Field(default_factory=list, description=(
+        "Characters a character-level model lacks (counted as one token each); the generation "
+        "routes refuse them, so replace them before sending."))
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingList,
@@ -117,8 +121,17 @@ async def tokenize(req: TokenizeRequest, request: Request):
             raise APIError(400, str(e), param="messages") from None
     else:
         text = req.prompt
+    unknown: list[str] = []
+    known = getattr(serve.tokenizer, "_stoi", None)
+    if serve.tokenizer.kind == "char" and known is not None and text:
+        # Count what the text would be with them replaced one for one, and say which they are.
+        unknown = sorted(set(text) - known.keys())
+        if unknown:
+            fill = next(iter(known))
+            text = text.translate(str.maketrans({c: fill for c in unknown}))
     ids = await asyncio.to_thread(serve.encode_text, text, "prompt") if text else []
-    return TokenizeResponse(count=len(ids), max_model_len=serve.block_size, tokens=ids)
+    return TokenizeResponse(count=len(ids), max_model_len=serve.block_size, tokens=ids,
+                            unknown=unknown)
 
 
 def _ids_of(serve: ServeState, item) -> list[int]:
