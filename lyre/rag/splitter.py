@@ -22,6 +22,7 @@ of a sentence rather than at a line break in the middle of one.
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,6 +78,8 @@ class RecursiveSplitter:
         return self._split(text, (0, len(text)), self.config.separators())
 
     def _len(self, text: str, span: Span) -> int:
+        if self.length is len:  # characters: no need to copy the piece out
+            return span[1] - span[0]
         return self.length(text[span[0]:span[1]])
 
     def _split(self, text: str, span: Span, separators: list[tuple[str, bool]]) -> list[Span]:
@@ -86,7 +89,7 @@ class RecursiveSplitter:
             if sep == "":
                 separator = (sep, is_regex)
                 break
-            if re.search(sep if is_regex else re.escape(sep), text[span[0]:span[1]]):
+            if _pattern(sep, is_regex).search(text, span[0], span[1]):
                 separator, remaining = (sep, is_regex), separators[i + 1:]
                 break
         pieces = _cut(text, span, *separator)
@@ -155,10 +158,15 @@ def _cut(text: str, span: Span, separator: str, is_regex: bool) -> list[Span]:
     start, end = span
     if separator == "":
         return [(i, i + 1) for i in range(start, end)]
-    pattern = re.compile(separator if is_regex else re.escape(separator))
-    cuts = [m.start() + start for m in pattern.finditer(text[start:end]) if m.end() > m.start()]
+    pattern = _pattern(separator, is_regex)
+    cuts = [m.start() for m in pattern.finditer(text, start, end) if m.end() > m.start()]
     bounds = [start, *cuts, end]
     return [(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+
+@functools.lru_cache(maxsize=32)
+def _pattern(separator: str, is_regex: bool) -> re.Pattern:
+    return re.compile(separator if is_regex else re.escape(separator))
 
 
 def _strip(text: str, span: Span) -> list[Span]:
