@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 ILIAD = REPO / "lyre" / "data_files" / "iliad.txt"
 SHARED_DATA = REPO.parent / "shared" / "data"
 GPT2_DIR = SHARED_DATA / "gpt2"
-NO_GPT2 = f"OpenAI's GPT-2 files not found in {GPT2_DIR} (shared data absent): GPT-2's own ids unchecked"
+NO_GPT2 = f"OpenAI's GPT-2 files not found in {GPT2_DIR} (shared data absent): the checks on the real vocabulary are skipped; the GPT-2-format files made by the test ran"
 
 # Strings a tokenizer is likely to get wrong: multi-byte UTF-8, grapheme clusters, odd spaces.
 TRICKY = [

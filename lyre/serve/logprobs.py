@@ -52,11 +52,20 @@ def completion_logprobs(entries: list[TokenLogprob], offset: int, top: int) -> S
         offset += len(entry.token)
     tops = None
     if top > 0:
-        tops = [{alt.token: alt.logprob for alt in entry.top} | {entry.token: entry.logprob}
+        tops = [{_key(alt): alt.logprob for alt in entry.top} | {_key(entry): entry.logprob}
                 for entry in entries]
     return S.CompletionLogprobs(tokens=[e.token for e in entries],
                                 token_logprobs=[e.logprob for e in entries],
                                 top_logprobs=tops, text_offset=offsets)
+
+
+def _key(entry: TokenLogprob) -> str:
+    """A token as a key of completions' top_logprobs: its text, or for bytes that are not whole
+    UTF-8 characters OpenAI's "bytes:\\xe2\\x80" spelling (else several would all be U+FFFD)."""
+    try:
+        return entry.raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in entry.raw)
 
 
 def chat_logprobs(entries: list[TokenLogprob]) -> S.ChoiceLogprobs:

@@ -1,8 +1,9 @@
-"""The pages a browser opens: the chat page at / and the API documentation at /docs and /redoc.
+"""The pages a browser opens: the chat page at / and the API documentation at /docs.
 
 Everything is served from installed packages, nothing from a CDN, so both work offline: the chat
-page from lyre/serve/static/, Swagger UI and ReDoc from the `fastapi-offline` package, which
-bundles swagger-ui-dist 5 (OpenAPI 3.1, what FastAPI writes) and redoc 2.
+page from lyre/serve/static/, Swagger UI from the `fastapi-offline` package, which bundles
+swagger-ui-dist 5 (it reads OpenAPI 3.1, what FastAPI writes). FastAPI's /redoc is not served:
+ReDoc's bundle loads its logo from a CDN, whatever the page says.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from importlib.resources import files
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
-DOCS_ASSETS = "/docs-assets"  # where the Swagger UI and ReDoc files are mounted
+DOCS_ASSETS = "/docs-assets"  # where the Swagger UI files are mounted
 MOUNTS = ("/static", DOCS_ASSETS)
 
 router = APIRouter(include_in_schema=False)
@@ -52,12 +53,3 @@ async def swagger_ui(request: Request):
         swagger_favicon_url=f"{root}/static/favicon.svg",
     )
 
-
-@router.get("/redoc")
-async def redoc(request: Request):
-    root = request.scope.get("root_path", "")
-    return get_redoc_html(
-        openapi_url=root + request.app.openapi_url, title=f"{request.app.title} - ReDoc",
-        redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
-        redoc_favicon_url=f"{root}/static/favicon.svg", with_google_fonts=False,
-    )
