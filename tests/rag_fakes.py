@@ -72,7 +72,8 @@ class ScriptedServer:
 
     context: what GET /v1/models/{model} reports (None: the field is absent). tokenize: offer
     vLLM's POST /tokenize (one token per character of the message plus 5 for the template).
-    fail_with: answer every chat completion with this status (or "garbage" for non-JSON).
+    fail_with: answer every chat completion with this status, or "garbage" (a non-JSON event),
+    "html" (a page, not a stream), "nonstream" (a whole JSON completion despite stream: true).
     """
 
     def __init__(self, reply: Callable[[str], str] | str = "Priam [1]", model: str = "scripted",
@@ -118,6 +119,19 @@ class ScriptedServer:
                     self._json(404, {"error": {"message": "not found"}})
 
             def _chat(self, body: dict) -> None:
+                if server.fail_with == "nonstream":  # a server that ignores stream: true
+                    text = server.reply(body["messages"][-1]["content"])
+                    self._json(200, {"choices": [{"index": 0, "message": {
+                        "role": "assistant", "content": text}, "finish_reason": "stop"}]})
+                    return
+                if server.fail_with == "html":
+                    body_bytes = b"<html><body>a login page</body></html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(body_bytes)))
+                    self.end_headers()
+                    self.wfile.write(body_bytes)
+                    return
                 if server.fail_with == "garbage":
                     self.send_response(200)
                     self.send_header("Content-Type", "text/event-stream")

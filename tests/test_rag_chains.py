@@ -371,7 +371,8 @@ def test_openai_llm_without_tokenize_or_context_uses_safe_bounds():
 
 
 @pytest.mark.parametrize("failure, message", [(500, "answered 500: the model fell over"),
-                                              ("garbage", "not JSON")])
+                                              ("garbage", "not JSON"),
+                                              ("html", "not an OpenAI chat completion")])
 def test_openai_llm_server_errors_are_lyre_errors(failure, message):
     from lyre.rag.llm import OpenAILLM
 
@@ -379,6 +380,15 @@ def test_openai_llm_server_errors_are_lyre_errors(failure, message):
         llm = OpenAILLM(server.url, "scripted")
         with pytest.raises(LyreError, match=message):
             llm.complete("hi", 5)
+
+
+def test_openai_llm_accepts_a_server_that_ignores_stream():
+    from lyre.rag.llm import OpenAILLM
+
+    with ScriptedServer("Priam [1]", fail_with="nonstream") as server:
+        pieces = []
+        assert OpenAILLM(server.url, "scripted").complete("q", 5, on_token=pieces.append) == "Priam [1]"
+        assert pieces == ["Priam [1]"]
 
 
 def test_openai_llm_unreachable_or_wrong_model():

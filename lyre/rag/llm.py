@@ -350,7 +350,8 @@ class OpenAILLM:
                 if r.status_code >= 400:
                     r.read()
                     raise LyreError(f"the LLM endpoint answered {r.status_code}: {_error_text(r)}")
-                for data in _sse_data(r.iter_lines()):
+                other: list[str] = []  # lines that are not `data:` (a server that ignored stream)
+                for data in _sse_data(r.iter_lines(), other):
                     if data == "[DONE]":
                         break
                     piece = _delta_text(data, url)
@@ -358,6 +359,11 @@ class OpenAILLM:
                         pieces.append(piece)
                         if on_token is not None:
                             on_token(piece)
+                if not pieces and other:
+                    text = _whole_reply("\n".join(other), url)
+                    if text and on_token is not None:
+                        on_token(text)
+                    pieces.append(text)
         except httpx.TimeoutException:
             raise LyreError(f"the LLM endpoint {url} timed out; is it overloaded?") from None
         except httpx.HTTPError as e:
@@ -372,10 +378,21 @@ class OpenAILLM:
         self.http.close()
 
 
-def _sse_data(lines):
+def _sse_data(lines, other: list[str]):
     for line in lines:
         if line.startswith("data:"):
             yield line[5:].strip()
+        elif line.strip() and not line.startswith(":"):  # ":" starts an SSE comment
+            other.append(line)
+
+
+def _whole_reply(body: str, url: str) -> str:
+    """The answer of a non-streamed chat completion (some servers ignore `stream: true`)."""
+    try:
+        return json.loads(body)["choices"][0]["message"]["content"] or ""
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise LyreError(f"{url} answered something that is not an OpenAI chat completion "
+                        f"({body[:60]!r}); is it an OpenAI-compatible server?") from None
 
 
 def _delta_text(data: str, url: str) -> str:
