@@ -446,3 +446,11 @@ def test_engine_llm_replaces_characters_a_char_model_never_saw(trained_run):
     llm.fit_vocabulary("ünïcode")
     assert llm.take_notices() == []  # said once
     assert isinstance(llm.complete("Hector—é", 4), str)  # no error, whatever the characters
+
+
+def test_a_trimmed_source_lists_the_span_the_model_saw():
+    text = "Priam was the king of Troy. " * 20
+    answer, llm, _ = _ask("stuff", "Priam", window=300, hits=make_hits([text]), max_tokens=40)
+    (src,) = answer.sources
+    assert src.trimmed and src.end - src.start == len(src.text) < len(text)
+    assert text.startswith(src.text) and src.text in llm.prompts[0]

@@ -194,14 +194,14 @@ class _Ctx:
         return space if space > lo * 0.8 else lo
 
     def _mark(self, item: _Item, trimmed: bool = False) -> None:
+        """Record the passage as shown to the model (a trimmed one with its shorter span)."""
         c = item.chunk
-        if c is None:
+        if c is None or (item.n in self.seen and not trimmed):
             return
-        if item.n not in self.seen:
-            self.seen[item.n] = Source(item.n, c.source, c.page, c.start, c.end, c.chunk_id,
-                                       item.score, c.heading, trimmed, c.text)
-        elif trimmed:
-            self.seen[item.n].trimmed = True
+        shown = item.text[: -len(TRIM_MARK)] if trimmed else c.text
+        end = c.start + len(shown) if trimmed else c.end
+        self.seen[item.n] = Source(item.n, c.source, c.page, c.start, end, c.chunk_id,
+                                   item.score, c.heading, trimmed, shown)
 
 
 def call_llm(llm, prompt: str, max_tokens: int, cbs: Callbacks, parent: Run | None, step: str,
