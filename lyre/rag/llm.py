@@ -22,7 +22,6 @@ byte-level tokenizers (one token per UTF-8 byte), said once.
 from __future__ import annotations
 
 import json
-import sys
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -50,10 +49,6 @@ class LLM(Protocol):
 
     def complete(self, prompt: str, max_tokens: int, stop: list[str] | None = None,
                  on_token: TokenFn | None = None) -> str: ...
-
-
-def _warn(text: str) -> None:
-    print(f"lyre: note: {text}", file=sys.stderr, flush=True)
 
 
 class _Notices:
