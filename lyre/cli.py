@@ -209,6 +209,10 @@ def _add_serve(sub) -> None:
                    help="seconds a client gets to send a request's headers, and again its body; "
                         "slower clients get 408 and are disconnected (default 30)")
     _add_model_flags(p)
+    p.add_argument("--rag", default=None, metavar="IDX",
+                   help="also answer POST /v1/rag/answer from this index (docs/rag.md)")
+    p.add_argument("--rag-embedder", default=None, metavar="SPEC",
+                   help="embedder of the --rag index's vectors (default none: BM25)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (default 0: torch's choice, one per core)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -231,6 +235,12 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+def _add_rag(sub) -> None:
+    from lyre.rag.cli import add_rag_parser  # `lyre rag ...` lives with the rest of lyre.rag
+
+    add_rag_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lyre import __version__
 
@@ -239,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
     for add in (_add_prepare, _add_train, _add_sample, _add_eval, _add_info, _add_presets, _add_plot,
-                _add_import_hf, _add_export_hf, _add_chat, _add_serve):
+                _add_import_hf, _add_export_hf, _add_chat, _add_serve, _add_rag):
         add(sub)
     return parser
 
@@ -490,7 +500,8 @@ def cmd_serve(args) -> None:
                              max_batch=args.max_batch, max_queue=args.max_queue,
                              max_body_bytes=args.max_body_bytes, chat_template=args.template,
                              shutdown_timeout=args.shutdown_timeout, overflow=args.context_overflow,
-                             read_timeout=args.read_timeout)
+                             read_timeout=args.read_timeout,
+                             rag_index=args.rag, rag_embedder=args.rag_embedder)
     settings.validate()
     if args.threads < 0:
         raise LyreError(f"--threads must be >= 0; got {args.threads}")
