@@ -124,7 +124,7 @@ def hf_logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 def lyre_logits(model, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return model(ids, all_logits=True)[0]
+        return model(ids)[0]
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -25,7 +25,7 @@ from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
 from lyre.chat import AnswerTrimmer, get_template, template_name_for_run
-from lyre.engine import Engine, SamplingConfig
+from lyre.engine import Engine, SamplingConfig, sampling
 from lyre.errors import LyreError
 from lyre.serve import schemas as S
 from lyre.serve.errors import APIError, install_error_handlers
@@ -192,15 +192,17 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
         return [req.stop] if isinstance(req.stop, str) else list(req.stop)
 
     def params_of(req: S._SamplingFields, max_new_tokens: int, stop: list[str], logprobs: bool) -> SamplingConfig:
-        temperature = 1.0 if req.temperature is None else req.temperature
+        temperature = sampling.DEFAULT_TEMPERATURE if req.temperature is None else req.temperature
         if temperature < GREEDY_BELOW:  # the limit T -> 0 is greedy; dividing by ~0 gives inf
             temperature = 0.0
         params = SamplingConfig(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=req.top_k or 0,
-            repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+            # Fields the request leaves out take lyre's defaults (lyre.engine.sampling).
+            top_p=sampling.DEFAULT_TOP_P if req.top_p is None else req.top_p,
+            top_k=sampling.DEFAULT_TOP_K if req.top_k is None else req.top_k,
+            repetition_penalty=(sampling.DEFAULT_REPETITION_PENALTY if req.repetition_penalty is None
+                                else req.repetition_penalty),
             stop=tuple(stop),
             num_samples=req.n or 1,
             seed=req.seed,
