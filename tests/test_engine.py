@@ -266,6 +266,17 @@ def test_sliding_rows_share_one_prefill_and_stay_exact(monkeypatch):
     assert len(calls) == 3 + 29 + len(slides)  # and one decode forward per step
 
 
+def test_cache_views_follow_the_cache_contract():
+    from lyre.engine.cache import DecodeView, PrefillView
+    from lyre.model.contract import Cache
+
+    storage = KVCache(tiny_gpt().config, batch_size=3)
+    assert isinstance(PrefillView(storage, [0, 2], None), Cache)
+    view = DecodeView(storage, [3, 5, 4], torch.device("cpu"))
+    assert isinstance(view, Cache) and view.positions.tolist() == [[3], [5], [4]]
+    assert view.attn_mask.shape == (3, 1, 1, 6) and view.attn_mask[0, 0, 0].tolist() == [True] * 4 + [False] * 2
+
+
 def test_engine_leaves_the_callers_model_untouched():
     """Sampling in the middle of training: same classes, train mode, weights and strides."""
     torch.manual_seed(0)

@@ -351,7 +351,7 @@ class GPT(nn.Module):
         at cache.length (or are cache.positions), attention also sees the cached keys, and the
         new keys and values are stored. Classification heads and embeddings pool these states.
         """
-        B, T = idx.shape
+        T = idx.size(1)
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size and self.config.pos != "none":
             raise LyreError(
