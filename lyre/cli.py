@@ -71,14 +71,20 @@ def _add_sample(sub) -> None:
 
 
 def _add_sampling_flags(p, max_new_tokens: int) -> None:
-    """The sampling controls of `sample` and `chat` (engine.SamplingConfig)."""
+    """The sampling controls of `sample` and `chat`; defaults from lyre.engine.sampling."""
+    from lyre.engine import sampling as S
+
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
                    help=f"tokens to generate (default {max_new_tokens})")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=200, help="keep the k most likely tokens; 0 disables (default 200)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1] (default 1.0)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
-                   help="> 1 discourages repeating tokens of the prompt and output (default 1.0: off)")
+    p.add_argument("--temperature", type=float, default=S.DEFAULT_TEMPERATURE,
+                   help=f"0 means greedy (default {S.DEFAULT_TEMPERATURE})")
+    p.add_argument("--top-k", type=int, default=S.DEFAULT_TOP_K,
+                   help=f"keep the k most likely tokens; 0 disables (default {S.DEFAULT_TOP_K})")
+    p.add_argument("--top-p", type=float, default=S.DEFAULT_TOP_P,
+                   help=f"nucleus sampling threshold in (0, 1] (default {S.DEFAULT_TOP_P})")
+    p.add_argument("--repetition-penalty", type=float, default=S.DEFAULT_REPETITION_PENALTY,
+                   help="> 1 discourages repeating tokens of the prompt and output "
+                        f"(default {S.DEFAULT_REPETITION_PENALTY}: off)")
     p.add_argument("--seed", type=int, default=None, help="random seed: same seed, same output")
 
 

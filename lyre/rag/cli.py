@@ -431,14 +431,3 @@ def cmd_eval(args) -> None:
     finally:
         store.close()
     print(json.dumps(result))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m lyre.rag.cli ...` (same as `lyre rag ...`)."""
-    from lyre.cli import main as lyre_main
-
-    return lyre_main(["rag", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

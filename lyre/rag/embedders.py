@@ -159,20 +159,8 @@ class RunEmbedder:
 
 
 def final_hidden(model, idx):
-    """[B, T, n_embd] states after the final norm. Uses GPT.hidden() when the model has it;
-    otherwise runs the same steps as GPT.forward without the LM head (the fallback goes away
-    once hidden() is on main)."""
-    if hasattr(model, "hidden"):
-        return model.hidden(idx)
-    import torch
-
-    T = idx.shape[1]
-    positions = torch.arange(T, device=idx.device).unsqueeze(0)
-    x = model.transformer.drop(model.transformer.wte(idx) + model._absolute_positions(positions))
-    rope = model._rope(positions)
-    for layer, block in enumerate(model.transformer.h):
-        x = block(x, rope, None, None, layer)
-    return model.transformer.ln_f(x)
+    """[B, T, n_embd] states after the final norm: the model contract's hidden()."""
+    return model.hidden(idx)
 
 
 def make_embedder(spec: str | None) -> Embedder | None:
