@@ -153,25 +153,11 @@ def _ids_of(serve: ServeState, item) -> list[int]:
 
 
 def pooled_embeddings(model, device, id_lists: list[list[int]]) -> np.ndarray:
-    """Mean of the final hidden states over each id list's tokens, L2-normalised: [n, n_embd]."""
-    import torch
+    """Mean of the final hidden states over each id list's tokens, L2-normalised: [n, n_embd]
+    (the same function as the `run:` embedder of lyre rag)."""
+    from lyre.rag.embedders import mean_pooled
 
-    from lyre.rag.embedders import final_hidden, normalise
-
-    out = []
-    for i in range(0, len(id_lists), BATCH):
-        batch = id_lists[i:i + BATCH]
-        longest = max(len(b) for b in batch)
-        # Right padding: with causal attention the real tokens never see the pads after them.
-        idx = torch.zeros(len(batch), longest, dtype=torch.long)
-        mask = torch.zeros(len(batch), longest, 1)
-        for row, ids in enumerate(batch):
-            idx[row, : len(ids)] = torch.tensor(ids)
-            mask[row, : len(ids)] = 1.0
-        with torch.inference_mode():
-            states = final_hidden(model, idx.to(device)).float().cpu()
-        out.append(((states * mask).sum(1) / mask.sum(1)).numpy())
-    return normalise(np.concatenate(out))
+    return mean_pooled(model, device, id_lists, BATCH)
 
 
 def _embed_locked(engine, id_lists: list[list[int]]) -> np.ndarray:
