@@ -95,3 +95,28 @@ def test_training_raises_held_out_preference_accuracy(tmp_path_factory, tmp_path
     from lyre.runs import load_run
 
     load_run(tmp_path / "run", "best", "cpu")
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_exact_resume(tmp_path_factory, tmp_path, lora):
+    """N + resume + N == 2N, also for a full fine-tune whose reference is found again."""
+    from lyre import checkpoint as ckpt
+    from lyre.finetune.command import finetune
+
+    data = write_json(tmp_path / "pref.json", preference_records(40))
+    base = base_run(tmp_path_factory)
+    extra = {"lora_rank": 2} if lora else {}
+    sets = ["lr=1e-3", "max_iters=6", "eval_interval=4", "finetune.responses=false"]
+    for name, stop in (("straight", None), ("split", 3)):
+        finetune(base, data, tmp_path / name, task="dpo", overrides=sets, progress=False, plot=False,
+                 quiet=True, stop_at=stop, **extra)
+    finetune(out=tmp_path / "split", resume=True, progress=False, plot=False, quiet=True)
+    a = ckpt.load_model_state(tmp_path / "straight", "last")
+    b = ckpt.load_model_state(tmp_path / "split", "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def losses(run):
+        return [(r["step"], r.get("loss"), r.get("val_loss"), r.get("val_preference_accuracy"))
+                for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+    assert losses(tmp_path / "straight") == losses(tmp_path / "split")

@@ -151,3 +151,20 @@ def test_train_on_prompt_changes_what_is_learned_not_what_is_scored(tmp_path_fac
     train_a = json.loads((tmp_path / "masked" / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     train_b = json.loads((tmp_path / "unmasked" / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     assert train_a != train_b  # the first batch's loss covers other tokens
+
+
+def test_lyre_serve_uses_the_runs_template(sft_run):
+    import httpx
+
+    from lyre.runs import load_run
+    from lyre.serve import ServeSettings
+    from lyre.serve.server import start_background
+
+    out, _ = sft_run
+    entry = json.loads((out / "responses.json").read_text())["responses"][0]
+    with start_background(load_run(out, device="cpu"), ServeSettings(model_name="sft")) as srv:
+        assert httpx.get(srv.url + "/v1/models").json()["data"][0]["chat_template"] == "alpaca"
+        body = {"model": "sft", "temperature": 0, "max_tokens": 40,
+                "messages": [{"role": "user", "content": entry["prompt"]}]}
+        choice = httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=60).json()["choices"][0]
+    assert choice["message"]["content"] == entry["response"] and choice["finish_reason"] == "stop"

@@ -87,23 +87,29 @@ def finetune(base: str | Path | None = None, data: str | Path | None = None,
     ft = prepared.finetune
     finished = result.step >= prepared.config.train.max_iters or result.stopped_early
     if finished and ft.responses and prepared.task.responses and prepared.splits.test:
-        done.responses = answer_test_split(out, prepared, quiet)
+        done.responses = answer_test_split(out, records=prepared.splits.test, quiet=quiet)
     return done
 
 
-def answer_test_split(out: Path, prepared: Prepared, quiet: bool = False) -> Path:
-    """Generate the test split's answers with the trained run (best checkpoint) into RUN/responses.json."""
+def answer_test_split(out: str | Path, *, records: list | None = None, quiet: bool = False) -> Path:
+    """Answer the run's test split (or `records`) with its best checkpoint: RUN/responses.json."""
+    from lyre.chat import get_template, template_name_for_run
+    from lyre.finetune.tasks import get_task
     from lyre.runs import load_run
 
-    run = load_run(out, "best", prepared.config.train.device)
-    records = prepared.splits.test
+    out = Path(out)
+    run = load_run(out, "best", "auto")
+    ft = run.config.extras["finetune"]
+    if records is None:
+        path = out / "data" / "test.jsonl"
+        records = get_task(ft.task).read(path)[0] if path.is_file() and path.stat().st_size else []
+    template = get_template(template_name_for_run(out))
     _say(f"answering the {len(records)} test prompt(s) ...", quiet)
-    entries = generate_responses(run, prepared.template, records,
-                                 max_new_tokens=prepared.finetune.response_tokens)
+    entries = generate_responses(run, template, records, max_new_tokens=ft.response_tokens)
     path = out / RESPONSES_FILE
     stopped = sum(e["stopped"] for e in entries)
     write_responses(path, entries, {"run": str(out), "checkpoint": run.checkpoint,
-                                    "template": prepared.template.name, "stopped": stopped,
+                                    "template": template.name, "stopped": stopped,
                                     "count": len(entries)})
     _say(f"wrote {path}: {len(entries)} answers, {stopped} ended by the model itself "
          f"(<|endoftext|>); score them with `lyre judge {out} --base-url URL --model NAME`", quiet)

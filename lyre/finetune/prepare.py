@@ -220,6 +220,16 @@ def fresh_config(base: Base, task: FinetuneTask, data: Path, template: str, lora
     return config
 
 
+def _base_again(ft: FinetuneConfig, scratch: Path) -> tuple[Path, str]:
+    """The base of a full fine-tune, found again (a resumed DPO run's reference) and unchanged."""
+    source = ft.base if ft.base and base_mod.is_lyre_run(Path(ft.base)) else ft.base_source
+    base = resolve_base(source, scratch)
+    if base.sha256 != ft.base_sha256:
+        raise LyreError(f"the base {source} changed since this run started (its weights' sha256 "
+                        "differs), so the DPO reference would not be the same model; restore it")
+    return base.run_dir, base.checkpoint
+
+
 def _check_model_unchanged(base: RunConfig, config: RunConfig) -> None:
     ours, theirs = config.to_dict()["model"], base.to_dict()["model"]
     changed = [k for k in ours if k not in MODEL_FREE and ours[k] != theirs.get(k)]
@@ -313,9 +323,13 @@ def prepare(*, base: str | Path | None, data: str | Path | None, out: Path, task
         if task not in (None, ft.task):
             raise LyreError(f"{out} was fine-tuned with --task {ft.task}; drop --task {task} to resume it")
         tokenizer_dir = out / "tokenizer"
-        base_dir = base_mod.check_base(out, ft) if "lora" in config.extras else None
+        base_dir, base_checkpoint = None, ft.base_checkpoint  # a full fine-tune's checkpoint has it all
+        if "lora" in config.extras:
+            base_dir = base_mod.check_base(out, ft)
+        elif spec.reference:  # ...but DPO's frozen reference is the base model itself
+            base_dir, base_checkpoint = _base_again(ft, scratch)
         splits = Splits(*(_read_run_split(spec, out / "data" / f"{name}.jsonl") for name in SPLITS))
-        hf_base, base_checkpoint = None, ft.base_checkpoint
+        hf_base = None
     else:
         if base is None or data is None:
             raise LyreError("lyre finetune needs BASE and --data FILE (or --resume RUN)")
@@ -333,6 +347,8 @@ def prepare(*, base: str | Path | None, data: str | Path | None, out: Path, task
             config.extras["lora"].validate()
             if resolved.hf:  # the LoRA run keeps its base: RUN/base (written at setup)
                 ft.base = "base"
+        elif resolved.hf:  # imported into scratch only for its weights: nothing to point at
+            ft.base = ""
         splits = load_splits(spec, ft, notes)
         base_dir, base_checkpoint = resolved.run_dir, resolved.checkpoint
         hf_base = resolved.run_dir if resolved.hf and "lora" in config.extras else None

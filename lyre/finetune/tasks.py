@@ -34,6 +34,7 @@ class FinetuneTask:
     train_defaults: dict[str, Any] = field(default_factory=dict)  # [train] values it starts from
     lora_defaults: dict[str, Any] = field(default_factory=dict)  # ...and these with LoRA on
     responses: bool = True  # answer the test split's prompts at the end (responses.json)
+    reference: bool = False  # needs the base model beside the trained one (DPO's reference)
 
 
 def _make_sft(prepared, autocast):
@@ -77,4 +78,5 @@ register_task(FinetuneTask(
     make=_make_dpo,
     train_defaults={"batch_size": 4, "lr": 5e-6, "min_lr": 5e-7, "weight_decay": 0.0},
     lora_defaults={"lr": 5e-4, "min_lr": 5e-5},
+    reference=True,
 ))
