@@ -30,17 +30,9 @@ from lyre.errors import LyreError
 
 
 def hidden_states(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-    """The base model's final hidden states [B, T, C] (after the last norm)."""
-    if hasattr(model, "hidden"):
-        return model.hidden(idx)
-    # TEMPORARY until the model contract (GPT.hidden) lands on main: GPT.forward up to ln_f.
-    t = model.transformer
-    positions = torch.arange(idx.size(1), device=idx.device).unsqueeze(0)
-    x = t.drop(t.wte(idx) + model._absolute_positions(positions))
-    rope = model._rope(positions)
-    for layer, block in enumerate(t.h):
-        x = block(x, rope, None, None, layer)
-    return t.ln_f(x)
+    """The base model's final hidden states [B, T, C], after the last norm: the model contract's
+    `hidden` (lyre/model/contract.py), what its LM head would score."""
+    return model.hidden(idx)
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int, pad_to: int = 0,
@@ -75,7 +67,7 @@ class SequenceClassifier(nn.Module):
     def __init__(self, base: nn.Module, num_classes: int, pooling: str = "last_nonpad") -> None:
         super().__init__()
         width = getattr(base.config, "n_embd", None)
-        if width is None or not hasattr(base, "transformer"):
+        if width is None or not hasattr(base, "hidden"):
             raise LyreError(f"cannot put a classification head on model.arch={base.config.arch!r}: "
                             "it has no hidden states (use a transformer such as arch=gpt)")
         self.base = base
