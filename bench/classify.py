@@ -121,7 +121,7 @@ def random_base(work: Path, base: Path) -> Path:
     run.mkdir(parents=True)
     shutil.copytree(base / "tokenizer", run / "tokenizer")
     RunDir(run).write_config(config)
-    ckpt.save_checkpoint(run, "last", model=model, state={"step": 0})
+    ckpt.save_checkpoint(run, "last", model=model, optimizer=None, state={"step": 0})
     return run
 
 
