@@ -288,3 +288,18 @@ def test_acceptance_spam_from_the_sms_data(base, tmp_path, capsys):
     code, out_text, _ = run_cli(capsys, "classify", out, "WINNER!! Claim your free prize now")
     label, probability = out_text.strip().split("\t")
     assert code == 0 and label == "spam" and 0.5 < float(probability) <= 1.0
+
+
+def test_resume_through_the_cli(base, data, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code, _, err = run_cli(capsys, "finetune", base, "--task", "classify", "--data", data, "--out", out,
+                           "--set", "max_iters=3", "--set", "threads=1", "--no-progress")
+    assert code == 0, err
+    code, text, err = run_cli(capsys, "train", "--resume", out, "--set", "max_iters=5", "--no-progress")
+    assert code == 0, err
+    assert "step 5" in text and "test accuracy" in text
+    assert json.loads((out / "config.json").read_text())["train"]["max_iters"] == 5
+    code, _, err = run_cli(capsys, "finetune", "--resume", out, "--set", "max_iters=6", "--no-progress")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "finetune", "--resume", out, "--data", data)
+    assert code == 2 and "drop --data" in err
