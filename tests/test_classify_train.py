@@ -303,3 +303,12 @@ def test_resume_through_the_cli(base, data, tmp_path, capsys):
     assert code == 0, err
     code, _, err = run_cli(capsys, "finetune", "--resume", out, "--data", data)
     assert code == 2 and "drop --data" in err
+
+
+def test_early_stop_on_val_accuracy(base, data, tmp_path):
+    result = finetune_classifier(base, data, tmp_path / "early",
+                                 overrides=[*TRAIN_SETTINGS, "epochs=8", "early_stop=2"],
+                                 progress=False, quiet=True, plot=False)
+    assert result.train.stopped_early and "without a better val accuracy" in result.train.stopped_early
+    assert result.train.step < result.prepared.config.train.max_iters
+    assert result.report["checkpoint"] == "best" and result.report["test"]["rows"] == 24

@@ -35,6 +35,7 @@ from lyre.classify.model import pad_batch, score
 from lyre.classify.prepare import SPLITS, PreparedClassifier
 from lyre.config import RunConfig
 from lyre.errors import LyreError
+from lyre.lora import count_parameters
 from lyre.rundir import RunDir
 from lyre.tokenizers import load_tokenizer
 
@@ -104,15 +105,13 @@ class ClassificationTask:
         }
         self.order = EpochOrder(len(self.encoded["train"].ids), config.train.seed)
         self.rows_per_draw = config.train.batch_size * dist.world_size
-        self.steps_per_epoch = self.prepared.steps_per_epoch
 
     # ---- model and training --------------------------------------------------------------
 
     def build_model(self, config: RunConfig) -> nn.Module:
         p = self.prepared
         model = build_classifier(config, base_dir=p.base_dir, base_checkpoint=p.base_checkpoint)
-        trainable = sum(q.numel() for q in {id(q): q for q in model.parameters() if q.requires_grad}.values())
-        total = sum(q.numel() for q in {id(q): q for q in model.parameters()}.values())
+        trainable, total = count_parameters(model)
         cls = config.extras["classify"]
         what = {"head": "the head", "blocks": f"the head, the last {cls.blocks} block(s) and the final norm",
                 "all": "every weight", "lora": "LoRA adapters and the head"}[cls.trainable]
@@ -173,10 +172,14 @@ class ClassificationTask:
         return {}  # the order is a function of (seed, epoch): the position is the whole state
 
     def state_dict(self) -> dict[str, Any]:
-        return self.order.state_dict()
+        best = None if self._best == -math.inf else self._best
+        return {**self.order.state_dict(), "best_accuracy": best, "since_best": self._since_best}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.order.load_state_dict(state)
+        best = state.get("best_accuracy")
+        self._best = -math.inf if best is None else float(best)
+        self._since_best = int(state.get("since_best", 0))
 
 
 def _head(encoded: Encoded, rows: int) -> Encoded:
