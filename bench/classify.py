@@ -148,7 +148,8 @@ def finetune(name: str, base: Path, lora: int, overrides: list[str], work: Path,
     result = finetune_classifier(
         base, SMS, work / "runs" / name, lora_rank=lora or None, force=True, progress=False,
         quiet=True, plot=False,
-        overrides=["balance=true", "split_seed=123", "val_fraction=0.1", "test_fraction=0.2",
+        overrides=["classify.balance=true", "finetune.split_seed=123", "finetune.val_fraction=0.1",
+                   "finetune.test_fraction=0.2",
                    "device=cpu", f"threads={threads}", *overrides],
     )
     cls = result.prepared.config.extras["classify"]
