@@ -89,19 +89,27 @@ def sklearn_baselines(splits) -> dict[str, dict]:
 # ---- the bases --------------------------------------------------------------------------------
 
 
-def pretrained_base(work: Path, steps: int, tokenizer: str, threads: int) -> tuple[Path, float]:
-    """The pretrained base run (made once per settings, then reused) and its pretraining time."""
+def pretrained_base(work: Path, steps: int, tokenizer: str, threads: int,
+                    extra_texts: list[str] | None = None) -> tuple[Path, float]:
+    """The pretrained base run (made once per settings, then reused) and its pretraining time.
+    extra_texts: unlabelled texts added to the corpus (--domain-text: the training split's)."""
     settings = [*BASE_MODEL, f"max_iters={steps}", "batch_size=16", "lr=2e-3", "min_lr=2e-4",
                 f"warmup_iters={min(100, steps // 10)}", f"eval_interval={steps}", "eval_windows=16",
                 "final_eval=false", "device=cpu", f"threads={threads}", "log_interval=100",
                 "seed=1337"]
-    key = hashlib.sha256(json.dumps([settings, tokenizer, CORPUS]).encode()).hexdigest()[:10]
+    corpus = [str(DATA / name) for name in CORPUS]
+    if extra_texts:
+        work.mkdir(parents=True, exist_ok=True)
+        domain = work / "sms-train-texts.txt"
+        domain.write_text("\n".join(extra_texts) + "\n", encoding="utf-8")
+        corpus.append(str(domain))
+    key = hashlib.sha256(json.dumps([settings, tokenizer, CORPUS, extra_texts or []]).encode()).hexdigest()[:10]
     run = work / f"base-{key}"
     done = run / "pretrain.json"
     if done.is_file():
         return run, json.loads(done.read_text())["seconds"]
     config = load_config(None, settings)
-    config.data.corpus = [str(DATA / name) for name in CORPUS]
+    config.data.corpus = corpus
     config.data.tokenizer = tokenizer
     print(f"pretraining the base ({steps} steps, {tokenizer}) into {run} ...", file=sys.stderr)
     start = time.perf_counter()
@@ -166,6 +174,9 @@ def main() -> None:
     parser.add_argument("--tokenizer", default="bpe:4096")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--only", nargs="*", help="run only these variants")
+    parser.add_argument("--domain-text", action="store_true",
+                        help="also pretrain on the training split's 1,045 texts (no labels; "
+                             "val and test texts are never seen)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337],
                         help="train.seed of each run of `pretrained` and `random_init` (the first is "
                              "the reported run; all give the mean and range)")
@@ -182,7 +193,8 @@ def main() -> None:
     sizes = [len(splits.train), len(splits.val), len(splits.test)]
     print(f"split: {sizes[0]:,} train / {sizes[1]:,} val / {sizes[2]:,} test (balanced 747/747, seed 123)")
     sk = sklearn_baselines(splits)
-    base, pretrain_s = pretrained_base(args.work, args.pretrain_steps, args.tokenizer, args.threads)
+    extra = [e.text for e in splits.train] if args.domain_text else None
+    base, pretrain_s = pretrained_base(args.work, args.pretrain_steps, args.tokenizer, args.threads, extra)
     bases = {"pretrained": base, "random": random_base(args.work, base)}
     ours, spread = {}, {}
     for name, which, lora, overrides in variants(args.epochs):
@@ -218,7 +230,8 @@ def main() -> None:
               f"{sk[best_sk]['test_acc']:.2%}; vs_sklearn_ratio {ratio:.4f}")
     json_line({
         "bench": "classify", "machine": machine(), "split": sizes, "threads": args.threads,
-        "base": {"steps": args.pretrain_steps, "tokenizer": args.tokenizer, "pretrain_s": round(pretrain_s, 1)},
+        "base": {"steps": args.pretrain_steps, "tokenizer": args.tokenizer, "domain_text": args.domain_text,
+                 "pretrain_s": round(pretrain_s, 1)},
         "test_acc": {name: r["test_acc"] for name, r in ours.items()},
         "val_acc": {name: r["val_acc"] for name, r in ours.items()},
         "finetune_s": {name: round(r["finetune_s"], 1) for name, r in ours.items()},
