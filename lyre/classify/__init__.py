@@ -16,7 +16,7 @@ The training objective is a trainer task: lyre/tasks/classify.py.
 
     from lyre.classify import finetune_classifier, load_classifier
     finetune_classifier("runs/base", "sms_spam.tsv", "runs/spam", overrides=["balance=true"])
-    load_classifier("runs/spam").classify("WINNER!! Claim your free prize now")[0].label
+    load_classifier("runs/spam").classify("You have won a free prize. Call 09061701461 now")[0].label
 
 The names below load their module on first use, so importing lyre.classify (or one of its
 modules, such as the config section) does not pull in the trainer.

@@ -1,8 +1,9 @@
 """Use a classifier: texts in, a label and its probability out (`lyre classify`, the API, serve).
 
     clf = load_classifier("runs/spam")
-    clf.classify(["WINNER!! Claim your free prize now"])[0]
-    # Prediction(label='spam', probability=0.998, probabilities={'ham': 0.002, 'spam': 0.998}, ...)
+    clf.classify(["Congratulations! You have won a free prize. Call 09061701461 now to claim"])[0]
+    # Prediction(label='spam', probability=0.9985, probabilities={'ham': 0.0015, 'spam': 0.9985},
+    #            tokens=31, truncated=False)       (the classifier of bench/classify.py)
 
 The probability is the softmax of the head's logits. Texts longer than the model's context
 keep their first tokens; each Prediction says whether its text was cut.

@@ -1,12 +1,12 @@
 """`lyre serve RUN` for a classifier run: POST /v1/classify, and nothing that generates text.
 
     curl localhost:8000/v1/classify -H 'Content-Type: application/json' \
-         -d '{"input": ["WINNER!! Claim your free prize now", "see you at lunch"]}'
+         -d '{"input": ["You have won a free prize. Call 09061701461 now", "see you at lunch"]}'
     {"object": "list", "model": "spam",
-     "data": [{"object": "classification", "index": 0, "label": "spam", "probability": 0.99,
-               "probabilities": {"ham": 0.01, "spam": 0.99}, "tokens": 11, "truncated": false},
+     "data": [{"object": "classification", "index": 0, "label": "spam", "probability": 0.998,
+               "probabilities": {"ham": 0.002, "spam": 0.998}, "tokens": 22, "truncated": false},
               ...],
-     "usage": {"prompt_tokens": 17, "total_tokens": 17}}
+     "usage": {"prompt_tokens": 28, "total_tokens": 28}}
 
 The request mirrors OpenAI's embeddings and moderations: `input` is one text or a list of
 texts, `model` is optional (if given it must be the served one). Errors keep OpenAI's shape
