@@ -22,25 +22,22 @@ and sha256 sums in state.json turn that into a clear error instead of garbage we
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
-from lyre.errors import LyreError
+from lyre.errors import LyreError, first_line
 from lyre.io import atomic_write_bytes, atomic_write_text
 from lyre.io import fsync_dir as _fsync_dir
+from lyre.rng import capture_rng_state, restore_rng_state
 
 FORMAT = "lyre-checkpoint"
 VERSION = 1
@@ -63,10 +60,6 @@ __all__ = [
 ]
 
 
-def _first_line(e: BaseException) -> str:
-    """LyreError messages are one line; library exceptions are sometimes many."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,7 +127,7 @@ def _read_safetensors(path: Path, device: str) -> tuple[dict[str, torch.Tensor],
             tensors = {key: f.get_tensor(key) for key in f.keys()}
         meta = {key: json.loads(value) for key, value in raw_meta.items()}
     except (SafetensorError, OSError, ValueError) as e:
-        reason = _first_line(e)
+        reason = first_line(e)
         raise LyreError(
             f"{path} is corrupt ({reason}); delete that checkpoint and use another or retrain"
         ) from e
@@ -216,91 +209,6 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if "__int_keys__" in obj:
         return {int(k): _unflatten(v, tensors) for k, v in obj["__int_keys__"].items()}
     return {k: _unflatten(v, tensors) for k, v in obj.items()}
-
-
-# ----------------------------------------------------------------------------------------------
-# RNG state, JSON-safe
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text.encode("ascii"), validate=True)
-
-
-def _tensor_b64(state: torch.Tensor) -> str:
-    return _b64(state.cpu().numpy().tobytes())
-
-
-def _b64_tensor(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(_unb64(text)), dtype=torch.uint8)
-
-
-def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
-    """Snapshot every random number generator training touches, as JSON-safe data.
-
-    Resuming must continue the same random streams (dropout masks, data batches) or a resumed
-    run diverges from an uninterrupted one. Covers Python's `random`, NumPy's global RNG,
-    torch's CPU RNG, every CUDA device's RNG (if CUDA is available), and named generators
-    such as the one that draws training batches. Binary states are base64 strings.
-    """
-    version, mt, gauss_next = random.getstate()
-    np_alg, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
-    state: dict[str, Any] = {
-        "python": {
-            "version": version,
-            "mt": _b64(np.asarray(mt, dtype="<u4").tobytes()),
-            "gauss_next": gauss_next,
-        },
-        "numpy": {
-            "algorithm": np_alg,
-            "keys": _b64(np.asarray(np_keys, dtype="<u4").tobytes()),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "cached_gaussian": float(np_gauss),
-        },
-        "torch": _tensor_b64(torch.get_rng_state()),
-        "cuda": [],
-        "generators": {name: _tensor_b64(g.get_state()) for name, g in (generators or {}).items()},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [_tensor_b64(s) for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def restore_rng_state(
-    state: dict[str, Any], generators: dict[str, torch.Generator] | None = None
-) -> None:
-    """Put every RNG back where capture_rng_state found it.
-
-    CUDA states are restored for as many devices as both the checkpoint and this machine have,
-    so a GPU run can be resumed on CPU (its CUDA streams are then simply not used).
-    """
-    generators = generators or {}
-    missing = [name for name in generators if name not in state.get("generators", {})]
-    if missing:
-        raise LyreError(f"checkpoint has no RNG state for generator '{missing[0]}'")
-    try:
-        py = state["python"]
-        mt = np.frombuffer(_unb64(py["mt"]), dtype="<u4")
-        random.setstate((py["version"], tuple(int(x) for x in mt), py["gauss_next"]))
-        npy = state["numpy"]
-        keys = np.frombuffer(_unb64(npy["keys"]), dtype="<u4").astype(np.uint32)
-        np.random.set_state(
-            (npy["algorithm"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
-        )
-        torch.set_rng_state(_b64_tensor(state["torch"]))
-        if torch.cuda.is_available():
-            for device, text in enumerate(state["cuda"][: torch.cuda.device_count()]):
-                torch.cuda.set_rng_state(_b64_tensor(text), device)
-        for name, generator in generators.items():
-            generator.set_state(_b64_tensor(state["generators"][name]))
-    except (KeyError, TypeError, ValueError, RuntimeError, binascii.Error) as e:
-        raise LyreError(
-            f"checkpoint has an invalid RNG state ({type(e).__name__}: {_first_line(e)})"
-        ) from e
 
 
 # ----------------------------------------------------------------------------------------------
@@ -547,7 +455,7 @@ def load_checkpoint(
         try:
             optimizer.load_state_dict(_unflatten(meta["optimizer"], tensors))
         except (KeyError, ValueError) as e:
-            reason = _first_line(e)
+            reason = first_line(e)
             raise LyreError(
                 f"{ckpt / OPTIMIZER_FILE} does not fit this optimizer ({reason})"
             ) from e

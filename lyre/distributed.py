@@ -27,7 +27,6 @@ lyre.train is the same for 1 or N processes; this module holds everything that d
 
 from __future__ import annotations
 
-import base64
 import os
 import random
 import re
@@ -43,7 +42,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from lyre.errors import LyreError
+from lyre.errors import LyreError, first_line
+from lyre.rng import b64_to_tensor, tensor_to_b64
 from lyre.signals import Stopped
 
 PARALLEL = ("ddp", "fsdp")
@@ -57,17 +57,18 @@ _COLLECTIVE_FAILURE = re.compile(
 )
 
 
+def _reason(e: BaseException) -> str:
+    """first_line of a collective's error without gloo's file prefix and advice."""
+    line = re.sub(r"^\[[^\]]*\] ", "", first_line(e))  # drop gloo's "[/path/to/file.cc:78] " prefix
+    return line.split(". This is typically")[0].rstrip(".")  # and gloo's advice that follows
+
+
 class ReportedByRankZero(LyreError):
     """A LyreError that rank 0 hit and printed; the other processes exit without repeating it."""
 
     reported_by_rank_zero = True
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    line = text.splitlines()[0] if text else type(e).__name__
-    line = re.sub(r"^\[[^\]]*\] ", "", line)  # drop gloo's "[/path/to/file.cc:78] " prefix
-    return line.split(". This is typically")[0].rstrip(".")  # and gloo's advice that follows
 
 
 def env_ranks() -> tuple[int, int, int]:
@@ -156,7 +157,7 @@ def setup(cfg, device: torch.device) -> Dist:
             where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
             raise LyreError(
                 f"could not join the process group (backend {backend}, rank {rank} of {world}, "
-                f"master {where}): {_first_line(e)}; start every process with the same torchrun "
+                f"master {where}): {_reason(e)}; start every process with the same torchrun "
                 "rendezvous (see docs/distributed.md)"
             ) from e
         owns = True
@@ -198,14 +199,6 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":  # pinned memory: the copy overlaps with the GPU's work
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
-
-
-def _b64(t: torch.Tensor) -> str:
-    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
-
-
-def _unb64(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
 @dataclass
@@ -258,7 +251,7 @@ class Dist:
                 raise
             raise LyreError(
                 f"process {self.rank} of {self.world_size} lost contact with the others{where()} "
-                f"({_first_line(e)}): another process died or hung (collectives wait at most "
+                f"({_reason(e)}): another process died or hung (collectives wait at most "
                 f"train.dist_timeout={self.timeout_s:g}s) and its own error, if any, is above; "
                 "continue from the last checkpoint with --resume"
             ) from e
@@ -338,9 +331,9 @@ class Dist:
         """Every process's torch (and CUDA) RNG state, on all processes; None when single."""
         if not self.enabled:
             return None
-        mine = {"torch": _b64(torch.get_rng_state()), "cuda": None}
+        mine = {"torch": tensor_to_b64(torch.get_rng_state()), "cuda": None}
         if self.device.type == "cuda":
-            mine["cuda"] = _b64(torch.cuda.get_rng_state(self.device))
+            mine["cuda"] = tensor_to_b64(torch.cuda.get_rng_state(self.device))
         states: list[Any] = [None] * self.world_size
         dist.all_gather_object(states, mine)
         return states
@@ -352,9 +345,9 @@ class Dist:
             return
         if saved and len(saved) == self.world_size:
             mine = saved[self.rank]
-            torch.set_rng_state(_unb64(mine["torch"]))
+            torch.set_rng_state(b64_to_tensor(mine["torch"]))
             if mine.get("cuda") and self.device.type == "cuda":
-                torch.cuda.set_rng_state(_unb64(mine["cuda"]), self.device)
+                torch.cuda.set_rng_state(b64_to_tensor(mine["cuda"]), self.device)
             return
         derived = (seed + 1_000_003 * step + 7919 * self.rank) % 2**63
         random.seed(derived)

@@ -82,3 +82,16 @@ def package_edges(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 def test_no_import_cycle_inside_lyre():
     cycle = find_cycle(package_edges(import_graph()))
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_train_and_generate_are_modules_of_the_package():
+    """`lyre.train` and `lyre.generate` name modules, not functions re-exported over them."""
+    import inspect
+
+    import lyre
+    import lyre.generate as generate_module
+    import lyre.train as train_module
+
+    assert inspect.ismodule(train_module) and inspect.ismodule(generate_module)
+    assert inspect.ismodule(lyre.train) and inspect.ismodule(lyre.generate)
+    assert callable(train_module.train) and callable(generate_module.generate)
