@@ -186,7 +186,9 @@ def _add_chat(sub) -> None:
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server and chat page",
                        description="Serve a run over HTTP: the OpenAI API under /v1, a chat page at /, "
-                                   "/health. See docs/serve.md.")
+                                   "/health, Prometheus metrics at /metrics, the API's documentation "
+                                   "at /docs (works offline). One access-log line per request at "
+                                   "--log-level info. See docs/serve.md.")
     p.add_argument("run_dir", type=Path, help="run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -203,6 +205,9 @@ def _add_serve(sub) -> None:
                    help="at the end of the context: stop with finish_reason length (default, as "
                         "OpenAI) or slide the window and keep generating")
     _add_replace_unknown_flag(p)
+    p.add_argument("--read-timeout", type=float, default=30.0,
+                   help="seconds a client gets to send a request's headers, and again its body; "
+                        "slower clients get 408 and are disconnected (default 30)")
     _add_model_flags(p)
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (default 0: torch's choice, one per core)")
@@ -580,7 +585,8 @@ def cmd_serve(args) -> None:
     settings = ServeSettings(model_name=args.model_name, api_key=args.api_key or os.environ.get("LYRE_API_KEY"),
                              max_batch=args.max_batch, max_queue=args.max_queue,
                              max_body_bytes=args.max_body_bytes, chat_template=args.template,
-                             shutdown_timeout=args.shutdown_timeout, overflow=args.context_overflow)
+                             shutdown_timeout=args.shutdown_timeout, overflow=args.context_overflow,
+                             read_timeout=args.read_timeout)
     settings.validate()
     if args.threads < 0:
         raise LyreError(f"--threads must be >= 0; got {args.threads}")

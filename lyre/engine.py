@@ -63,6 +63,7 @@ class SamplingConfig:
     num_samples: int = 1  # continuations per prompt, all from one prefill
     seed: int | None = None  # sample i of a prompt uses seed + i; None: fresh randomness
     logprobs: bool = False  # also return log p(token) of every generated token
+    top_logprobs: int = 0  # with logprobs: also the k most likely tokens at each step
     overflow: str = "slide"  # at the context limit: "slide" the window or "stop" ("length")
 
     def validate(self) -> SamplingConfig:
@@ -79,6 +80,7 @@ class SamplingConfig:
             raise LyreError(f"overflow must be 'slide' or 'stop'; got {self.overflow!r}")
         if not isinstance(self.logprobs, bool):
             raise LyreError(f"logprobs must be True or False; got {self.logprobs!r}")
+        _check_int("top_logprobs", self.top_logprobs, 0, None)
         self.stop = _check_stop_strings(self.stop)
         if self.stop_token_ids is not None:
             if isinstance(self.stop_token_ids, str | bytes) or not isinstance(self.stop_token_ids, Seq):
@@ -135,6 +137,7 @@ class Completion:
     stop_reason: str | int | None = None
     logprobs: list[float] | None = None
     prompt_tokens: int = 0
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # (id, log p) alternatives per token
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,7 +254,17 @@ def warp_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
     return logits
 
 
-def sample_rows(logits: torch.Tensor, rows: Seq[Row]) -> tuple[list[int], list[float | None]]:
+def token_logprobs(logits: torch.Tensor, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """log p(token) under the model's own distribution [V] (before temperature and filters), and
+    the `top` most likely (id, log p) pairs of the same log-softmax, most likely first."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    if top <= 0:
+        return logprobs[token].item(), []
+    values, ids = torch.topk(logprobs, min(top, logprobs.numel()))
+    return logprobs[token].item(), list(zip(ids.tolist(), values.tolist(), strict=True))
+
+
+def sample_rows(logits: torch.Tensor, rows: Seq[Row]) -> tuple[list[int], list[tuple | None]]:
     """Next token of every row from logits [n, V]; each row uses its own params and generator."""
     logits = logits.float()
     processed = logits
@@ -264,10 +277,10 @@ def sample_rows(logits: torch.Tensor, rows: Seq[Row]) -> tuple[list[int], list[f
         tokens = processed.argmax(dim=-1).tolist()  # the fast path: one op for the whole batch
     else:
         tokens = [_sample_one(processed[i], row) for i, row in enumerate(rows)]
-    logprobs: list[float | None] = [None] * len(rows)
+    logprobs: list[tuple | None] = [None] * len(rows)
     for i, row in enumerate(rows):
         if row.params.logprobs:
-            logprobs[i] = torch.log_softmax(logits[i], dim=-1)[tokens[i]].item()
+            logprobs[i] = token_logprobs(logits[i], tokens[i], row.params.top_logprobs)
     return tokens, logprobs
 
 
@@ -305,6 +318,7 @@ class Row:
         self.tag = tag
         self.tokens: list[int] = []
         self.logprobs: list[float] | None = [] if params.logprobs else None
+        self.top_logprobs: list | None = [] if params.logprobs and params.top_logprobs else None
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
         self.generator = generator
@@ -334,16 +348,19 @@ class Row:
             stop_reason=self.stop_reason,
             logprobs=self.logprobs,
             prompt_tokens=len(self.prompt),
+            top_logprobs=self.top_logprobs,
         )
 
-    def accept(self, token: int, logprob: float | None, block_size: int) -> None:
-        """Record a sampled token and decide whether the row is done."""
+    def accept(self, token: int, logprob: tuple | None, block_size: int) -> None:
+        """Record a sampled token (logprob: token_logprobs' pair) and decide whether the row is done."""
         if token in self._stop_ids:
             self.finish("stop", token)
             return
         self.tokens.append(token)
         if self.logprobs is not None:
-            self.logprobs.append(logprob)
+            self.logprobs.append(logprob[0])
+            if self.top_logprobs is not None:
+                self.top_logprobs.append(logprob[1])
         if self.seen is not None:
             self.seen[token] = True
         if self._text.push(token):

@@ -30,7 +30,7 @@ def load_run(
 ) -> LoadedRun:
     """The model of RUN_DIR in eval mode; `best` falls back to `last` when absent.
     weights: "fp32" (as trained), "fp16" or "int8" for faster CPU inference (engine.convert_weights)."""
-    from lyre.train import resolve_device
+    from lyre.devices import resolve_device
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

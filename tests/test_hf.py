@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 transformers = pytest.importorskip("transformers")
+from gpt2_fixture import gpt2_files  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -42,10 +43,7 @@ from lyre.tokenizers import CharTokenizer, build_tokenizer, load_tokenizer  # no
 from lyre.train import train  # noqa: E402
 
 GPT2_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gpt2"
-needs_gpt2_files = pytest.mark.skipif(
-    not (GPT2_DATA / "encoder.json").is_file(),
-    reason=f"GPT-2 tokenizer files (encoder.json, vocab.bpe) not found in {GPT2_DATA}",
-)
+NO_GPT2 = f"OpenAI's GPT-2 files not found in {GPT2_DATA} (shared data absent); the stand-in ran"
 TOL = 1e-4  # fp32 logits; in practice the differences are ~1e-7 (float rounding only)
 
 # (name, GPT2Config fields): the issue's shape, plus odd ones that exercise every option.
@@ -124,8 +122,9 @@ def hf_logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 def lyre_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    """Logits at every position (with targets the model computes them all)."""
     with torch.no_grad():
-        return model(ids, all_logits=True)[0]
+        return model(ids, targets=ids)[0]
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -471,30 +470,37 @@ def test_export_refuses_a_non_empty_out_without_force(tmp_path):
 # GPT-2's own tokenizer, fine-tuning, from_pretrained, CLI
 
 
-@pytest.fixture(scope="module")
-def gpt2_src(tmp_path_factory) -> Path:
-    """A tiny random GPT-2 with the real GPT-2 vocabulary, as the hub ships it (vocab.json, merges.txt)."""
-    if not (GPT2_DATA / "encoder.json").is_file():
-        pytest.skip(f"GPT-2 tokenizer files (encoder.json, vocab.bpe) not found in {GPT2_DATA}")
-    src = tmp_path_factory.mktemp("gpt2") / "src"
-    random_gpt2(seed=7, n_layer=1, n_embd=32, n_head=2, n_positions=64).save_pretrained(src)
-    shutil.copy(GPT2_DATA / "encoder.json", src / "vocab.json")
-    shutil.copy(GPT2_DATA / "vocab.bpe", src / "merges.txt")
-    return src
+@pytest.fixture(scope="module", params=["fixture", "real"])
+def gpt2_dir(request, tmp_path_factory) -> Path:
+    """encoder.json + vocab.bpe in GPT-2's format: made by the test (tests/gpt2_fixture.py), and
+    OpenAI's own files when the shared data is there."""
+    if request.param == "real":
+        if not (GPT2_DATA / "encoder.json").is_file():
+            pytest.skip(NO_GPT2)
+        return GPT2_DATA
+    return gpt2_files(tmp_path_factory.getbasetemp())
+
+
+def gpt2_hub_dir(directory: Path, tokenizer_dir: Path) -> Path:
+    """A tiny random GPT-2 with a GPT-2 vocabulary, as the hub ships it (vocab.json, merges.txt)."""
+    random_gpt2(seed=7, n_layer=1, n_embd=32, n_head=2, n_positions=64).save_pretrained(directory)
+    shutil.copy(tokenizer_dir / "encoder.json", directory / "vocab.json")
+    shutil.copy(tokenizer_dir / "vocab.bpe", directory / "merges.txt")
+    return directory
 
 
 GPT2_TEXT = "Hello  world!\n\n  It's 2024, naïve café — 😀 tabs\tand   spaces  \n's'll"
 
 
-@needs_gpt2_files
-def test_gpt2_tokenizer_imports_and_exports(tmp_path, gpt2_src):
+def test_gpt2_tokenizer_imports_and_exports(tmp_path, gpt2_dir):
+    gpt2_src = gpt2_hub_dir(tmp_path / "src", gpt2_dir)
     run = load_run(import_hf(gpt2_src, tmp_path / "run"), device="cpu")
     assert run.tokenizer.kind == "gpt2"
-    reference = load_tokenizer(f"gpt2:{GPT2_DATA}")
+    reference = load_tokenizer(f"gpt2:{gpt2_dir}")
     assert run.tokenizer.encode(GPT2_TEXT) == reference.encode(GPT2_TEXT)
     out = export_hf(tmp_path / "run", tmp_path / "out")
     assert {"vocab.json", "merges.txt", "tokenizer.json"} <= {p.name for p in out.iterdir()}
-    encoder = json.loads((GPT2_DATA / "encoder.json").read_text())
+    encoder = json.loads((gpt2_dir / "encoder.json").read_text())
     assert json.loads((out / "vocab.json").read_text()) == encoder
     theirs = AutoTokenizer.from_pretrained(out)
     assert theirs(GPT2_TEXT)["input_ids"] == reference.encode(GPT2_TEXT)
@@ -507,9 +513,9 @@ def test_gpt2_tokenizer_imports_and_exports(tmp_path, gpt2_src):
     assert again.kind == "gpt2" and again.encode(GPT2_TEXT) == reference.encode(GPT2_TEXT)
 
 
-@needs_gpt2_files
-def test_fine_tune_an_imported_gpt2(tmp_path, gpt2_src, tiny_config):
+def test_fine_tune_an_imported_gpt2(tmp_path, tmp_path_factory, tiny_config):
     """nanoGPT's finetune_shakespeare, in small: import, then `lyre train` with init_from."""
+    gpt2_src = gpt2_hub_dir(tmp_path / "src", gpt2_files(tmp_path_factory.getbasetemp()))
     base = import_hf(gpt2_src, tmp_path / "base")
     before = load_run(base, device="cpu").model.state_dict()
     config = tiny_config(f"train.init_from='{base}'", f"data.tokenizer='gpt2:{base / 'tokenizer'}'",

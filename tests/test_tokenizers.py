@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from gpt2_fixture import gpt2_files
 
 from lyre.errors import LyreError
 from lyre.tokenizers import (
@@ -23,10 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 ILIAD = REPO / "lyre" / "data_files" / "iliad.txt"
 SHARED_DATA = REPO.parent / "shared" / "data"
 GPT2_DIR = SHARED_DATA / "gpt2"
-needs_gpt2 = pytest.mark.skipif(
-    not (GPT2_DIR / "encoder.json").is_file(),
-    reason=f"GPT-2 files not found in {GPT2_DIR} (shared data directory absent)",
-)
+NO_GPT2 = f"OpenAI's GPT-2 files not found in {GPT2_DIR} (shared data absent): the checks on the real vocabulary are skipped; the GPT-2-format files made by the test ran"
 
 # Strings a tokenizer is likely to get wrong: multi-byte UTF-8, grapheme clusters, odd spaces.
 TRICKY = [
@@ -57,9 +55,25 @@ def bpe(iliad: str) -> BPETokenizer:
 
 @pytest.fixture(scope="module")
 def gpt2() -> GPT2Tokenizer:
+    """OpenAI's real GPT-2 tokenizer (shared data): only for checks of GPT-2's actual ids."""
     if not (GPT2_DIR / "encoder.json").is_file():
-        pytest.skip(f"GPT-2 files not found in {GPT2_DIR} (shared data directory absent)")
+        pytest.skip(NO_GPT2)
     return GPT2Tokenizer(GPT2_DIR)
+
+
+@pytest.fixture(scope="module", params=["fixture", "real"])
+def gpt2_dir(request, tmp_path_factory) -> Path:
+    """Files in GPT-2's format: made by the test (always), and OpenAI's own (when present)."""
+    if request.param == "real":
+        if not (GPT2_DIR / "encoder.json").is_file():
+            pytest.skip(NO_GPT2)
+        return GPT2_DIR
+    return gpt2_files(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def gpt2_any(gpt2_dir: Path) -> GPT2Tokenizer:
+    return GPT2Tokenizer(gpt2_dir)
 
 
 def same_tokenizer(a, b, text: str) -> None:
@@ -198,34 +212,46 @@ def test_bpe_bad_vocab_size() -> None:
 # ---- GPT-2 ---------------------------------------------------------------------------------
 
 
-def reference_corpora() -> list[tuple[str, str]]:
-    names = ["iliad.txt", "tinyshakespeare.txt", "the-verdict.txt"]
-    return [(n, (SHARED_DATA / n).read_text(encoding="utf-8")) for n in names]
+def reference_corpora(chars: int = 300_000) -> list[tuple[str, str]]:
+    """The bundled Iliad always, the shared corpora when they are there (each cut to `chars`)."""
+    corpora = [("bundled iliad.txt", ILIAD.read_text(encoding="utf-8")[:chars])]
+    for name in ["tinyshakespeare.txt", "the-verdict.txt"]:
+        if (SHARED_DATA / name).is_file():
+            corpora.append((name, (SHARED_DATA / name).read_text(encoding="utf-8")[:chars]))
+    return corpora
 
 
 def test_gpt2_hello_world(gpt2: GPT2Tokenizer) -> None:
     assert gpt2.encode("Hello world") == [15496, 995]
     assert gpt2.vocab_size == 50257 and gpt2.eot_id == 50256
     assert gpt2.decode([15496, 995]) == "Hello world"
+    assert gpt2.encode(f"a{EOT}b", allow_special=True) == [64, 50256, 65]
+    assert gpt2.encode_batch(["Hello world", "a"]) == [[15496, 995], [64]]
 
 
-@needs_gpt2
-def test_gpt2_matches_hugging_face(gpt2: GPT2Tokenizer, tmp_path: Path) -> None:
+def test_gpt2_fixture_has_gpt2s_format(tmp_path_factory) -> None:
+    """The stand-in made by the test is what the real files are: 50257 tokens, EOT last."""
+    tok = GPT2Tokenizer(gpt2_files(tmp_path_factory.getbasetemp()))
+    assert tok.vocab_size == 50257 and tok.eot_id == 50256 and tok.kind == "gpt2"
+    text = ILIAD.read_text(encoding="utf-8")[:20000]
+    assert len(tok.encode(text)) < len(text.encode()) / 2  # its learned merges compress text
+
+
+def test_gpt2_matches_hugging_face(gpt2_any: GPT2Tokenizer, gpt2_dir: Path, tmp_path: Path) -> None:
     """Independent reference: transformers' GPT-2 tokenizer on the same vocab/merges files."""
     transformers = pytest.importorskip("transformers")
-    shutil.copyfile(GPT2_DIR / "encoder.json", tmp_path / "vocab.json")
-    shutil.copyfile(GPT2_DIR / "vocab.bpe", tmp_path / "merges.txt")
+    shutil.copyfile(gpt2_dir / "encoder.json", tmp_path / "vocab.json")
+    shutil.copyfile(gpt2_dir / "vocab.bpe", tmp_path / "merges.txt")
     hf = transformers.GPT2TokenizerFast.from_pretrained(tmp_path)
     for name, text in reference_corpora():
-        assert gpt2.encode(text) == hf(text)["input_ids"], name
+        assert gpt2_any.encode(text) == hf(text)["input_ids"], name
     for text in TRICKY:
         if EOT in text:  # HF always treats <|endoftext|> in text as the special token
             continue
-        assert gpt2.encode(text) == hf(text)["input_ids"], text
+        assert gpt2_any.encode(text) == hf(text)["input_ids"], text
 
 
-@needs_gpt2
-def test_gpt2_matches_tiktoken_loader(gpt2: GPT2Tokenizer, monkeypatch) -> None:
+def test_gpt2_matches_tiktoken_loader(gpt2_any: GPT2Tokenizer, gpt2_dir: Path, monkeypatch) -> None:
     """Second reference: tiktoken's own encoder.json/vocab.bpe conversion and pattern."""
     import tiktoken
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
@@ -233,30 +259,32 @@ def test_gpt2_matches_tiktoken_loader(gpt2: GPT2Tokenizer, monkeypatch) -> None:
 
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # read the local files, cache nothing
     ranks = data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=str(GPT2_DIR / "vocab.bpe"),
-        encoder_json_file=str(GPT2_DIR / "encoder.json"),
+        vocab_bpe_file=str(gpt2_dir / "vocab.bpe"),
+        encoder_json_file=str(gpt2_dir / "encoder.json"),
     )
     ref = tiktoken.Encoding(
         "gpt2-ref", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={EOT: 50256}
     )
     text = "".join(t for _, t in reference_corpora()) + "".join(TRICKY)
-    assert gpt2.encode(text) == ref.encode_ordinary(text)
-    assert gpt2.encode(text, allow_special=True) == ref.encode(text, allowed_special="all")
+    assert gpt2_any.encode(text) == ref.encode_ordinary(text)
+    assert gpt2_any.encode(text, allow_special=True) == ref.encode(text, allowed_special="all")
 
 
-def test_gpt2_round_trip_and_special(gpt2: GPT2Tokenizer) -> None:
+def test_gpt2_round_trip_and_special(gpt2_any: GPT2Tokenizer) -> None:
     for text in TRICKY:
-        ids = gpt2.encode(text)
-        assert gpt2.decode(ids) == text
-        assert b"".join(gpt2.token_bytes(i) for i in ids) == text.encode()
-    assert 50256 not in gpt2.encode(EOT)
-    assert gpt2.encode(f"a{EOT}b", allow_special=True) == [64, 50256, 65]
-    assert gpt2.encode_batch(["Hello world", "a"]) == [[15496, 995], [64]]
-    assert gpt2.token_bytes(50256) == EOT.encode()
+        ids = gpt2_any.encode(text)
+        assert gpt2_any.decode(ids) == text
+        assert b"".join(gpt2_any.token_bytes(i) for i in ids) == text.encode()
+    assert 50256 not in gpt2_any.encode(EOT)
+    ids = gpt2_any.encode(f"a{EOT}b", allow_special=True)
+    assert ids == gpt2_any.encode("a") + [50256] + gpt2_any.encode("b")
+    texts = ["Hello world", "a", ""]
+    assert gpt2_any.encode_batch(texts) == [gpt2_any.encode(t) for t in texts]
+    assert gpt2_any.token_bytes(50256) == EOT.encode()
 
 
-def test_gpt2_save_is_self_contained(gpt2: GPT2Tokenizer, tmp_path: Path) -> None:
-    gpt2.save(tmp_path / "run" / "tokenizer")
+def test_gpt2_save_is_self_contained(gpt2_any: GPT2Tokenizer, gpt2_dir: Path, tmp_path: Path) -> None:
+    gpt2_any.save(tmp_path / "run" / "tokenizer")
     moved = tmp_path / "moved"
     shutil.move(tmp_path / "run" / "tokenizer", moved)  # no path back to the source files
     assert sorted(p.name for p in moved.iterdir()) == [
@@ -266,8 +294,9 @@ def test_gpt2_save_is_self_contained(gpt2: GPT2Tokenizer, tmp_path: Path) -> Non
     ]
     loaded = load_tokenizer(moved)
     assert isinstance(loaded, GPT2Tokenizer)
-    assert loaded.encode("Hello world") == [15496, 995]
-    assert load_tokenizer(f"gpt2:{GPT2_DIR}").encode("Hello world") == [15496, 995]
+    text = "Hello world, naïve café 😀"
+    assert loaded.encode(text) == gpt2_any.encode(text)
+    assert load_tokenizer(f"gpt2:{gpt2_dir}").encode(text) == gpt2_any.encode(text)
 
 
 def test_gpt2_missing_files(tmp_path: Path) -> None:

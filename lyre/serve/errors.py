@@ -3,9 +3,10 @@
     {"error": {"message": "...", "type": "invalid_request_error", "param": "top_p", "code": null}}
 
 Bad input is always a 4xx: malformed JSON and schema violations are 400 (FastAPI's default 422
-is remapped), an unknown model 404, a missing or wrong API key 401, a body over the size limit
-413, a full queue 429 and a server shutting down 503 (both with Retry-After). A 500 means a bug
-in lyre, never a bad request.
+is remapped, with messages from lyre.serve.validation), an unknown model 404, a missing or wrong
+API key 401, a request whose headers or body do not arrive in time 408, a body over the size
+limit 413, a full queue 429 and a server shutting down 503 (both with Retry-After). A 500 means
+a bug in lyre, never a bad request.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lyre.errors import LyreError
+from lyre.serve.validation import describe
 
 log = logging.getLogger("lyre.serve")
 
@@ -28,6 +30,7 @@ _TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
     429: "rate_limit_error",
@@ -69,37 +72,6 @@ def error_response(status: int, message: str, **kw) -> JSONResponse:
     return APIError(status, message, **kw).response()
 
 
-def _loc_to_param(loc) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    # pydantic names the union member it tried ("str", "list[int]", ...) in the location; the
-    # field path is what the client needs.
-    parts = [p for p in parts if not (p[:1].islower() and ("[" in p or p in ("str", "int", "float", "bool", "function-after")))]
-    return ".".join(parts) or None
-
-
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, str | None]:
-    errors = exc.errors()
-    if not errors:
-        return "invalid request", None, None
-    # A body that is not JSON at all: say so first.
-    for err in errors:
-        if err.get("type") == "json_invalid":
-            ctx = err.get("ctx") or {}
-            detail = ctx.get("error", "")
-            return f"the request body is not valid JSON ({detail})".replace(" ()", ""), None, "invalid_json"
-    err = errors[0]
-    param = _loc_to_param(err.get("loc", ()))
-    kind = err.get("type", "")
-    if kind == "missing":
-        return f"missing required parameter: {param!r}", param, "missing_required_parameter"
-    if kind == "extra_forbidden":
-        return f"unrecognized request argument: {param!r}", param, "unknown_parameter"
-    msg = err.get("msg", "invalid value")
-    if kind == "model_attributes_type" or param is None:
-        return f"invalid request body: {msg}", param, "invalid_request"
-    return f"invalid value for {param!r}: {msg}", param, "invalid_value"
-
-
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -107,7 +79,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        message, param, code = _validation_message(exc)
+        message, param, code = describe(exc.errors(), exc.body)
         return error_response(400, message, param=param, code=code)
 
     @app.exception_handler(LyreError)

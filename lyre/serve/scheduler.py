@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from lyre.engine import Batch, Engine, Row, SamplingConfig
 from lyre.errors import LyreError
 from lyre.serve.errors import APIError
+from lyre.serve.logprobs import TokenLogprob, new_logprobs
 
 log = logging.getLogger("lyre.serve")
 
@@ -55,7 +56,7 @@ class Piece:
     index: int
     text: str
     tokens: int
-    logprobs: list[tuple[str, float, bytes]] | None = None  # (token, log p, its bytes) per new token
+    logprobs: list[TokenLogprob] | None = None  # one per new token (with logprobs=True)
 
 
 @dataclass
@@ -300,10 +301,7 @@ class Scheduler:
             if text or new:
                 logprobs = None
                 if row.logprobs is not None and new:
-                    logprobs = []
-                    for tok, lp in zip(row.tokens[live.reported:], row.logprobs[live.reported:], strict=True):
-                        raw = token_bytes(tok)
-                        logprobs.append((raw.decode("utf-8", "replace"), float(lp), raw))
+                    logprobs = new_logprobs(row, live.reported, token_bytes)
                 self.generated_tokens += new
                 live.reported = len(row.tokens)
                 live.job.emit(Piece(live.index, text, len(row.tokens), logprobs))

@@ -22,6 +22,8 @@ MAX_N = 8
 MAX_STOP = 4
 MAX_STOP_CHARS = 256
 MAX_SEED = 2**63 - 1
+MAX_LOGPROBS = 5  # completions: `logprobs` alternatives per token (OpenAI's limit)
+MAX_TOP_LOGPROBS = 20  # chat: `top_logprobs` alternatives per token (OpenAI's limit)
 
 
 class _Strict(BaseModel):
@@ -83,8 +85,9 @@ class CompletionRequest(_SamplingFields):
     max_tokens: int | None = Field(16, ge=1, le=MAX_NEW_TOKENS, description="New tokens per choice; default 16.")
     echo: bool | None = Field(False, description="Put the prompt in front of the completion.")
     logprobs: int | None = Field(
-        None, ge=0, le=0,
-        description="Only 0 is supported: the log-probability of each sampled token.",
+        None, ge=0, le=MAX_LOGPROBS,
+        description="Return the log-probability of each sampled token and of the `logprobs` most "
+                    "likely tokens at each step (0..5; 0: the sampled token only).",
     )
     best_of: int | None = Field(None, ge=1, le=MAX_N, description="Only best_of == n is supported.")
     suffix: str | None = Field(None, max_length=0, description="Not supported (insertion); leave unset.")
@@ -123,7 +126,10 @@ class ChatCompletionRequest(_SamplingFields):
     )
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS, description="Same as max_tokens.")
     logprobs: bool | None = Field(False, description="Return the log-probability of each token.")
-    top_logprobs: int | None = Field(None, ge=0, le=0, description="Only 0 is supported.")
+    top_logprobs: int | None = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS,
+        description="With `logprobs: true`: also the 0..20 most likely tokens at each step.",
+    )
     response_format: ResponseFormat | None = None
 
 
@@ -140,7 +146,9 @@ class Usage(BaseModel):
 class CompletionLogprobs(BaseModel):
     tokens: list[str]
     token_logprobs: list[float]
-    top_logprobs: None = None
+    top_logprobs: list[dict[str, float]] | None = Field(
+        None, description="With `logprobs` > 0: per token, the most likely tokens and the sampled "
+                          "one, text -> log-probability.")
     text_offset: list[int]
 
 
@@ -161,11 +169,17 @@ class Completion(BaseModel):
     system_fingerprint: str | None = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
 class TokenLogprob(BaseModel):
     token: str
     logprob: float
     bytes: list[int] | None = None
-    top_logprobs: list[dict] = Field(default_factory=list)
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
 
 
 class ChoiceLogprobs(BaseModel):
@@ -254,3 +268,31 @@ class Health(BaseModel):
     max_queue: int
     steps: int = Field(description="Decode steps run since start.")
     generated_tokens: int
+
+
+# ----------------------------------------------------------------------------------------------
+# What the routes document besides their 200 response
+
+
+ERROR_TEXT = {
+    400: "Malformed JSON, a parameter out of range, or a prompt longer than the context",
+    401: "Missing or wrong API key (only when the server has one)",
+    404: "Unknown model",
+    408: "The request's headers or body did not arrive in time",
+    413: "Request body over the size limit",
+    429: "Queue full; retry after the Retry-After header's seconds",
+    503: "Server shutting down; retry after the Retry-After header's seconds",
+}
+GENERATION_ERRORS = (400, 401, 404, 408, 413, 429, 503)
+
+
+def error_responses(*codes: int) -> dict:
+    """OpenAPI `responses` entries for these error statuses, all in OpenAI's error shape."""
+    return {code: {"model": ErrorResponse, "description": ERROR_TEXT[code]} for code in codes}
+
+
+def sse_responses(model: type) -> dict:
+    """The 200 of a route that answers JSON, or server-sent events with `stream: true`."""
+    return {200: {"model": model, "description": "A JSON body, or with `stream: true` "
+                  "server-sent events of chunks ending in `data: [DONE]`",
+                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}}

@@ -4,12 +4,21 @@ Shutdown on SIGTERM or Ctrl-C: uvicorn stops accepting connections, the schedule
 draining (new requests on open connections get 503 + Retry-After), in-flight requests get
 `shutdown_timeout` seconds to finish, what is left is cancelled (streams end), then the worker
 thread stops and the process exits 0.
+
+Slow clients: a connection must deliver a request's headers within `read_timeout` seconds of
+opening (or of the request's first byte on a kept-alive connection), else it gets 408 and is
+closed; the body then gets as long again (BodyLimitMiddleware). uvicorn itself waits forever.
+
+Logs: uvicorn's own lines, lyre's errors (logger lyre.serve) and one access line per request
+(lyre.serve.access, written by AccessMiddleware in place of uvicorn's) at the default level info.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import ipaddress
+import json
 import logging
 import signal
 import socket
@@ -18,7 +27,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from lyre.errors import LyreError
 from lyre.serve.app import ServeSettings, create_app
@@ -53,11 +64,87 @@ class _Server(uvicorn.Server):
                 signal.signal(s, handler)
 
 
-def _config(app, host: str, port: int, settings: ServeSettings, log_level: str) -> uvicorn.Config:
+class _HeaderDeadline(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol plus a deadline for a request's headers (slowloris).
+
+    The deadline runs while the connection is waiting for a complete request head: from the
+    connection's start, and from the first byte of each later request. A connection idle between
+    requests is uvicorn's (timeout_keep_alive). Subclasses set `timeout`.
+    """
+
+    timeout: float = 30.0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._deadline = self.loop.call_later(self.timeout, self._too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._watch()
+
+    def connection_lost(self, exc) -> None:
+        self._cancel()
+        super().connection_lost(exc)
+
+    def _waiting_for_head(self) -> bool:
+        return self.conn.their_state is h11.IDLE
+
+    def _watch(self) -> None:
+        if self._waiting_for_head() and self.conn.trailing_data[0]:  # a request has begun
+            if self._deadline is None:
+                self._deadline = self.loop.call_later(self.timeout, self._too_slow)
+        else:
+            self._cancel()
+
+    def _cancel(self) -> None:
+        if getattr(self, "_deadline", None) is not None:
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing() or not self._waiting_for_head():
+            return
+        if self.conn.trailing_data[0]:  # part of a request came: say why it ends
+            body = json.dumps({"error": {
+                "message": f"the request's headers did not arrive within {self.timeout:g} s",
+                "type": "invalid_request_error", "param": None, "code": "request_timeout"}})
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body.encode()))
+        self.transport.close()
+
+
+def _protocol(read_timeout: float) -> type[H11Protocol]:
+    return type("HeaderDeadlineH11", (_HeaderDeadline,), {"timeout": read_timeout})
+
+
+def _log_config(level: str) -> dict:
+    """uvicorn's logging set-up, plus lyre's loggers: errors to stderr, access lines to stdout
+    (where uvicorn writes its own access lines), both in uvicorn's format."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["formatters"]["lyre_access"] = {"()": "uvicorn.logging.DefaultFormatter",
+                                           "fmt": "%(levelprefix)s %(message)s"}
+    config["handlers"]["lyre_access"] = {"formatter": "lyre_access", "class": "logging.StreamHandler",
+                                         "stream": "ext://sys.stdout"}
+    config["loggers"]["lyre.serve"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    config["loggers"]["lyre.serve.access"] = {"handlers": ["lyre_access"], "level": level.upper(),
+                                              "propagate": False}
+    return config
+
+
+def _config(app, host: str, port: int, settings: ServeSettings, log_level: str,
+            log_config: dict | None = None) -> uvicorn.Config:
+    kwargs = {} if log_config is None else {"log_config": log_config}
     return uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=log_level == "debug",
+        app, host=host, port=port, log_level=log_level,
+        access_log=False,  # AccessMiddleware writes one line per request, with its duration
         timeout_graceful_shutdown=settings.shutdown_timeout, lifespan="on",
-        # Our own handlers set the limits; uvicorn's defaults are fine otherwise.
+        http=_protocol(settings.read_timeout), **kwargs,
     )
 
 
@@ -76,7 +163,8 @@ def serve(run, host: str = "127.0.0.1", port: int = 8000, settings: ServeSetting
     if not settings.api_key and not _is_loopback(host):
         print(f"lyre serve: warning: listening on {host} without an API key: anyone who can reach "
               "this machine can use the model; set --api-key or LYRE_API_KEY", file=sys.stderr, flush=True)
-    server = _Server(_config(app, host, port, settings, log_level), app.state.scheduler)
+    config = _config(app, host, port, settings, log_level, log_config=_log_config(log_level))
+    server = _Server(config, app.state.scheduler)
     server.run()
 
 

@@ -1,0 +1,190 @@
+"""Embedders: text -> unit vectors, for dense and hybrid retrieval. None of them downloads.
+
+    none                      BM25 only (the default: offline, no model needed)
+    OpenAIEmbedder            any OpenAI-compatible POST /v1/embeddings (lyre serve, Ollama,
+                              vLLM, OpenAI): batched, vectors L2-normalised here
+    SentenceTransformerEmbedder  a local sentence-transformers model directory (only when the
+                              `sentence_transformers` package is installed; never a hub name)
+    RunEmbedder               a lyre run: mean of the final hidden states over the text's
+                              tokens (a language model's states are a weak retriever unless it
+                              was trained for it; measure before relying on it)
+
+`make_embedder("none" | "openai:MODEL@URL" | "st:DIR" | "run:DIR")` builds one from a string,
+which is what the CLI's --embedder passes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lyre.errors import LyreError
+from lyre.rag.types import Embedder
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class OpenAIEmbedder:
+    """POST {base_url}/embeddings in batches; base_url with or without the trailing /v1."""
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None,
+                 batch_size: int = 64, timeout: float = 60.0, dim: int | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        if not self.base_url.endswith("/v1"):
+            self.base_url += "/v1"
+        self.model = model
+        self.name = f"openai:{model}@{self.base_url}"
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        self.batch_size = batch_size
+        self.timeout = timeout
+        self._dim = dim
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = int(self.embed(["dimension probe"]).shape[1])
+        return self._dim
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        out = []
+        with httpx.Client(timeout=self.timeout, headers=headers) as client:
+            for i in range(0, len(texts), self.batch_size):
+                batch = texts[i:i + self.batch_size]
+                try:
+                    r = client.post(f"{self.base_url}/embeddings",
+                                    json={"model": self.model, "input": batch})
+                except httpx.HTTPError as e:
+                    raise LyreError(f"embedding endpoint {self.base_url} unreachable "
+                                    f"({type(e).__name__}); is the server running?") from None
+                if r.status_code != 200:
+                    raise LyreError(f"embedding endpoint {self.base_url} answered "
+                                    f"{r.status_code}: {_error_message(r)}")
+                try:
+                    data = sorted(r.json()["data"], key=lambda d: d["index"])
+                    out.extend(d["embedding"] for d in data)
+                except (ValueError, KeyError, TypeError):
+                    raise LyreError(f"embedding endpoint {self.base_url} sent a reply that "
+                                    "is not an OpenAI embeddings response") from None
+        if len(out) != len(texts):
+            raise LyreError(f"embedding endpoint returned {len(out)} vectors for {len(texts)} texts")
+        vectors = normalise(np.array(out, dtype=np.float32)) if out else np.zeros((0, self._dim or 0), np.float32)
+        if out:
+            self._dim = vectors.shape[1]
+        return vectors
+
+
+def _error_message(response) -> str:
+    try:
+        body = response.json()
+        return str(body.get("error", {}).get("message") or body)[:200]
+    except ValueError:
+        return response.text[:200]
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model from a LOCAL directory (HF_HUB_OFFLINE: never downloads)."""
+
+    def __init__(self, directory: str | Path, batch_size: int = 32) -> None:
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise LyreError(f"{directory} is not a directory; sentence-transformers models are "
+                            "loaded from a local folder only (nothing is downloaded)")
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise LyreError("the 'st:' embedder needs the sentence-transformers package "
+                            "(pip install sentence-transformers)") from None
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.model = SentenceTransformer(str(directory), device="cpu", local_files_only=True)
+        self.name = f"st:{directory.name}"
+        self.dim = int(self.model.get_sentence_embedding_dimension())
+        self.batch_size = batch_size
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        vectors = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True)
+        return normalise(vectors)
+
+
+class RunEmbedder:
+    """Mean-pooled final hidden states of a lyre run (a GPT), L2-normalised."""
+
+    def __init__(self, run_dir: str | Path, batch_size: int = 16, device: str = "cpu") -> None:
+        from lyre.runs import load_run
+
+        self.run = load_run(run_dir, device=device)
+        model = self.run.model
+        if not hasattr(model, "transformer"):
+            raise LyreError(f"run {run_dir} is not a GPT; only GPT runs can embed text")
+        self.name = f"run:{Path(run_dir).resolve().name}"
+        self.dim = int(self.run.config.model.n_embd)
+        self.max_tokens = int(self.run.config.model.block_size)
+        self.batch_size = batch_size
+
+    def _encode(self, text: str) -> list[int]:
+        tok = self.run.tokenizer
+        if tok.kind == "char":  # characters the run never saw become spaces (or its unk)
+            known = getattr(tok, "_stoi", {})
+            fill = tok.unk if getattr(tok, "unk", None) else (" " if " " in known else None)
+            text = "".join(c if c in known else (fill or "") for c in text)
+        ids = tok.encode(text)[: self.max_tokens]
+        return ids or [tok.eot_id if tok.eot_id is not None else 0]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        out = []
+        model = self.run.model
+        for i in range(0, len(texts), self.batch_size):
+            batch = [self._encode(t) for t in texts[i:i + self.batch_size]]
+            longest = max(len(b) for b in batch)
+            # Right padding: with causal attention real tokens never see the pads after them.
+            idx = torch.zeros(len(batch), longest, dtype=torch.long)
+            mask = torch.zeros(len(batch), longest, 1)
+            for row, ids in enumerate(batch):
+                idx[row, : len(ids)] = torch.tensor(ids)
+                mask[row, : len(ids)] = 1.0
+            with torch.no_grad():
+                states = final_hidden(model, idx.to(self.run.device)).float().cpu()
+            out.append(((states * mask).sum(1) / mask.sum(1)).numpy())
+        return normalise(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+
+
+def final_hidden(model, idx):
+    """[B, T, n_embd] states after the final norm. Uses GPT.hidden() when the model has it;
+    otherwise runs the same steps as GPT.forward without the LM head (the fallback goes away
+    once hidden() is on main)."""
+    if hasattr(model, "hidden"):
+        return model.hidden(idx)
+    import torch
+
+    T = idx.shape[1]
+    positions = torch.arange(T, device=idx.device).unsqueeze(0)
+    x = model.transformer.drop(model.transformer.wte(idx) + model._absolute_positions(positions))
+    rope = model._rope(positions)
+    for layer, block in enumerate(model.transformer.h):
+        x = block(x, rope, None, None, layer)
+    return model.transformer.ln_f(x)
+
+
+def make_embedder(spec: str | None) -> Embedder | None:
+    """'none' | 'openai:MODEL@URL' | 'st:DIR' | 'run:DIR' -> an Embedder (or None)."""
+    if spec is None or spec in ("", "none"):
+        return None
+    kind, _, rest = spec.partition(":")
+    if kind == "openai" and "@" in rest:
+        model, _, url = rest.partition("@")
+        return OpenAIEmbedder(url, model)
+    if kind == "st" and rest:
+        return SentenceTransformerEmbedder(rest)
+    if kind == "run" and rest:
+        return RunEmbedder(rest)
+    raise LyreError(f"unknown embedder {spec!r}; use none, openai:MODEL@URL, st:DIR or run:DIR")

@@ -1,0 +1,235 @@
+"""The lexical side of retrieval: text -> terms, and BM25 over terms (bm25s).
+
+Terms: lowercase words (`\\w+`), minus stopwords, reduced to their stem by the Snowball
+stemmer (PyStemmer) so that "wedding", "wed" and "weds" meet. Queries and chunks must be
+analysed the same way, so the settings are stored with the index (LexicalConfig in its info).
+
+BM25 "eager", as bm25s does it: the score of every (term, chunk) pair is computed at index
+time and stored per term, so a query is a sum of a few posting lists. The matrix is built here
+with a handful of numpy operations (about 3x faster than bm25s' build on the Sherlock Holmes
+chunks, and without its scipy import: docs/log.md); the scores are bm25s' (a test
+checks them against bm25s). bm25s itself builds the two variants that also score absent terms
+(bm25l, bm25+). Queries sum the posting lists themselves, because we need a weight per query
+term (pseudo-relevance feedback) and a mask of allowed chunks (the source filter) applied
+before the top-k, not after.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+
+from lyre.errors import LyreError
+
+WORD = re.compile(r"\w+")
+
+
+@dataclass
+class LexicalConfig:
+    method: str = "lucene"  # bm25s: robertson, lucene, atire, bm25l, bm25+
+    k1: float = 1.2
+    b: float = 0.75
+    delta: float = 0.5  # bm25l / bm25+ only
+    stemmer: str | None = "english"  # a Snowball language, or None
+    stopwords: str | None = "en_plus"  # "en" (Lucene's 33 words), "en_plus" (bm25s' long list)
+
+    def __post_init__(self) -> None:
+        if self.method not in {"robertson", "lucene", "atire", "bm25l", "bm25+"}:
+            raise LyreError(f"unknown BM25 method {self.method!r}; "
+                            "use robertson, lucene, atire, bm25l or bm25+")
+        if self.stopwords not in {None, "en", "en_plus"}:
+            raise LyreError(f"unknown stopword list {self.stopwords!r}; use en, en_plus or none")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LexicalConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+# Lucene's English stopwords, and NLTK's longer list; the same lists bm25s ships
+# (STOPWORDS_EN, STOPWORDS_EN_PLUS), copied so that analysing text does not import bm25s
+# and scipy (a quarter of a second, paid by every CLI call).
+STOPWORDS_EN = frozenset("""
+    a an and are as at be but by for if in into is it no not of on or such that the their
+    then there these they this to was will with
+""".split())
+STOPWORDS_EN_PLUS = frozenset("""
+    a about above after again against ain all am an and any are aren aren't as at be because
+    been before being below between both but by can couldn couldn't d did didn didn't do
+    does doesn doesn't doing don don't down during each few for from further had hadn hadn't
+    has hasn hasn't have haven haven't having he her here hers herself him himself his how i
+    if in into is isn isn't it it's its itself just ll m ma me mightn mightn't more most
+    mustn mustn't my myself needn needn't no nor not now o of off on once only or other our
+    ours ourselves out over own re s same shan shan't she she's should should've shouldn
+    shouldn't so some such t than that that'll the their theirs them themselves then there
+    these they this those through to too under until up ve very was wasn wasn't we were
+    weren weren't what when where which while who whom why will with won won't wouldn
+    wouldn't y you you'd you'll you're you've your yours yourself yourselves
+""".split())
+
+
+def _stopwords(name: str | None) -> frozenset[str]:
+    return {None: frozenset(), "en": STOPWORDS_EN, "en_plus": STOPWORDS_EN_PLUS}[name]
+
+
+class Analyzer:
+    """Text -> terms. Each distinct surface word is looked up once (a corpus has far fewer
+    distinct words than words): its stem, or "" for a stopword."""
+
+    def __init__(self, config: LexicalConfig) -> None:
+        self.stop = _stopwords(config.stopwords)
+        self.stemmer = None
+        if config.stemmer:
+            try:
+                import Stemmer  # PyStemmer
+            except ImportError:
+                raise LyreError("this index uses stemming; install PyStemmer "
+                                "(pip install PyStemmer)") from None
+            try:
+                self.stemmer = Stemmer.Stemmer(config.stemmer)
+            except KeyError:
+                raise LyreError(f"no Snowball stemmer for {config.stemmer!r}") from None
+        self._terms: dict[str, str] = {}
+
+    def __call__(self, text: str) -> list[str]:
+        words = WORD.findall(text.lower())
+        terms = self._terms
+        out = list(map(terms.get, words))  # C-speed lookups; None marks a word not seen yet
+        if None in out:
+            new = list({w for w, t in zip(words, out, strict=True) if t is None})
+            stems = self.stemmer.stemWords(new) if self.stemmer else new
+            terms.update((w, "" if w in self.stop else s) for w, s in zip(new, stems, strict=True))
+            out = list(map(terms.__getitem__, words))
+        return [t for t in out if t]
+
+
+# How each BM25 variant weighs term frequency (tf) in a document of length dl (in terms) and
+# how rare a term is (idf, from its document frequency df among n documents), as in bm25s
+# (Kamphuis et al. 2020, "Which BM25 do you mean?").
+def _idf(method: str, df: np.ndarray, n: int) -> np.ndarray:
+    if method == "robertson":  # clipped at 0: a term in most chunks does not count against
+        return np.log(np.maximum((n - df + 0.5) / (df + 0.5), 1.0))
+    if method == "atire":
+        return np.log(n / df)
+    return np.log(1 + (n - df + 0.5) / (df + 0.5))  # lucene (never negative)
+
+
+def _tf_part(method: str, tf: np.ndarray, dl: np.ndarray, avgdl: float, k1: float,
+             b: float) -> np.ndarray:
+    norm = k1 * ((1 - b) + b * dl / avgdl)
+    if method == "atire":
+        return tf * (k1 + 1) / (tf + norm)
+    return tf / (norm + tf)  # robertson, lucene
+
+
+class BM25Index:
+    """BM25 scores of every chunk for any weighted set of terms.
+
+    The matrix is stored per term (compressed sparse columns): the chunks holding term t are
+    indices[indptr[t]:indptr[t+1]] and their scores data[...] — so a query only touches the
+    posting lists of its own terms."""
+
+    def __init__(self, vocab: dict[str, int], data: np.ndarray, indices: np.ndarray,
+                 indptr: np.ndarray, num_docs: int, config: LexicalConfig,
+                 nonoccurrence: np.ndarray | None = None) -> None:
+        self.vocab, self.data, self.indices, self.indptr = vocab, data, indices, indptr
+        self.num_docs, self.config, self.nonoccurrence = num_docs, config, nonoccurrence
+
+    @classmethod
+    def build(cls, docs_terms: list[list[str]], config: LexicalConfig) -> BM25Index:
+        """Score every (term, chunk) pair at once with numpy; bm25l and bm25+ (which also score
+        absent terms) are built by bm25s."""
+        if config.method in ("bm25l", "bm25+"):
+            return cls._build_bm25s(docs_terms, config)
+        n = len(docs_terms)
+        every = list(chain.from_iterable(docs_terms))
+        vocab = {t: i for i, t in enumerate(dict.fromkeys(every))}  # first-seen order
+        if not vocab:
+            empty = np.zeros(0, dtype=np.float32)
+            return cls({}, empty, np.zeros(0, np.int32), np.zeros(1, np.int64), n, config)
+        ids = np.fromiter(map(vocab.__getitem__, every), dtype=np.int64, count=len(every))
+        lengths = np.fromiter(map(len, docs_terms), dtype=np.int64, count=n)
+        docs = np.repeat(np.arange(n, dtype=np.int64), lengths)
+        keys, tf = np.unique(ids * n + docs, return_counts=True)
+        term, doc = keys // n, keys % n  # sorted by term, then chunk: already column order
+        df = np.bincount(term, minlength=len(vocab))
+        avgdl = max(float(lengths.mean()), 1e-9)
+        scores = _idf(config.method, df, n)[term] * _tf_part(
+            config.method, tf, lengths[doc], avgdl, config.k1, config.b)
+        indptr = np.concatenate([[0], np.cumsum(df)])
+        return cls(vocab, scores.astype(np.float32), doc.astype(np.int32), indptr, n, config)
+
+    @classmethod
+    def _build_bm25s(cls, docs_terms: list[list[str]], config: LexicalConfig) -> BM25Index:
+        if not any(docs_terms):
+            return cls.build(docs_terms, LexicalConfig(**{**asdict(config), "method": "lucene"}))
+        import bm25s
+
+        logging.getLogger("bm25s").setLevel(logging.ERROR)
+        bm25 = bm25s.BM25(method=config.method, k1=config.k1, b=config.b, delta=config.delta)
+        bm25.index(docs_terms, show_progress=False)
+        s = bm25.scores
+        return cls(dict(bm25.vocab_dict), s["data"], s["indices"], s["indptr"], len(docs_terms),
+                   config, bm25.nonoccurrence_array)
+
+    def save(self, directory: Path) -> None:
+        """Plain .npy arrays and JSON (no pickle)."""
+        np.save(directory / "data.npy", self.data)
+        np.save(directory / "indices.npy", self.indices)
+        np.save(directory / "indptr.npy", self.indptr)
+        if self.nonoccurrence is not None:
+            np.save(directory / "nonoccurrence.npy", self.nonoccurrence)
+        (directory / "lexical.json").write_text(json.dumps({
+            "num_docs": self.num_docs, "config": asdict(self.config), "vocab": self.vocab}))
+
+    @classmethod
+    def load(cls, directory: Path) -> BM25Index:
+        meta = json.loads((directory / "lexical.json").read_text())
+        nnoc = directory / "nonoccurrence.npy"
+        return cls(meta["vocab"], np.load(directory / "data.npy"),
+                   np.load(directory / "indices.npy"), np.load(directory / "indptr.npy"),
+                   int(meta["num_docs"]), LexicalConfig.from_dict(meta["config"]),
+                   np.load(nnoc) if nnoc.exists() else None)
+
+    def scores(self, weights: dict[str, float]) -> np.ndarray:
+        """Σ_t w_t · BM25(t, chunk) for every chunk: a float32 vector of num_docs."""
+        out = np.zeros(self.num_docs, dtype=np.float32)
+        for term, w in weights.items():
+            t = self.vocab.get(term)
+            if t is None:
+                continue
+            lo, hi = self.indptr[t], self.indptr[t + 1]
+            # A term's posting list names each chunk at most once, so a plain += is exact.
+            out[self.indices[lo:hi]] += np.float32(w) * self.data[lo:hi]
+            if self.nonoccurrence is not None:  # bm25l/bm25+ give absent terms a score too
+                out += np.float32(w) * self.nonoccurrence[t]
+        return out
+
+    def document_frequency(self, term: str) -> int:
+        t = self.vocab.get(term)
+        return 0 if t is None else int(self.indptr[t + 1] - self.indptr[t])
+
+
+def query_weights(terms: list[str]) -> dict[str, float]:
+    """A plain query: each distinct term once (repeating a word does not multiply its weight,
+    as in Lucene's default and bm25s)."""
+    return {t: 1.0 for t in Counter(terms)}
+
+
+def top_k(scores: np.ndarray, k: int, mask: np.ndarray | None = None,
+          min_score: float = 0.0) -> list[tuple[int, float]]:
+    """(row, score) of the k best rows with score > min_score, best first; ties by row order."""
+    if mask is not None:
+        scores = np.where(mask, scores, -np.inf)
+    candidates = np.flatnonzero(scores > min_score)
+    if len(candidates) > k:
+        part = np.argpartition(-scores[candidates], k - 1)[:k]
+        candidates = candidates[part]
+    order = np.lexsort((candidates, -scores[candidates]))
+    return [(int(candidates[i]), float(scores[candidates[i]])) for i in order]

@@ -1,0 +1,222 @@
+"""The embedded index: the store contract, incremental indexing, crash safety, the write lock,
+bad input (missing or corrupt index)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lyre.errors import LyreError
+from lyre.rag.index import index_paths, list_sources, open_store, remove_source
+from lyre.rag.splitter import SplitConfig
+from lyre.rag.store import EmbeddedStore
+from tests.rag_store_contract import CONTRACT
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("check", CONTRACT, ids=lambda c: c.__name__)
+def test_embedded_store_contract(check, tmp_path):
+    check(lambda: EmbeddedStore(tmp_path / "idx", create=True))
+
+
+def write_docs(folder: Path, n: int = 6) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"doc{i}.txt").write_text(
+            f"Document number {i} talks about topic{i}.\n\n" + f"Filler sentence {i}. " * 40)
+
+
+def test_incremental_reindex(tmp_path):
+    docs = tmp_path / "docs"
+    write_docs(docs, 3)
+    (docs / "notes.md").write_text("# Title\n\nThe quartz crystal hums.\n")
+    store = open_store(tmp_path / "idx", create=True)
+    report = index_paths([docs], store, split=SplitConfig(200, 20))
+    assert sorted(report.added) == sorted(f"{docs.as_posix()}/{n}" for n in
+                                          ["doc0.txt", "doc1.txt", "doc2.txt", "notes.md"])
+    count = store.chunk_count()
+    assert count == len(store.lexical_search("filler document", 1000)) + 1  # + notes.md
+
+    again = index_paths([docs], store)  # nothing changed: nothing parsed or written
+    assert len(again.unchanged) == 4 and again.chunks_written == 0
+    assert store.chunk_count() == count
+
+    (docs / "notes.md").write_text("# Title\n\nThe obsidian mirror is dark.\n")
+    (docs / "doc2.txt").unlink()
+    third = index_paths([docs], store)
+    assert third.updated == [f"{docs.as_posix()}/notes.md"]
+    assert third.removed == [f"{docs.as_posix()}/doc2.txt"]
+    assert store.lexical_search("quartz", 3) == []
+    hit = store.lexical_search("obsidian mirror", 3)[0]
+    assert hit.chunk.heading == "Title" and hit.chunk.source.endswith("notes.md")
+    assert f"{docs.as_posix()}/doc2.txt" not in list_sources(store)
+    store.close()
+
+    reopened = open_store(tmp_path / "idx")  # persisted: a new process sees the same index
+    assert reopened.lexical_search("obsidian", 1)[0].chunk.source.endswith("notes.md")
+    remove_source(reopened, f"{docs.as_posix()}/notes.md")
+    assert reopened.lexical_search("obsidian", 1) == []
+    with pytest.raises(LyreError, match="not in the index"):
+        remove_source(reopened, "no/such/source.txt")
+    reopened.close()
+
+
+def test_changed_settings_need_rebuild(tmp_path):
+    write_docs(tmp_path / "docs", 2)
+    store = open_store(tmp_path / "idx", create=True)
+    index_paths([tmp_path / "docs"], store, split=SplitConfig(200, 20))
+    with pytest.raises(LyreError, match="--rebuild"):
+        index_paths([tmp_path / "docs"], store, split=SplitConfig(300, 20))
+    report = index_paths([tmp_path / "docs"], store, split=SplitConfig(300, 20), rebuild=True)
+    assert len(report.updated) == 2
+    assert store.settings()["chunking"]["chunk_size"] == 300
+    store.close()
+
+
+def test_skipped_files_are_reported_and_the_rest_indexed(tmp_path):
+    docs = tmp_path / "docs"
+    write_docs(docs, 1)
+    (docs / "empty.txt").write_text("")
+    (docs / "blob.txt").write_bytes(b"\x00\x01\x02binary")
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    (docs / "image.png").write_bytes(b"\x89PNG")
+    store = open_store(tmp_path / "idx", create=True)
+    report = index_paths([docs], store)
+    reasons = {Path(s.source).name: s.reason for s in report.skipped}
+    assert reasons["empty.txt"] == "empty file"
+    assert "binary" in reasons["blob.txt"]
+    assert "PDF" in reasons["broken.pdf"]
+    assert "unsupported" in reasons["image.png"]
+    assert [Path(s).name for s in report.added] == ["doc0.txt"]
+    store.close()
+
+
+def test_nothing_readable_is_an_error(tmp_path):
+    (tmp_path / "docs").mkdir()
+    store = open_store(tmp_path / "idx", create=True)
+    with pytest.raises(LyreError, match="no files found"):
+        index_paths([tmp_path / "docs"], store)
+    (tmp_path / "docs" / "empty.md").write_text("  \n")
+    with pytest.raises(LyreError, match="no readable file"):
+        index_paths([tmp_path / "docs"], store)
+    with pytest.raises(LyreError, match="no such file"):
+        index_paths([tmp_path / "nope"], store)
+    store.close()
+
+
+def test_missing_and_corrupt_index(tmp_path):
+    with pytest.raises(LyreError, match="does not exist"):
+        open_store(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LyreError, match="not a lyre index"):
+        open_store(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "index.sqlite").write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(LyreError, match="corrupt"):
+        open_store(bad)
+
+
+def test_bm25_matrix_rebuilt_when_stale_or_damaged(tmp_path):
+    write_docs(tmp_path / "docs", 2)
+    store = open_store(tmp_path / "idx", create=True)
+    index_paths([tmp_path / "docs"], store)
+    store.close()
+    [saved] = (tmp_path / "idx" / "bm25").iterdir()
+    (saved / "lyre.json").write_text("{not json")  # derived data: damage is repaired
+    reader = open_store(tmp_path / "idx")
+    assert reader.lexical_search("topic1", 1)[0].chunk.source.endswith("doc1.txt")
+    reader.close()
+
+
+def test_two_writers_get_a_clear_error(tmp_path):
+    write_docs(tmp_path / "docs", 2)
+    first = open_store(tmp_path / "idx", create=True)
+    index_paths([tmp_path / "docs"], first)
+    second = open_store(tmp_path / "idx")
+    assert second.lexical_search("topic0", 1)  # readers are never blocked
+    with pytest.raises(LyreError, match="being written by another process"):
+        index_paths([tmp_path / "docs"], second)
+    first.close()
+    assert index_paths([tmp_path / "docs"], second).unchanged  # the lock went with `first`
+    second.close()
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from lyre.rag.index import index_paths
+    from lyre.rag.store import EmbeddedStore
+
+    class Conn:  # the real connection, except that the 3rd source's COMMIT never happens
+        def __init__(self, conn):
+            self.conn, self.commits = conn, 0
+        def __getattr__(self, name):
+            return getattr(self.conn, name)
+        def execute(self, sql, *args):
+            if sql == "COMMIT" and self.in_source:
+                self.commits += 1
+                if self.commits == 3:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return self.conn.execute(sql, *args)
+
+    class Store(EmbeddedStore):
+        def replace_source(self, *a, **kw):
+            self.conn.in_source = True
+            try:
+                return super().replace_source(*a, **kw)
+            finally:
+                self.conn.in_source = False
+
+    store = Store(sys.argv[2], create=True)
+    store.conn = Conn(store.conn)
+    store.conn.in_source = False
+    index_paths([sys.argv[1]], store)
+""")
+
+
+def test_killed_indexing_leaves_a_consistent_index(tmp_path):
+    docs = tmp_path / "docs"
+    write_docs(docs, 6)
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    proc = subprocess.run([sys.executable, str(script), str(docs), str(tmp_path / "idx")],
+                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr  # killed inside the third transaction
+
+    store = open_store(tmp_path / "idx")
+    sources = store.sources()
+    assert len(sources) == 2  # two committed sources, the third rolled back entirely
+    per_source = dict(store.conn.execute("SELECT source, chunks FROM sources"))
+    actual = dict(store.conn.execute("SELECT source, COUNT(*) FROM chunks GROUP BY source"))
+    assert per_source == actual
+    # the BM25 matrix was never saved for this generation: rebuilt on first search
+    assert {h.chunk.source for h in store.lexical_search("document number", 10)} == set(sources)
+    report = index_paths([docs], store)
+    assert len(report.unchanged) == 2 and len(report.added) == 4
+    assert len(store.sources()) == 6
+    store.close()
+
+
+@pytest.mark.parametrize("method", ["lucene", "robertson", "atire", "bm25+"])
+def test_bm25_scores_match_bm25s(method):
+    bm25s = pytest.importorskip("bm25s")
+    from lyre.rag.lexical import Analyzer, BM25Index, LexicalConfig
+
+    words = "ship sea storm harbour sail wind wave rock light keeper".split()
+    docs = [[words[(i * j + j) % len(words)] for j in range(3 + i % 7)] for i in range(40)]
+    config = LexicalConfig(method=method, k1=1.3, b=0.6)
+    ours = BM25Index.build(docs, config)
+    ref = bm25s.BM25(method=method, k1=1.3, b=0.6)
+    ref.index(docs, show_progress=False)
+    for query in (["storm", "rock"], ["keeper"], ["ship", "ship", "light"]):
+        weights = {t: 1.0 for t in query}
+        expected = ref.get_scores(sorted(set(query)))
+        np.testing.assert_allclose(ours.scores(weights), expected, rtol=1e-5, atol=1e-6)
+    assert Analyzer(LexicalConfig())("The Stormy seas, and storms!") == ["stormi", "sea", "storm"]
