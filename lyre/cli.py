@@ -42,7 +42,14 @@ def _add_train(sub) -> None:
     p.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: one plain line per log interval (also when the output "
+                        "is not a terminal)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to RUN_DIR/tensorboard (train.tensorboard)")
+    p.add_argument("--wandb", action="store_true",
+                   help="also log to Weights & Biases, offline unless WANDB_MODE says otherwise "
+                        "(train.wandb)")
     p.add_argument("--nproc", type=int, default=0, metavar="N",
                    help="train on N processes of this machine, started by torchrun (one per GPU on CUDA; "
                         "batch_size is per process); several machines: see docs/distributed.md")
@@ -276,6 +283,7 @@ def cmd_train(args) -> None:
     from lyre.config import load_config, resolve_preset
     from lyre.train import train
 
+    args.overrides += [f"train.{name}=true" for name in ("tensorboard", "wandb") if getattr(args, name)]
     if args.nproc:
         _launch_processes(args)
         return
