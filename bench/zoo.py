@@ -6,10 +6,13 @@ wall-clock budget, same threads; then the encoder-decoder on the toy dates task.
 Part 1, language models. Every family trains from its bundled preset (bigram: iliad-char with
 arch=bigram, lr 1e-2, no weight decay) on one prepared copy of the Iliad (char tokenizer, the
 last 10% as val), for `--budget` seconds of training each, one after the other in this process.
-The step count is unknown in advance, so each run measures its speed on its first steps (in
-warmup) and sets max_iters so that the learning-rate decay ends at the budget; it stops at the
-budget or at max_iters, whichever comes first. Evaluations (a fixed 32-window slice of val, 8
-per run) are not counted in the budget. At the end of each: the exact val loss over the whole
+The seconds are the process's CPU seconds of training steps: with one thread that is the
+wall-clock time of the steps on a core of its own, and unlike the wall clock it does not depend
+on what else the (shared) machine runs; wall seconds are printed beside. The step count is
+unknown in advance, so each run measures its speed on its first steps (in warmup) and sets
+max_iters so that the learning-rate decay ends at the budget; it stops at the budget or at
+max_iters, whichever comes first. Evaluations (a fixed 32-window slice of val, 8 per run) are
+not counted in the budget. At the end of each: the exact val loss over the whole
 val split (windows of block_size, stride block_size), parameters, training tokens/s, one sample
 of 200 characters from "Sing, O goddess" (temperature 0.8, seed 0, through lyre's engine: the
 recurrent ones carry their state forward).
@@ -68,12 +71,13 @@ def train_for(name: str, data_dir: Path, run_dir: Path, budget: float, threads: 
     torch.set_num_threads(threads)  # the Trainer set it too; the evaluations below run outside it
     cfg, model, task = config.train, trainer.model, trainer.task
     tokens_per_step = cfg.batch_size * cfg.grad_accum * config.model.block_size
-    trained, steps, curve, next_eval = 0.0, 0, [], budget / EVALS
+    trained, wall, steps, curve, next_eval = 0.0, 0.0, 0, [], budget / EVALS
     while trained < budget and steps < cfg.max_iters:
-        start = time.perf_counter()
+        start, start_wall = time.process_time(), time.perf_counter()
         trainer.train_step()
         trainer.step = steps = steps + 1
-        trained += time.perf_counter() - start
+        trained += time.process_time() - start
+        wall += time.perf_counter() - start_wall
         if cfg.max_iters == 1000000 and trained >= min(CALIBRATE_S, budget / 10):
             # The speed so far sets the schedule: the decay ends at the budget.
             cfg.max_iters = max(steps + 1, round(budget * steps / trained))
@@ -87,7 +91,7 @@ def train_for(name: str, data_dir: Path, run_dir: Path, budget: float, threads: 
                       SamplingConfig(max_new_tokens=200, temperature=0.8, seed=0), device="cpu")
     return {
         "val_loss": final["val_loss"], "params": model.num_parameters(), "steps": steps,
-        "train_s": trained, "tokens_per_s": steps * tokens_per_step / trained, "curve": curve,
+        "train_s": trained, "wall_s": wall, "tokens_per_s": steps * tokens_per_step / trained, "curve": curve,
         "sample": PROMPT + sample, "block_size": config.model.block_size, "model": model,
         "preset": preset + "".join(f" --set {o}" for o in extra),
     }
@@ -149,7 +153,7 @@ def draw(results: dict, positions: dict, figures: Path, budget: float) -> list[P
     for name, r in results.items():
         xs, ys = zip(*r["curve"], strict=True)
         ax.plot(xs, ys, "o-", ms=3, label=f"{name} ({r['params'] / 1e6:.2f}M params): {r['val_loss']:.3f}")
-    ax.set(xlabel="training seconds (1 thread)", ylabel="val loss (nats/char)",
+    ax.set(xlabel="training CPU seconds (1 thread)", ylabel="val loss (nats/char)",
            title=f"The Iliad, char level, {budget:.0f} s each", ylim=(1.3, 3.0))
     ax.grid(alpha=0.3)
     ax.legend()
@@ -198,7 +202,7 @@ def main() -> int:
             positions[name] = loss_by_position(r.pop("model"), val, r["block_size"])
             results[name] = r
             print(f"{name:6s} val {r['val_loss']:.4f} | {r['params']:>9,} params | {r['steps']:>5} steps in "
-                  f"{r['train_s']:.1f}s | {r['tokens_per_s']:>8,.0f} tok/s | {r['preset']}", flush=True)
+                  f"{r['train_s']:.1f} cpu s ({r['wall_s']:.1f} wall) | {r['tokens_per_s']:>8,.0f} tok/s | {r['preset']}", flush=True)
             print(f"       sample: {r['sample']!r}", flush=True)
         for path in draw(results, positions, args.figures, args.budget):
             print(f"wrote {path}")
