@@ -154,3 +154,68 @@ def test_unknown_arch_lists_the_known_ones(capsys, tiny_toml, tmp_path):
     code, _, err = run_cli(capsys, "train", "--config", tiny_toml, "--out", tmp_path / "x",
                            "--set", "arch=lstn")
     one_line_error(code, err, r"unknown model.arch 'lstm?n'.*did you mean 'lstm'.*gru.*lstm.*rnn")
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation: the engine carries the state
+
+
+def test_the_engine_steps_the_state_and_runs_past_the_window():
+    """After one prefill every forward pass feeds one token per row, and greedy tokens equal a
+    full forward over the whole (longer than block_size) sequence at every step."""
+    from lyre.engine import Engine, SamplingConfig
+
+    torch.manual_seed(0)
+    model = build_model(LSTMConfig(vocab_size=11, block_size=8, n_layer=2, n_embd=8, n_hidden=8))
+    forward, shapes = model.forward, []
+
+    def recording(idx, targets=None, cache=None):
+        shapes.append(tuple(idx.shape))
+        return forward(idx, targets, cache)
+
+    model.forward = recording
+    outs = Engine(model).generate([[1, 2, 3], [4, 5]], SamplingConfig(max_new_tokens=20, temperature=0,
+                                                                      num_samples=2))
+    assert shapes[0] == (2, 3) and set(shapes[1:]) == {(4, 1)}  # one prefill, then single steps
+    assert [len(o.tokens) for o in outs] == [20] * 4 and outs[0].tokens == outs[1].tokens
+    for prompt, out in (([1, 2, 3], outs[0]), ([4, 5], outs[2])):
+        seq = list(prompt)
+        for _ in range(20):  # the reference: recompute everything, no window
+            seq.append(int(forward(torch.tensor([seq]))[0][0, -1].argmax()))
+        assert out.tokens == seq[len(prompt):]
+
+
+@pytest.mark.parametrize("weights", [[], ["--fp16"], ["--int8"]], ids=["fp32", "fp16", "int8"])
+def test_cli_samples_past_the_training_window(capsys, recurrent_runs, weights):
+    run_dir = recurrent_runs["lstm"]
+    code, out, err = run_cli(capsys, "sample", run_dir, "--prompt", "Sing", "--max-new-tokens", "40",
+                             "--seed", "1", "--device", "cpu", *weights)
+    assert code == 0, err
+    assert out.startswith("Sing") and len(out.rstrip("\n")) == 4 + 40  # block_size is 16
+    assert "[notice]" not in err
+
+
+def test_cli_several_samples_and_chat(capsys, recurrent_runs):
+    run_dir = recurrent_runs["gru"]
+    code, out, err = run_cli(capsys, "sample", run_dir, "--prompt", "Sing", "--max-new-tokens", "10",
+                             "--num-samples", "3", "--seed", "2")
+    assert code == 0, err
+    assert out.count("--- sample") == 3
+    code, out, err = run_cli(capsys, "chat", run_dir, "-p", "Sing", "--max-new-tokens", "8", "--seed", "1",
+                             "--history", "")
+    assert code == 0 and out.strip(), err
+
+
+def test_serve_completes_with_a_recurrent_run(recurrent_runs):
+    from fastapi.testclient import TestClient
+
+    from lyre.runs import load_run
+    from lyre.serve import ServeSettings, create_app
+
+    app = create_app(load_run(recurrent_runs["rnn"], device="cpu"), ServeSettings(model_name="rnn"))
+    with TestClient(app) as client:
+        body = {"model": "rnn", "prompt": ["Sing", "the"], "max_tokens": 6, "seed": 3, "n": 2}
+        r = client.post("/v1/completions", json=body)
+        assert r.status_code == 200, r.text
+        choices = r.json()["choices"]
+        assert len(choices) == 4 and all(len(c["text"]) == 6 for c in choices)
