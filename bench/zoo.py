@@ -85,6 +85,7 @@ def train_for(name: str, data_dir: Path, run_dir: Path, budget: float, threads: 
         if trained >= next_eval or trained >= budget or steps >= cfg.max_iters:
             curve.append((trained, task.evaluate(model, exact=False)["val_loss"]))
             next_eval += budget / EVALS
+    trainer._save("last")  # keep the run usable: lyre sample / eval / attention OUT/NAME
     trainer.tracker.close()
     final = task.evaluate(model, exact=True)
     sample = generate(model, task_tokenizer(run_dir), PROMPT,

@@ -298,3 +298,12 @@ def test_bad_translate_inputs_are_one_line(capsys, s2s_run, trained_run):
     one_line_error(*run_cli(capsys, "translate", trained_run, "--text", "abc")[::2],
                    r"is a language model .*needs an encoder-decoder run")
     one_line_error(*run_cli(capsys, "sample", s2s_run)[::2], r"encoder-decoder: give the source")
+
+
+def test_translate_a_file_and_refuse_chat(capsys, s2s_run, tmp_path):
+    sources = tmp_path / "sources.txt"
+    sources.write_text("dcba\nzyx\nq\n")
+    code, out, err = run_cli(capsys, "translate", s2s_run, "--file", sources)
+    assert code == 0 and len(out.splitlines()) == 3, err
+    one_line_error(*run_cli(capsys, "chat", s2s_run, "-p", "abc", "--history", "")[::2],
+                   r"model.arch=seq2seq is an encoder-decoder.*lyre translate")
