@@ -31,6 +31,8 @@ Ends with one JSON line: val loss per family at equal time, and the seq2seq figu
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import tempfile
@@ -129,7 +131,8 @@ def seq2seq_part(out: Path, threads: int) -> dict:
     run_dir = out / "seq2seq-dates"
     config = load_config("seq2seq-dates", [f"train.threads={threads}"])
     start = time.perf_counter()
-    result = train(config, run_dir, force=True, progress=False, plot=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # its plain log lines
+        result = train(config, run_dir, force=True, progress=False, plot=False)
     wall = time.perf_counter() - start
     torch.set_num_threads(threads)
     run = load_run(run_dir, "last", "cpu")
@@ -150,25 +153,38 @@ def draw(results: dict, positions: dict, figures: Path, budget: float) -> list[P
     import matplotlib.pyplot as plt
 
     figures.mkdir(parents=True, exist_ok=True)
+    color = {name: f"C{i}" for i, name in enumerate(FAMILIES)}  # the same colour in every plot
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     for name, r in results.items():
         xs, ys = zip(*r["curve"], strict=True)
-        ax.plot(xs, ys, "o-", ms=3, label=f"{name} ({r['params'] / 1e6:.2f}M params): {r['val_loss']:.3f}")
+        ax.plot(xs, ys, "o-", ms=3, color=color[name], label=f"{name} ({r['params'] / 1e6:.2f}M params): {r['val_loss']:.3f}")
     ax.set(xlabel="training CPU seconds (1 thread)", ylabel="val loss (nats/char)",
-           title=f"The Iliad, char level, {budget:.0f} s each", ylim=(1.3, 3.0))
+           title=f"The Iliad, char level, {budget:.0f} CPU s each", ylim=(1.2, 2.6))
     ax.grid(alpha=0.3)
     ax.legend()
     time_png = figures / "zoo-val-vs-time.png"
     fig.savefig(time_png, bbox_inches="tight")
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    # Left: the loss at each position (log scale: the drop is in the first characters). Right:
+    # each family minus the GPT at the same position; the text at a position is the same for
+    # all, so its own difficulty cancels and what is left is how well each uses its context.
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    reference = positions.get("gpt")
     for name, losses in positions.items():
-        ax.plot(range(len(losses)), losses, lw=2.5 if name in ("lstm", "gpt") else 1, label=name)
-    ax.set(xlabel="position in the window (= characters of context)", ylabel="val loss (nats/char)",
-           title="The cost of context: loss at each position of a 64-character window", ylim=(1.0, 3.6))
-    ax.grid(alpha=0.3)
-    ax.legend()
+        width = 2.5 if name in ("lstm", "gpt") else 1.2
+        left.plot(range(1, len(losses)), losses[1:], lw=width, color=color[name], label=name)
+        if reference is not None and name not in ("gpt", "bigram"):
+            right.plot(range(len(losses)), losses - reference, lw=width, color=color[name],
+                       label=f"{name} - gpt")
+    left.set(xscale="log", xlabel="position in the window (= characters of context)",
+             ylabel="val loss (nats/char)", title="Loss at each position of the window", ylim=(1.1, 2.6))
+    right.axhline(0.0, color="k", lw=0.8)
+    right.set(xlabel="position in the window", ylabel="loss difference (nats/char)",
+              title="Recurrent minus GPT at the same position (< 0: recurrent better)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
     pos_png = figures / "zoo-loss-by-position.png"
     fig.savefig(pos_png, bbox_inches="tight")
     plt.close(fig)
@@ -207,6 +223,9 @@ def main() -> int:
             print(f"       sample: {r['sample']!r}", flush=True)
         for path in draw(results, positions, args.figures, args.budget):
             print(f"wrote {path}")
+        raw = {"curves": {n: r["curve"] for n, r in results.items()},
+               "loss_by_position": {n: [round(float(x), 4) for x in v] for n, v in positions.items()}}
+        (args.figures / "zoo-results.json").write_text(json.dumps(raw) + "\n")
         for name, losses in positions.items():
             print(f"{name:6s} loss by position: 0: {losses[0]:.3f}  1: {losses[1]:.3f}  4: {losses[4]:.3f}  "
                   f"16: {losses[16]:.3f}  32: {losses[32]:.3f}  63: {losses[-1]:.3f}")
