@@ -7,8 +7,9 @@
 1. Pretrain a small BPE model here (`lyre train`: 4 layers, 128 wide, context 256, bpe:2048) on
    the public-domain corpora of shared/data (Iliad, Tiny Shakespeare, The Verdict, Sherlock
    Holmes).
-2. Fine-tune it on the book's 1,100 instructions (85/10/5 split, alpaca template, the defaults of
-   `lyre finetune`) four ways, each in its own process:
+2. Fine-tune it on the book's 1,100 instructions (85/10/5 split, alpaca template, 2 epochs, the
+   defaults of `lyre finetune` except the learning rate: --lr-full and --lr-lora, the best of a
+   sweep for this small model, see docs/finetune.md) four ways, each in its own process:
        (a) full, answers-only loss, from the pretrained model
        (b) the same from random init (same tokenizer and shape)
        (c) full, loss on prompt and answer (train_on_prompt), from the pretrained model
@@ -25,6 +26,9 @@
    as the plain likelihood preference log p(chosen) > log p(rejected).
 5. Ten test prompts answered before (the pretrained model, alpaca prompt) and after (run a),
    written to WORK/samples.md.
+6. LoRA against full fine-tuning where memory shows: a few training steps of a GPT-2 124M-shaped
+   model (random weights, batch 4 x 256), full and LoRA rank 8, each in its own process: step
+   time and peak resident memory.
 
 Ends with one JSON line. Minutes, not hours, on a 2-core CPU (--quick: a smoke run).
 """
@@ -101,6 +105,36 @@ def child(spec: dict) -> dict:
             "steps": result.train.step, "ms_per_step": median(steps), "trainable": trainable,
             "total": total, "peak_rss_mb": round(peak), "wall_s": round(wall, 1),
             "adapter_bytes": result.adapter_bytes, "last_eval": evals[-1]}
+
+
+def scale_child(spec: dict) -> dict:
+    """A few training steps of a GPT-2 124M-shaped model, full or LoRA: step time, peak memory."""
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    from train_throughput import SHAPES, lyre_trainer, write_data
+
+    from lyre.lora import LoRAConfig, apply_lora, count_parameters
+    from lyre.train import Trainer
+
+    shape = {**SHAPES["gpt2-124m"], "block_size": 256, "batch": 4}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_data(Path(tmp) / "data", shape["vocab_size"], 1)
+        trainer = lyre_trainer(shape, data, Path(tmp) / "full", 1, compile=None)
+        if spec["lora_rank"]:
+            apply_lora(trainer.model, LoRAConfig(rank=spec["lora_rank"], alpha=2.0 * spec["lora_rank"]))
+            trainer = Trainer(trainer.config, Path(tmp) / "lora", model=trainer.model, progress=False)
+        times = []
+        for _ in range(spec["steps"]):
+            t0 = time.perf_counter()
+            trainer.train_step()
+            times.append(time.perf_counter() - t0)
+        trainable = count_parameters(trainer.model)[0]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"ms_per_step": round(1000 * median(times[1:])), "peak_rss_mb": round(peak),
+            "trainable": trainable}
 
 
 def run_child(spec: dict, log: Path) -> dict:
@@ -203,6 +237,22 @@ def samples(base: Path, tuned: Path, work: Path, n: int = 10) -> Path:
     return path
 
 
+def sweep(work: Path, args) -> None:
+    """Val loss of runs (a) full and (d) LoRA 8 at several learning rates (the pretrained base of
+    an earlier run of this bench in WORK/pretrain)."""
+    grid = {"full": [1e-4, 3e-4, 1e-3, 3e-3], "lora8": [1e-3, 3e-3, 1e-2]}
+    out = {}
+    for kind, lrs in grid.items():
+        for lr in lrs:
+            spec = {"base": str(work / "pretrain"), "data": str(args.data), "threads": args.threads,
+                    "out": str(work / f"sweep-{kind}-{lr:g}"), "lora_rank": 8 if kind == "lora8" else None,
+                    "overrides": ["finetune.responses=false", f"lr={lr}", f"min_lr={lr / 10}"]}
+            r = run_child(spec, work / f"sweep-{kind}-{lr:g}.log")
+            out[f"{kind}_lr{lr:g}"] = round(r["val_loss"], 4)
+            print(f"{kind} lr {lr:g}: val loss {r['val_loss']:.4f}", flush=True)
+    json_line({"bench": "finetune_lr_sweep", "machine": machine(), **out})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/lyre-bench-finetune"))
@@ -211,10 +261,18 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA / "instruction-data.json")
     parser.add_argument("--preference", type=Path, default=DATA / "instruction-data-with-preference.json")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few steps everywhere")
+    parser.add_argument("--lr-full", type=float, default=3e-3,
+                        help="full fine-tuning lr for this small model (the sweep's best; default 3e-3)")
+    parser.add_argument("--lr-lora", type=float, default=1e-2, help="LoRA lr (default 1e-2)")
+    parser.add_argument("--scale-steps", type=int, default=4,
+                        help="training steps of the GPT-2 124M-shaped memory/time comparison (0: skip)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="only the learning-rate sweep of runs (a) and (d) on a pretrained WORK/pretrain")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(json.loads(args.child))))
+        spec = json.loads(args.child)
+        print(json.dumps(scale_child(spec) if spec.get("scale") else child(spec)))
         return
     import torch
 
@@ -223,17 +281,22 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}")
     t_all = time.perf_counter()
+    if args.sweep:
+        sweep(work, args)
+        return
     steps = 40 if args.quick else args.pretrain_steps
     pre = pretrain(work, steps, args.threads)
     print(f"pretrained {steps} steps: val loss {pre['val_loss']:.4f} ({pre['wall_s']} s)", flush=True)
     random_base = random_init_copy(pre["run"], work / "random-init")
     quick = ["max_iters=8"] if args.quick else []
     plain = [*quick, "finetune.responses=false"]
+    full = [*plain, f"lr={args.lr_full}", f"min_lr={args.lr_full / 10}"]
+    lora = [*plain, f"lr={args.lr_lora}", f"min_lr={args.lr_lora / 10}"]
     specs = {
-        "a_pretrained_masked": {"base": str(pre["run"]), "overrides": plain},
-        "b_random_masked": {"base": str(random_base), "overrides": plain},
-        "c_pretrained_unmasked": {"base": str(pre["run"]), "overrides": [*plain, "finetune.train_on_prompt=true"]},
-        "d_pretrained_lora8": {"base": str(pre["run"]), "overrides": plain, "lora_rank": 8},
+        "a_pretrained_masked": {"base": str(pre["run"]), "overrides": full},
+        "b_random_masked": {"base": str(random_base), "overrides": full},
+        "c_pretrained_unmasked": {"base": str(pre["run"]), "overrides": [*full, "finetune.train_on_prompt=true"]},
+        "d_pretrained_lora8": {"base": str(pre["run"]), "overrides": lora, "lora_rank": 8},
     }
     results = {}
     for name, spec in specs.items():
@@ -275,6 +338,13 @@ def main() -> None:
           f"accuracy 0.5 -> {reward_acc:.3f}, margin {dpo['last_eval'].get('val_reward_margin'):.3f}, "
           f"val loss {dpo['val_loss']:.4f} ({dpo['steps']} steps, {dpo['wall_s']} s)", flush=True)
     print(f"samples: {sample_file}")
+    scale = {}
+    for name, rank in (("full", 0), ("lora8", 8)):
+        if args.scale_steps and not args.quick:
+            scale[name] = run_child({"scale": True, "lora_rank": rank, "steps": args.scale_steps,
+                                     "threads": args.threads}, work / f"scale-{name}.log")
+            print(f"GPT-2 124M shape, batch 4 x 256, {name}: {scale[name]['trainable']:,} trainable, "
+                  f"{scale[name]['ms_per_step']} ms/step, peak {scale[name]['peak_rss_mb']} MB", flush=True)
     a, b, c, d = (results[k] for k in specs)
     json_line({
         "bench": "finetune", "machine": machine(), "threads": args.threads, "quick": args.quick,
@@ -291,6 +361,8 @@ def main() -> None:
         "chat_ok": sum(x["ok"] for x in chat), "chat_prompts": len(chat),
         "dpo_likelihood_pref_before": round(before, 4), "dpo_likelihood_pref_after": round(after, 4),
         "dpo_reward_accuracy_after": reward_acc, "dpo_val_loss": round(dpo["val_loss"], 4),
+        "lr_full": args.lr_full, "lr_lora": args.lr_lora,
+        **{f"gpt2_shape_{k}_{n}": v for n, r in scale.items() for k, v in r.items()},
         "total_wall_s": round(time.perf_counter() - t_all, 1),
         "masked_vs_unmasked_val_loss_ratio": round(c["val_loss"] / a["val_loss"], 4),
         "pretrained_vs_random_val_loss_ratio": round(b["val_loss"] / a["val_loss"], 4),
