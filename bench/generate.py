@@ -10,11 +10,12 @@ them all alike; the best repeat is reported (and the median, to show the noise).
 
 Reported per system: tokens/s end to end (prefill included), time to first token, decode
 tokens/s, and at batch 1 the achieved GB/s of weight reads (a decode step reads every weight
-once: memory-bandwidth bound). Variants (--variants): engine (what Engine does on a CPU:
-oneDNN-packed Linear weights), engine-transposed (the fallback: weights stored [in, out]),
+once: memory-bandwidth bound). Variants (--variants): engine (what load_run prepares on a CPU,
+lyre.speed: oneDNN-packed Linear weights), engine-transposed (the fallback: weights stored [in, out]),
 engine-linear (nn.Linear's [out, in] layout kept), engine-fp16 (fp16 copies of the weights for
 few-row products, `--fp16`), engine-int8 (dynamic int8 Linear weights, `--int8`),
-engine-bf16 (bf16 weights), nocache (recompute everything every step, over --nocache-tokens
+engine-bf16 (bf16 weights), nocache (recompute everything every step, logits of every position
+included as the model computes them without a cache, over --nocache-tokens
 tokens only: it is quadratic), hf (transformers' generate with its cache).
 
 Ends with one JSON line; `b1_vs_hf_ratio` / `b8_vs_hf_ratio` are engine / hf tokens/s.
@@ -32,18 +33,10 @@ import time
 import torch
 import torch.nn as nn
 
-from lyre.engine import (
-    Engine,
-    HalfCopyLinear,
-    SamplingConfig,
-    add_fp16_copies,
-    generate_without_cache,
-    quantize_int8,
-    use_cpu_decode_layout,
-    use_onednn_linears,
-)
+from lyre.engine import Engine, SamplingConfig, generate_without_cache
 from lyre.model import GPT, GPTConfig
 from lyre.model.gpt import RMSNorm
+from lyre.speed import HalfCopyLinear, prepare_for_inference, use_cpu_decode_layout
 
 DEFAULT_VARIANTS = ("engine", "engine-transposed", "engine-linear", "engine-fp16", "engine-int8", "nocache", "hf")
 
@@ -58,18 +51,15 @@ def build_models(variants: list[str]) -> dict[str, nn.Module]:
     models = {"engine-linear": ours}
     if "hf" in variants:
         models["hf"] = to_transformers(ours)
+    # Each variant as load_run(..., weights=...) prepares it (lyre.speed.prepare_for_inference).
     if "engine-int8" in variants:
-        models["engine-int8"] = quantize_int8(copy.deepcopy(ours))
+        models["engine-int8"] = prepare_for_inference(copy.deepcopy(ours), "int8")
     if "engine-fp16" in variants:
-        half = add_fp16_copies(copy.deepcopy(ours))
-        use_onednn_linears(half) or use_cpu_decode_layout(half)  # as Engine does (prefills)
-        models["engine-fp16"] = half
+        models["engine-fp16"] = prepare_for_inference(copy.deepcopy(ours), "fp16")
     if "engine-bf16" in variants:
         models["engine-bf16"] = copy.deepcopy(ours).to(torch.bfloat16)
-    if "engine" in variants:  # what Engine does on a CPU by default
-        fast = copy.deepcopy(ours)
-        use_onednn_linears(fast) or use_cpu_decode_layout(fast)
-        models["engine"] = fast
+    if "engine" in variants:  # what load_run gives on a CPU by default
+        models["engine"] = prepare_for_inference(copy.deepcopy(ours))
     if "engine-transposed" in variants:  # the fallback without oneDNN
         transposed = copy.deepcopy(ours)
         use_cpu_decode_layout(transposed)
@@ -119,7 +109,7 @@ def weight_bytes_per_step(model: nn.Module) -> int:
 
 
 def run_engine(model: nn.Module, prompts: list[list[int]], n_new: int):
-    engine = Engine(model, cpu_layout=False)  # the layout each variant was built with
+    engine = Engine(model)  # uses each variant as it was built
     params = SamplingConfig(max_new_tokens=n_new, temperature=0, stop_token_ids=[])
     t0 = time.perf_counter()
     batch = engine.new_batch(len(prompts), max_length=len(prompts[0]) + n_new)

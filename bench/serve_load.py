@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GPT2_DIR = Path("/work/shared/data/gpt2")
 
 
-def build_run(run_dir: Path, gpt2_dir: Path | None) -> str:
+def build_run(run_dir: Path, gpt2_dir: Path | None, block_size: int = 1024) -> str:
     """Write a run directory holding a GPT-2 124M-shaped random model; returns the tokenizer."""
     import torch
 
@@ -52,7 +52,7 @@ def build_run(run_dir: Path, gpt2_dir: Path | None) -> str:
         spec = "bpe:8192"
         tokenizer = build_tokenizer(spec, [BUNDLED_ILIAD.read_text(encoding="utf-8")])
     torch.manual_seed(0)
-    config = RunConfig(model=GPTConfig(vocab_size=tokenizer.vocab_size, block_size=1024),
+    config = RunConfig(model=GPTConfig(vocab_size=tokenizer.vocab_size, block_size=block_size),
                        data=DataConfig(tokenizer=spec))
     model = GPT(config.model)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -158,13 +158,17 @@ def main() -> None:
     ap.add_argument("--run-dir", type=Path, help="serve this run instead of building a random one")
     ap.add_argument("--threads", type=int, default=0, help="torch threads of the server (0: its default)")
     ap.add_argument("--int8", action="store_true", help="serve with int8 weights (lyre serve --int8)")
+    ap.add_argument("--block-size", type=int, default=1024, help="the random model's context length")
+    ap.add_argument("--context-overflow", choices=("stop", "slide"), default="stop",
+                    help="lyre serve --context-overflow; with slide and a small --block-size, "
+                         "requests generate past the context")
     args = ap.parse_args()
     if args.quick:
         args.max_tokens, args.rounds, args.repeats = 16, 1, 1
 
     with tempfile.TemporaryDirectory(prefix="lyre-serve-bench-") as tmp:
         run_dir = args.run_dir or Path(tmp) / "bench"
-        spec = "given" if args.run_dir else build_run(run_dir, args.gpt2_dir)
+        spec = "given" if args.run_dir else build_run(run_dir, args.gpt2_dir, args.block_size)
         from lyre.serve.server import free_port
 
         port = free_port()
@@ -173,7 +177,8 @@ def main() -> None:
         proc = subprocess.Popen(
             [sys.executable, "-m", "lyre", "serve", str(run_dir), "--port", str(port), "--model-name", "bench",
              "--max-batch", str(max(args.levels)), "--max-queue", "1024", "--log-level", "warning",
-             "--device", "cpu", "--threads", str(args.threads)] + (["--int8"] if args.int8 else []), env=env)
+             "--device", "cpu", "--threads", str(args.threads), "--context-overflow", args.context_overflow]
+            + (["--int8"] if args.int8 else []), env=env)
         try:
             wait_ready(url, proc)
             texts = prompts(max(args.levels) * args.rounds, args.prompt_tokens)
@@ -201,7 +206,8 @@ def main() -> None:
     record = {"bench": "serve_load", "model": f"gpt2-124M-shape, random weights, {weights}, cpu",
               "tokenizer": spec, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
               "rounds": args.rounds, "repeats": args.repeats, "temperature": args.temperature,
-              "server_threads": args.threads,
+              "server_threads": args.threads, "block_size": args.block_size,
+              "context_overflow": args.context_overflow,
               "levels": results,
               "server_steps": health["steps"], "machine": machine()}
     base = results.get("1", {}).get("tokens_per_s")

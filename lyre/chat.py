@@ -24,6 +24,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lyre.engine.sampling import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_REPETITION_PENALTY,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_K,
+    DEFAULT_TOP_P,
+)
 from lyre.errors import LyreError
 
 # ----------------------------------------------------------------------------------------------
@@ -236,11 +243,11 @@ class AnswerTrimmer:
 class ChatSettings:
     """The sampling controls `/set` changes; names as in the server and `lyre sample`."""
 
-    temperature: float = 0.8
-    top_k: int = 200
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 256
+    temperature: float = DEFAULT_TEMPERATURE  # the defaults of lyre.engine.sampling
+    top_k: int = DEFAULT_TOP_K
+    top_p: float = DEFAULT_TOP_P
+    repetition_penalty: float = DEFAULT_REPETITION_PENALTY
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     seed: int | None = None
 
     def set(self, name: str, value: str) -> None:

@@ -42,7 +42,14 @@ def _add_train(sub) -> None:
     p.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: one plain line per log interval (also when the output "
+                        "is not a terminal)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to RUN_DIR/tensorboard (train.tensorboard)")
+    p.add_argument("--wandb", action="store_true",
+                   help="also log to Weights & Biases, offline unless WANDB_MODE says otherwise "
+                        "(train.wandb)")
     p.add_argument("--nproc", type=int, default=0, metavar="N",
                    help="train on N processes of this machine, started by torchrun (one per GPU on CUDA; "
                         "batch_size is per process); several machines: see docs/distributed.md")
@@ -71,14 +78,20 @@ def _add_sample(sub) -> None:
 
 
 def _add_sampling_flags(p, max_new_tokens: int) -> None:
-    """The sampling controls of `sample` and `chat` (engine.SamplingConfig)."""
+    """The sampling controls of `sample` and `chat`; defaults from lyre.engine.sampling."""
+    from lyre.engine import sampling as S
+
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
                    help=f"tokens to generate (default {max_new_tokens})")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=200, help="keep the k most likely tokens; 0 disables (default 200)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1] (default 1.0)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
-                   help="> 1 discourages repeating tokens of the prompt and output (default 1.0: off)")
+    p.add_argument("--temperature", type=float, default=S.DEFAULT_TEMPERATURE,
+                   help=f"0 means greedy (default {S.DEFAULT_TEMPERATURE})")
+    p.add_argument("--top-k", type=int, default=S.DEFAULT_TOP_K,
+                   help=f"keep the k most likely tokens; 0 disables (default {S.DEFAULT_TOP_K})")
+    p.add_argument("--top-p", type=float, default=S.DEFAULT_TOP_P,
+                   help=f"nucleus sampling threshold in (0, 1] (default {S.DEFAULT_TOP_P})")
+    p.add_argument("--repetition-penalty", type=float, default=S.DEFAULT_REPETITION_PENALTY,
+                   help="> 1 discourages repeating tokens of the prompt and output "
+                        f"(default {S.DEFAULT_REPETITION_PENALTY}: off)")
     p.add_argument("--seed", type=int, default=None, help="random seed: same seed, same output")
 
 
@@ -212,6 +225,10 @@ def _add_serve(sub) -> None:
                    help="seconds a client gets to send a request's headers, and again its body; "
                         "slower clients get 408 and are disconnected (default 30)")
     _add_model_flags(p)
+    p.add_argument("--rag", default=None, metavar="IDX",
+                   help="also answer POST /v1/rag/answer from this index (docs/rag.md)")
+    p.add_argument("--rag-embedder", default=None, metavar="SPEC",
+                   help="embedder of the --rag index's vectors (default none: BM25)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (default 0: torch's choice, one per core)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -277,6 +294,12 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+def _add_rag(sub) -> None:
+    from lyre.rag.cli import add_rag_parser  # `lyre rag ...` lives with the rest of lyre.rag
+
+    add_rag_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lyre import __version__
 
@@ -285,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
     for add in (_add_prepare, _add_train, _add_sample, _add_eval, _add_info, _add_presets, _add_plot,
-                _add_import_hf, _add_export_hf, _add_chat, _add_serve, _add_finetune, _add_judge):
+                _add_import_hf, _add_export_hf, _add_chat, _add_serve, _add_rag, _add_finetune,
+                _add_judge):
         add(sub)
     return parser
 
@@ -306,6 +330,7 @@ def cmd_train(args) -> None:
     from lyre.config import load_config, resolve_preset
     from lyre.train import train
 
+    args.overrides += [f"train.{name}=true" for name in ("tensorboard", "wandb") if getattr(args, name)]
     if args.nproc:
         _launch_processes(args)
         return
@@ -597,7 +622,8 @@ def cmd_serve(args) -> None:
                              max_batch=args.max_batch, max_queue=args.max_queue,
                              max_body_bytes=args.max_body_bytes, chat_template=args.template,
                              shutdown_timeout=args.shutdown_timeout, overflow=args.context_overflow,
-                             read_timeout=args.read_timeout)
+                             read_timeout=args.read_timeout,
+                             rag_index=args.rag, rag_embedder=args.rag_embedder)
     settings.validate()
     if args.threads < 0:
         raise LyreError(f"--threads must be >= 0; got {args.threads}")

@@ -6,7 +6,8 @@
 
 For batches, several samples, stop strings, log-probabilities or a step-level API, use
 `lyre.engine.Engine` directly; these functions build one and call it, so there is one
-generation path only.
+generation path only. Like the engine, they leave `model` as it is (classes, weights, train or
+eval mode); `device`, when given, must be where the model already is.
 """
 
 from __future__ import annotations

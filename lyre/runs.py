@@ -27,10 +27,14 @@ class LoadedRun:
 
 
 def load_run(
-    run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "auto", *, weights: str = "fp32"
+    run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "auto", *,
+    weights: str = "fp32", for_inference: bool = True,
 ) -> LoadedRun:
     """The model of RUN_DIR in eval mode; `best` falls back to `last` when absent.
-    weights: "fp32" (as trained), "fp16" or "int8" for faster CPU inference (engine.convert_weights)."""
+
+    for_inference: made fast for generation by lyre.speed.prepare_for_inference (on CPU,
+    oneDNN-packed Linear weights; `weights` "fp16" or "int8" for faster decoding). False gives
+    the model exactly as trained (to export it, inspect it, or train it further)."""
     from lyre.devices import resolve_device
 
     run_dir = Path(run_dir)
@@ -47,7 +51,11 @@ def load_run(
     model = build_model(config.model)
     load_weights(model, run_dir, name, config)  # a LoRA run: its base, its adapters merged in
     tokenizer = load_tokenizer(run_dir / "tokenizer")
-    from lyre.engine import convert_weights
+    model = model.to(device).eval()
+    if for_inference:
+        from lyre.speed import prepare_for_inference
 
-    model = convert_weights(model.to(device).eval(), weights)
+        model = prepare_for_inference(model, weights)
+    elif weights != "fp32":
+        raise LyreError(f"weights={weights!r} is an inference option; it needs for_inference=True")
     return LoadedRun(run_dir, config, tokenizer, model, name, device)

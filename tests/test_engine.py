@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -14,12 +15,19 @@ from lyre.engine import (
     TextStream,
     apply_repetition_penalty,
     generate_without_cache,
-    onednn_linear_works,
     warp_logits,
 )
 from lyre.errors import LyreError
 from lyre.generate import generate, generate_tokens, stream
-from lyre.model import GPT, BigramConfig, BigramLM, GPTConfig
+from lyre.model import GPT, BigramConfig, BigramLM, GPTConfig, KVCache
+from lyre.speed import (
+    HalfCopyLinear,
+    OneDNNLinear,
+    add_fp16_copies,
+    onednn_linear_works,
+    prepare_for_inference,
+    quantize_int8,
+)
 from lyre.tokenizers import build_tokenizer
 from lyre.tokenizers.char import CharTokenizer
 
@@ -166,10 +174,10 @@ def test_prompts_of_different_lengths_share_one_padded_prefill(monkeypatch, pos)
 
 
 def test_padded_prefill_groups_bound_the_padding():
-    from lyre.engine import _prefill_groups
+    from lyre.engine import prefill_groups
 
     lengths = [100, 3, 90, 4, 95, 5, 300]
-    groups = _prefill_groups(lengths, lambda n: n)
+    groups = prefill_groups(lengths, lambda n: n)
     assert sorted(n for g in groups for n in g) == sorted(lengths)
     assert groups == [[300], [100, 95, 90], [5, 4, 3]]
     for g in groups:
@@ -180,9 +188,12 @@ def test_logits_at_picks_each_rows_position():
     model = tiny_gpt("rope", seed=5)
     idx = torch.randint(0, V, (3, 9))
     at = torch.tensor([8, 2, 5])
+    cache = KVCache(model.config, batch_size=3)
+    cache.logits_at = at  # what the engine's prefill view sets for right-padded prompts
     with torch.no_grad():
-        full, _ = model(idx, all_logits=True)
-        picked, _ = model(idx, logits_at=at)
+        full, _ = model(idx)
+        picked, _ = model(idx, cache=cache)
+    assert picked.shape == (3, 1, V)
     torch.testing.assert_close(picked[:, 0], full[torch.arange(3), at])
 
 
@@ -234,37 +245,91 @@ def test_overflow_stop_and_slide():
     assert slid == generate_without_cache(model, [long_prompt], 5)[0]
 
 
-def test_cpu_layout_keeps_values_ties_and_outputs(monkeypatch):
-    import lyre.engine as engine_module
+def test_sliding_rows_share_one_prefill_and_stay_exact(monkeypatch):
+    """Rows past the context re-prefill their windows together: one forward per step for all
+    the rows that slide in it, and still nanoGPT's tokens (idx[:, -block_size:]) exactly."""
+    model = tiny_gpt("learned", seed=8)  # learned positions: every position moves in a slide
+    a, b, c, d = [1, 2, 3, 4, 5], [6, 7, 8], [9, 10, 11, 12, 13], [14, 15, 16, 17, 18]
+    expected = [generate_without_cache(model, [p], 30)[0] for p in (a, b, c, d)]
+    calls = count_forwards(monkeypatch)
+    batch = Engine(model).new_batch(capacity=4)
+    rows = batch.add([a], greedy(30)) + batch.add([b], greedy(30)) + batch.add([c, d], greedy(30))
+    while batch:
+        batch.step()
+    assert [row.tokens for row in rows] == expected
+    window = model.config.block_size - 1
+    assert calls[:3] == [(1, 5), (1, 3), (2, 5)]  # the three adds
+    slides = [shape for shape in calls[3:] if shape != (4, 1)]
+    # Token j of a prompt of n tokens is predicted from n + j - 1 > 16 tokens for j >= 18 - n:
+    # rows a, c and d (cache rows 0, 2, 3) slide from token 13 on, b joins them at token 15.
+    assert slides == [(3, window)] * 2 + [(4, window)] * 16
+    assert len(calls) == 3 + 29 + len(slides)  # and one decode forward per step
 
-    monkeypatch.setattr(engine_module, "onednn_linear_works", lambda: False)  # the fallback
+
+def test_cache_views_follow_the_cache_contract():
+    from lyre.engine.cache import DecodeView, PrefillView
+    from lyre.model.contract import Cache
+
+    storage = KVCache(tiny_gpt().config, batch_size=3)
+    assert isinstance(PrefillView(storage, [0, 2], None), Cache)
+    view = DecodeView(storage, [3, 5, 4], torch.device("cpu"))
+    assert isinstance(view, Cache) and view.positions.tolist() == [[3], [5], [4]]
+    assert view.attn_mask.shape == (3, 1, 1, 6) and view.attn_mask[0, 0, 0].tolist() == [True] * 4 + [False] * 2
+
+
+def test_engine_leaves_the_callers_model_untouched():
+    """Sampling in the middle of training: same classes, train mode, weights and strides."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=V, dropout=0.1))
+    model.train()
+    model.transformer.h[1].eval()  # a mixed state must come back module by module
+    before = {name: type(m) for name, m in model.named_modules()}
+    training = {name: m.training for name, m in model.named_modules()}
+    weights = {name: (p.detach().clone(), p.stride()) for name, p in model.named_parameters()}
+    engine = Engine(model)
+    out = engine.generate(PROMPTS, greedy(20))  # past the context: slides too
+    assert {name: type(m) for name, m in model.named_modules()} == before
+    assert {name: m.training for name, m in model.named_modules()} == training
+    for name, p in model.named_parameters():
+        assert torch.equal(p, weights[name][0]) and p.stride() == weights[name][1], name
+    # Dropout was off while generating: greedy tokens are those of the model in eval mode.
+    reference = copy.deepcopy(model).eval()
+    assert [o.tokens for o in out] == [generate_without_cache(reference, [p], 20)[0] for p in PROMPTS]
+
+
+def test_engine_does_not_move_the_model():
+    model = tiny_gpt()
+    assert Engine(model, device="cpu").device == torch.device("cpu")
+    with pytest.raises(LyreError, match="move the model first"):
+        Engine(model, device="meta")
+
+
+def test_cpu_layout_keeps_values_ties_and_outputs(monkeypatch):
+    import lyre.speed
+
+    monkeypatch.setattr(lyre.speed, "onednn_linear_works", lambda: False)  # the fallback
     model, ref = tiny_gpt("learned"), tiny_gpt("learned")
-    Engine(model)  # without oneDNN the engine stores Linear weights transposed in memory
+    prepare_for_inference(model)  # without oneDNN: Linear weights stored transposed in memory
     assert model.transformer.h[0].attn.c_attn.weight.stride() == (1, 96)  # [96, 32] stored [32, 96]
     assert model.lm_head.weight is model.transformer.wte.weight
     for (name, a), b in zip(model.state_dict().items(), ref.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     x = torch.tensor([PROMPTS[1]])
-    torch.testing.assert_close(model(x, all_logits=True)[0], ref(x, all_logits=True)[0])
+    torch.testing.assert_close(model(x)[0], ref(x)[0])
 
 
 @pytest.mark.skipif(not onednn_linear_works(), reason="this torch build has no oneDNN packed linear")
 def test_onednn_linears_match_and_stay_trainable():
-    import copy
-
-    from lyre.engine import OneDNNLinear
-
     model, ref = tiny_gpt("learned", seed=7), tiny_gpt("learned", seed=7)
-    engine = Engine(model)
+    prepare_for_inference(model)
     assert isinstance(model.lm_head, OneDNNLinear) and model.lm_head.weight is model.transformer.wte.weight
     for (name, a), b in zip(model.state_dict().items(), ref.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     x = torch.tensor([PROMPTS[1], PROMPTS[1]])
     with torch.no_grad():
-        torch.testing.assert_close(model(x, all_logits=True)[0], ref(x, all_logits=True)[0],
-                                   atol=1e-5, rtol=1e-5)
-    assert [o.tokens for o in engine.generate(PROMPTS, greedy(8))] == [
-        o.tokens for o in Engine(ref, cpu_layout=False).generate(PROMPTS, greedy(8))]
+        torch.testing.assert_close(model(x)[0], ref(x)[0], atol=1e-5, rtol=1e-5)
+    assert [o.tokens for o in Engine(model).generate(PROMPTS, greedy(8))] == [
+        o.tokens for o in Engine(ref).generate(PROMPTS, greedy(8))]
     # Training goes on as with nn.Linear, and inference sees the new weights.
     model.train()
     for m in (model, ref):
@@ -273,28 +338,34 @@ def test_onednn_linears_match_and_stay_trainable():
         opt.step()
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(x, all_logits=True)[0], ref(x, all_logits=True)[0],
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(x)[0], ref(x)[0], atol=1e-5, rtol=1e-5)
     copy.deepcopy(model)  # the packed copies are not copied (opaque tensors); packed again on use
 
 
-def test_int8_weights_still_generate():
-    from lyre.engine import quantize_int8
-
-    out = Engine(quantize_int8(tiny_gpt("rope"))).generate(PROMPTS, greedy(5))
-    assert all(len(o.tokens) == 5 for o in out)
+def test_int8_weights_generate_the_fp32_tokens():
+    """int8 rounds the logits, so a greedy token can differ from fp32's where two candidates
+    are nearly tied. Measured here (torch 2.13, x86 CPU): over seeds 0-9, 4 prompts, 16 tokens,
+    all 40 rows identical to fp32's; over seeds 0-19, 79 of 80 (the other one parts at its 16th
+    token). Asserted with a margin for other CPUs' int8 kernels: every row agrees on its first
+    8 tokens, and at least 38 of the 40 rows in full."""
+    identical = 0
+    for seed in range(10):
+        fp32 = Engine(tiny_gpt("rope", seed=seed)).generate(PROMPTS, greedy(16))
+        int8 = Engine(quantize_int8(tiny_gpt("rope", seed=seed))).generate(PROMPTS, greedy(16))
+        for a, b in zip(fp32, int8, strict=True):
+            assert len(b.tokens) == 16 and b.tokens[:8] == a.tokens[:8], seed
+            identical += b.tokens == a.tokens
+    assert identical >= 38
 
 
 def test_fp16_copies_decode_close_to_fp32_and_prefill_exactly():
-    from lyre.engine import HalfCopyLinear, add_fp16_copies
-
     ref = tiny_gpt("learned", seed=6, block_size=32)
     model = add_fp16_copies(tiny_gpt("learned", seed=6, block_size=32))
     assert model.lm_head.linear.weight is model.transformer.wte.weight  # still tied
     assert sum(isinstance(m, HalfCopyLinear) for m in model.modules()) == 2 * 4 + 1
     with torch.no_grad():
         wide = torch.tensor([PROMPTS[1]])  # 7 rows: the fp32 weights, bit for bit
-        assert torch.equal(model(wide, all_logits=True)[0], ref(wide, all_logits=True)[0])
+        assert torch.equal(model(wide)[0], ref(wide)[0])
         one = torch.tensor([[5]])  # 1 row: the fp16 copies, within fp16 rounding
         torch.testing.assert_close(model(one)[0], ref(one)[0], atol=5e-3, rtol=5e-3)
     fp32 = Engine(ref).generate(PROMPTS, greedy(10))
@@ -303,10 +374,8 @@ def test_fp16_copies_decode_close_to_fp32_and_prefill_exactly():
 
 
 def test_weights_option_names_the_choices():
-    from lyre.engine import convert_weights
-
     with pytest.raises(LyreError, match="fp32, fp16, int8"):
-        convert_weights(tiny_gpt(), "fp8")
+        prepare_for_inference(tiny_gpt(), "fp8")
 
 
 def test_bigram_baseline_generates_through_the_engine():
@@ -356,7 +425,7 @@ def test_logprobs_are_the_models_log_probabilities():
     model = tiny_gpt("rope")
     out = Engine(model).generate([PROMPTS[1]], greedy(6, logprobs=True))[0]
     seq = torch.tensor([PROMPTS[1] + out.tokens])
-    logits, _ = model(seq, all_logits=True)
+    logits, _ = model(seq)
     logp = torch.log_softmax(logits[0, len(PROMPTS[1]) - 1 : -1], dim=-1)
     expected = logp.gather(1, torch.tensor(out.tokens)[:, None])[:, 0]
     torch.testing.assert_close(torch.tensor(out.logprobs), expected, atol=1e-5, rtol=1e-5)

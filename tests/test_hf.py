@@ -124,7 +124,7 @@ def hf_logits(model, ids: torch.Tensor) -> torch.Tensor:
 def lyre_logits(model, ids: torch.Tensor) -> torch.Tensor:
     """Logits at every position (with targets the model computes them all)."""
     with torch.no_grad():
-        return model(ids, targets=ids)[0]
+        return model(ids)[0]
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

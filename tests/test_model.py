@@ -5,6 +5,7 @@ import torch
 
 from lyre.errors import LyreError
 from lyre.model import GPT, BigramConfig, BigramLM, GPTConfig, KVCache, reference_attention
+from lyre.model.contract import Cache, LanguageModel
 
 
 def tiny(**kw) -> GPTConfig:
@@ -24,9 +25,9 @@ def test_forward_shapes_and_loss(pos, norm, act):
     assert logits.shape == (3, 16, 61)
     # At init the model is close to uniform over the vocabulary.
     assert abs(loss.item() - torch.log(torch.tensor(61.0)).item()) < 0.5
-    last, none = model(x)
-    assert last.shape == (3, 1, 61) and none is None
-    torch.testing.assert_close(last[:, 0], logits[:, -1])
+    every, none = model(x)  # no targets, no cache: every position (scoring)
+    assert every.shape == (3, 16, 61) and none is None
+    torch.testing.assert_close(every, logits)
 
 
 @pytest.mark.parametrize("pos", ["learned", "rope"])
@@ -63,8 +64,8 @@ def test_future_tokens_do_not_change_past_logits():
     x = torch.randint(0, 61, (1, 16))
     y = x.clone()
     y[0, 10:] = (y[0, 10:] + 1) % 61
-    a, _ = model(x, all_logits=True)
-    b, _ = model(y, all_logits=True)
+    a, _ = model(x)
+    b, _ = model(y)
     torch.testing.assert_close(a[:, :10], b[:, :10])
 
 
@@ -73,14 +74,57 @@ def test_kv_cache_matches_full_forward(pos):
     torch.manual_seed(0)
     model = GPT(tiny(pos=pos)).eval()
     x = torch.randint(0, 61, (2, 12))
-    full, _ = model(x, all_logits=True)
+    full, _ = model(x)
     cache = KVCache(model.config, batch_size=2)
-    prefill, _ = model(x[:, :8], cache=cache, all_logits=True)
-    torch.testing.assert_close(prefill, full[:, :8], atol=1e-5, rtol=1e-5)
+    prefill, _ = model(x[:, :8], cache=cache)  # with a cache: the last position's logits only
+    assert prefill.shape == (2, 1, 61)
+    torch.testing.assert_close(prefill[:, 0], full[:, 7], atol=1e-5, rtol=1e-5)
     for t in range(8, 12):
         step, _ = model(x[:, t : t + 1], cache=cache)
         torch.testing.assert_close(step[:, 0], full[:, t], atol=1e-5, rtol=1e-5)
     assert cache.length == 12
+
+
+def test_hidden_states_are_what_the_head_scores():
+    torch.manual_seed(0)
+    model = GPT(tiny(pos="rope", norm="rmsnorm")).eval()
+    x = torch.randint(0, 61, (2, 12))
+    states = model.hidden(x)
+    assert states.shape == (2, 12, 32)
+    torch.testing.assert_close(model.lm_head(states), model(x)[0])
+    cache = KVCache(model.config, batch_size=2)  # cached hidden states continue the same way
+    torch.testing.assert_close(
+        torch.cat([model.hidden(x[:, :5], cache), model.hidden(x[:, 5:], cache)], dim=1),
+        states, atol=1e-5, rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("family", ["gpt", "bigram"])
+def test_every_family_follows_the_model_contract(family):
+    """lyre.model.contract states the contract once; both families have all of it, and the
+    logits a cache asks for are those of the full forward."""
+    torch.manual_seed(0)
+    model = (GPT if family == "gpt" else BigramLM)(tiny()).eval()
+    assert isinstance(model, LanguageModel)
+    assert isinstance(KVCache(tiny(), batch_size=1), Cache)
+    assert model.uses_kv_cache == (family == "gpt")
+    x = torch.randint(0, 61, (3, 10))
+    full, loss = model(x)
+    assert full.shape == (3, 10, 61) and loss is None
+    assert model.hidden(x).shape[:2] == (3, 10)
+    cache = KVCache(model.config, batch_size=3)
+    last, _ = model(x, cache=cache)
+    torch.testing.assert_close(last[:, 0], full[:, -1], atol=1e-5, rtol=1e-5)
+    assert cache.length == 10
+    at = torch.tensor([9, 0, 4])  # one position per row, as a right-padded prefill asks
+    picked, _ = model(x, cache=_with_logits_at(KVCache(model.config, batch_size=3), at))
+    torch.testing.assert_close(picked[:, 0], full[torch.arange(3), at], atol=1e-5, rtol=1e-5)
+    assert model.num_parameters() > 0 and model.optimizer_groups(0.1)
+
+
+def _with_logits_at(cache: KVCache, at: torch.Tensor) -> KVCache:
+    cache.logits_at = at
+    return cache
 
 
 def test_tied_embeddings_share_one_matrix():

@@ -166,7 +166,9 @@ def from_pretrained(
     tokenizer = import_tokenizer(src, tok_dir)
     config = RunConfig(model=cfg, data=DataConfig(tokenizer=tokenizer_spec(tokenizer, tok_dir)))
     device = resolve_device(str(device))
-    return LoadedRun(src, config, tokenizer, model.to(device), "hf", device)
+    from lyre.speed import prepare_for_inference  # as load_run does: ready to generate
+
+    return LoadedRun(src, config, tokenizer, prepare_for_inference(model.to(device)), "hf", device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,7 +206,7 @@ def export_hf(
     """
     from lyre.runs import load_run
 
-    run = load_run(run_dir, checkpoint, "cpu")
+    run = load_run(run_dir, checkpoint, "cpu", for_inference=False)
     cfg = run.config.model
     model_type = export_target(cfg)
     tokenizer_files = hf_tokenizer_files(run.tokenizer, cfg.block_size)

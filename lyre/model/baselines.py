@@ -34,7 +34,7 @@ class BigramConfig:
 class BigramLM(nn.Module):
     """next-token logits = table[current token]; only config.vocab_size is used."""
 
-    uses_kv_cache = False  # no attention: nothing to cache
+    uses_kv_cache = False  # no attention: nothing earlier than the current token is needed
 
     def __init__(self, config: BigramConfig) -> None:
         super().__init__()
@@ -45,25 +45,27 @@ class BigramLM(nn.Module):
     def num_parameters(self, non_embedding: bool = False) -> int:
         return 0 if non_embedding else self.table.weight.numel()
 
-    def forward(
-        self,
-        idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        *,
-        positions: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-        all_logits: bool = False,
-        logits_at: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Same contract as GPT.forward; positions, masks and caches mean nothing here."""
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """[B, T, vocab_size]: the table row of each token, the only thing this model computes.
+
+        The row is both its hidden state and its next-token logits (there is no LM head), so
+        its width is vocab_size. A cache holds nothing here; it only learns the positions moved.
+        """
         if cache is not None:
             cache.advance(idx.size(1))
-        if targets is None and not all_logits:
-            if logits_at is not None:
-                idx = idx[torch.arange(idx.size(0), device=idx.device), logits_at].unsqueeze(1)
-            return self.table(idx[:, -1:]), None
-        logits = self.table(idx)
+        return self.table(idx)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Same contract as GPT.forward: every position's logits, or with a cache only the
+        position the cache asks for (cache.logits_at, else the last)."""
+        logits = self.hidden(idx, cache)
+        if cache is not None and targets is None:
+            at = cache.logits_at
+            if at is None:
+                return logits[:, -1:], None
+            return logits[torch.arange(idx.size(0), device=idx.device), at].unsqueeze(1), None
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)

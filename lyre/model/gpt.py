@@ -8,8 +8,11 @@ the field has found since (rotary positions, RMSNorm, ReLU^2, no biases). Attent
 torch's scaled_dot_product_attention; `reference_attention` spells the same math out step by
 step and a test checks that both agree.
 
-Inference support: `forward` accepts per-row `positions`, an optional boolean `attn_mask` and a
-`KVCache`, so the generation engine can prefill a prompt once and then decode one token at a time.
+The model's contract (lyre/model/contract.py) is small: `forward(idx, targets=None, cache=None)`
+returns (logits, loss) and `hidden(idx, cache=None)` the final hidden states. A `cache` is how the
+generation engine prefills a prompt once and then decodes one token at a time; everything a
+batch of prompts of different lengths needs (per-row positions, an attention mask, which
+position's logits to compute) travels inside that cache object, not in the signature.
 """
 
 from __future__ import annotations
@@ -153,10 +156,18 @@ def reference_attention(
 class KVCache:
     """Keys and values of every layer, preallocated to the context length.
 
-    The engine prefills a prompt (writes T positions at once), then appends one position per
-    decode step. `length` is how many positions are filled (the same for every row; rows of
-    different prompt lengths are handled by the engine with `positions` and `attn_mask`).
+    A prompt is prefilled (T positions written at once), then one position is appended per
+    decode step. `length` is how many positions are filled, the same for every row; new tokens
+    take positions length, length + 1, ... The three optional fields are for batches whose rows
+    stand at different lengths (the engine's cache views set them; a plain cache leaves them
+    None): `positions` [B, T] each new token's position, `attn_mask` [B, 1, T, S] True where a
+    query may attend to a key, `logits_at` [B] which of the T positions' logits each row wants
+    (default: the last).
     """
+
+    positions: torch.Tensor | None = None
+    attn_mask: torch.Tensor | None = None
+    logits_at: torch.Tensor | None = None
 
     def __init__(
         self,
@@ -204,7 +215,6 @@ class CausalSelfAttention(nn.Module):
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
-        attn_mask: torch.Tensor | None,
         cache: KVCache | None,
         layer: int,
     ) -> torch.Tensor:
@@ -214,8 +224,11 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        attn_mask = None
         if cache is not None:
+            # The new keys and values join those of earlier positions; attend to all of them.
             k, v = cache.update(layer, k, v)
+            attn_mask = cache.attn_mask
         y = self._attend(q, k, v, attn_mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -264,8 +277,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, attn_mask, cache, layer):
-        x = x + self.attn(self.ln_1(x), rope, attn_mask, cache, layer)
+    def forward(self, x, rope, cache, layer):
+        x = x + self.attn(self.ln_1(x), rope, cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -274,6 +287,10 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    """The decoder: embeddings -> blocks -> final norm (`hidden`) -> LM head (`forward`)."""
+
+    uses_kv_cache = True  # generation keeps each layer's keys and values (a KVCache)
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         config.validate()
@@ -327,46 +344,50 @@ class GPT(nn.Module):
                 n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(
-        self,
-        idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        *,
-        positions: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-        all_logits: bool = False,
-        logits_at: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits for every position (training) or only the last one (generation).
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The final hidden states [B, T, n_embd], after the last norm: what the LM head scores.
 
-        idx: [B, T] token ids. targets: [B, T] next-token ids, -100 where the loss must ignore a
-        position (padding, prompts in instruction tuning). positions: [B, T] absolute positions
-        (default: continue after what the cache holds). attn_mask: [B, 1, T, S] bool, True where
-        attending is allowed (for left-padded batches). logits_at: [B] the position whose logits
-        each row wants instead of the last (right-padded prompts of different lengths).
-        Returns (logits, mean loss or None).
+        idx: [B, T] token ids. With a `cache`, the tokens continue what it holds: positions start
+        at cache.length (or are cache.positions), attention also sees the cached keys, and the
+        new keys and values are stored. Classification heads and embeddings pool these states.
         """
-        B, T = idx.shape
+        T = idx.size(1)
         start = cache.length if cache is not None else 0
-        if positions is None:
-            positions = torch.arange(start, start + T, device=idx.device).unsqueeze(0)
         if start + T > self.config.block_size and self.config.pos != "none":
             raise LyreError(
                 f"sequence of {start + T} tokens is longer than the context ({self.config.block_size})"
             )
+        positions = cache.positions if cache is not None else None
+        if positions is None:
+            positions = torch.arange(start, start + T, device=idx.device).unsqueeze(0)
         x = self.transformer.drop(self.transformer.wte(idx) + self._absolute_positions(positions))
         rope = self._rope(positions)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, rope, attn_mask, cache, layer)
+            x = block(x, rope, cache, layer)
         if cache is not None:
             cache.advance(T)
-        x = self.transformer.ln_f(x)
-        if targets is None and not all_logits:
-            # Only the next token is needed: the vocabulary projection is the costliest matmul.
-            if logits_at is not None:
-                return self.lm_head(x[torch.arange(B, device=x.device), logits_at].unsqueeze(1)), None
-            return self.lm_head(x[:, -1:, :]), None
+        return self.transformer.ln_f(x)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Next-token logits, and the mean loss when `targets` are given.
+
+        idx: [B, T] token ids. targets: [B, T] next-token ids, -100 where the loss must ignore a
+        position (padding, the prompt in instruction tuning). Without a cache: logits [B, T, V]
+        for every position (training, scoring). With a cache (generation): logits [B, 1, V] of
+        only the position each row needs, cache.logits_at or else the last, because the
+        vocabulary projection is the costliest matmul and generation needs one position.
+        Returns (logits, mean cross-entropy or None).
+        """
+        x = self.hidden(idx, cache)
+        if cache is not None and targets is None:
+            at = cache.logits_at
+            if at is None:
+                x = x[:, -1:]
+            else:
+                x = x[torch.arange(x.size(0), device=x.device), at].unsqueeze(1)
+            return self.lm_head(x), None
         logits = self.lm_head(x)
         if targets is None:
             return logits, None

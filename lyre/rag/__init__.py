@@ -9,4 +9,40 @@ The pieces, in the order data flows through them:
   embedders.py text -> unit vectors (OpenAI-compatible endpoint, sentence-transformers, lyre run)
   retrieve.py  Retriever: lexical, dense or hybrid (reciprocal rank fusion) search
   evaluate.py  retrieval metrics (recall@k, MRR, nDCG@k, context recall at a budget)
+and the answering side:
+  pgstore.py   the same Store on PostgreSQL + pgvector (HNSW, full-text search), for scale
+  llm.py       the models that answer: a lyre run in process, any OpenAI-compatible server
+  prompts.py   the prompts of the chains and of the chat memory
+  chains.py    ask(): stuff, refine, map_reduce, map_rerank; context budget; [n] citations
+  memory.py    RAGChat: follow-ups condensed into standalone questions (lyre rag chat)
+  callbacks.py events of chains, retrievers and model calls; JSONL tracer, progress printer
+  answer_eval.py  exact match, F1 and citation share of answers
+  cli.py       `lyre rag ...`
+
+    from lyre.rag import open_store, Retriever, EngineLLM, ask
+    answer = ask("Who was Hector?", Retriever(open_store("idx")), EngineLLM("runs/x"))
+
+The names below are imported on first use, so `import lyre.rag` (and `lyre --help`) stays
+light: numpy, torch, httpx and psycopg load only when something needs them.
 """
+
+from importlib import import_module
+
+_PUBLIC = {
+    "Document": "types", "Chunk": "types", "Hit": "types",
+    "SplitConfig": "splitter", "open_store": "index", "index_paths": "index",
+    "EmbeddedStore": "store", "PgStore": "pgstore", "make_embedder": "embedders",
+    "Retriever": "retrieve", "evaluate_retrieval": "evaluate", "load_qa": "evaluate",
+    "EngineLLM": "llm", "OpenAILLM": "llm", "ask": "chains", "run_chain": "chains",
+    "Answer": "chains", "CHAIN_TYPES": "chains", "RAGChat": "memory", "ChatMemory": "memory",
+    "CallbackHandler": "callbacks", "JSONLTracer": "callbacks", "ProgressPrinter": "callbacks",
+    "evaluate_answers": "answer_eval",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(import_module(f"lyre.rag.{_PUBLIC[name]}"), name)
+    raise AttributeError(f"module 'lyre.rag' has no attribute {name!r}")

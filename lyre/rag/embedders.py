@@ -139,40 +139,39 @@ class RunEmbedder:
         return ids or [tok.eot_id if tok.eot_id is not None else 0]
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        import torch
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        ids = [self._encode(t) for t in texts]
+        return mean_pooled(self.run.model, self.run.device, ids, self.batch_size)
 
-        out = []
-        model = self.run.model
-        for i in range(0, len(texts), self.batch_size):
-            batch = [self._encode(t) for t in texts[i:i + self.batch_size]]
-            longest = max(len(b) for b in batch)
-            # Right padding: with causal attention real tokens never see the pads after them.
-            idx = torch.zeros(len(batch), longest, dtype=torch.long)
-            mask = torch.zeros(len(batch), longest, 1)
-            for row, ids in enumerate(batch):
-                idx[row, : len(ids)] = torch.tensor(ids)
-                mask[row, : len(ids)] = 1.0
-            with torch.no_grad():
-                states = final_hidden(model, idx.to(self.run.device)).float().cpu()
-            out.append(((states * mask).sum(1) / mask.sum(1)).numpy())
-        return normalise(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+
+def mean_pooled(model, device, id_lists: list[list[int]], batch_size: int = 16) -> np.ndarray:
+    """Mean of the final hidden states over each id list's tokens, L2-normalised: [n, n_embd].
+
+    Rows are right-padded: with causal attention the real tokens never see the pads after
+    them, and the mask leaves the pads out of the mean. The run: embedder and the server's
+    /v1/embeddings both embed through here, so they give the same vectors.
+    """
+    import torch
+
+    out = []
+    for i in range(0, len(id_lists), batch_size):
+        batch = id_lists[i:i + batch_size]
+        longest = max(len(b) for b in batch)
+        idx = torch.zeros(len(batch), longest, dtype=torch.long)
+        mask = torch.zeros(len(batch), longest, 1)
+        for row, ids in enumerate(batch):
+            idx[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1.0
+        with torch.inference_mode():
+            states = final_hidden(model, idx.to(device)).float().cpu()
+        out.append(((states * mask).sum(1) / mask.sum(1)).numpy())
+    return normalise(np.concatenate(out))
 
 
 def final_hidden(model, idx):
-    """[B, T, n_embd] states after the final norm. Uses GPT.hidden() when the model has it;
-    otherwise runs the same steps as GPT.forward without the LM head (the fallback goes away
-    once hidden() is on main)."""
-    if hasattr(model, "hidden"):
-        return model.hidden(idx)
-    import torch
-
-    T = idx.shape[1]
-    positions = torch.arange(T, device=idx.device).unsqueeze(0)
-    x = model.transformer.drop(model.transformer.wte(idx) + model._absolute_positions(positions))
-    rope = model._rope(positions)
-    for layer, block in enumerate(model.transformer.h):
-        x = block(x, rope, None, None, layer)
-    return model.transformer.ln_f(x)
+    """[B, T, n_embd] states after the final norm: the model contract's hidden()."""
+    return model.hidden(idx)
 
 
 def make_embedder(spec: str | None) -> Embedder | None:

@@ -24,7 +24,7 @@ from lyre.engine import Engine
 from lyre.serve.errors import install_error_handlers
 from lyre.serve.metrics import ServeMetrics
 from lyre.serve.middleware import AccessMiddleware, APIKeyMiddleware, BodyLimitMiddleware
-from lyre.serve.routes import chat, completions, models, page
+from lyre.serve.routes import chat, completions, embeddings, models, page
 from lyre.serve.scheduler import Scheduler, SchedulerSettings
 from lyre.serve.settings import ServeSettings
 from lyre.serve.state import ServeState
@@ -79,12 +79,18 @@ def create_app(run, settings: ServeSettings | None = None, *, scheduler: Schedul
         bearer = [Security(HTTPBearer(auto_error=False, description="Authorization: Bearer KEY"))]
     else:
         bearer = []
-    routers = [models.router, completions.router, chat.router, models.status_router, page.router]
+    api = [models.router, completions.router, chat.router, embeddings.router]
+    if settings.rag_index:  # `lyre serve RUN --rag IDX`: the index opens now (errors before serving)
+        from lyre.serve.routes import rag
+
+        api.append(rag.install(app, run, scheduler, serve.template.name, serve.model_name,
+                               settings.rag_index, settings.rag_embedder))
+    routers = [*api, models.status_router, page.router]
     app.add_middleware(AccessMiddleware, metrics=serve.metrics,
                        routes=[route for router in routers for route in router.routes],
                        mounts=page.MOUNTS)
 
-    for router in routers[:3]:  # the OpenAI API, under /v1
+    for router in api:  # the OpenAI API (and lyre's), under /v1
         app.include_router(router, dependencies=bearer)
     app.include_router(models.status_router)
     app.include_router(page.router)

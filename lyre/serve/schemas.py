@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from lyre.engine import MAX_NEW_TOKENS
+from lyre.engine.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
 
 # Bounds shared with the scheduler. They keep one request from monopolising the server.
 MAX_N = 8
@@ -44,10 +45,11 @@ class _SamplingFields(_Strict):
 
     model: str = Field(description="The model id, as listed by GET /v1/models.")
     temperature: float | None = Field(
-        None, ge=0.0, le=2.0, description="0 is greedy (so is anything below 1e-5); default 1.0."
+        None, ge=0.0, le=2.0,
+        description=f"0 is greedy (so is anything below 1e-5); default {DEFAULT_TEMPERATURE}.",
     )
     top_p: float | None = Field(
-        None, gt=0.0, le=1.0, description="Nucleus sampling threshold; default 1.0 (off)."
+        None, gt=0.0, le=1.0, description=f"Nucleus sampling threshold; default {DEFAULT_TOP_P} (off)."
     )
     n: int | None = Field(None, ge=1, le=MAX_N, description="Choices per prompt; default 1.")
     stream: bool | None = Field(False, description="Stream server-sent events ending in `data: [DONE]`.")
@@ -65,7 +67,8 @@ class _SamplingFields(_Strict):
     user: str | None = Field(None, max_length=256, description="Accepted and ignored.")
     # lyre's extras
     top_k: int | None = Field(
-        None, ge=0, le=1_000_000, description="lyre extra: keep the k most likely tokens; 0 is off."
+        None, ge=0, le=1_000_000,
+        description=f"lyre extra: keep the k most likely tokens; 0 is off; default {DEFAULT_TOP_K}.",
     )
     repetition_penalty: float | None = Field(
         None, ge=0.01, le=10.0,

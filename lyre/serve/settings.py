@@ -23,6 +23,10 @@ class ServeSettings:
     # Seconds a client has to send a request's headers, and again its body: a client that
     # connects (or sends headers) and then stalls gets 408 and is disconnected (slowloris).
     read_timeout: float = 30.0
+    # `--rag IDX`: answer POST /v1/rag/answer from this index (lyre.serve.routes.rag), with
+    # `--rag-embedder SPEC` for its dense vectors.
+    rag_index: str | None = None
+    rag_embedder: str | None = None
 
     def validate(self) -> None:
         if self.max_batch < 1:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from lyre.chat import ChatTemplate
-from lyre.engine import SamplingConfig
+from lyre.engine import SamplingConfig, sampling
 from lyre.errors import LyreError
 from lyre.serve import schemas as S
 from lyre.serve.errors import APIError
@@ -83,15 +83,17 @@ class ServeState:
 
     def sampling(self, req: S._SamplingFields, max_new_tokens: int, stop: list[str],
                  logprobs: bool, top_logprobs: int = 0) -> SamplingConfig:
-        temperature = 1.0 if req.temperature is None else req.temperature
+        temperature = sampling.DEFAULT_TEMPERATURE if req.temperature is None else req.temperature
         if temperature < GREEDY_BELOW:  # the limit T -> 0 is greedy; dividing by ~0 gives inf
             temperature = 0.0
         params = SamplingConfig(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=req.top_k or 0,
-            repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+            # Fields the request leaves out take lyre's defaults (lyre.engine.sampling).
+            top_p=sampling.DEFAULT_TOP_P if req.top_p is None else req.top_p,
+            top_k=sampling.DEFAULT_TOP_K if req.top_k is None else req.top_k,
+            repetition_penalty=(sampling.DEFAULT_REPETITION_PENALTY if req.repetition_penalty is None
+                                else req.repetition_penalty),
             stop=tuple(stop),
             num_samples=req.n or 1,
             seed=req.seed,

@@ -1,0 +1,85 @@
+"""Cache views: what the model sees as its cache (lyre.model.contract.Cache) in one forward pass.
+
+A Batch owns one KVCache [layers, rows, heads, max_length, head_dim] for all its rows; row i's
+keys and values sit in slots 0..len_i - 1 of cache row i. A view tells the model, for one
+forward pass, where to write and what to attend to, and carries the ragged-batch details the
+model's signature does not have: per-row `positions`, an `attn_mask`, and `logits_at`.
+
+`storage` is None for a model without a KV cache (model.uses_kv_cache False): it never calls
+`update`, and the views still say which logits to compute.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lyre.model.gpt import KVCache
+
+
+class PrefillView:
+    """Fill cache rows `slots` from position 0 with one window each (their old content is dropped).
+
+    The windows are right-padded to the longest: causal attention keeps real tokens from seeing
+    the padding, `logits_at` [n] picks each window's last real token, and the padded slots are
+    overwritten or masked by later decode steps.
+    """
+
+    length = 0  # nothing cached before: positions 0 .. T-1
+    positions = None
+    attn_mask = None  # plain causal attention over the new tokens
+
+    def __init__(self, storage: KVCache | None, slots: list[int], logits_at: torch.Tensor | None) -> None:
+        self.storage, self.logits_at = storage, logits_at
+        if slots == list(range(slots[0], slots[0] + len(slots))):
+            self.rows: slice | torch.Tensor = slice(slots[0], slots[0] + len(slots))  # a plain slice
+        else:  # scattered rows (windows re-prefilled after a slide)
+            device = storage.keys.device if storage is not None else "cpu"
+            self.rows = torch.tensor(slots, device=device)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        T = k.size(2)
+        self.storage.keys[layer][self.rows, :, :T] = k
+        self.storage.values[layer][self.rows, :, :T] = v
+        return k, v  # nothing cached before: attend to the new positions only
+
+    def advance(self, n: int) -> None:
+        pass
+
+
+class DecodeView:
+    """Append one position to each of rows 0..n-1, row i at slot lengths[i].
+
+    When all rows stand at the same length this is a plain cache append (no positions, no mask).
+    Otherwise each row's token takes position lengths[i], and a mask hides the slots beyond it
+    that a shorter row has not filled.
+    """
+
+    logits_at = None  # one token per row: its logits
+
+    def __init__(self, storage: KVCache | None, lengths: list[int], device: torch.device) -> None:
+        self.storage = storage
+        self.n = len(lengths)
+        self.length = max(lengths)  # what the model checks against its context
+        self.span = self.length + 1  # slots any row may attend to after the write
+        self.uniform = all(n == self.length for n in lengths)
+        self.positions: torch.Tensor | None = None
+        self.attn_mask: torch.Tensor | None = None
+        if not self.uniform:
+            slots = torch.tensor(lengths, device=device)
+            self.rows = torch.arange(self.n, device=device)
+            self.slots = slots
+            self.positions = slots.unsqueeze(1)  # [n, 1]
+            self.attn_mask = (torch.arange(self.span, device=device) <= self.positions)[:, None, None, :]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.storage.keys[layer], self.storage.values[layer]
+        if self.uniform:  # all rows at the same length: a plain slice write
+            keys[: self.n, :, self.length] = k[:, :, 0]
+            values[: self.n, :, self.length] = v[:, :, 0]
+        else:
+            keys[self.rows, :, self.slots] = k[:, :, 0]
+            values[self.rows, :, self.slots] = v[:, :, 0]
+        return keys[: self.n, :, : self.span], values[: self.n, :, : self.span]
+
+    def advance(self, n: int) -> None:
+        pass

@@ -1,0 +1,110 @@
+"""One continuation being generated (Row) and what it becomes when finished (Completion)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lyre.engine.sampling import SamplingConfig
+from lyre.engine.text import TextStream
+
+
+@dataclass
+class Completion:
+    """One finished continuation.
+
+    tokens: the generated ids, without a stop token id (the ids that spelled a cut stop string
+    stay: a cut can fall inside a token). text: their text, cut before a stop string.
+    finish_reason: "stop" (stop token or string) or "length" (max_new_tokens or the context).
+    stop_reason: the stop string or stop token id that ended it. logprobs: log p of each token
+    under the model's own distribution (before temperature, top-k/p and penalties).
+    """
+
+    text: str
+    tokens: list[int]
+    finish_reason: str
+    stop_reason: str | int | None = None
+    logprobs: list[float] | None = None
+    prompt_tokens: int = 0
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # (id, log p) alternatives per token
+
+
+class Row:
+    """One continuation of one prompt as it is generated: tokens, text, and where it stands.
+
+    A scheduler reads `take_text()` after each step and `completion()` once `finished`.
+    `tag` is free for the caller (e.g. a request id).
+    """
+
+    def __init__(
+        self,
+        prompt: list[int],
+        params: SamplingConfig,
+        stop_ids: frozenset[int],
+        text: TextStream,
+        generator: torch.Generator,
+        seen: torch.Tensor | None,
+        tag=None,
+    ) -> None:
+        self.prompt = prompt
+        self.params = params
+        self.tag = tag
+        self.tokens: list[int] = []
+        self.logprobs: list[float] | None = [] if params.logprobs else None
+        self.top_logprobs: list | None = [] if params.logprobs and params.top_logprobs else None
+        self.finish_reason: str | None = None
+        self.stop_reason: str | int | None = None
+        self.generator = generator
+        self.seen = seen  # bool [V]: tokens of prompt + output, for the repetition penalty
+        self.cache_len = 0  # positions of this row held in the KV cache
+        self._stop_ids = stop_ids
+        self._text = text
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def text(self) -> str:
+        """All text so far, including a held-back tail that may still be cut."""
+        return self._text.text
+
+    def take_text(self) -> str:
+        """Text that became final since the last call (safe to show: never taken back)."""
+        return self._text.take()
+
+    def completion(self) -> Completion:
+        return Completion(
+            text=self._text.text,
+            tokens=list(self.tokens),
+            finish_reason=self.finish_reason or "length",
+            stop_reason=self.stop_reason,
+            logprobs=self.logprobs,
+            top_logprobs=self.top_logprobs,
+            prompt_tokens=len(self.prompt),
+        )
+
+    def accept(self, token: int, logprob: tuple | None, block_size: int) -> None:
+        """Record a sampled token and decide whether the row is done."""
+        if token in self._stop_ids:
+            self.finish("stop", token)
+            return
+        self.tokens.append(token)
+        if self.logprobs is not None:  # logprob: token_logprobs' (log p, top alternatives)
+            self.logprobs.append(logprob[0])
+            if self.top_logprobs is not None:
+                self.top_logprobs.append(logprob[1])
+        if self.seen is not None:
+            self.seen[token] = True
+        if self._text.push(token):
+            self.finish("stop", self._text.stopped_by)
+        elif len(self.tokens) >= self.params.max_new_tokens:
+            self.finish("length")
+        elif self.params.overflow == "stop" and len(self.prompt) + len(self.tokens) >= block_size:
+            self.finish("length")
+
+    def finish(self, reason: str, stop_reason: str | int | None = None) -> None:
+        self.finish_reason, self.stop_reason = reason, stop_reason
+        if self._text.close():  # flushing a cut character can complete a stop string
+            self.finish_reason, self.stop_reason = "stop", self._text.stopped_by
