@@ -203,7 +203,7 @@ def preference_accuracies(run: Path, pairs) -> float:
     from lyre.runs import load_run
     from lyre.tasks.dpo import answer_logprobs, pair_batch
 
-    model = load_run(run, "best", "cpu").model
+    model = load_run(run, "best", "cpu", for_inference=False).model
     wins = 0.0
     with torch.no_grad():
         for start in range(0, len(pairs), 8):

@@ -33,7 +33,7 @@ from lyre.tasks.sft import IGNORE, EarlyStop, EpochOrder, pad_batch
 
 def answer_logprobs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """log p(answer | prompt) per row [rows]: the sum over the positions whose target is kept."""
-    logits, _ = model(x, y)
+    logits, _ = model(x)  # every position's logits (the model contract without targets)
     token_logp = -F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=IGNORE,
                                   reduction="none")  # [rows, T], 0 where ignored
     return token_logp.sum(-1)
