@@ -7,9 +7,10 @@
 1. Pretrain a small BPE model here (`lyre train`: 4 layers, 128 wide, context 256, bpe:2048) on
    the public-domain corpora of shared/data (Iliad, Tiny Shakespeare, The Verdict, Sherlock
    Holmes).
-2. Fine-tune it on the book's 1,100 instructions (85/10/5 split, alpaca template, 2 epochs, the
-   defaults of `lyre finetune` except the learning rate: --lr-full and --lr-lora, the best of a
-   sweep for this small model, see docs/finetune.md) four ways, each in its own process:
+2. Fine-tune it on the book's 1,100 instructions (85/10/5 split, alpaca template, the defaults of
+   `lyre finetune` except the learning rate and the epochs: --lr-full 1e-3, --lr-lora 1e-2,
+   --epochs 4, chosen for this small model with --sweep, see docs/finetune.md) four ways, each in
+   its own process:
        (a) full, answers-only loss, from the pretrained model
        (b) the same from random init (same tokenizer and shape)
        (c) full, loss on prompt and answer (train_on_prompt), from the pretrained model
@@ -19,8 +20,9 @@
    resident memory of its process.
 3. The acceptance check: run (a) answers the 55 test prompts with the engine (greedy); the
    answers that end with the model's own <|endoftext|> (no stop string, no length limit) are
-   counted, and 10 test prompts go through `lyre chat RUN -p` as a user types them (the run's
-   template, no flags): each must answer and stop without a "### Instruction" continuation.
+   counted, and the first 10 test prompts go through `lyre chat RUN -p` as a user types them (the
+   run's template, no flags, greedy): each must answer, end with the model's own <|endoftext|>
+   and have no "### Instruction" continuation.
 4. DPO (LoRA rank 8, the `dpo` defaults) from run (a) on the 1,100 preference pairs: held-out
    preference accuracy before and after, as the implicit reward's (0.5 before by definition) and
    as the plain likelihood preference log p(chosen) > log p(rejected).
@@ -182,17 +184,22 @@ def random_init_copy(pretrained: Path, out: Path) -> Path:
     return out
 
 
-def chat_check(run: Path, prompts: list[str]) -> list[dict]:
-    """Each prompt through `lyre chat RUN -p` as typed (the run's own template)."""
+def chat_check(run: Path, entries: list[dict]) -> list[dict]:
+    """Each test prompt through `lyre chat RUN -p` as typed (the run's own template, greedy).
+
+    ok: an answer, no "###" in it, and the model ended it itself: it is the engine's greedy
+    answer to the same prompt in responses.json, which stopped at its own <|endoftext|> (not at a
+    stop string, not at a length limit)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = []
-    for prompt in prompts:
-        proc = subprocess.run([sys.executable, "-m", "lyre", "chat", str(run), "-p", prompt,
-                               "--temperature", "0", "--max-new-tokens", "100"],
+    for entry in entries:
+        proc = subprocess.run([sys.executable, "-m", "lyre", "chat", str(run), "-p", entry["prompt"],
+                               "--temperature", "0", "--max-new-tokens", "256"],
                               capture_output=True, text=True, env=env)
         answer = proc.stdout.strip()
-        out.append({"prompt": prompt, "answer": answer, "ok": proc.returncode == 0 and bool(answer)
-                    and "###" not in answer})
+        ok = (proc.returncode == 0 and bool(answer) and "###" not in answer and entry["stopped"]
+              and answer == entry["response"])
+        out.append({"prompt": entry["prompt"], "answer": answer, "ok": ok})
     return out
 
 
@@ -261,9 +268,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA / "instruction-data.json")
     parser.add_argument("--preference", type=Path, default=DATA / "instruction-data-with-preference.json")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few steps everywhere")
-    parser.add_argument("--lr-full", type=float, default=3e-3,
-                        help="full fine-tuning lr for this small model (the sweep's best; default 3e-3)")
+    parser.add_argument("--lr-full", type=float, default=1e-3,
+                        help="full fine-tuning lr for this small model (default 1e-3; see --sweep)")
     parser.add_argument("--lr-lora", type=float, default=1e-2, help="LoRA lr (default 1e-2)")
+    parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs (default 4)")
     parser.add_argument("--scale-steps", type=int, default=4,
                         help="training steps of the GPT-2 124M-shaped memory/time comparison (0: skip)")
     parser.add_argument("--sweep", action="store_true",
@@ -289,7 +297,7 @@ def main() -> None:
     print(f"pretrained {steps} steps: val loss {pre['val_loss']:.4f} ({pre['wall_s']} s)", flush=True)
     random_base = random_init_copy(pre["run"], work / "random-init")
     quick = ["max_iters=8"] if args.quick else []
-    plain = [*quick, "finetune.responses=false"]
+    plain = [*quick, "finetune.responses=false", f"finetune.epochs={args.epochs}"]
     full = [*plain, f"lr={args.lr_full}", f"min_lr={args.lr_full / 10}"]
     lora = [*plain, f"lr={args.lr_lora}", f"min_lr={args.lr_lora / 10}"]
     specs = {
@@ -309,13 +317,11 @@ def main() -> None:
 
     # The acceptance check on run (a).
     from lyre.finetune.command import answer_test_split
-    from lyre.finetune.records import read_records
 
     run_a = work / "a_pretrained_masked"
     answer_test_split(run_a, quiet=True)
     responses = json.loads((run_a / "responses.json").read_text())
-    test, _ = read_records(run_a / "data" / "test.jsonl")
-    chat = chat_check(run_a, [r.messages[-2]["content"] for r in test[:10]])
+    chat = chat_check(run_a, responses["responses"][:10])
     print(f"acceptance: {responses['stopped']} of {responses['count']} test answers ended by "
           f"<|endoftext|>; lyre chat -p: {sum(c['ok'] for c in chat)} of {len(chat)} answered and stopped "
           "without a '###' continuation", flush=True)
@@ -324,10 +330,12 @@ def main() -> None:
     # DPO from run (a).
     from lyre.chat import get_template
     from lyre.finetune.encode import encode_all
+    from lyre.finetune.records import read_records
     from lyre.tokenizers import load_tokenizer
 
     dpo = run_child({"base": str(run_a), "data": str(args.preference), "out": str(work / "e_dpo_lora8"),
-                     "task": "dpo", "lora_rank": 8, "overrides": plain, "threads": args.threads},
+                     "task": "dpo", "lora_rank": 8, "overrides": [*quick, "finetune.responses=false"],
+                     "threads": args.threads},
                     work / "e_dpo.log")
     val, _ = read_records(work / "e_dpo_lora8" / "data" / "val.jsonl", preference=True)
     pairs, _ = encode_all(val, get_template("alpaca"), load_tokenizer(run_a / "tokenizer"), 256, "val")
@@ -361,7 +369,7 @@ def main() -> None:
         "chat_ok": sum(x["ok"] for x in chat), "chat_prompts": len(chat),
         "dpo_likelihood_pref_before": round(before, 4), "dpo_likelihood_pref_after": round(after, 4),
         "dpo_reward_accuracy_after": reward_acc, "dpo_val_loss": round(dpo["val_loss"], 4),
-        "lr_full": args.lr_full, "lr_lora": args.lr_lora,
+        "lr_full": args.lr_full, "lr_lora": args.lr_lora, "epochs": args.epochs,
         **{f"gpt2_shape_{k}_{n}": v for n, r in scale.items() for k, v in r.items()},
         "total_wall_s": round(time.perf_counter() - t_all, 1),
         "masked_vs_unmasked_val_loss_ratio": round(c["val_loss"] / a["val_loss"], 4),
