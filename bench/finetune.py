@@ -253,11 +253,12 @@ def sweep(work: Path, args) -> None:
         for lr in lrs:
             spec = {"base": str(work / "pretrain"), "data": str(args.data), "threads": args.threads,
                     "out": str(work / f"sweep-{kind}-{lr:g}"), "lora_rank": 8 if kind == "lora8" else None,
-                    "overrides": ["finetune.responses=false", f"lr={lr}", f"min_lr={lr / 10}"]}
+                    "overrides": ["finetune.responses=false", f"lr={lr}", f"min_lr={lr / 10}",
+                                  f"finetune.epochs={args.epochs}"]}
             r = run_child(spec, work / f"sweep-{kind}-{lr:g}.log")
             out[f"{kind}_lr{lr:g}"] = round(r["val_loss"], 4)
             print(f"{kind} lr {lr:g}: val loss {r['val_loss']:.4f}", flush=True)
-    json_line({"bench": "finetune_lr_sweep", "machine": machine(), **out})
+    json_line({"bench": "finetune_lr_sweep", "machine": machine(), "epochs": args.epochs, **out})
 
 
 def main() -> None:
