@@ -11,6 +11,7 @@ import torch.nn as nn
 from lyre import checkpoint as ckpt
 from lyre.config import RunConfig, config_from_json
 from lyre.errors import LyreError
+from lyre.finetune.base import load_weights
 from lyre.model import build_model
 from lyre.tokenizers import Tokenizer, load_tokenizer
 
@@ -48,7 +49,7 @@ def load_run(
     device = resolve_device(str(device))
     config.model.dropout = 0.0
     model = build_model(config.model)
-    ckpt.load_checkpoint(run_dir, name, model=model, map_location="cpu")
+    load_weights(model, run_dir, name, config)  # a LoRA run: its base, its adapters merged in
     tokenizer = load_tokenizer(run_dir / "tokenizer")
     model = model.to(device).eval()
     if for_inference:
