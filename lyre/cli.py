@@ -244,7 +244,8 @@ def _add_finetune(sub) -> None:
     p.add_argument("base", nargs="?", metavar="BASE", help="a lyre run directory or a Hugging Face model directory")
     p.add_argument("--data", type=Path, help="JSON or JSONL data file (split 85/10/5 into train/val/test)")
     p.add_argument("--out", type=Path, help="run directory to write (default: runs/finetune)")
-    p.add_argument("--task", default=None, help="sft (default) | dpo")
+    p.add_argument("--task", default=None,
+                   help="sft (default) | dpo | classify (labelled TSV/CSV/JSONL; docs/classify.md)")
     p.add_argument("--template", default=None,
                    help="chat template the data is rendered with and the run keeps: alpaca (default), "
                         "chatml, simple, ...")
@@ -278,6 +279,22 @@ def _add_judge(sub) -> None:
     p.set_defaults(func=cmd_judge)
 
 
+def _add_classify(sub) -> None:
+    p = sub.add_parser("classify", help="label texts with a classifier run",
+                       description="Print the label of each text and its probability. Texts come from "
+                                   "the command line, a file (one per line) or stdin (one per line).")
+    p.add_argument("run_dir", type=Path, help="a classifier run (lyre finetune --task classify)")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="text(s) to classify")
+    p.add_argument("--file", type=Path, help="UTF-8 file with one text per line ('-' reads stdin)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line and text: text, label, probability, probabilities, "
+                        "tokens, truncated")
+    p.add_argument("--checkpoint", default="best", help="best or last (default best)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
+    p.set_defaults(func=cmd_classify)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, plus "did you mean" for a mistyped command or choice."""
 
@@ -308,8 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
     for add in (_add_prepare, _add_train, _add_sample, _add_eval, _add_info, _add_presets, _add_plot,
-                _add_import_hf, _add_export_hf, _add_chat, _add_serve, _add_rag, _add_finetune,
-                _add_judge):
+                _add_import_hf, _add_export_hf, _add_chat, _add_serve, _add_finetune, _add_judge,
+                _add_rag, _add_classify):
         add(sub)
     return parser
 
@@ -537,11 +554,13 @@ def cmd_import_hf(args) -> None:
 
 
 def cmd_export_hf(args) -> None:
+    from lyre.classify.config import is_classifier_run
     from lyre.hf import export_hf
 
     out = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint, force=args.force,
                     peft_adapter=args.peft_adapter)
-    print(f"wrote {out}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    auto = "AutoModelForSequenceClassification" if is_classifier_run(args.run_dir) else "AutoModelForCausalLM"
+    print(f"wrote {out}: load it with transformers.{auto}.from_pretrained({str(out)!r})")
     if args.peft_adapter:
         adapter = args.peft_adapter
         print(f"wrote {adapter}: peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("
@@ -570,6 +589,9 @@ def cmd_finetune(args) -> None:
         out = args.resume
     else:
         out = args.out or Path("runs") / "finetune"
+    if args.task == "classify" or (args.resume and _finetune_task(args.resume) == "classify"):
+        _finetune_classifier(args, out)
+        return
     result = finetune(args.base, args.data, out, task=args.task, template=args.template,
                       lora_rank=args.lora_rank, overrides=args.overrides, resume=bool(args.resume),
                       force=args.force, progress=not args.no_progress)
@@ -579,6 +601,54 @@ def cmd_finetune(args) -> None:
     val = f"{r.val_loss:.4f}" if r.val_loss is not None else "n/a"
     print(f"done: step {r.step}, val loss {val}, best {r.best_val_loss:.4f}, run in {out}; talk to it with "
           f"`lyre chat {out}`")
+
+
+def _finetune_task(run_dir: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["finetune"]["task"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _finetune_classifier(args, out: Path) -> None:
+    """`lyre finetune BASE --task classify ...` (lyre.classify.finetune)."""
+    from lyre.classify.finetune import finetune_classifier
+
+    if args.template is not None:
+        raise LyreError("--template is for generative fine-tuning; a classifier reads plain text")
+    result = finetune_classifier(args.base, args.data, out, lora_rank=args.lora_rank,
+                                 overrides=args.overrides, resume=bool(args.resume), force=args.force,
+                                 progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":
+        return
+    test = result.accuracy("test")
+    shown = f"test accuracy {test:.2%}" if test is not None else "no test split"
+    print(f"done: step {result.train.step}, best val accuracy {result.best_val_accuracy:.2%}, {shown}; "
+          f"run in {out}; use it with `lyre classify {out} \"some text\"`")
+
+
+def cmd_classify(args) -> None:
+    import json
+
+    from lyre.classify.predict import load_classifier, read_texts
+
+    if args.batch_size < 1:
+        raise LyreError(f"--batch-size must be at least 1; got {args.batch_size}")
+    texts = read_texts(args.texts, args.file, sys.stdin)
+    classifier = load_classifier(args.run_dir, args.checkpoint, args.device)
+    predictions = classifier.classify(texts, batch_size=args.batch_size)
+    cut = sum(p.truncated for p in predictions)
+    if cut:
+        print(f"lyre: {cut} text(s) longer than the context were cut to their first {classifier.limit} "
+              "tokens", file=sys.stderr)
+    for text, p in zip(texts, predictions, strict=True):
+        if args.json:
+            print(json.dumps({"text": text, **p.to_dict()}, ensure_ascii=False))
+        else:
+            shown = f"\t{text if len(text) <= 70 else text[:67] + '...'}" if len(texts) > 1 else ""
+            print(f"{p.label}\t{p.probability:.4f}{shown}")
 
 
 def cmd_judge(args) -> None:
@@ -631,6 +701,15 @@ def cmd_serve(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    from lyre.classify.config import is_classifier_run
+
+    if is_classifier_run(args.run_dir):  # POST /v1/classify instead of completions
+        from lyre.classify.predict import load_classifier
+        from lyre.serve.classify_routes import serve_classifier
+
+        serve_classifier(load_classifier(args.run_dir, args.checkpoint, args.device), args.host,
+                         args.port, settings, log_level=args.log_level)
+        return
     run = load_run(args.run_dir, args.checkpoint, args.device, weights=args.weights)
     if args.replace_unknown:
         from lyre.tokenizers.char import replace_unknown
