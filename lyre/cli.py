@@ -3,6 +3,10 @@
 Every subcommand parses its flags and calls one function of the package. A LyreError (bad input)
 becomes a one-line message on stderr and exit code 2; Ctrl-C exits with 130, and training
 stopped by SIGTERM (after saving a checkpoint) with 143.
+
+Why one module of ~800 lines: each verb is a pair of short functions (`_add_VERB` builds its
+flags, `cmd_VERB` calls the API) and keeping every verb's flags side by side lets one file show
+the whole command line; a group of many verbs (`lyre rag`) keeps its own module beside its code.
 """
 
 from __future__ import annotations
@@ -244,7 +248,8 @@ def _add_finetune(sub) -> None:
     p.add_argument("base", nargs="?", metavar="BASE", help="a lyre run directory or a Hugging Face model directory")
     p.add_argument("--data", type=Path, help="JSON or JSONL data file (split 85/10/5 into train/val/test)")
     p.add_argument("--out", type=Path, help="run directory to write (default: runs/finetune)")
-    p.add_argument("--task", default=None, help="sft (default) | dpo")
+    p.add_argument("--task", default=None,
+                   help="sft (default) | dpo | classify (labelled TSV/CSV/JSONL; docs/classify.md)")
     p.add_argument("--template", default=None,
                    help="chat template the data is rendered with and the run keeps: alpaca (default), "
                         "chatml, simple, ...")
@@ -278,6 +283,51 @@ def _add_judge(sub) -> None:
     p.set_defaults(func=cmd_judge)
 
 
+def _add_classify(sub) -> None:
+    p = sub.add_parser("classify", help="label texts with a classifier run",
+                       description="Print the label of each text and its probability. Texts come from "
+                                   "the command line, a file (one per line) or stdin (one per line).")
+    p.add_argument("run_dir", type=Path, help="a classifier run (lyre finetune --task classify)")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="text(s) to classify")
+    p.add_argument("--file", type=Path, help="UTF-8 file with one text per line ('-' reads stdin)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line and text: text, label, probability, probabilities, "
+                        "tokens, truncated")
+    p.add_argument("--checkpoint", default="best", help="best or last (default best)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
+    p.set_defaults(func=cmd_classify)
+
+
+def _add_translate(sub) -> None:
+    p = sub.add_parser("translate", help="translate with an encoder-decoder run (arch seq2seq)",
+                       description="Map source texts to targets with a seq2seq run: greedy, or beam "
+                                   "search with --beam N. One output line per input.")
+    p.add_argument("run_dir", type=Path, help="run directory of an encoder-decoder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a source text (repeatable)")
+    src.add_argument("--file", type=Path, help="source texts, one per line")
+    p.add_argument("--beam", type=int, default=1, help="beam width; 1 is greedy (default 1)")
+    p.add_argument("--max-length", type=int, default=None, help="most target tokens (default: the context)")
+    p.add_argument("--checkpoint", default="best", help="best or last (default best)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.set_defaults(func=cmd_translate)
+
+
+def _add_attention(sub) -> None:
+    p = sub.add_parser("attention", help="draw a run's attention maps on a prompt",
+                       description="Draw the attention of every layer and head on a prompt (tokens on "
+                                   "the axes) into an image; for an encoder-decoder, on its translation.")
+    p.add_argument("run_dir", type=Path, help="run directory (gpt or seq2seq)")
+    p.add_argument("--prompt", required=True, help="the text to look at (a seq2seq run's source)")
+    p.add_argument("--out", type=Path, required=True, help="image path: .png, .svg or .pdf")
+    p.add_argument("--kind", default="cross", choices=["cross", "encoder", "decoder"],
+                   help="seq2seq runs: which attention (default cross)")
+    p.add_argument("--checkpoint", default="best", help="best or last (default best)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.set_defaults(func=cmd_attention)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, plus "did you mean" for a mistyped command or choice."""
 
@@ -308,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
     for add in (_add_prepare, _add_train, _add_sample, _add_eval, _add_info, _add_presets, _add_plot,
-                _add_import_hf, _add_export_hf, _add_chat, _add_serve, _add_rag, _add_finetune,
-                _add_judge):
+                _add_import_hf, _add_export_hf, _add_chat, _add_serve, _add_finetune, _add_judge,
+                _add_rag, _add_classify, _add_translate, _add_attention):
         add(sub)
     return parser
 
@@ -432,6 +482,9 @@ def cmd_sample(args) -> None:
     run = load_run(args.run_dir, args.checkpoint, args.device, weights=args.weights)
     if args.replace_unknown:
         replace_unknown(run.tokenizer)
+    if not getattr(run.model, "decoder_only", True):  # an encoder-decoder: translate the prompt
+        _translate_prompt(run, _read_prompt(args))
+        return
     engine = Engine(run.model, run.tokenizer, run.device)
     prompt = _read_prompt(args)
     if prompt is None:  # start of text
@@ -456,6 +509,15 @@ def cmd_sample(args) -> None:
         print(shown + completion.text)
 
 
+def _translate_prompt(run, prompt: str | None) -> None:
+    from lyre.translate import translate
+
+    if not prompt:
+        raise LyreError(f"{run.run_dir} is an encoder-decoder: give the source to translate with "
+                        "--prompt TEXT (or use `lyre translate`)")
+    print(translate(run.model, run.tokenizer, [prompt])[0])
+
+
 def _read_prompt(args) -> str:
     if not args.prompt_file:
         return args.prompt
@@ -474,6 +536,9 @@ def cmd_eval(args) -> None:
     from lyre.runs import load_run
 
     run = load_run(args.run_dir, args.checkpoint, args.device)
+    if not getattr(run.model, "decoder_only", True):  # an encoder-decoder scores pairs
+        _eval_pairs(run, args)
+        return
     if args.data is None:
         from lyre.evaluate import validation_text
 
@@ -493,6 +558,23 @@ def cmd_eval(args) -> None:
           f"checkpoint {run.checkpoint}")
 
 
+def _eval_pairs(run, args) -> None:
+    import json
+
+    from lyre.pairs import read_pairs, validation_pairs
+    from lyre.translate import evaluate_pairs
+
+    pairs, label = (read_pairs(str(args.data)), str(args.data)) if args.data else validation_pairs(run)
+    result = evaluate_pairs(run.model, run.tokenizer, pairs, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps({"run": str(args.run_dir), "checkpoint": run.checkpoint, "data": label,
+                          **result.to_dict()}))
+        return
+    print(f"loss {result.loss:.4f} nats/token | perplexity {result.perplexity:.3f} | "
+          f"exact match {100 * result.exact_match:.2f}% of {result.pairs:,} pairs (greedy)")
+    print(f"{result.tokens:,} target tokens of {label} scored; checkpoint {run.checkpoint}")
+
+
 def cmd_info(args) -> None:
     from lyre.config import load_config
     from lyre.info import format_cost, vocab_size_of
@@ -507,6 +589,41 @@ def cmd_info(args) -> None:
         vocab = vocab_size_of(config.data.tokenizer, config.data.corpus) if path else None
         config.model.vocab_size = vocab or config.model.vocab_size
     print(format_cost(config.model))
+
+
+def cmd_translate(args) -> None:
+    from lyre.runs import load_run
+    from lyre.translate import translate
+
+    texts = args.text if args.text is not None else _read_lines(args.file)
+    run = load_run(args.run_dir, args.checkpoint, args.device)
+    _require_seq2seq(run, "translate")
+    for line in translate(run.model, run.tokenizer, texts, beam=args.beam, max_length=args.max_length):
+        print(line)
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise LyreError(f"file {path} not found") from None
+    except UnicodeDecodeError:
+        raise LyreError(f"file {path} is not UTF-8 text") from None
+    if not lines:
+        raise LyreError(f"file {path} is empty: give one source text per line")
+    return lines
+
+
+def _require_seq2seq(run, verb: str) -> None:
+    if getattr(run.model, "decoder_only", True):
+        raise LyreError(f"{run.run_dir} is a language model (arch {run.config.model.arch}); `lyre {verb}` "
+                        "needs an encoder-decoder run (arch seq2seq); use `lyre sample`")
+
+
+def cmd_attention(args) -> None:
+    from lyre.attention_maps import draw_run
+
+    print(f"wrote {draw_run(args.run_dir, args.prompt, args.out, kind=args.kind, checkpoint=args.checkpoint, device=args.device)}")
 
 
 def cmd_presets(args) -> None:
@@ -537,11 +654,13 @@ def cmd_import_hf(args) -> None:
 
 
 def cmd_export_hf(args) -> None:
+    from lyre.classify.config import is_classifier_run
     from lyre.hf import export_hf
 
     out = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint, force=args.force,
                     peft_adapter=args.peft_adapter)
-    print(f"wrote {out}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    auto = "AutoModelForSequenceClassification" if is_classifier_run(args.run_dir) else "AutoModelForCausalLM"
+    print(f"wrote {out}: load it with transformers.{auto}.from_pretrained({str(out)!r})")
     if args.peft_adapter:
         adapter = args.peft_adapter
         print(f"wrote {adapter}: peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("
@@ -570,6 +689,9 @@ def cmd_finetune(args) -> None:
         out = args.resume
     else:
         out = args.out or Path("runs") / "finetune"
+    if args.task == "classify" or (args.resume and _finetune_task(args.resume) == "classify"):
+        _finetune_classifier(args, out)
+        return
     result = finetune(args.base, args.data, out, task=args.task, template=args.template,
                       lora_rank=args.lora_rank, overrides=args.overrides, resume=bool(args.resume),
                       force=args.force, progress=not args.no_progress)
@@ -579,6 +701,54 @@ def cmd_finetune(args) -> None:
     val = f"{r.val_loss:.4f}" if r.val_loss is not None else "n/a"
     print(f"done: step {r.step}, val loss {val}, best {r.best_val_loss:.4f}, run in {out}; talk to it with "
           f"`lyre chat {out}`")
+
+
+def _finetune_task(run_dir: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["finetune"]["task"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _finetune_classifier(args, out: Path) -> None:
+    """`lyre finetune BASE --task classify ...` (lyre.classify.finetune)."""
+    from lyre.classify.finetune import finetune_classifier
+
+    if args.template is not None:
+        raise LyreError("--template is for generative fine-tuning; a classifier reads plain text")
+    result = finetune_classifier(args.base, args.data, out, lora_rank=args.lora_rank,
+                                 overrides=args.overrides, resume=bool(args.resume), force=args.force,
+                                 progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":
+        return
+    test = result.accuracy("test")
+    shown = f"test accuracy {test:.2%}" if test is not None else "no test split"
+    print(f"done: step {result.train.step}, best val accuracy {result.best_val_accuracy:.2%}, {shown}; "
+          f"run in {out}; use it with `lyre classify {out} \"some text\"`")
+
+
+def cmd_classify(args) -> None:
+    import json
+
+    from lyre.classify.predict import load_classifier, read_texts
+
+    if args.batch_size < 1:
+        raise LyreError(f"--batch-size must be at least 1; got {args.batch_size}")
+    texts = read_texts(args.texts, args.file, sys.stdin)
+    classifier = load_classifier(args.run_dir, args.checkpoint, args.device)
+    predictions = classifier.classify(texts, batch_size=args.batch_size)
+    cut = sum(p.truncated for p in predictions)
+    if cut:
+        print(f"lyre: {cut} text(s) longer than the context were cut to their first {classifier.limit} "
+              "tokens", file=sys.stderr)
+    for text, p in zip(texts, predictions, strict=True):
+        if args.json:
+            print(json.dumps({"text": text, **p.to_dict()}, ensure_ascii=False))
+        else:
+            shown = f"\t{text if len(text) <= 70 else text[:67] + '...'}" if len(texts) > 1 else ""
+            print(f"{p.label}\t{p.probability:.4f}{shown}")
 
 
 def cmd_judge(args) -> None:
@@ -631,6 +801,15 @@ def cmd_serve(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    from lyre.classify.config import is_classifier_run
+
+    if is_classifier_run(args.run_dir):  # POST /v1/classify instead of completions
+        from lyre.classify.predict import load_classifier
+        from lyre.serve.classify_routes import serve_classifier
+
+        serve_classifier(load_classifier(args.run_dir, args.checkpoint, args.device), args.host,
+                         args.port, settings, log_level=args.log_level)
+        return
     run = load_run(args.run_dir, args.checkpoint, args.device, weights=args.weights)
     if args.replace_unknown:
         from lyre.tokenizers.char import replace_unknown

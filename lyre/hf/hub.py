@@ -204,8 +204,15 @@ def export_hf(
     exported merged; `peft_adapter` also writes its adapter in PEFT's format to that directory,
     with the base model in DIR/base (lyre.finetune.export).
     """
+    from lyre.classify.config import is_classifier_run
     from lyre.runs import load_run
 
+    if is_classifier_run(run_dir):  # GPT2ForSequenceClassification: lyre.classify.export
+        from lyre.classify.export import export_classifier_hf
+
+        if peft_adapter is not None:
+            raise LyreError("a classifier is exported with its adapters merged; drop --peft-adapter")
+        return export_classifier_hf(run_dir, out_dir, checkpoint=checkpoint, force=force)
     run = load_run(run_dir, checkpoint, "cpu", for_inference=False)
     cfg = run.config.model
     model_type = export_target(cfg)

@@ -28,7 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lyre.lora import adapters_disabled, has_lora
-from lyre.tasks.sft import IGNORE, EarlyStop, EpochOrder, pad_batch
+from lyre.tasks.epochs import EpochOrder
+from lyre.tasks.sft import IGNORE, EarlyStop, pad_batch
 
 
 def answer_logprobs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
