@@ -3,6 +3,10 @@
 Every subcommand parses its flags and calls one function of the package. A LyreError (bad input)
 becomes a one-line message on stderr and exit code 2; Ctrl-C exits with 130, and training
 stopped by SIGTERM (after saving a checkpoint) with 143.
+
+Why one module of ~800 lines: each verb is a pair of short functions (`_add_VERB` builds its
+flags, `cmd_VERB` calls the API) and keeping every verb's flags side by side lets one file show
+the whole command line; a group of many verbs (`lyre rag`) keeps its own module beside its code.
 """
 
 from __future__ import annotations
@@ -174,6 +178,9 @@ def _add_export_hf(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="directory to write")
     p.add_argument("--checkpoint", default="best", help="best or last (default best)")
     p.add_argument("--force", action="store_true", help="overwrite the model files in a non-empty --out")
+    p.add_argument("--peft-adapter", type=Path, metavar="DIR",
+                   help="LoRA runs: also write the adapter in PEFT's format to DIR, with its base model "
+                        "in DIR/base (PeftModel.from_pretrained(base, DIR)); --out gets the merged model")
     p.set_defaults(func=cmd_export_hf)
 
 
@@ -230,6 +237,66 @@ def _add_serve(sub) -> None:
                    help="CPU threads for torch (default 0: torch's choice, one per core)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
+
+
+def _add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a run on instruction, chat or preference data",
+                       description="Fine-tune BASE (a lyre run or a Hugging Face model directory) on "
+                                   "Alpaca JSON/JSONL, chat JSONL (messages) or prompt/completion data "
+                                   "(--task sft), or on prompt/chosen/rejected pairs (--task dpo); full "
+                                   "or LoRA. See docs/finetune.md.")
+    p.add_argument("base", nargs="?", metavar="BASE", help="a lyre run directory or a Hugging Face model directory")
+    p.add_argument("--data", type=Path, help="JSON or JSONL data file (split 85/10/5 into train/val/test)")
+    p.add_argument("--out", type=Path, help="run directory to write (default: runs/finetune)")
+    p.add_argument("--task", default=None,
+                   help="sft (default) | dpo | classify (labelled TSV/CSV/JSONL; docs/classify.md)")
+    p.add_argument("--template", default=None,
+                   help="chat template the data is rendered with and the run keeps: alpaca (default), "
+                        "chatml, simple, ...")
+    p.add_argument("--lora-rank", type=int, default=None, metavar="R",
+                   help="train LoRA adapters of rank R (alpha 2R) instead of every weight; 0 or none: "
+                        "full fine-tuning")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set max_iters=200 --set lr=3e-4 --set finetune.epochs=3 "
+                        "--set lora.targets=attn (repeatable)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=0, metavar="N",
+                   help="train on N processes of this machine, started by torchrun")
+    p.set_defaults(func=cmd_finetune)
+
+
+def _add_judge(sub) -> None:
+    p = sub.add_parser("judge", help="score a run's answers 0-100 with an LLM behind an OpenAI-compatible API",
+                       description="Ask a judge model (any OpenAI-compatible chat endpoint: Ollama, vLLM, "
+                                   "lyre serve, ...) to score each response against its reference, 0-100.")
+    p.add_argument("responses", type=Path,
+                   help="a fine-tuned run directory (its responses.json) or a responses JSON file")
+    p.add_argument("--base-url", required=True, help="the endpoint, e.g. http://localhost:11434/v1")
+    p.add_argument("--model", required=True, help="the judge model's name at that endpoint")
+    p.add_argument("--api-key", default=None, help="bearer key (default: $OPENAI_API_KEY, else none)")
+    p.add_argument("--out", type=Path, help="where to save every score (default: judge.json beside the responses)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
+    p.add_argument("--retries", type=int, default=3, help="retries of a failed request, with backoff (default 3)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one reply (default 60)")
+    p.set_defaults(func=cmd_judge)
+
+
+def _add_classify(sub) -> None:
+    p = sub.add_parser("classify", help="label texts with a classifier run",
+                       description="Print the label of each text and its probability. Texts come from "
+                                   "the command line, a file (one per line) or stdin (one per line).")
+    p.add_argument("run_dir", type=Path, help="a classifier run (lyre finetune --task classify)")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="text(s) to classify")
+    p.add_argument("--file", type=Path, help="UTF-8 file with one text per line ('-' reads stdin)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line and text: text, label, probability, probabilities, "
+                        "tokens, truncated")
+    p.add_argument("--checkpoint", default="best", help="best or last (default best)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
+    p.set_defaults(func=cmd_classify)
 
 
 def _add_translate(sub) -> None:
@@ -291,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
     for add in (_add_prepare, _add_train, _add_sample, _add_eval, _add_info, _add_presets, _add_plot,
-                _add_import_hf, _add_export_hf, _add_chat, _add_serve, _add_rag, _add_translate,
-                _add_attention):
+                _add_import_hf, _add_export_hf, _add_chat, _add_serve, _add_finetune, _add_judge,
+                _add_rag, _add_classify, _add_translate, _add_attention):
         add(sub)
     return parser
 
@@ -317,6 +384,10 @@ def cmd_train(args) -> None:
     if args.nproc:
         _launch_processes(args)
         return
+    if args.resume and _is_finetune_run(args.resume):  # the trainer's resume hint names `lyre train`
+        args.base = args.data = args.out = args.template = args.lora_rank = args.task = None
+        cmd_finetune(args)
+        return
     if args.resume:
         # The run's own config is the base; a second one would be silently ignored.
         ignored = [flag for flag, value in (("--config", args.config), ("--out", args.out),
@@ -335,6 +406,15 @@ def cmd_train(args) -> None:
         return
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
     print(f"done: step {result.step}, val loss {val}, best {result.best_val_loss:.4f}, run in {result.run_dir}")
+
+
+def _is_finetune_run(run_dir: Path) -> bool:
+    import json
+
+    try:
+        return "finetune" in json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _launch_processes(args) -> None:
@@ -574,10 +654,111 @@ def cmd_import_hf(args) -> None:
 
 
 def cmd_export_hf(args) -> None:
+    from lyre.classify.config import is_classifier_run
     from lyre.hf import export_hf
 
-    out = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint, force=args.force)
-    print(f"wrote {out}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    out = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint, force=args.force,
+                    peft_adapter=args.peft_adapter)
+    auto = "AutoModelForSequenceClassification" if is_classifier_run(args.run_dir) else "AutoModelForCausalLM"
+    print(f"wrote {out}: load it with transformers.{auto}.from_pretrained({str(out)!r})")
+    if args.peft_adapter:
+        adapter = args.peft_adapter
+        print(f"wrote {adapter}: peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("
+              f"{str(adapter / 'base')!r}), {str(adapter)!r})")
+
+
+def cmd_finetune(args) -> None:
+    from lyre.finetune.command import finetune
+
+    if args.nproc:
+        from lyre import distributed
+
+        if "WORLD_SIZE" in os.environ:
+            raise LyreError("--nproc starts torchrun itself; under torchrun, drop --nproc")
+        argv = [t for i, t in enumerate(args.argv) if t != "--nproc" and not t.startswith("--nproc=")
+                and (i == 0 or args.argv[i - 1] != "--nproc")]
+        distributed.launch(args.nproc, argv)
+        return
+    if args.resume:
+        given = [flag for flag, value in (("BASE", args.base), ("--data", args.data), ("--out", args.out),
+                                          ("--template", args.template), ("--lora-rank", args.lora_rank),
+                                          ("--force", args.force)) if value is not None and value is not False]
+        if given:
+            raise LyreError(f"--resume continues the run's saved config in place; drop {', '.join(given)} "
+                            "(change fields with --set)")
+        out = args.resume
+    else:
+        out = args.out or Path("runs") / "finetune"
+    if args.task == "classify" or (args.resume and _finetune_task(args.resume) == "classify"):
+        _finetune_classifier(args, out)
+        return
+    result = finetune(args.base, args.data, out, task=args.task, template=args.template,
+                      lora_rank=args.lora_rank, overrides=args.overrides, resume=bool(args.resume),
+                      force=args.force, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":
+        return
+    r = result.train
+    val = f"{r.val_loss:.4f}" if r.val_loss is not None else "n/a"
+    print(f"done: step {r.step}, val loss {val}, best {r.best_val_loss:.4f}, run in {out}; talk to it with "
+          f"`lyre chat {out}`")
+
+
+def _finetune_task(run_dir: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["finetune"]["task"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _finetune_classifier(args, out: Path) -> None:
+    """`lyre finetune BASE --task classify ...` (lyre.classify.finetune)."""
+    from lyre.classify.finetune import finetune_classifier
+
+    if args.template is not None:
+        raise LyreError("--template is for generative fine-tuning; a classifier reads plain text")
+    result = finetune_classifier(args.base, args.data, out, lora_rank=args.lora_rank,
+                                 overrides=args.overrides, resume=bool(args.resume), force=args.force,
+                                 progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":
+        return
+    test = result.accuracy("test")
+    shown = f"test accuracy {test:.2%}" if test is not None else "no test split"
+    print(f"done: step {result.train.step}, best val accuracy {result.best_val_accuracy:.2%}, {shown}; "
+          f"run in {out}; use it with `lyre classify {out} \"some text\"`")
+
+
+def cmd_classify(args) -> None:
+    import json
+
+    from lyre.classify.predict import load_classifier, read_texts
+
+    if args.batch_size < 1:
+        raise LyreError(f"--batch-size must be at least 1; got {args.batch_size}")
+    texts = read_texts(args.texts, args.file, sys.stdin)
+    classifier = load_classifier(args.run_dir, args.checkpoint, args.device)
+    predictions = classifier.classify(texts, batch_size=args.batch_size)
+    cut = sum(p.truncated for p in predictions)
+    if cut:
+        print(f"lyre: {cut} text(s) longer than the context were cut to their first {classifier.limit} "
+              "tokens", file=sys.stderr)
+    for text, p in zip(texts, predictions, strict=True):
+        if args.json:
+            print(json.dumps({"text": text, **p.to_dict()}, ensure_ascii=False))
+        else:
+            shown = f"\t{text if len(text) <= 70 else text[:67] + '...'}" if len(texts) > 1 else ""
+            print(f"{p.label}\t{p.probability:.4f}{shown}")
+
+
+def cmd_judge(args) -> None:
+    from lyre.judge import JudgeSettings, judge_file
+
+    settings = JudgeSettings(base_url=args.base_url, model=args.model,
+                             api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
+                             concurrency=args.concurrency, retries=args.retries, timeout=args.timeout)
+    report = judge_file(args.responses, settings, out=args.out)
+    print(report.summary())
 
 
 def cmd_chat(args) -> None:
@@ -620,6 +801,15 @@ def cmd_serve(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    from lyre.classify.config import is_classifier_run
+
+    if is_classifier_run(args.run_dir):  # POST /v1/classify instead of completions
+        from lyre.classify.predict import load_classifier
+        from lyre.serve.classify_routes import serve_classifier
+
+        serve_classifier(load_classifier(args.run_dir, args.checkpoint, args.device), args.host,
+                         args.port, settings, log_level=args.log_level)
+        return
     run = load_run(args.run_dir, args.checkpoint, args.device, weights=args.weights)
     if args.replace_unknown:
         from lyre.tokenizers.char import replace_unknown

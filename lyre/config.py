@@ -144,10 +144,12 @@ def register_section(name: str, cls: type) -> None:
 
 
 def section_classes(raw: dict[str, Any]) -> dict[str, type]:
-    """The dataclass of each section; the model's comes from the family `model.arch` names."""
+    """The dataclass of each section; the model's comes from the family `model.arch` names.
+    Optional sections the config carries count too, so `--set` reaches their fields."""
     model = raw.get("model", {})
     arch = model.get("arch", "gpt") if isinstance(model, dict) else "gpt"
-    return {**SECTIONS, "model": get_family(arch).config_class}
+    present = {name: cls for name, cls in OPTIONAL_SECTIONS.items() if name in raw}
+    return {**SECTIONS, "model": get_family(arch).config_class, **present}
 
 
 def _did_you_mean(word: str, choices) -> str:

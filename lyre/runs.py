@@ -9,8 +9,10 @@ import torch
 import torch.nn as nn
 
 from lyre import checkpoint as ckpt
+from lyre.classify.config import is_classifier  # also registers the [classify] section
 from lyre.config import RunConfig, config_from_json
 from lyre.errors import LyreError
+from lyre.finetune.base import load_weights
 from lyre.model import build_model
 from lyre.tokenizers import Tokenizer, load_tokenizer
 
@@ -40,6 +42,9 @@ def load_run(
     if not run_dir.is_dir():
         raise LyreError(f"run directory {run_dir} does not exist")
     config = config_from_json(run_dir / "config.json")
+    if is_classifier(config):  # its head answers labels, not next tokens
+        raise LyreError(f"{run_dir} is a classifier: it labels text instead of writing it; use "
+                        f"`lyre classify {run_dir} TEXT` (or `lyre serve {run_dir}`)")
     name = checkpoint
     if checkpoint == "best" and not ckpt.checkpoint_exists(run_dir, checkpoint):
         name = ckpt.latest_checkpoint(run_dir)  # e.g. a run stopped before its first eval
@@ -48,7 +53,7 @@ def load_run(
     device = resolve_device(str(device))
     config.model.dropout = 0.0
     model = build_model(config.model)
-    ckpt.load_checkpoint(run_dir, name, model=model, map_location="cpu")
+    load_weights(model, run_dir, name, config)  # a LoRA run: its base, its adapters merged in
     tokenizer = load_tokenizer(run_dir / "tokenizer")
     model = model.to(device).eval()
     if for_inference:

@@ -53,6 +53,7 @@ class TrainResult:
     val_loss: float | None = None  # the last evaluation (exact over the whole split if final_eval)
     train_loss: float | None = None
     history: list[dict] = field(default_factory=list)  # what was appended to metrics.jsonl
+    stopped_early: str | None = None  # why the task ended the run before max_iters, if it did
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,6 +249,7 @@ class Trainer:
 
     _tokens_seen = 0
     _saved_at = 0.0
+    stopped_early: str | None = None
 
     @contextmanager
     def _out_of_memory_as_error(self):
@@ -328,6 +330,7 @@ class Trainer:
             val_loss=last_eval.get("val_loss") if last_eval else None,
             train_loss=last_eval.get("train_loss") if last_eval else None,
             history=self.history,
+            stopped_early=self.stopped_early,
         )
 
     def _loop(self, end: int, stop: StopOnSignal) -> dict | None:
@@ -358,6 +361,12 @@ class Trainer:
                 if self.step % cfg.eval_interval == 0 and self.step < cfg.max_iters:
                     last_eval = self._evaluate_and_checkpoint()
                     t0, self._tokens_seen, steps_timed = time.perf_counter(), 0, 0
+                    # A task may end the run after an evaluation (early stopping): it is saved.
+                    reason = getattr(self.task, "should_stop", lambda: None)()
+                    self.stopped_early = self.dist.broadcast_object(reason)  # rank 0 evaluated
+                    if self.stopped_early:
+                        self.log.write(f"early stop at step {self.step}: {self.stopped_early}")
+                        break
                 elif self.step < end and self._checkpoint_due():
                     self._save("last")
                 # All processes stop after the same step, for the same signal (SIGTERM wins).

@@ -181,25 +181,53 @@ def _clear_export(out: Path, force: bool) -> None:
                                             "--force to overwrite")
 
 
+def _write_peft_adapter(out: Path, adapter, force: bool) -> None:
+    from lyre.finetune.export import ADAPTER_FILES
+
+    holds = any((out / name).exists() for name in ADAPTER_FILES)
+    prepare_output_dir(out, holds_output=holds, owned=ADAPTER_FILES, force=force,
+                       refusal=f"{out} already holds an adapter; pass --force to overwrite it")
+    export_hf(adapter.base_dir, out / "base", checkpoint=adapter.base_checkpoint, force=True)
+    ckpt.atomic_write_bytes(out / "adapter_model.safetensors", adapter.weights)
+    ckpt.atomic_write_text(out / "adapter_config.json", json.dumps(adapter.config, indent=2) + "\n")
+
+
 def export_hf(
-    run_dir: str | Path, out_dir: str | Path, *, checkpoint: str = "best", force: bool = False
+    run_dir: str | Path, out_dir: str | Path, *, checkpoint: str = "best", force: bool = False,
+    peft_adapter: str | Path | None = None,
 ) -> Path:
     """Write a run as a Hugging Face model directory; returns its path.
 
     transformers.AutoModelForCausalLM.from_pretrained(OUT) then loads it with no missing or
     unexpected keys (GPT2LMHeadModel for GPT-2-style models) and AutoTokenizer gives the ids of
-    lyre's tokenizer. Models without an exact Hugging Face equivalent are refused.
+    lyre's tokenizer. Models without an exact Hugging Face equivalent are refused. A LoRA run is
+    exported merged; `peft_adapter` also writes its adapter in PEFT's format to that directory,
+    with the base model in DIR/base (lyre.finetune.export).
     """
+    from lyre.classify.config import is_classifier_run
     from lyre.runs import load_run
 
+    if is_classifier_run(run_dir):  # GPT2ForSequenceClassification: lyre.classify.export
+        from lyre.classify.export import export_classifier_hf
+
+        if peft_adapter is not None:
+            raise LyreError("a classifier is exported with its adapters merged; drop --peft-adapter")
+        return export_classifier_hf(run_dir, out_dir, checkpoint=checkpoint, force=force)
     run = load_run(run_dir, checkpoint, "cpu", for_inference=False)
     cfg = run.config.model
     model_type = export_target(cfg)
     tokenizer_files = hf_tokenizer_files(run.tokenizer, cfg.block_size)
     payload = safetensors_bytes(lyre_to_hf_weights(run.model, model_type))
+    adapter = None
+    if peft_adapter is not None:
+        from lyre.finetune.export import peft_adapter_files
+
+        adapter = peft_adapter_files(run_dir, peft_adapter, checkpoint)
     # Everything is ready before the output is touched.
     out = Path(out_dir)
     _clear_export(out, force)
+    if adapter is not None:
+        _write_peft_adapter(Path(peft_adapter), adapter, force)
     ckpt.atomic_write_bytes(out / SAFETENSORS, payload)
     for name, text in tokenizer_files.items():
         ckpt.atomic_write_text(out / name, text)

@@ -1,0 +1,50 @@
+"""Text classification: a GPT that labels text (spam or not), chapter 6 of the book.
+
+    config.py    the [classify] section of a classifier run (labels, data, pooling, what trains)
+    data.py      labelled TSV / CSV / JSONL: detection, bad rows, balance, 70/10/20 split
+    encode.py    texts -> token ids, cut to the context (counted)
+    model.py     SequenceClassifier: the base model's hidden states, pooled, a linear head;
+                 which parameters train
+    build.py     build a classifier from a config, from its base run or its own checkpoint
+    metrics.py   accuracy, per-class precision / recall / F1, confusion matrix, tables
+    finetune.py  `lyre finetune BASE --task classify`: config, the one Trainer, the report
+    predict.py   `lyre classify`, the Python API and the server's classification route
+    export.py    Hugging Face GPT2ForSequenceClassification export
+    plot.py      loss and accuracy per epoch
+
+The training objective is a trainer task: lyre/tasks/classify.py.
+
+    from lyre.classify import finetune_classifier, load_classifier
+    finetune_classifier("runs/base", "sms_spam.tsv", "runs/spam", overrides=["balance=true"])
+    load_classifier("runs/spam").classify("WINNER!! Claim your free prize now")[0].label
+
+The names below load their module on first use, so importing lyre.classify (or one of its
+modules, such as the config section) does not pull in the trainer.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ClassifyConfig": "lyre.classify.config",
+    "is_classifier": "lyre.classify.config",
+    "SequenceClassifier": "lyre.classify.model",
+    "finetune_classifier": "lyre.classify.finetune",
+    "evaluate_classifier": "lyre.classify.finetune",
+    "ClassifyResult": "lyre.classify.finetune",
+    "Classifier": "lyre.classify.predict",
+    "Prediction": "lyre.classify.predict",
+    "load_classifier": "lyre.classify.predict",
+    "classify": "lyre.classify.predict",
+    "export_classifier_hf": "lyre.classify.export",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lyre.classify' has no attribute {name!r}")

@@ -1,0 +1,87 @@
+"""The `[classify]` section of a classifier run's config.json: its labels, data and head.
+
+Registered with lyre.config.register_section, so every reader of config.json accepts it and
+`--set classify.pooling=mean` (or `pooling=mean`) changes it like any other field. A run that
+has this section is a classifier run (`is_classifier`): `lyre classify` and the classification
+route of `lyre serve` need it, the text-generating commands refuse it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lyre.config import RunConfig, register_section
+from lyre.errors import LyreError
+
+POOLINGS = ("last_nonpad", "last", "mean")
+TRAINABLE = ("head", "blocks", "all", "lora")
+
+
+@dataclass
+class ClassifyConfig:
+    """What a classifier adds to a fine-tuned run; the data file, its split, the epochs and the
+    base run are in the run's [finetune] section (lyre.finetune.config), as for every task."""
+
+    # The classes, in the order of the head's outputs (index 0 first). Empty: taken from the
+    # training data (numbers in numeric order, other names in order of first appearance).
+    labels: list[str] = field(default_factory=list)
+    text_column: str = ""  # the column (header name) or JSON key of the text; empty: detected
+    label_column: str = ""  # the same for the label
+    balance: bool = False  # undersample every class to the size of the smallest (the book's way)
+    pooling: str = "last_nonpad"  # last_nonpad | last | mean: which hidden states the head reads
+    trainable: str = "blocks"  # head | blocks (last `blocks` + final norm) | all | lora (+ head)
+    blocks: int = 1  # trainable=blocks: how many of the last transformer blocks train
+    eval_train_rows: int = 512  # training rows scored at each evaluation (0: all)
+    # Filled in when the run starts:
+    pad_id: int = 0  # the id padding uses: <|endoftext|> when the tokenizer has it
+    pad_to: int = 0  # pooling=last: every batch padded to this length (the longest training text)
+
+    def validate(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise LyreError(f"classify.pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
+        if self.trainable not in TRAINABLE:
+            raise LyreError(f"classify.trainable must be one of {', '.join(TRAINABLE)}; "
+                            f"got {self.trainable!r}")
+        if self.blocks < 1:
+            raise LyreError(f"classify.blocks must be at least 1; got {self.blocks}")
+        for name in ("eval_train_rows", "pad_to"):
+            if getattr(self, name) < 0:
+                raise LyreError(f"classify.{name} must not be negative; got {getattr(self, name)}")
+        if len(set(self.labels)) != len(self.labels):
+            raise LyreError(f"classify.labels has a label twice: {self.labels}")
+
+
+register_section("classify", ClassifyConfig)
+
+
+def is_classifier(config: RunConfig) -> bool:
+    return "classify" in config.extras
+
+
+def classify_section(config: RunConfig, run_dir: object = "the run") -> ClassifyConfig:
+    """The run's [classify] section, or a LyreError that names what the run is instead."""
+    section = config.extras.get("classify")
+    if section is None:
+        raise LyreError(f"{run_dir} is not a classifier ({run_kind(config)}); train one with "
+                        "`lyre finetune BASE --task classify --data FILE --out RUN`")
+    return section
+
+
+def run_kind(config: RunConfig) -> str:
+    """What trained the run, in words, for error messages."""
+    finetune = config.extras.get("finetune")
+    task = getattr(finetune, "task", None)
+    if task:
+        return f"a model fine-tuned with --task {task}"
+    return "a language model (task 'lm')"
+
+
+def is_classifier_run(run_dir: str | Path) -> bool:
+    """Does RUN_DIR/config.json have a [classify] section? (False when it cannot be read.)"""
+    try:
+        raw = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and "classify" in raw

@@ -1,0 +1,152 @@
+"""Classification: learn the label of each text (spam or not, sentiment, topic, ...).
+
+What to learn comes prepared (lyre.classify.prepare: the config with its labels, the data read,
+balanced and split). At set-up the task writes the run's copies of the splits,
+RUN/data/{train,val,test}.jsonl, and of the base's tokenizer, so a resumed run reads exactly
+the same rows even if the data file has changed since.
+
+A batch is the next `rows` texts of the epoch's shuffled order, right-padded to the longest
+(or to classify.pad_to for pooling=last), as (ids, lengths, labels). An epoch's order is a
+permutation drawn from (train.seed, epoch), so the whole sampling state is (epoch, position),
+saved in every checkpoint: a resumed run draws the very same batches.
+
+Evaluation scores every validation text and a fixed slice of the training texts: loss and
+accuracy; `val_accuracy` picks the best checkpoint, and finetune.early_stop evaluations
+without a better one end the run. The full report (per-class precision, recall, F1,
+confusion matrices on train, val and test) is written once training ends
+(lyre.classify.finetune).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lyre.classify.build import build_classifier
+from lyre.classify.data import read_split
+from lyre.classify.encode import Encoded, encode_examples, run_token_limit
+from lyre.classify.model import pad_batch, score
+from lyre.classify.prepare import SPLITS, PreparedClassifier
+from lyre.config import RunConfig
+from lyre.errors import LyreError
+from lyre.lora import count_parameters
+from lyre.rundir import RunDir
+from lyre.tasks.epochs import EpochOrder
+from lyre.tokenizers import load_tokenizer
+
+
+class ClassificationTask:
+    name = "classify"
+    best_metric = "val_accuracy"
+    higher_is_better = True
+
+    def __init__(self, prepared: PreparedClassifier,
+                 autocast: AbstractContextManager | None = None) -> None:
+        self.prepared = prepared
+        self.autocast = autocast or nullcontext()
+        self.report: Callable[[str], None] = print  # told what trains, once the model is built
+        self._best, self._since_best = -math.inf, 0  # early stopping on val accuracy
+
+    # ---- data ----------------------------------------------------------------------------
+
+    def setup(self, config: RunConfig, run: RunDir, *, resume: bool, dist: Any) -> None:
+        self.config = config
+        dist.main_first(lambda: self.prepared.write_run_files(run), others=False)
+        self.splits = {name: read_split(run.data_dir / f"{name}.jsonl") for name in SPLITS}
+        if not self.splits["train"] or not self.splits["val"]:
+            raise LyreError(f"{run.data_dir} lacks the training or validation split; start the run "
+                            "again without --resume")
+        cls = config.extras["classify"]
+        tokenizer = load_tokenizer(run.tokenizer_dir)
+        limit = run_token_limit(config)
+        self.encoded: dict[str, Encoded] = {
+            name: encode_examples(tokenizer, rows, cls.labels, limit)
+            for name, rows in self.splits.items()
+        }
+        self.order = EpochOrder(len(self.encoded["train"].ids), config.train.seed, drop_last=True)
+        self.rows_per_draw = config.train.batch_size * dist.world_size
+
+    # ---- model and training --------------------------------------------------------------
+
+    def build_model(self, config: RunConfig) -> nn.Module:
+        p = self.prepared
+        model = build_classifier(config, base_dir=p.base_dir, base_checkpoint=p.base_checkpoint)
+        trainable, total = count_parameters(model)
+        cls = config.extras["classify"]
+        what = {"head": "the head", "blocks": f"the head, the last {cls.blocks} block(s) and the final norm",
+                "all": "every weight", "lora": "LoRA adapters and the head"}[cls.trainable]
+        self.report(f"training {what}: {trainable:,} of {total:,} parameters ({trainable / total:.2%}); "
+                    f"pooling {cls.pooling}")
+        return model
+
+    def draw(self, rows: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        cls = self.config.extras["classify"]
+        picked = self.order.take(rows)
+        train = self.encoded["train"]
+        ids, lengths = pad_batch([train.ids[i] for i in picked], cls.pad_id, cls.pad_to, device)
+        labels = torch.tensor([train.labels[i] for i in picked], dtype=torch.long, device=device)
+        return ids, lengths, labels
+
+    def loss(self, forward: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        ids, lengths, labels = batch
+        return forward(ids, labels, lengths)[1]
+
+    # ---- evaluation ----------------------------------------------------------------------
+
+    def evaluate(self, model: nn.Module, exact: bool) -> dict[str, Any]:
+        cls = self.config.extras["classify"]
+        train = self.encoded["train"]
+        rows = len(train.ids) if exact or not cls.eval_train_rows else cls.eval_train_rows
+        record: dict[str, Any] = {}
+        for split, encoded in (("train", _head(train, rows)), ("val", self.encoded["val"])):
+            loss, accuracy = self.loss_and_accuracy(model, encoded)
+            record[f"{split}_loss"], record[f"{split}_accuracy"] = loss, accuracy
+        # Epochs done: an epoch uses whole batches only (the rest waits for the next epoch).
+        used = (self.order.n // self.rows_per_draw) * self.rows_per_draw or self.order.n
+        record["epoch"] = self.order.epoch + self.order.position / used
+        self._track(record["val_accuracy"])
+        return record
+
+    def _track(self, accuracy: float) -> None:
+        if accuracy > self._best:
+            self._best, self._since_best = accuracy, 0
+        else:
+            self._since_best += 1
+
+    def should_stop(self) -> str | None:
+        """finetune.early_stop evaluations in a row without a better val accuracy end the run."""
+        patience = self.config.extras["finetune"].early_stop
+        if patience and self._since_best >= patience:
+            return f"{self._since_best} evaluations without a better val accuracy ({self._best:.4f})"
+        return None
+
+    def loss_and_accuracy(self, model: nn.Module, encoded: Encoded) -> tuple[float, float]:
+        cls = self.config.extras["classify"]
+        with self.autocast:
+            logits = score(model, encoded.ids, cls.pad_id, cls.pad_to)
+        labels = torch.tensor(encoded.labels, dtype=torch.long)
+        loss = F.cross_entropy(logits, labels).item()
+        return loss, (logits.argmax(-1) == labels).float().mean().item()
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {}  # the order is a function of (seed, epoch): the position is the whole state
+
+    def state_dict(self) -> dict[str, Any]:
+        best = None if self._best == -math.inf else self._best
+        return {**self.order.state_dict(), "best_accuracy": best, "since_best": self._since_best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state)
+        best = state.get("best_accuracy")
+        self._best = -math.inf if best is None else float(best)
+        self._since_best = int(state.get("since_best", 0))
+
+
+def _head(encoded: Encoded, rows: int) -> Encoded:
+    return Encoded(encoded.ids[:rows], encoded.labels[:rows])
