@@ -8,7 +8,9 @@
    the public-domain corpora of shared/data (Iliad, Tiny Shakespeare, The Verdict, Sherlock
    Holmes).
 2. Fine-tune it on the book's 1,100 instructions (85/10/5 split, alpaca template, the defaults of
-   `lyre finetune`) four ways, each in its own process:
+   `lyre finetune` except the learning rate and the epochs: --lr-full 1e-3, --lr-lora 1e-2,
+   --epochs 4, chosen for this small model with --sweep, see docs/finetune.md) four ways, each in
+   its own process:
        (a) full, answers-only loss, from the pretrained model
        (b) the same from random init (same tokenizer and shape)
        (c) full, loss on prompt and answer (train_on_prompt), from the pretrained model
@@ -18,13 +20,17 @@
    resident memory of its process.
 3. The acceptance check: run (a) answers the 55 test prompts with the engine (greedy); the
    answers that end with the model's own <|endoftext|> (no stop string, no length limit) are
-   counted, and 10 test prompts go through `lyre chat RUN -p` as a user types them (the run's
-   template, no flags): each must answer and stop without a "### Instruction" continuation.
+   counted, and the first 10 test prompts go through `lyre chat RUN -p` as a user types them (the
+   run's template, no flags, greedy): each must answer, end with the model's own <|endoftext|>
+   and have no "### Instruction" continuation.
 4. DPO (LoRA rank 8, the `dpo` defaults) from run (a) on the 1,100 preference pairs: held-out
    preference accuracy before and after, as the implicit reward's (0.5 before by definition) and
    as the plain likelihood preference log p(chosen) > log p(rejected).
 5. Ten test prompts answered before (the pretrained model, alpaca prompt) and after (run a),
    written to WORK/samples.md.
+6. LoRA against full fine-tuning where memory shows: a few training steps of a GPT-2 124M-shaped
+   model (random weights, batch 4 x 256), full and LoRA rank 8, each in its own process: step
+   time and peak resident memory.
 
 Ends with one JSON line. Minutes, not hours, on a 2-core CPU (--quick: a smoke run).
 """
@@ -103,6 +109,36 @@ def child(spec: dict) -> dict:
             "adapter_bytes": result.adapter_bytes, "last_eval": evals[-1]}
 
 
+def scale_child(spec: dict) -> dict:
+    """A few training steps of a GPT-2 124M-shaped model, full or LoRA: step time, peak memory."""
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    from train_throughput import SHAPES, lyre_trainer, write_data
+
+    from lyre.lora import LoRAConfig, apply_lora, count_parameters
+    from lyre.train import Trainer
+
+    shape = {**SHAPES["gpt2-124m"], "block_size": 256, "batch": 4}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_data(Path(tmp) / "data", shape["vocab_size"], 1)
+        trainer = lyre_trainer(shape, data, Path(tmp) / "full", 1, compile=None)
+        if spec["lora_rank"]:
+            apply_lora(trainer.model, LoRAConfig(rank=spec["lora_rank"], alpha=2.0 * spec["lora_rank"]))
+            trainer = Trainer(trainer.config, Path(tmp) / "lora", model=trainer.model, progress=False)
+        times = []
+        for _ in range(spec["steps"]):
+            t0 = time.perf_counter()
+            trainer.train_step()
+            times.append(time.perf_counter() - t0)
+        trainable = count_parameters(trainer.model)[0]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"ms_per_step": round(1000 * median(times[1:])), "peak_rss_mb": round(peak),
+            "trainable": trainable}
+
+
 def run_child(spec: dict, log: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'bench'}"}
     with log.open("w") as f:
@@ -148,17 +184,22 @@ def random_init_copy(pretrained: Path, out: Path) -> Path:
     return out
 
 
-def chat_check(run: Path, prompts: list[str]) -> list[dict]:
-    """Each prompt through `lyre chat RUN -p` as typed (the run's own template)."""
+def chat_check(run: Path, entries: list[dict]) -> list[dict]:
+    """Each test prompt through `lyre chat RUN -p` as typed (the run's own template, greedy).
+
+    ok: an answer, no "###" in it, and the model ended it itself: it is the engine's greedy
+    answer to the same prompt in responses.json, which stopped at its own <|endoftext|> (not at a
+    stop string, not at a length limit)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = []
-    for prompt in prompts:
-        proc = subprocess.run([sys.executable, "-m", "lyre", "chat", str(run), "-p", prompt,
-                               "--temperature", "0", "--max-new-tokens", "100"],
+    for entry in entries:
+        proc = subprocess.run([sys.executable, "-m", "lyre", "chat", str(run), "-p", entry["prompt"],
+                               "--temperature", "0", "--max-new-tokens", "256"],
                               capture_output=True, text=True, env=env)
         answer = proc.stdout.strip()
-        out.append({"prompt": prompt, "answer": answer, "ok": proc.returncode == 0 and bool(answer)
-                    and "###" not in answer})
+        ok = (proc.returncode == 0 and bool(answer) and "###" not in answer and entry["stopped"]
+              and answer == entry["response"])
+        out.append({"prompt": entry["prompt"], "answer": answer, "ok": ok})
     return out
 
 
@@ -169,7 +210,7 @@ def preference_accuracies(run: Path, pairs) -> float:
     from lyre.runs import load_run
     from lyre.tasks.dpo import answer_logprobs, pair_batch
 
-    model = load_run(run, "best", "cpu").model
+    model = load_run(run, "best", "cpu", for_inference=False).model
     wins = 0.0
     with torch.no_grad():
         for start in range(0, len(pairs), 8):
@@ -203,6 +244,23 @@ def samples(base: Path, tuned: Path, work: Path, n: int = 10) -> Path:
     return path
 
 
+def sweep(work: Path, args) -> None:
+    """Val loss of runs (a) full and (d) LoRA 8 at several learning rates (the pretrained base of
+    an earlier run of this bench in WORK/pretrain)."""
+    grid = {"full": [1e-4, 3e-4, 1e-3, 3e-3], "lora8": [1e-3, 3e-3, 1e-2]}
+    out = {}
+    for kind, lrs in grid.items():
+        for lr in lrs:
+            spec = {"base": str(work / "pretrain"), "data": str(args.data), "threads": args.threads,
+                    "out": str(work / f"sweep-{kind}-{lr:g}"), "lora_rank": 8 if kind == "lora8" else None,
+                    "overrides": ["finetune.responses=false", f"lr={lr}", f"min_lr={lr / 10}",
+                                  f"finetune.epochs={args.epochs}"]}
+            r = run_child(spec, work / f"sweep-{kind}-{lr:g}.log")
+            out[f"{kind}_lr{lr:g}"] = round(r["val_loss"], 4)
+            print(f"{kind} lr {lr:g}: val loss {r['val_loss']:.4f}", flush=True)
+    json_line({"bench": "finetune_lr_sweep", "machine": machine(), "epochs": args.epochs, **out})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/lyre-bench-finetune"))
@@ -211,10 +269,19 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA / "instruction-data.json")
     parser.add_argument("--preference", type=Path, default=DATA / "instruction-data-with-preference.json")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few steps everywhere")
+    parser.add_argument("--lr-full", type=float, default=1e-3,
+                        help="full fine-tuning lr for this small model (default 1e-3; see --sweep)")
+    parser.add_argument("--lr-lora", type=float, default=1e-2, help="LoRA lr (default 1e-2)")
+    parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs (default 4)")
+    parser.add_argument("--scale-steps", type=int, default=4,
+                        help="training steps of the GPT-2 124M-shaped memory/time comparison (0: skip)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="only the learning-rate sweep of runs (a) and (d) on a pretrained WORK/pretrain")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(json.loads(args.child))))
+        spec = json.loads(args.child)
+        print(json.dumps(scale_child(spec) if spec.get("scale") else child(spec)))
         return
     import torch
 
@@ -223,17 +290,22 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}")
     t_all = time.perf_counter()
+    if args.sweep:
+        sweep(work, args)
+        return
     steps = 40 if args.quick else args.pretrain_steps
     pre = pretrain(work, steps, args.threads)
     print(f"pretrained {steps} steps: val loss {pre['val_loss']:.4f} ({pre['wall_s']} s)", flush=True)
     random_base = random_init_copy(pre["run"], work / "random-init")
     quick = ["max_iters=8"] if args.quick else []
-    plain = [*quick, "finetune.responses=false"]
+    plain = [*quick, "finetune.responses=false", f"finetune.epochs={args.epochs}"]
+    full = [*plain, f"lr={args.lr_full}", f"min_lr={args.lr_full / 10}"]
+    lora = [*plain, f"lr={args.lr_lora}", f"min_lr={args.lr_lora / 10}"]
     specs = {
-        "a_pretrained_masked": {"base": str(pre["run"]), "overrides": plain},
-        "b_random_masked": {"base": str(random_base), "overrides": plain},
-        "c_pretrained_unmasked": {"base": str(pre["run"]), "overrides": [*plain, "finetune.train_on_prompt=true"]},
-        "d_pretrained_lora8": {"base": str(pre["run"]), "overrides": plain, "lora_rank": 8},
+        "a_pretrained_masked": {"base": str(pre["run"]), "overrides": full},
+        "b_random_masked": {"base": str(random_base), "overrides": full},
+        "c_pretrained_unmasked": {"base": str(pre["run"]), "overrides": [*full, "finetune.train_on_prompt=true"]},
+        "d_pretrained_lora8": {"base": str(pre["run"]), "overrides": lora, "lora_rank": 8},
     }
     results = {}
     for name, spec in specs.items():
@@ -246,13 +318,11 @@ def main() -> None:
 
     # The acceptance check on run (a).
     from lyre.finetune.command import answer_test_split
-    from lyre.finetune.records import read_records
 
     run_a = work / "a_pretrained_masked"
     answer_test_split(run_a, quiet=True)
     responses = json.loads((run_a / "responses.json").read_text())
-    test, _ = read_records(run_a / "data" / "test.jsonl")
-    chat = chat_check(run_a, [r.messages[-2]["content"] for r in test[:10]])
+    chat = chat_check(run_a, responses["responses"][:10])
     print(f"acceptance: {responses['stopped']} of {responses['count']} test answers ended by "
           f"<|endoftext|>; lyre chat -p: {sum(c['ok'] for c in chat)} of {len(chat)} answered and stopped "
           "without a '###' continuation", flush=True)
@@ -261,10 +331,12 @@ def main() -> None:
     # DPO from run (a).
     from lyre.chat import get_template
     from lyre.finetune.encode import encode_all
+    from lyre.finetune.records import read_records
     from lyre.tokenizers import load_tokenizer
 
     dpo = run_child({"base": str(run_a), "data": str(args.preference), "out": str(work / "e_dpo_lora8"),
-                     "task": "dpo", "lora_rank": 8, "overrides": plain, "threads": args.threads},
+                     "task": "dpo", "lora_rank": 8, "overrides": [*quick, "finetune.responses=false"],
+                     "threads": args.threads},
                     work / "e_dpo.log")
     val, _ = read_records(work / "e_dpo_lora8" / "data" / "val.jsonl", preference=True)
     pairs, _ = encode_all(val, get_template("alpaca"), load_tokenizer(run_a / "tokenizer"), 256, "val")
@@ -275,6 +347,13 @@ def main() -> None:
           f"accuracy 0.5 -> {reward_acc:.3f}, margin {dpo['last_eval'].get('val_reward_margin'):.3f}, "
           f"val loss {dpo['val_loss']:.4f} ({dpo['steps']} steps, {dpo['wall_s']} s)", flush=True)
     print(f"samples: {sample_file}")
+    scale = {}
+    for name, rank in (("full", 0), ("lora8", 8)):
+        if args.scale_steps and not args.quick:
+            scale[name] = run_child({"scale": True, "lora_rank": rank, "steps": args.scale_steps,
+                                     "threads": args.threads}, work / f"scale-{name}.log")
+            print(f"GPT-2 124M shape, batch 4 x 256, {name}: {scale[name]['trainable']:,} trainable, "
+                  f"{scale[name]['ms_per_step']} ms/step, peak {scale[name]['peak_rss_mb']} MB", flush=True)
     a, b, c, d = (results[k] for k in specs)
     json_line({
         "bench": "finetune", "machine": machine(), "threads": args.threads, "quick": args.quick,
@@ -291,6 +370,8 @@ def main() -> None:
         "chat_ok": sum(x["ok"] for x in chat), "chat_prompts": len(chat),
         "dpo_likelihood_pref_before": round(before, 4), "dpo_likelihood_pref_after": round(after, 4),
         "dpo_reward_accuracy_after": reward_acc, "dpo_val_loss": round(dpo["val_loss"], 4),
+        "lr_full": args.lr_full, "lr_lora": args.lr_lora, "epochs": args.epochs,
+        **{f"gpt2_shape_{k}_{n}": v for n, r in scale.items() for k, v in r.items()},
         "total_wall_s": round(time.perf_counter() - t_all, 1),
         "masked_vs_unmasked_val_loss_ratio": round(c["val_loss"] / a["val_loss"], 4),
         "pretrained_vs_random_val_loss_ratio": round(b["val_loss"] / a["val_loss"], 4),

@@ -3,6 +3,10 @@
 Every subcommand parses its flags and calls one function of the package. A LyreError (bad input)
 becomes a one-line message on stderr and exit code 2; Ctrl-C exits with 130, and training
 stopped by SIGTERM (after saving a checkpoint) with 143.
+
+Why one module of ~800 lines: each verb is a pair of short functions (`_add_VERB` builds its
+flags, `cmd_VERB` calls the API) and keeping every verb's flags side by side lets one file show
+the whole command line; a group of many verbs (`lyre rag`) keeps its own module beside its code.
 """
 
 from __future__ import annotations
@@ -42,7 +46,14 @@ def _add_train(sub) -> None:
     p.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: one plain line per log interval (also when the output "
+                        "is not a terminal)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to RUN_DIR/tensorboard (train.tensorboard)")
+    p.add_argument("--wandb", action="store_true",
+                   help="also log to Weights & Biases, offline unless WANDB_MODE says otherwise "
+                        "(train.wandb)")
     p.add_argument("--nproc", type=int, default=0, metavar="N",
                    help="train on N processes of this machine, started by torchrun (one per GPU on CUDA; "
                         "batch_size is per process); several machines: see docs/distributed.md")
@@ -288,6 +299,35 @@ def _add_classify(sub) -> None:
     p.set_defaults(func=cmd_classify)
 
 
+def _add_translate(sub) -> None:
+    p = sub.add_parser("translate", help="translate with an encoder-decoder run (arch seq2seq)",
+                       description="Map source texts to targets with a seq2seq run: greedy, or beam "
+                                   "search with --beam N. One output line per input.")
+    p.add_argument("run_dir", type=Path, help="run directory of an encoder-decoder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a source text (repeatable)")
+    src.add_argument("--file", type=Path, help="source texts, one per line")
+    p.add_argument("--beam", type=int, default=1, help="beam width; 1 is greedy (default 1)")
+    p.add_argument("--max-length", type=int, default=None, help="most target tokens (default: the context)")
+    p.add_argument("--checkpoint", default="best", help="best or last (default best)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.set_defaults(func=cmd_translate)
+
+
+def _add_attention(sub) -> None:
+    p = sub.add_parser("attention", help="draw a run's attention maps on a prompt",
+                       description="Draw the attention of every layer and head on a prompt (tokens on "
+                                   "the axes) into an image; for an encoder-decoder, on its translation.")
+    p.add_argument("run_dir", type=Path, help="run directory (gpt or seq2seq)")
+    p.add_argument("--prompt", required=True, help="the text to look at (a seq2seq run's source)")
+    p.add_argument("--out", type=Path, required=True, help="image path: .png, .svg or .pdf")
+    p.add_argument("--kind", default="cross", choices=["cross", "encoder", "decoder"],
+                   help="seq2seq runs: which attention (default cross)")
+    p.add_argument("--checkpoint", default="best", help="best or last (default best)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.set_defaults(func=cmd_attention)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, plus "did you mean" for a mistyped command or choice."""
 
@@ -319,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=_Parser)
     for add in (_add_prepare, _add_train, _add_sample, _add_eval, _add_info, _add_presets, _add_plot,
                 _add_import_hf, _add_export_hf, _add_chat, _add_serve, _add_finetune, _add_judge,
-                _add_rag, _add_classify):
+                _add_rag, _add_classify, _add_translate, _add_attention):
         add(sub)
     return parser
 
@@ -340,6 +380,7 @@ def cmd_train(args) -> None:
     from lyre.config import load_config, resolve_preset
     from lyre.train import train
 
+    args.overrides += [f"train.{name}=true" for name in ("tensorboard", "wandb") if getattr(args, name)]
     if args.nproc:
         _launch_processes(args)
         return
@@ -441,6 +482,9 @@ def cmd_sample(args) -> None:
     run = load_run(args.run_dir, args.checkpoint, args.device, weights=args.weights)
     if args.replace_unknown:
         replace_unknown(run.tokenizer)
+    if not getattr(run.model, "decoder_only", True):  # an encoder-decoder: translate the prompt
+        _translate_prompt(run, _read_prompt(args))
+        return
     engine = Engine(run.model, run.tokenizer, run.device)
     prompt = _read_prompt(args)
     if prompt is None:  # start of text
@@ -465,6 +509,15 @@ def cmd_sample(args) -> None:
         print(shown + completion.text)
 
 
+def _translate_prompt(run, prompt: str | None) -> None:
+    from lyre.translate import translate
+
+    if not prompt:
+        raise LyreError(f"{run.run_dir} is an encoder-decoder: give the source to translate with "
+                        "--prompt TEXT (or use `lyre translate`)")
+    print(translate(run.model, run.tokenizer, [prompt])[0])
+
+
 def _read_prompt(args) -> str:
     if not args.prompt_file:
         return args.prompt
@@ -483,6 +536,9 @@ def cmd_eval(args) -> None:
     from lyre.runs import load_run
 
     run = load_run(args.run_dir, args.checkpoint, args.device)
+    if not getattr(run.model, "decoder_only", True):  # an encoder-decoder scores pairs
+        _eval_pairs(run, args)
+        return
     if args.data is None:
         from lyre.evaluate import validation_text
 
@@ -502,6 +558,23 @@ def cmd_eval(args) -> None:
           f"checkpoint {run.checkpoint}")
 
 
+def _eval_pairs(run, args) -> None:
+    import json
+
+    from lyre.pairs import read_pairs, validation_pairs
+    from lyre.translate import evaluate_pairs
+
+    pairs, label = (read_pairs(str(args.data)), str(args.data)) if args.data else validation_pairs(run)
+    result = evaluate_pairs(run.model, run.tokenizer, pairs, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps({"run": str(args.run_dir), "checkpoint": run.checkpoint, "data": label,
+                          **result.to_dict()}))
+        return
+    print(f"loss {result.loss:.4f} nats/token | perplexity {result.perplexity:.3f} | "
+          f"exact match {100 * result.exact_match:.2f}% of {result.pairs:,} pairs (greedy)")
+    print(f"{result.tokens:,} target tokens of {label} scored; checkpoint {run.checkpoint}")
+
+
 def cmd_info(args) -> None:
     from lyre.config import load_config
     from lyre.info import format_cost, vocab_size_of
@@ -516,6 +589,41 @@ def cmd_info(args) -> None:
         vocab = vocab_size_of(config.data.tokenizer, config.data.corpus) if path else None
         config.model.vocab_size = vocab or config.model.vocab_size
     print(format_cost(config.model))
+
+
+def cmd_translate(args) -> None:
+    from lyre.runs import load_run
+    from lyre.translate import translate
+
+    texts = args.text if args.text is not None else _read_lines(args.file)
+    run = load_run(args.run_dir, args.checkpoint, args.device)
+    _require_seq2seq(run, "translate")
+    for line in translate(run.model, run.tokenizer, texts, beam=args.beam, max_length=args.max_length):
+        print(line)
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise LyreError(f"file {path} not found") from None
+    except UnicodeDecodeError:
+        raise LyreError(f"file {path} is not UTF-8 text") from None
+    if not lines:
+        raise LyreError(f"file {path} is empty: give one source text per line")
+    return lines
+
+
+def _require_seq2seq(run, verb: str) -> None:
+    if getattr(run.model, "decoder_only", True):
+        raise LyreError(f"{run.run_dir} is a language model (arch {run.config.model.arch}); `lyre {verb}` "
+                        "needs an encoder-decoder run (arch seq2seq); use `lyre sample`")
+
+
+def cmd_attention(args) -> None:
+    from lyre.attention_maps import draw_run
+
+    print(f"wrote {draw_run(args.run_dir, args.prompt, args.out, kind=args.kind, checkpoint=args.checkpoint, device=args.device)}")
 
 
 def cmd_presets(args) -> None:

@@ -11,6 +11,9 @@ touches only the windows it samples, however large the corpus.
 `prepare` streams: a corpus of several GB is read in chunks of about a megabyte, never whole.
 Each file gives its first (1 - val_fraction) of bytes to train and the rest to val, so for one
 ASCII file and the char tokenizer the split is exactly nanoGPT's `data[:int(n*0.9)]`.
+
+Why one module of ~500 lines: preparing, loading and windowing share one on-disk format (the
+dtype rule, meta.json, the val split) that is easiest to check when it is all in one place.
 """
 
 import codecs

@@ -141,9 +141,9 @@ class Trainer:
         self.autocast = autocast_context(self.device, cfg.dtype)
         seed_everything(cfg.seed)  # the same initial weights in every process
         if task is None:
-            from lyre.tasks.lm import LanguageModelingTask
+            from lyre.tasks import default_task  # by the model family: lm or seq2seq
 
-            task = LanguageModelingTask(self.autocast)
+            task = default_task(config, self.autocast)
         self.task = task
         task.setup(config, self.rundir, resume=resume, dist=self.dist)
 

@@ -19,7 +19,8 @@ from lyre.errors import LyreError
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET_FILES = sorted(PRESETS_DIR.glob("*.toml"))
-NAMES = ["gpt2-124m", "gpt2-large", "gpt2-medium", "gpt2-xl", "iliad-char", "shakespeare-char", "shakespeare-char-cpu"]
+NAMES = ["gpt2-124m", "gpt2-large", "gpt2-medium", "gpt2-xl", "iliad-char", "iliad-gru", "iliad-lstm",
+         "iliad-rnn", "seq2seq-dates", "shakespeare-char", "shakespeare-char-cpu"]
 
 
 def test_the_presets_are_listed_by_name():

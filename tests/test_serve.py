@@ -941,3 +941,16 @@ def test_docs_render_in_a_browser_with_the_network_cut_off(server, tmp_path):
         finally:
             browser.close()
     assert outside == []
+
+
+def test_an_unknown_character_is_reported_in_the_message_that_holds_it(trained_run):
+    """A char-level model's 400 names the message and the position in its own text, not in
+    the rendered conversation (issue 11, item 6)."""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Sing, O goddess"},
+                                          {"role": "assistant", "content": "the anger"},
+                                          {"role": "user", "content": "of Ach\u2603lles"}]}
+    with start_background(load_run(trained_run, device="cpu"), ServeSettings(model_name="tiny")) as srv:
+        r = httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert message.startswith("messages[2].content: ") and "at position 6" in message, message

@@ -181,3 +181,15 @@ def test_version_did_you_mean_and_eval_without_data(capsys, trained_run):
 def test_info_knows_the_gpt2_family(capsys, preset, params):
     assert main(["info", preset]) == 0
     assert f"{params:,}" in capsys.readouterr().out
+
+
+def test_weights_and_biases_logs_offline(tmp_path, tiny_config, monkeypatch):
+    """--wandb works without a network: offline mode writes the run under RUN_DIR/wandb."""
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "run"
+    train(tiny_config("train.max_iters=4", "train.wandb=true"), run_dir, progress=False, plot=False)
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    assert list(offline[0].glob("*.wandb"))  # the run's records, to `wandb sync` later

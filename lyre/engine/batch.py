@@ -30,11 +30,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
-from lyre.engine.cache import DecodeView, PrefillView
+from lyre.engine.cache import copy_row, decode_view, new_storage, prefill_view, storage_bytes
 from lyre.engine.rows import Row
 from lyre.engine.sampling import SamplingConfig, check_int, sample_rows
 from lyre.errors import LyreError
-from lyre.model.gpt import KVCache
 
 if TYPE_CHECKING:
     from lyre.engine.engine import Engine
@@ -88,7 +87,7 @@ class Batch:
         self.block_size = engine.block_size
         self.max_length = min(max_length or self.block_size, self.block_size)
         self.rows: list[Row] = []  # row i lives in cache slot i
-        self._storage: KVCache | None = None
+        self._storage = None  # a KVCache, a model's own state (new_cache) or None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -162,10 +161,7 @@ class Batch:
     def reserve(self) -> int:
         """Allocate the KV cache now; returns its bytes. A server does this at start, so the first
         request does not wait for gigabytes of zeros and too little memory shows at once."""
-        cache = self._cache()
-        if cache is None:  # a model without a KV cache (the bigram baseline)
-            return 0
-        return 2 * cache.keys.numel() * cache.keys.element_size()
+        return storage_bytes(self._cache())  # 0 for a model without one (the bigram baseline)
 
     # ---- internals -----------------------------------------------------------------------
 
@@ -214,13 +210,13 @@ class Batch:
         logits_at = None
         if min(lengths) < longest:
             logits_at = torch.tensor(lengths, device=device) - 1
-        view = PrefillView(self._cache(), slots, logits_at)
+        view = prefill_view(self._cache(), slots, logits_at)
         with eval_mode(self.engine.model):
             logits, _ = self.engine.model(idx, cache=view)
         return logits[:, -1]
 
     def _decode(self, ids: torch.Tensor) -> torch.Tensor:
-        view = DecodeView(self._cache(), [row.cache_len for row in self.rows], ids.device)
+        view = decode_view(self._cache(), [row.cache_len for row in self.rows], ids.device)
         with eval_mode(self.engine.model):
             logits, _ = self.engine.model(ids, cache=view)
         for row in self.rows:
@@ -258,14 +254,12 @@ class Batch:
         self.rows.pop()
 
     def _copy_slot(self, src: int, dst: int, length: int) -> None:
-        if self._storage is not None and length:
-            self._storage.keys[:, dst, :, :length] = self._storage.keys[:, src, :, :length]
-            self._storage.values[:, dst, :, :length] = self._storage.values[:, src, :, :length]
+        copy_row(self._storage, src, dst, length)
 
-    def _cache(self) -> KVCache | None:
-        """The batch's KV cache, allocated on first use; None for a model that needs none."""
-        model = self.engine.model
-        if self._storage is None and getattr(model, "uses_kv_cache", True):
-            config, dtype = model.config, self.engine.dtype
-            self._storage = KVCache(config, self.capacity, self.max_length, self.engine.device, dtype)
+    def _cache(self):
+        """The batch's KV cache (or the model's own state, see cache.py), allocated on first
+        use; None for a model that needs none."""
+        if self._storage is None:
+            e = self.engine
+            self._storage = new_storage(e.model, self.capacity, self.max_length, e.device, e.dtype)
         return self._storage

@@ -7,6 +7,12 @@ model's signature does not have: per-row `positions`, an `attn_mask`, and `logit
 
 `storage` is None for a model without a KV cache (model.uses_kv_cache False): it never calls
 `update`, and the views still say which logits to compute.
+
+A model whose generation state is not a KV cache (a recurrent one: lyre/model/recurrent.py)
+allocates its own storage through `model.new_cache(rows, max_length, device, dtype)`; such a
+storage makes its own views (`prefill_view(slots, logits_at)`, `decode_view(lengths, device)`)
+and copies its own rows (`copy_row(src, dst, length)`, `nbytes()`). The functions at the end
+of this module are what the Batch calls, whichever kind of storage it holds.
 """
 
 from __future__ import annotations
@@ -83,3 +89,48 @@ class DecodeView:
 
     def advance(self, n: int) -> None:
         pass
+
+
+# ----------------------------------------------------------------------------------------------
+# The Batch's storage, whichever kind: a KVCache, a model's own state (new_cache), or none
+
+
+def new_storage(model, rows: int, max_length: int, device: torch.device, dtype: torch.dtype):
+    """The generation state of `rows` rows: the model's own (new_cache) if it has one, else a
+    KVCache if it uses one, else None."""
+    if hasattr(model, "new_cache"):
+        return model.new_cache(rows, max_length, device, dtype)
+    if getattr(model, "uses_kv_cache", True):
+        return KVCache(model.config, rows, max_length, device, dtype)
+    return None
+
+
+def prefill_view(storage, slots: list[int], logits_at: torch.Tensor | None):
+    if hasattr(storage, "prefill_view"):
+        return storage.prefill_view(slots, logits_at)
+    return PrefillView(storage, slots, logits_at)
+
+
+def decode_view(storage, lengths: list[int], device: torch.device):
+    if hasattr(storage, "decode_view"):
+        return storage.decode_view(lengths, device)
+    return DecodeView(storage, lengths, device)
+
+
+def copy_row(storage, src: int, dst: int, length: int) -> None:
+    """Make row `dst` hold what row `src` holds (its first `length` positions)."""
+    if storage is None or not length:
+        return
+    if hasattr(storage, "copy_row"):
+        storage.copy_row(src, dst, length)
+        return
+    storage.keys[:, dst, :, :length] = storage.keys[:, src, :, :length]
+    storage.values[:, dst, :, :length] = storage.values[:, src, :, :length]
+
+
+def storage_bytes(storage) -> int:
+    if storage is None:
+        return 0
+    if hasattr(storage, "nbytes"):
+        return storage.nbytes()
+    return 2 * storage.keys.numel() * storage.keys.element_size()

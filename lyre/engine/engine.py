@@ -26,6 +26,8 @@ from lyre.engine.sampling import SamplingConfig, check_int
 from lyre.engine.text import TextStream
 from lyre.errors import LyreError
 
+UNBOUNDED = 1 << 30  # the context length of a model without one
+
 
 class Engine:
     """Generation for one model and tokenizer: `generate` (batched), `stream`, `new_batch`.
@@ -42,7 +44,13 @@ class Engine:
         self.model = model
         self.dtype = param.dtype
         self.tokenizer = tokenizer
-        self.block_size: int = model.config.block_size
+        if not getattr(model, "decoder_only", True):
+            raise LyreError(f"model.arch={model.config.arch} is an encoder-decoder: it translates a "
+                            "source (lyre translate, lyre.translate) rather than continuing a prompt")
+        # A model whose generation state does not grow with the text (a recurrent one) has no
+        # context limit here: its rows never slide, only max_new_tokens or a stop ends them.
+        unbounded = getattr(model, "unbounded_context", False)
+        self.block_size: int = UNBOUNDED if unbounded else model.config.block_size
         self.vocab_size: int = model.config.vocab_size
 
     # ---- the API -------------------------------------------------------------------------

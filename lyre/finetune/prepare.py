@@ -304,7 +304,7 @@ def encode_splits(task: FinetuneTask, splits: Splits, template: ChatTemplate, to
 # Entry point
 
 
-def prepare(*, base: str | Path | None, data: str | Path | None, out: Path, task: str = "sft",
+def prepare(*, base: str | Path | None, data: str | Path | None, out: Path, task: str | None = None,
             template: str | None = None, lora_rank: int | None = None,
             overrides: list[str] | None = None, resume: bool = False, scratch: Path) -> Prepared:
     """Check and assemble everything for a fine-tuning run (see the module docstring).

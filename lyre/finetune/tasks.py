@@ -68,7 +68,9 @@ register_task(FinetuneTask(
     read=lambda path: rec.read_records(path, preference=False),
     encode=enc.encode_all,
     make=_make_sft,
-    train_defaults={"batch_size": 8, "lr": 1e-4, "min_lr": 1e-5, "weight_decay": 0.1},
+    # Middle-of-the-road learning rates: GPT-2-sized bases take 1e-4..3e-4 well, small models
+    # trained here want 1e-3..3e-3 (docs/finetune.md has the sweep): --set lr=... to change.
+    train_defaults={"batch_size": 8, "lr": 3e-4, "min_lr": 3e-5, "weight_decay": 0.1},
     lora_defaults={"lr": 1e-3, "min_lr": 1e-4, "weight_decay": 0.0},
 ))
 register_task(FinetuneTask(

@@ -18,7 +18,9 @@ checkpoints, signals, logging). A task owns everything about the data and the ob
 so a resumed run draws exactly the batches the uninterrupted run would have drawn, whatever the
 task. `best_metric` and `higher_is_better` choose the `best` checkpoint.
 
-Tasks: "lm" (lyre.tasks.lm, next-token prediction on a corpus; the pretraining default).
+Tasks: "lm" (lyre.tasks.lm, next-token prediction on a corpus; the pretraining default),
+"seq2seq" (lyre.tasks.seq2seq, (source, target) pairs for an encoder-decoder). `default_task`
+picks by the model family's `decoder_only` capability.
 """
 
 from __future__ import annotations
@@ -52,4 +54,27 @@ class Task(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-__all__ = ["Task"]
+def default_task(config: Any, autocast: Any = None) -> Task:
+    """The task a run trains when the caller names none: language modelling for a decoder-only
+    family, (source, target) pairs for an encoder-decoder. Each refuses the other's data."""
+    from lyre.errors import LyreError
+    from lyre.model import get_family
+    from lyre.pairs import looks_like_pairs
+
+    if not get_family(config.model.arch).decoder_only:
+        from lyre.tasks.seq2seq import Seq2SeqTask
+
+        return Seq2SeqTask(autocast)
+    pairs = [] if config.data.data_dir else [c for c in config.data.corpus if looks_like_pairs(c)]
+    if pairs:
+        raise LyreError(
+            f"data.corpus {pairs[0]} holds (source, target) pairs, but model.arch="
+            f"{config.model.arch} is a language model; train an encoder-decoder on it "
+            "(--set arch=seq2seq), or give plain text (rename the file to .txt to learn it as text)"
+        )
+    from lyre.tasks.lm import LanguageModelingTask
+
+    return LanguageModelingTask(autocast)
+
+
+__all__ = ["Task", "default_task"]

@@ -37,42 +37,8 @@ from lyre.config import RunConfig
 from lyre.errors import LyreError
 from lyre.lora import count_parameters
 from lyre.rundir import RunDir
+from lyre.tasks.epochs import EpochOrder
 from lyre.tokenizers import load_tokenizer
-
-
-class EpochOrder:
-    """Which row comes next: a seeded permutation per epoch, walked in order."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed = n, seed
-        self.epoch, self.position = 0, 0
-        self._order: tuple[int, list[int]] | None = None
-
-    def permutation(self, epoch: int) -> list[int]:
-        if self._order is None or self._order[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order = (epoch, torch.randperm(self.n, generator=g).tolist())
-        return self._order[1]
-
-    def take(self, rows: int) -> list[int]:
-        """The next `rows` indices; a batch that would run past the epoch's end starts the next
-        epoch instead (the book's drop_last=True), so every batch is full."""
-        if self.position + rows > self.n and self.position > 0:
-            self.epoch, self.position = self.epoch + 1, 0
-        out: list[int] = []
-        while len(out) < rows:  # only when a batch holds more rows than the split
-            if self.position >= self.n:
-                self.epoch, self.position = self.epoch + 1, 0
-            k = min(rows - len(out), self.n - self.position)
-            out += self.permutation(self.epoch)[self.position:self.position + k]
-            self.position += k
-        return out
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.position = int(state.get("epoch", 0)), int(state.get("position", 0))
 
 
 class ClassificationTask:
@@ -103,7 +69,7 @@ class ClassificationTask:
             name: encode_examples(tokenizer, rows, cls.labels, limit)
             for name, rows in self.splits.items()
         }
-        self.order = EpochOrder(len(self.encoded["train"].ids), config.train.seed)
+        self.order = EpochOrder(len(self.encoded["train"].ids), config.train.seed, drop_last=True)
         self.rows_per_draw = config.train.batch_size * dist.world_size
 
     # ---- model and training --------------------------------------------------------------

@@ -28,12 +28,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lyre.lora import adapters_disabled, has_lora
-from lyre.tasks.sft import IGNORE, EarlyStop, EpochOrder, pad_batch
+from lyre.tasks.epochs import EpochOrder
+from lyre.tasks.sft import IGNORE, EarlyStop, pad_batch
 
 
 def answer_logprobs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """log p(answer | prompt) per row [rows]: the sum over the positions whose target is kept."""
-    logits, _ = model(x, y)
+    logits, _ = model(x)  # every position's logits (the model contract without targets)
     token_logp = -F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=IGNORE,
                                   reduction="none")  # [rows, T], 0 where ignored
     return token_logp.sum(-1)

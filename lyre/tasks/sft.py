@@ -25,38 +25,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lyre.tasks.epochs import EpochOrder
+
 IGNORE = -100
-
-
-class EpochOrder:
-    """Which example comes next: a seeded permutation per epoch, walked in order."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed = n, seed
-        self.epoch, self.position = 0, 0
-        self._order: tuple[int, list[int]] | None = None
-
-    def permutation(self, epoch: int) -> list[int]:
-        if self._order is None or self._order[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order = (epoch, torch.randperm(self.n, generator=g).tolist())
-        return self._order[1]
-
-    def take(self, rows: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < rows:
-            if self.position >= self.n:
-                self.epoch, self.position = self.epoch + 1, 0
-            k = min(rows - len(out), self.n - self.position)
-            out += self.permutation(self.epoch)[self.position:self.position + k]
-            self.position += k
-        return out
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.position = int(state.get("epoch", 0)), int(state.get("position", 0))
 
 
 def pad_batch(examples, pad_id: int, train_on_prompt: bool = False,

@@ -9,7 +9,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from lyre.chat import AnswerTrimmer
+from lyre.chat import AnswerTrimmer, check_messages
 from lyre.errors import LyreError
 from lyre.serve import schemas as S
 from lyre.serve.errors import APIError
@@ -67,6 +67,8 @@ def _prompt_ids(serve: ServeState, req: S.ChatCompletionRequest) -> list[int]:
     """The token ids of the rendered conversation (<|endoftext|> alone for an empty one)."""
     messages = [{"role": m.role, "content": m.text()} for m in req.messages]
     try:
+        # A character the model cannot read is reported in the message that holds it.
+        check_messages(serve.tokenizer, messages)
         prompt = serve.template.render(messages)
     except LyreError as e:
         raise APIError(400, str(e), param="messages") from None
