@@ -150,7 +150,7 @@ def create_classify_app(classifier: Classifier, settings: ServeSettings | None =
     settings = settings or ServeSettings()
     app = FastAPI(title="lyre", version="0.1.0", summary="A lyre text classifier",
                   description="POST /v1/classify labels texts; errors use OpenAI's shape.",
-                  redoc_url=None)
+                  docs_url=None, redoc_url=None)  # /openapi.json only: Swagger UI needs a CDN
     app.state.classify = ClassifierState(classifier, settings.model_name or Path(classifier.run_dir).name)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.read_timeout)
