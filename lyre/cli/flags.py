@@ -1,0 +1,63 @@
+"""Flags and parser behaviour shared by several verbs."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, plus "did you mean" for a mistyped command or choice."""
+
+    def error(self, message: str):
+        import difflib
+        import re
+
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = re.findall(r"'?([\w.-]+)'?", match.group(2))
+            close = difflib.get_close_matches(match.group(1), choices, n=1)
+            if close:
+                message += f"; did you mean '{close[0]}'?"
+        super().error(message)
+
+
+def add_sampling_flags(p, max_new_tokens: int) -> None:
+    """The sampling controls of `sample` and `chat`; defaults from lyre.engine.sampling."""
+    from lyre.engine import sampling as S
+
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                   help=f"tokens to generate (default {max_new_tokens})")
+    p.add_argument("--temperature", type=float, default=S.DEFAULT_TEMPERATURE,
+                   help=f"0 means greedy (default {S.DEFAULT_TEMPERATURE})")
+    p.add_argument("--top-k", type=int, default=S.DEFAULT_TOP_K,
+                   help=f"keep the k most likely tokens; 0 disables (default {S.DEFAULT_TOP_K})")
+    p.add_argument("--top-p", type=float, default=S.DEFAULT_TOP_P,
+                   help=f"nucleus sampling threshold in (0, 1] (default {S.DEFAULT_TOP_P})")
+    p.add_argument("--repetition-penalty", type=float, default=S.DEFAULT_REPETITION_PENALTY,
+                   help="> 1 discourages repeating tokens of the prompt and output "
+                        f"(default {S.DEFAULT_REPETITION_PENALTY}: off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed: same seed, same output")
+
+
+def add_replace_unknown_flag(p) -> None:
+    p.add_argument("--replace-unknown", action="store_true",
+                   help="char-level models: replace characters the model never saw with '?' (or a "
+                        "space) instead of refusing the text; to record it with the run, set "
+                        "\"unk\": \"?\" in RUN_DIR/tokenizer/tokenizer.json")
+
+
+def add_model_flags(p) -> None:
+    """How `sample`, `chat` and `serve` load a run's model (runs.load_run)."""
+    add_checkpoint_flags(p)
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--fp16", dest="weights", action="store_const", const="fp16", default="fp32",
+                         help="add fp16 copies of the weights (CPU only): ~1.5-2x faster decoding of "
+                              "one or a few rows, logits within ~1e-3 of fp32, 1.5x the weight memory")
+    weights.add_argument("--int8", dest="weights", action="store_const", const="int8",
+                         help="int8 weights (CPU only): 2-4x faster decoding, slightly different numbers")
+
+
+def add_checkpoint_flags(p) -> None:
+    """Which checkpoint of a run, on which device: every verb that loads a run."""
+    p.add_argument("--checkpoint", default="best", help="best or last (default best)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")

@@ -1,0 +1,216 @@
+"""Verbs of the first stage: tokenize a corpus, train, and look at a config or a run
+(`prepare`, `train`, `info`, `presets`, `plot`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from lyre.cli.finetune import cmd_finetune
+from lyre.errors import LyreError
+
+
+def register(sub) -> None:
+    _add_prepare(sub)
+    _add_train(sub)
+    _add_info(sub)
+    _add_presets(sub)
+    _add_plot(sub)
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="tokenize corpus files into train/val token files",
+                       description="Tokenize text files into memory-mapped train/val token files.")
+    p.add_argument("corpus", nargs="+", type=Path, help="UTF-8 text file(s)")
+    p.add_argument("--tokenizer", default="char",
+                   help="char | bpe:VOCAB_SIZE (trained on the corpus) | gpt2:DIR (encoder.json + vocab.bpe)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="tail fraction of each file kept for validation (default 0.1)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing prepared directory")
+    p.set_defaults(func=cmd_prepare)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a TOML preset",
+                       description="Train a model from a preset (`lyre presets` lists the bundled ones) "
+                                   "or any TOML file; every field can be overridden.")
+    p.add_argument("--config", metavar="PRESET",
+                   help="a bundled preset's name (e.g. iliad-char) or a TOML file's path "
+                        "(default: the demo preset iliad-char)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.lr=3e-4 --set n_layer=6 (repeatable)")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: one plain line per log interval (also when the output "
+                        "is not a terminal)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to RUN_DIR/tensorboard (train.tensorboard)")
+    p.add_argument("--wandb", action="store_true",
+                   help="also log to Weights & Biases, offline unless WANDB_MODE says otherwise "
+                        "(train.wandb)")
+    p.add_argument("--nproc", type=int, default=0, metavar="N",
+                   help="train on N processes of this machine, started by torchrun (one per GPU on CUDA; "
+                        "batch_size is per process); several machines: see docs/distributed.md")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="parameters, memory and FLOPs of a model config",
+                       description="Print parameters, memory and FLOPs per token of a model config.")
+    p.add_argument("config", nargs="?", metavar="CONFIG",
+                   help="a preset's name, a TOML file or a RUN_DIR (default: GPT-2 124M)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set n_layer=96 --set n_embd=12288")
+    p.set_defaults(func=cmd_info)
+
+
+def _add_presets(sub) -> None:
+    p = sub.add_parser("presets", help="list the bundled presets (names for --config)",
+                       description="List the bundled presets: `lyre train --config NAME` trains one.")
+    p.set_defaults(func=cmd_presets)
+
+
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="draw the loss curves of a run",
+                       description="Draw train/val loss curves from RUN_DIR/metrics.jsonl into a PNG.")
+    p.add_argument("run_dir", type=Path, help="run directory (reads RUN_DIR/metrics.jsonl)")
+    p.add_argument("--out", type=Path, help="image path, .png, .svg or .pdf (default RUN_DIR/loss.png)")
+    p.set_defaults(func=cmd_plot)
+
+
+def cmd_prepare(args) -> None:
+    from lyre.data import prepare
+
+    meta = prepare(args.corpus, args.tokenizer, args.out, val_fraction=args.val_fraction, force=args.force)
+    print(f"wrote {args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
+          f"vocab {meta['vocab_size']:,} ({meta['dtype']})")
+
+
+def cmd_train(args) -> None:
+    from lyre.config import load_config, resolve_preset
+    from lyre.train import train
+
+    args.overrides += [f"train.{name}=true" for name in ("tensorboard", "wandb") if getattr(args, name)]
+    if args.nproc:
+        _launch_processes(args)
+        return
+    if args.resume and is_finetune_run(args.resume):  # the trainer's resume hint names `lyre train`
+        args.base = args.data = args.out = args.template = args.lora_rank = args.task = None
+        cmd_finetune(args)
+        return
+    if args.resume:
+        # The run's own config is the base; a second one would be silently ignored.
+        ignored = [flag for flag, value in (("--config", args.config), ("--out", args.out),
+                                            ("--force", args.force)) if value]
+        if ignored:
+            raise LyreError(f"--resume continues the run's saved config in place; drop {', '.join(ignored)} "
+                            "(change fields with --set)")
+        config = load_config(args.resume / "config.json", args.overrides)
+        result = train(config, args.resume, resume=True, progress=not args.no_progress)
+    else:
+        preset = resolve_preset(args.config) if args.config else _default_preset()
+        config = load_config(preset, args.overrides)
+        run_dir = args.out or Path("runs") / preset.stem
+        result = train(config, run_dir, force=args.force, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
+        return
+    val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
+    print(f"done: step {result.step}, val loss {val}, best {result.best_val_loss:.4f}, run in {result.run_dir}")
+
+
+def is_finetune_run(run_dir: Path) -> bool:
+    import json
+
+    try:
+        return "finetune" in json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _launch_processes(args) -> None:
+    """`lyre train --nproc N ...` = `torchrun --standalone --nproc_per_node N -m lyre train ...`,
+    after checking the config here so that bad input fails once, before any process starts."""
+    from lyre import distributed
+    from lyre.config import load_config
+    from lyre.optim import check_optimizer_config
+    from lyre.train import check_train_config, resolve_device
+
+    if "WORLD_SIZE" in os.environ:
+        raise LyreError("--nproc starts torchrun itself; under torchrun, drop --nproc")
+    if args.resume:
+        config = load_config(args.resume / "config.json", args.overrides)
+    else:
+        config = load_config(args.config or _default_preset(), args.overrides)
+    cfg = config.train
+    check_train_config(cfg)
+    check_optimizer_config(cfg)
+    device = resolve_device(cfg.device)
+    distributed.check_config(cfg, device)
+    if device.type == "mps" and args.nproc > 1:
+        raise LyreError("--nproc needs CUDA GPUs or the CPU (train.device=cpu), not MPS")
+    if device.type == "cuda":
+        import torch
+
+        if args.nproc > torch.cuda.device_count():
+            raise LyreError(f"--nproc {args.nproc} but this machine has {torch.cuda.device_count()} GPU(s); "
+                            "use one process per GPU (or train.device=cpu)")
+    argv, skip = [], False
+    for token in args.argv:
+        if skip:
+            skip = False
+        elif token == "--nproc":
+            skip = True
+        elif not token.startswith("--nproc="):
+            argv.append(token)
+    distributed.launch(args.nproc, argv)
+
+
+def _default_preset() -> Path:
+    """The bundled demo preset: the library defaults are GPT-2 124M, far too big to train on a
+    CPU by accident."""
+    from lyre.config import DEFAULT_PRESET, list_presets
+
+    preset = list_presets().get(DEFAULT_PRESET)
+    if preset is None:
+        raise LyreError(f"no --config given and the bundled preset {DEFAULT_PRESET} is missing "
+                        "(a broken install?); pass a TOML file with --config")
+    print(f"lyre: no --config given; training the demo preset {DEFAULT_PRESET} ({preset})", file=sys.stderr)
+    return preset
+
+
+def cmd_info(args) -> None:
+    from lyre.config import load_config
+    from lyre.info import format_cost, vocab_size_of
+
+    path = None if args.config is None else Path(args.config)
+    if path is not None and path.is_dir():
+        path = path / "config.json"  # a run directory
+    config = load_config(path, args.overrides)  # a preset's name or a TOML/JSON file
+    from_preset = path is None or path.suffix != ".json"
+    if from_preset and not any(o.split("=")[0].endswith("vocab_size") for o in args.overrides):
+        # A preset's vocab_size is a placeholder: training takes the tokenizer's.
+        vocab = vocab_size_of(config.data.tokenizer, config.data.corpus) if path else None
+        config.model.vocab_size = vocab or config.model.vocab_size
+    print(format_cost(config.model))
+
+
+def cmd_presets(args) -> None:
+    from lyre.config import PRESETS_DIR, list_presets
+
+    presets = list_presets()
+    width = max(map(len, presets), default=0)
+    for name, path in presets.items():
+        comment = next((line.lstrip("# ").rstrip() for line in path.read_text().splitlines()
+                        if line.startswith("#")), "")
+        print(f"{name:<{width}}  {comment}")
+    print(f"(the files are in {PRESETS_DIR}: copy one to start your own, pass it with --config PATH)")
+
+
+def cmd_plot(args) -> None:
+    from lyre.plot import plot_run
+
+    print(f"wrote {plot_run(args.run_dir, args.out)}")

@@ -1,0 +1,139 @@
+"""Verbs that use a trained model on text: `sample` (generate) and `eval` (loss, perplexity, bits
+per byte)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lyre.cli.flags import (
+    add_checkpoint_flags,
+    add_model_flags,
+    add_replace_unknown_flag,
+    add_sampling_flags,
+)
+from lyre.cli.zoo import eval_pairs, translate_prompt
+from lyre.errors import LyreError
+
+
+def register(sub) -> None:
+    _add_sample(sub)
+    _add_eval(sub)
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate text from a trained run",
+                       description="Generate text from a run's checkpoint, streamed as it is produced.")
+    p.add_argument("run_dir", type=Path, help="run directory")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", default=None,
+                     help="text to continue (default: start of text: <|endoftext|>, or a newline "
+                          "for tokenizers without it)")
+    src.add_argument("--prompt-file", type=Path, help="read the prompt from a file")
+    add_sampling_flags(p, max_new_tokens=500)
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop before this text (repeatable); <|endoftext|> always stops")
+    p.add_argument("--overflow", choices=("slide", "stop"), default="slide",
+                   help="at the context limit: slide the window (default) or stop")
+    p.add_argument("--num-samples", type=int, default=1,
+                   help="how many samples, all from one prefill in one batch (default 1)")
+    add_replace_unknown_flag(p)
+    add_model_flags(p)
+    p.set_defaults(func=cmd_sample)
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="loss, perplexity and bits per byte on a text file",
+                       description="Score a run's model on held-out text with a sliding window: loss, "
+                                   "perplexity and bits per byte (comparable across tokenizers).")
+    p.add_argument("run_dir", type=Path, help="run directory")
+    p.add_argument("--data", type=Path, default=None,
+                   help="UTF-8 text file to score (default: the run's own validation split)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="tokens between window starts, 1..block_size (default block_size); smaller "
+                        "gives each token more context and costs more")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    add_checkpoint_flags(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_sample(args) -> None:
+    from lyre.engine import Engine, SamplingConfig
+    from lyre.generate import crop_prompt
+    from lyre.runs import load_run
+    from lyre.tokenizers.char import replace_unknown
+
+    params = SamplingConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop,
+        num_samples=args.num_samples, seed=args.seed, overflow=args.overflow,
+    ).validate()  # bad flags fail before the model is loaded
+    run = load_run(args.run_dir, args.checkpoint, args.device, weights=args.weights)
+    if args.replace_unknown:
+        replace_unknown(run.tokenizer)
+    if not getattr(run.model, "decoder_only", True):  # an encoder-decoder: translate the prompt
+        translate_prompt(run, read_prompt(args))
+        return
+    engine = Engine(run.model, run.tokenizer, run.device)
+    prompt = read_prompt(args)
+    if prompt is None:  # start of text
+        ids = engine.encode("" if run.tokenizer.eot_id is not None else "\n")
+    else:
+        ids = engine.encode(prompt)
+    block = run.config.model.block_size
+    ids, dropped = crop_prompt(ids, block)
+    if dropped:
+        print(f"[notice] prompt cropped: its first {dropped} tokens do not fit the context of "
+              f"{block}", file=sys.stderr)
+    shown = prompt or ""
+    if args.num_samples == 1:
+        sys.stdout.write(shown)
+        for piece in engine.stream(ids, params):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    for i, completion in enumerate(engine.generate([ids], params)):
+        print(f"--- sample {i + 1} ---")
+        print(shown + completion.text)
+
+
+def read_prompt(args) -> str:
+    if not args.prompt_file:
+        return args.prompt
+    try:
+        return args.prompt_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LyreError(f"prompt file {args.prompt_file} not found") from None
+    except UnicodeDecodeError:
+        raise LyreError(f"prompt file {args.prompt_file} is not UTF-8 text") from None
+
+
+def cmd_eval(args) -> None:
+    import json
+
+    from lyre.evaluate import evaluate_text, read_text
+    from lyre.runs import load_run
+
+    run = load_run(args.run_dir, args.checkpoint, args.device)
+    if not getattr(run.model, "decoder_only", True):  # an encoder-decoder scores pairs
+        eval_pairs(run, args)
+        return
+    if args.data is None:
+        from lyre.evaluate import validation_text
+
+        text, args.data = validation_text(run)
+    else:
+        text = read_text(args.data)
+    result = evaluate_text(run.model, run.tokenizer, text, stride=args.stride,
+                           batch_size=args.batch_size, device=run.device)
+    if args.json:
+        print(json.dumps({"run": str(args.run_dir), "checkpoint": run.checkpoint, "data": str(args.data),
+                          "tokenizer": run.tokenizer.kind, **result.to_dict()}))
+        return
+    print(f"loss {result.loss:.4f} nats/token | perplexity {result.perplexity:.3f} | "
+          f"{result.bits_per_byte:.4f} bits/byte")
+    print(f"{result.tokens:,} tokens ({result.bytes:,} bytes) of {args.data} scored with block "
+          f"{result.block_size}, stride {result.stride}; {run.tokenizer.kind} tokenizer, "
+          f"checkpoint {run.checkpoint}")
