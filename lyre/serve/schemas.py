@@ -242,6 +242,8 @@ class Model(BaseModel):
     owned_by: str = "lyre"
     context_length: int = Field(description="lyre extra: the model's context in tokens.")
     chat_template: str = Field(description="lyre extra: the prompt template of chat requests.")
+    rag: bool = Field(False, description="lyre extra: POST /v1/rag/answer answers from an index "
+                                         "(`lyre serve RUN --rag IDX`).")
 
 
 class ModelList(BaseModel):

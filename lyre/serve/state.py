@@ -42,7 +42,7 @@ class ServeState:
 
     def model_card(self) -> S.Model:
         return S.Model(id=self.model_name, created=self.created, context_length=self.block_size,
-                       chat_template=self.template.name)
+                       chat_template=self.template.name, rag=bool(self.settings.rag_index))
 
     # ---- checks that both generation routes make ---------------------------------------------
 

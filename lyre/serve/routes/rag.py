@@ -21,6 +21,7 @@ their jobs' events, never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
@@ -37,6 +38,7 @@ from lyre.serve.scheduler import Done, Failed, Job, Piece, Scheduler
 from lyre.serve.streaming import SSEResponse, sse_data
 
 router = APIRouter(tags=["lyre"])
+log = logging.getLogger("lyre.serve")
 EVENT_TIMEOUT_S = 600.0  # a model call that produces nothing for this long has failed
 
 
@@ -229,6 +231,10 @@ async def _stream(rag: RagService, req: RagRequest, loop: asyncio.AbstractEventL
                 yield sse_data(task.result())
             except APIError as e:
                 yield sse_data(e.body())
+            except Exception as e:  # a bug: said in the stream (the page shows it), and logged
+                log.error("unhandled error in POST /v1/rag/answer", exc_info=e)
+                yield sse_data(APIError(500, f"internal error ({type(e).__name__}); this is a bug "
+                                        "in lyre").body())
             yield "data: [DONE]\n\n"
             return
     finally:

@@ -35,6 +35,7 @@ function loadSettings() {
     }
     // Only a mode the user chose counts; without one the model decides (fetchModel).
     if (saved.modes && typeof saved.modes === "object") state.modes = saved.modes;
+    $("use-docs").checked = saved.use_docs === true && !$("use-docs").disabled;
   } catch (e) { /* ignore a corrupt entry */ }
   showSliderValues();
 }
@@ -43,6 +44,7 @@ function saveSettings() {
   const s = settings();
   s.api_key = $("api_key").value;
   s.modes = state.modes;
+  s.use_docs = $("use-docs").checked;
   localStorage.setItem(SETTINGS, JSON.stringify(s));
 }
 
@@ -120,6 +122,7 @@ function messageElement(msg) {
   content.className = "content";
   content.textContent = msg.content;
   div.append(content);
+  if (msg.sources) div.append(sourcesElement(msg.sources));
   if (msg.meta) {
     const meta = document.createElement("span");
     meta.className = "meta";
@@ -165,6 +168,10 @@ function describeFailure(err) {
   }
   return "Cannot reach the server at " + location.origin + ". Is `lyre serve` still running?\n(" + err.message + ")";
 }
+
+// OpenAI's error types (lyre/serve/errors.py) back to their statuses, for errors mid-stream.
+const ERROR_STATUS = { invalid_request_error: 400, authentication_error: 401, not_found_error: 404,
+  rate_limit_error: 429, overloaded_error: 503 };
 
 class ApiError extends Error {
   constructor(status, message, code) { super(message); this.status = status; this.code = code; }
@@ -223,19 +230,16 @@ async function apiError(res) {
   return new ApiError(res.status, message, code);
 }
 
-// POST a streaming request; calls onDelta(text) for each piece, returns {finish, usage}.
-async function streamRequest(path, body, onDelta, signal) {
+// POST `body` with stream: true and call onEvent(object) for each server-sent event until
+// [DONE]. A 4xx/5xx answer, or an {"error": ...} event mid-stream, throws an ApiError.
+async function postEvents(path, body, onEvent, signal) {
   const res = await fetch(path, {
-    method: "POST", headers: headers(), signal,
-    body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }),
+    method: "POST", headers: headers(), signal, body: JSON.stringify({ ...body, stream: true }),
   });
   if (!res.ok) throw await apiError(res);
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
-  let finish = null;
-  let usage = null;
-  let pieces = 0;
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
@@ -247,19 +251,33 @@ async function streamRequest(path, body, onDelta, signal) {
       for (const line of event.split("\n")) {
         if (!line.startsWith("data: ")) continue;
         const data = line.slice(6);
-        if (data === "[DONE]") return { finish, usage, pieces };
+        if (data === "[DONE]") return;
         const chunk = JSON.parse(data);
-        if (chunk.error) throw new ApiError(500, chunk.error.message, chunk.error.code);
-        if (chunk.usage) usage = chunk.usage;
-        for (const choice of chunk.choices || []) {
-          const text = choice.delta ? choice.delta.content : choice.text;
-          if (text) { pieces++; onDelta(text); }
-          if (choice.finish_reason) finish = choice.finish_reason;
+        if (chunk.error) {  // mid-stream: the status line was already sent; the type tells it
+          const status = ERROR_STATUS[chunk.error.type] || 500;
+          throw new ApiError(status, chunk.error.message, chunk.error.code);
         }
+        onEvent(chunk);
       }
     }
   }
   throw new Error("the stream ended before [DONE]");
+}
+
+// A streamed (chat) completion; calls onDelta(text) for each piece, returns {finish, usage}.
+async function streamRequest(path, body, onDelta, signal) {
+  let finish = null;
+  let usage = null;
+  let pieces = 0;
+  await postEvents(path, { ...body, stream_options: { include_usage: true } }, (chunk) => {
+    if (chunk.usage) usage = chunk.usage;
+    for (const choice of chunk.choices || []) {
+      const text = choice.delta ? choice.delta.content : choice.text;
+      if (text) { pieces++; onDelta(text); }
+      if (choice.finish_reason) finish = choice.finish_reason;
+    }
+  }, signal);
+  return { finish, usage, pieces };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -338,40 +356,16 @@ async function sendChat(text) {
   $("messages").append(el);
   scrollDown();
   const content = el.querySelector(".content");
-
-  const s = settings();
-  let { kept: history, dropped } = fitHistory(requestMessages(conv), s.max_tokens);
-  const startedAt = performance.now();
-  let firstAt = null;
+  const timing = { startedAt: performance.now(), firstAt: null };
+  const onPiece = (piece) => {
+    if (timing.firstAt === null) timing.firstAt = performance.now();
+    reply.content += piece;
+    content.textContent = reply.content;
+    scrollDown();
+  };
   try {
-    for (;;) {
-      try {
-        const result = await streamRequest("/v1/chat/completions", {
-          model: state.model, messages: history.map((m) => ({ role: m.role, content: m.content })),
-          temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, max_tokens: s.max_tokens,
-        }, (piece) => {
-          if (firstAt === null) firstAt = performance.now();
-          reply.content += piece;
-          content.textContent = reply.content;
-          scrollDown();
-        }, state.controller.signal);
-        const tokens = result.usage ? result.usage.completion_tokens : result.pieces;
-        countTokens(history, user, reply, result.usage);
-        reply.meta = statsLine(tokens, startedAt, firstAt, performance.now(), result.finish);
-        if (dropped) reply.meta += " · oldest " + dropped + " message(s) left out to fit the context";
-        break;
-      } catch (err) {
-        // Still longer than the context: leave out the next oldest exchange and try again.
-        if (err instanceof ApiError && err.code === "context_length_exceeded" && history.length > 1
-            && !reply.content) {
-          const n = history.length > 2 ? 2 : 1;
-          history = history.slice(n);
-          dropped += n;
-          continue;
-        }
-        throw err;
-      }
-    }
+    if (usingDocuments()) await askDocuments(conv, user, reply, onPiece, timing);
+    else await askModel(conv, user, reply, onPiece, timing);
   } catch (err) {
     el.classList.remove("streaming");
     if (reply.content) {  // keep what had arrived, and say it is not the whole answer
@@ -394,9 +388,136 @@ async function sendChat(text) {
     throw err;
   }
   el.classList.remove("streaming");
+  content.textContent = reply.content;
   conv.messages.push(reply);
   saveConversations();
+  if (reply.sources) el.append(sourcesElement(reply.sources));
   addMeta(el, reply.meta);
+  scrollDown();
+}
+
+// The model answers the conversation: POST /v1/chat/completions.
+async function askModel(conv, user, reply, onPiece, timing) {
+  const s = settings();
+  let { kept: history, dropped } = fitHistory(requestMessages(conv), s.max_tokens);
+  for (;;) {
+    try {
+      const result = await streamRequest("/v1/chat/completions", {
+        model: state.model, messages: history.map((m) => ({ role: m.role, content: m.content })),
+        temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, max_tokens: s.max_tokens,
+      }, onPiece, state.controller.signal);
+      const tokens = result.usage ? result.usage.completion_tokens : result.pieces;
+      countTokens(history, user, reply, result.usage);
+      reply.meta = statsLine(tokens, timing.startedAt, timing.firstAt, performance.now(), result.finish);
+      if (dropped) reply.meta += " · oldest " + dropped + " message(s) left out to fit the context";
+      return;
+    } catch (err) {
+      // Still longer than the context: leave out the next oldest exchange and try again.
+      if (err instanceof ApiError && err.code === "context_length_exceeded" && history.length > 1
+          && !reply.content) {
+        const n = history.length > 2 ? 2 : 1;
+        history = history.slice(n);
+        dropped += n;
+        continue;
+      }
+      throw err;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// "Use my documents": the server's index answers (`lyre serve RUN --rag IDX`, docs/rag.md)
+
+const RAG_HISTORY = 10;  // earlier exchanges sent along; the server condenses with those that fit
+
+function usingDocuments() {
+  return state.mode === "chat" && !$("use-docs").disabled && $("use-docs").checked;
+}
+
+// The earlier exchanges of the conversation as the route's {question, answer} turns.
+function ragHistory(conv, user) {
+  const turns = requestMessages(conv).filter((m) => m !== user);
+  const pairs = [];
+  for (let i = 0; i + 1 < turns.length; i++) {
+    if (turns[i].role === "user" && turns[i + 1].role === "assistant") {
+      pairs.push({ question: turns[i].content.slice(0, 10000), answer: turns[i + 1].content.slice(0, 100000) });
+      i++;
+    }
+  }
+  return pairs.slice(-RAG_HISTORY);
+}
+
+// POST /v1/rag/answer, streamed: pieces of the answer, then the whole answer with its sources.
+async function askDocuments(conv, user, reply, onPiece, timing) {
+  // The answer budget: Max tokens, at most a quarter of the context (the route's own default),
+  // so that the passages keep most of the prompt.
+  const quarter = Math.max(16, Math.floor(state.contextLength / 4));
+  const maxTokens = Math.min(settings().max_tokens, quarter);
+  let answer = null;
+  await postEvents("/v1/rag/answer", {
+    question: user.content, history: ragHistory(conv, user), max_tokens: maxTokens,
+  }, (event) => {
+    if (event.object === "rag.answer.delta") onPiece(event.text);
+    else if (event.object === "rag.answer") answer = event;
+  }, state.controller.signal);
+  if (!answer) throw new Error("the answer stream ended without its sources");
+  reply.content = answer.answer;  // the pieces joined, as the server says it
+  // What the page keeps of each source (the passage cut short: localStorage is small).
+  reply.sources = answer.sources.map((src) => ({
+    n: src.n, source: src.source, page: src.page, start: src.start, end: src.end,
+    cited: src.cited, text: src.text.slice(0, 2000),
+  }));
+  const parts = ["from your documents", answer.chain,
+    answer.llm_calls + " model call" + (answer.llm_calls === 1 ? "" : "s")];
+  if (timing.firstAt) parts.push("first token " + Math.round(timing.firstAt - timing.startedAt) + " ms");
+  if (answer.standalone_question && answer.standalone_question !== answer.question) {
+    parts.push("searched for: " + answer.standalone_question);
+  }
+  if (!answer.sources.length) parts.push("no passage matched");
+  for (const notice of answer.notices) parts.push("note: " + notice);
+  reply.meta = parts.join(" · ");
+}
+
+// "[1] iliad.txt, page 3" as `lyre rag ask` prints it; the passage opens under it.
+function sourceLabel(src) {
+  const where = src.page != null ? "page " + src.page : "characters " + src.start + "-" + src.end;
+  return "[" + src.n + "] " + src.source + ", " + where;
+}
+
+function sourcesElement(sources) {
+  const list = document.createElement("ol");
+  list.className = "sources";
+  list.setAttribute("aria-label", "Sources");
+  for (const src of sources) {
+    const item = document.createElement("li");
+    if (src.cited) item.className = "cited";
+    const details = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = sourceLabel(src) + (src.cited ? " · cited" : "");
+    const passage = document.createElement("p");
+    passage.textContent = src.text;
+    details.append(summary, passage);
+    item.append(details);
+    list.append(item);
+  }
+  return list;
+}
+
+// The server says whether it has an index (<body data-rag="on">, lyre/serve/routes/page.py).
+function setUpDocuments() {
+  const box = $("use-docs");
+  if (document.body.dataset.rag !== "on") return;  // stays disabled, its tooltip says why
+  box.disabled = false;
+  box.removeAttribute("aria-describedby");
+  $("use-docs-why").hidden = true;
+  $("use-docs-label").title = "Answer from the documents of the server's index, with their sources";
+}
+
+function showDocumentsMode() {
+  const on = usingDocuments();
+  $("prompt").placeholder = state.mode === "complete" ? "Type a beginning for the model to continue…"
+    : on ? "Ask your documents…  (Enter to send, Shift+Enter for a new line)"
+      : "Message lyre…  (Enter to send, Shift+Enter for a new line)";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -437,9 +558,8 @@ function setMode(mode, remember = false) {
   $("mode-complete").setAttribute("aria-selected", String(mode === "complete"));
   $("chat-view").hidden = mode !== "chat";
   $("complete-view").hidden = mode !== "complete";
-  $("prompt").placeholder = mode === "chat"
-    ? "Message lyre…  (Enter to send, Shift+Enter for a new line)"
-    : "Type a beginning for the model to continue…";
+  $("docs-option").hidden = mode !== "chat";
+  showDocumentsMode();
   $("send").textContent = state.controller ? "Stop" : (mode === "chat" ? "Send" : "Generate");
   setStats("");
   if (remember) saveSettings();
@@ -483,6 +603,7 @@ async function submit(event) {
 }
 
 function init() {
+  setUpDocuments();
   loadSettings();
   loadConversations();
   setMode(state.mode);
@@ -504,6 +625,7 @@ function init() {
     $(key).addEventListener("input", () => { showSliderValues(); saveSettings(); });
   }
   $("api_key").addEventListener("change", fetchModel);
+  $("use-docs").addEventListener("change", () => { showDocumentsMode(); saveSettings(); });
   fetchModel();
 }
 
