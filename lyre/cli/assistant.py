@@ -60,7 +60,8 @@ def _add_serve(sub) -> None:
                         "slower clients get 408 and are disconnected (default 30)")
     add_model_flags(p)
     p.add_argument("--rag", default=None, metavar="IDX",
-                   help="also answer POST /v1/rag/answer from this index (docs/rag.md)")
+                   help="also answer POST /v1/rag/answer from this index and enable the chat page's"
+                        " 'use my documents' switch (docs/rag.md)")
     p.add_argument("--rag-embedder", default=None, metavar="SPEC",
                    help="embedder of the --rag index's vectors (default none: BM25)")
     p.add_argument("--threads", type=int, default=0,
