@@ -15,6 +15,7 @@ output (adapters, a classification head) is added here once.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +100,14 @@ class RunDir:
             raise LyreError(self._occupied_message())
         prepare_output_dir(self.path, holds_output=self.holds_run(), owned=OUTPUTS, force=force,
                            refusal=self._occupied_message())
+
+    def take_tokenizer(self, source: Path, resume: bool) -> None:
+        """Copy the prepared data's tokenizer into the run. A fresh start replaces whatever is
+        there: a failed earlier attempt may have left another corpus's tokenizer."""
+        if not resume:
+            shutil.rmtree(self.tokenizer_dir, ignore_errors=True)
+        if not self.tokenizer_dir.exists():
+            shutil.copytree(source, self.tokenizer_dir)
 
     def restart_command(self) -> str:
         """The command that starts this run again from its saved config."""

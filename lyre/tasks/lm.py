@@ -9,7 +9,6 @@ scores windows of both splits; `exact` scores every val token once (lyre.data.ev
 from __future__ import annotations
 
 import math
-import shutil
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -43,10 +42,7 @@ class LanguageModelingTask:
         self.val_tokens = load_split(data_dir, "val")
         self._check_length()
         if dist.is_main:
-            if not resume:  # a failed earlier attempt may have left another corpus's tokenizer
-                shutil.rmtree(run.tokenizer_dir, ignore_errors=True)
-            if not run.tokenizer_dir.exists():
-                shutil.copytree(data_dir / "tokenizer", run.tokenizer_dir)
+            run.take_tokenizer(data_dir / "tokenizer", resume)
 
     def build_model(self, config: RunConfig) -> nn.Module:
         return init_model(config, self.meta["vocab_size"])

@@ -66,10 +66,7 @@ class Seq2SeqTask:
         self.train_ids = encode_pairs(self.train_pairs, self.tokenizer, self.specials, block)
         self.val_ids = encode_pairs(self.val_pairs, self.tokenizer, self.specials, block)
         if dist.is_main:
-            if not resume:
-                shutil.rmtree(run.tokenizer_dir, ignore_errors=True)
-            if not run.tokenizer_dir.exists():
-                shutil.copytree(data_dir / "tokenizer", run.tokenizer_dir)
+            run.take_tokenizer(data_dir / "tokenizer", resume)
 
     def build_model(self, config: RunConfig) -> nn.Module:
         from lyre.tasks.lm import init_model  # random init, or train.init_from's weights
