@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lyre.errors import LyreError
+from lyre.errors import LyreError, first_line
 
 
 def current_umask() -> int:
@@ -97,6 +97,21 @@ def read_json_object(path: str | Path, what: str = "") -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise LyreError(f"{path} must hold a JSON object")
     return raw
+
+
+def read_safetensors(path: str | Path, missing: str) -> dict[str, Any]:
+    """Every tensor of a safetensors file, on the CPU; `missing` is the error when there is no
+    such file. A damaged file is one readable line, not a Rust panic's traceback."""
+    from safetensors import SafetensorError, safe_open  # needs torch: imported only when used
+
+    path = Path(path)
+    if not path.is_file():
+        raise LyreError(missing)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LyreError(f"{path} is not a readable safetensors file ({first_line(e)})") from None
 
 
 def prepare_output_dir(out: Path, *, holds_output: bool, owned: Iterable[str], force: bool,

@@ -33,12 +33,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 
 from lyre.config import register_section
 from lyre.errors import LyreError
-from lyre.io import atomic_write_bytes
+from lyre.io import atomic_write_bytes, read_safetensors
 
 SHORTHANDS = {"attn": ("attn.c_attn", "attn.c_proj"), "mlp": ("mlp.c_fc", "mlp.c_proj")}
 DEFAULT_TARGETS = ["attn", "mlp"]
@@ -253,14 +252,7 @@ def save_adapter(model: nn.Module, path: str | Path, metadata: dict[str, str] | 
 
 
 def read_adapter(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise LyreError(f"adapter file {path} not found")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise LyreError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    return read_safetensors(path, missing=f"adapter file {path} not found")
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> None:

@@ -11,22 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 
-from lyre.errors import LyreError
+from lyre.errors import LyreError, first_line
+from lyre.io import read_safetensors
 
 Tensors = dict[str, torch.Tensor]
 
 # Files of a Hugging Face model directory that lyre reads.
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
-
-
-def first_line(e: BaseException) -> str:
-    """LyreErrors are one line; library exceptions are sometimes many."""
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def read_json(path: Path) -> Any:
@@ -80,13 +74,7 @@ def _shards(index: Path) -> list[str]:
 
 
 def _read_safetensors(path: Path) -> Tensors:
-    if not path.is_file():
-        raise LyreError(f"{path} not found; the checkpoint is incomplete")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise LyreError(f"{path} is not a readable safetensors file ({first_line(e)})") from None
+    return read_safetensors(path, missing=f"{path} not found; the checkpoint is incomplete")
 
 
 def _read_bin(path: Path) -> Tensors:

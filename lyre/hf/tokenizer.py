@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lyre.errors import LyreError
-from lyre.hf.files import first_line, read_json
+from lyre.errors import LyreError, first_line
+from lyre.hf.files import read_json
 from lyre.tokenizers import (
     EOT,
     BPETokenizer,
