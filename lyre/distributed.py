@@ -31,6 +31,7 @@ import os
 import random
 import re
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -169,6 +170,12 @@ def teardown(d: Dist) -> None:
     """Leave the process group if `d` joined it (never raises: it runs on the way out)."""
     if d.owns_group and dist.is_initialized():
         try:
+            # Everyone arrives first, then gloo's worker threads get a moment to free the work
+            # they finished: freeing it takes the GIL, and the group's destructor (when the DDP
+            # model goes) holds the GIL while it joins those threads. Without the pause, one
+            # two-process run in ten hung at exit here (pytorch/pytorch#75097, #179291).
+            d.barrier()
+            time.sleep(0.2)
             dist.destroy_process_group()
         except Exception:  # a peer that died can make this fail; we are exiting anyway
             pass
