@@ -32,6 +32,8 @@ import os
 import shutil
 import sqlite3
 import time
+from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,17 @@ def neighbour_mean(scores: np.ndarray, codes: np.ndarray, window: int) -> np.nda
     return (total / count).astype(np.float32)
 
 
+@dataclass
+class _Analysed:
+    """The terms of one source's chunks as this process wrote them (term ids of the store's
+    analyser): flush() builds the matrix from these instead of reading the text back from
+    SQLite and analysing it a second time."""
+
+    rows: np.ndarray  # SQLite row ids, in order
+    lengths: np.ndarray  # terms per chunk
+    ids: np.ndarray  # every chunk's term ids, one after the other
+
+
 class _Lexical:
     """The BM25 matrix of one generation and which SQLite row each of its documents is."""
 
@@ -113,6 +126,7 @@ class EmbeddedStore:
         self._lock_fd: int | None = None
         self._lexical: _Lexical | None = None
         self._analyzer: Analyzer | None = None
+        self._analysed: dict[str, _Analysed] = {}  # source -> its terms, written by us
         self._vectors: tuple[int, np.ndarray, np.ndarray, np.ndarray, list[str]] | None = None
         try:
             self.conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=30)
@@ -166,6 +180,7 @@ class EmbeddedStore:
         self._write(lambda c: c.execute("INSERT OR REPLACE INTO meta VALUES ('settings', ?)",
                                         (json.dumps(settings, sort_keys=True),)))
         self._analyzer = None
+        self._analysed = {}  # term ids of the old analyser
         self._lexical = None
 
     def lexical_config(self) -> LexicalConfig:
@@ -219,18 +234,26 @@ class EmbeddedStore:
             raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
         blobs = ([np.asarray(v, dtype=np.float32).tobytes() for v in vectors]
                  if vectors is not None else [None] * len(chunks))
+        terms = self.analyzer().term_ids_many([ch.text for ch in chunks])
+        first = []
 
         def body(c: sqlite3.Connection) -> None:
             c.execute("DELETE FROM chunks WHERE source=?", (source,))
+            # Row ids given explicitly (SQLite's own choice, max + 1) so that we know them.
+            first.append(c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM chunks").fetchone()[0])
             c.executemany(
-                'INSERT INTO chunks (chunk_id, source, start, "end", page, heading, text, vector)'
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(ch.chunk_id, source, ch.start, ch.end, ch.page, ch.heading, ch.text, blob)
-                 for ch, blob in zip(chunks, blobs, strict=True)])
+                'INSERT INTO chunks (id, chunk_id, source, start, "end", page, heading, text,'
+                " vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(first[0] + i, ch.chunk_id, source, ch.start, ch.end, ch.page, ch.heading,
+                  ch.text, blob) for i, (ch, blob) in enumerate(zip(chunks, blobs, strict=True))])
             c.execute("INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?)",
                       (source, content_hash, len(chunks), time.time()))
 
         self._write(body)
+        self._analysed[source] = _Analysed(
+            np.arange(first[0], first[0] + len(chunks), dtype=np.int64),
+            np.fromiter(map(len, terms), dtype=np.int64, count=len(terms)),
+            np.fromiter(chain.from_iterable(terms), dtype=np.int32))
 
     def delete_source(self, source: str) -> bool:
         if source not in self.sources():
@@ -241,6 +264,7 @@ class EmbeddedStore:
             c.execute("DELETE FROM sources WHERE source=?", (source,))
 
         self._write(body)
+        self._analysed.pop(source, None)
         return True
 
     # -- the Store protocol: reads --------------------------------------------------------------
@@ -325,15 +349,56 @@ class EmbeddedStore:
         self._lexical = self._load_or_build(generation)
         return self._lexical
 
-    def _snapshot(self) -> tuple[int, list[int], list[str], list[str]]:
-        """(generation, row ids, sources, texts) read in one transaction: a consistent view."""
+    def _snapshot(self) -> tuple[int, np.ndarray, list[str], dict[int, str]]:
+        """(generation, row ids, sources, texts) read in one transaction: a consistent view.
+        Texts are read only when some source was not written (and analysed) by us."""
         self.conn.execute("BEGIN")
         try:
             generation = self.generation()
-            rows = self.conn.execute("SELECT id, source, text FROM chunks ORDER BY id").fetchall()
+            rows = self.conn.execute("SELECT id, source FROM chunks ORDER BY id").fetchall()
+            rowids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            sources = [r[1] for r in rows]
+            texts = {}
+            if self._runs_to_analyse(rowids, sources):
+                texts = dict(self.conn.execute("SELECT id, text FROM chunks"))
         finally:
             self.conn.execute("COMMIT")
-        return (generation, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+        return generation, rowids, sources, texts
+
+    def _runs_to_analyse(self, rowids: np.ndarray, sources: list[str]) -> list[tuple[int, int]]:
+        """(first, end) positions of each source's rows (contiguous: a source is written at
+        once) that this process has no analysed terms for."""
+        change = [i for i in range(1, len(sources)) if sources[i] != sources[i - 1]]
+        bounds = [0, *change, len(sources)] if sources else [0]
+        runs = []
+        for lo, hi in zip(bounds, bounds[1:], strict=False):
+            done = self._analysed.get(sources[lo])
+            if done is None or not np.array_equal(done.rows, rowids[lo:hi]):
+                runs.append((lo, hi))
+        return runs
+
+    def _term_ids(self, rowids: np.ndarray, sources: list[str],
+                  texts: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
+        """Every row's term ids (flat) and counts: ours from writing, the others analysed."""
+        todo = dict(self._runs_to_analyse(rowids, sources))
+        analyse = self.analyzer().term_ids_many
+        ids, lengths = [], []
+        lo = 0
+        while lo < len(sources):
+            if lo in todo:
+                hi = todo[lo]
+                terms = analyse([texts[r] for r in rowids[lo:hi].tolist()])
+                ids.append(np.fromiter(chain.from_iterable(terms), dtype=np.int32))
+                lengths.append(np.fromiter(map(len, terms), dtype=np.int64, count=hi - lo))
+            else:
+                done = self._analysed[sources[lo]]
+                hi = lo + len(done.rows)
+                ids.append(done.ids)
+                lengths.append(done.lengths)
+            lo = hi
+        if not ids:
+            return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
+        return np.concatenate(ids), np.concatenate(lengths)
 
     def _bm25_dir(self, generation: int) -> Path:
         return self.path / "bm25" / f"g{generation:09d}"
@@ -360,13 +425,12 @@ class EmbeddedStore:
             return False
 
     def _build(self, save: bool) -> _Lexical:
-        generation, rowids, sources, texts = self._snapshot()
-        analyze = self.analyzer()
-        index = BM25Index.build([analyze(t) for t in texts], self.lexical_config())
+        generation, rows, sources, texts = self._snapshot()
+        ids, lengths = self._term_ids(rows, sources, texts)
+        index = BM25Index.from_term_ids(ids, lengths, self.analyzer().terms, self.lexical_config())
         names = sorted(set(sources))
         code_of = {n: i for i, n in enumerate(names)}
-        rows = np.array(rowids, dtype=np.int64)
-        codes = np.array([code_of[s] for s in sources], dtype=np.int32)
+        codes = np.fromiter(map(code_of.__getitem__, sources), dtype=np.int32, count=len(sources))
         lex = _Lexical(generation, index, rows, codes, names)
         if save:
             self._save_lexical(lex)
