@@ -105,9 +105,9 @@ def _words(token: bytes) -> list[str]:
 class Analyzer:
     r"""Text -> terms (lowercase \w+ words, stopwords dropped, Snowball-stemmed).
 
-    Each distinct token is analysed once and remembered as a tuple of term ids (a book has
-    ~15,000 distinct tokens for ~250,000 tokens), so most of the work per word is one dict
-    lookup. Term ids number the terms this analyser has met, in first-seen order
+    Each distinct token is analysed once (a book has ~15,000 distinct tokens for ~250,000
+    tokens) and numbered; what a text costs after that is one dict lookup per token, and the
+    rest is numpy. Term ids number the terms this analyser has met, in first-seen order
     (`self.terms[i]` is term i); the index builds its BM25 matrix from them directly."""
 
     def __init__(self, config: LexicalConfig) -> None:
@@ -120,7 +120,7 @@ class Analyzer:
                 raise LyreError("this index uses stemming; install PyStemmer "
                                 "(pip install PyStemmer)") from None
             try:
-                # No cache inside PyStemmer (maxCacheSize 0): ours, per token, makes it
+                # No cache inside PyStemmer (maxCacheSize 0): ours, per word, makes it
                 # redundant, and keeping it costs as much as stemming (measured: 4.6 vs 9.6 ms
                 # for the 12,000 distinct words of the two books).
                 self.stemmer = Stemmer.Stemmer(config.stemmer, 0)
@@ -128,7 +128,13 @@ class Analyzer:
                 raise LyreError(f"no Snowball stemmer for {config.stemmer!r}") from None
         self.terms: list[str] = []
         self._term_id: dict[str, int] = {}
-        self._token_terms: dict[bytes, tuple[int, ...]] = {}
+        self._word_term: dict[str, int] = {}  # word -> term id, -1 for a stopword
+        # Token k holds the terms _flat[_first[k]:_first[k] + _count[k]]; tokens are numbered
+        # the first time they are looked up (_TokenNumbers) and analysed right after, in bulk.
+        self._numbers = _TokenNumbers()
+        self._first = np.zeros(0, dtype=np.int64)
+        self._count = np.zeros(0, dtype=np.int64)
+        self._flat = np.zeros(0, dtype=np.int32)
 
     def __call__(self, text: str) -> list[str]:
         """The terms of `text`, in order."""
@@ -136,26 +142,44 @@ class Analyzer:
 
     def term_ids(self, text: str) -> list[int]:
         """The terms of `text` as ids (see the class docstring), in order."""
-        return self.term_ids_many([text])[0]
+        return self.term_id_arrays([text])[0].tolist()
 
-    def term_ids_many(self, texts: list[str]) -> list[list[int]]:
-        """term_ids of each text; the tokens never seen before are analysed in one batch."""
+    def term_id_arrays(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, lengths): every text's term ids in order, one text after the other, and how
+        many belong to each text."""
         token_lists = [_tokens(t) for t in texts]
-        new = set().union(*token_lists).difference(self._token_terms)
-        if new:
-            self._learn(sorted(new))  # sorted: the same ids on every run
-        lookup = self._token_terms.__getitem__
-        return [list(chain.from_iterable(map(lookup, tokens))) for tokens in token_lists]
+        tokens_per_text = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(texts))
+        numbers = np.fromiter(map(self._numbers.__getitem__, chain.from_iterable(token_lists)),
+                              dtype=np.int64, count=int(tokens_per_text.sum()))
+        if self._numbers.new:
+            self._learn(self._numbers.take_new())
+        return _expand_tokens(numbers, tokens_per_text, self._first, self._count, self._flat)
 
     def _learn(self, tokens: list[bytes]) -> None:
-        """Analyse new distinct tokens: their words, minus stopwords, stemmed in one call."""
-        words_of = [_words(t) for t in tokens]
-        new_words = list({w for ws in words_of for w in ws if w not in self.stop})
-        stems = self.stemmer.stemWords(new_words) if self.stemmer else new_words
-        stem_of = dict(zip(new_words, stems, strict=True))
-        for token, words in zip(tokens, words_of, strict=True):
-            self._token_terms[token] = tuple(self._id(stem_of[w]) for w in words
-                                             if w not in self.stop)
+        """Record the terms of newly numbered tokens: their words minus stopwords, stemmed (all
+        new words in one stemWords call)."""
+        words: list[str] = []  # every new token's words, one token after the other
+        per_token: list[int] = []
+        for token in b" ".join(tokens).decode("utf-8", "surrogatepass").split(" "):
+            if token.isascii():  # one word (see _tokens)
+                words.append(token)
+                per_token.append(1)
+            else:
+                found = WORD.findall(token)
+                words.extend(found)
+                per_token.append(len(found))
+        new = list(dict.fromkeys(w for w in words if w not in self._word_term))
+        stems = self.stemmer.stemWords(new) if self.stemmer else new
+        for word, stem in zip(new, stems, strict=True):
+            self._word_term[word] = -1 if word in self.stop else self._id(stem)
+        terms = np.fromiter(map(self._word_term.__getitem__, words), dtype=np.int32,
+                            count=len(words))
+        owner = np.repeat(np.arange(len(tokens)), per_token)
+        count = np.bincount(owner[terms >= 0], minlength=len(tokens))
+        first = len(self._flat) + np.cumsum(count) - count
+        self._first = np.concatenate([self._first, first])
+        self._count = np.concatenate([self._count, count])
+        self._flat = np.concatenate([self._flat, terms[terms >= 0]])
 
     def _id(self, term: str) -> int:
         i = self._term_id.get(term)
@@ -163,6 +187,40 @@ class Analyzer:
             i = self._term_id[term] = len(self.terms)
             self.terms.append(term)
         return i
+
+
+class _TokenNumbers(dict):
+    """token -> its number; a token not seen before gets the next number and is remembered in
+    `new` (so one pass over a text's tokens both numbers them and finds the new ones)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.new: list[bytes] = []
+
+    def __missing__(self, token: bytes) -> int:
+        number = self[token] = len(self)
+        self.new.append(token)
+        return number
+
+    def take_new(self) -> list[bytes]:
+        new, self.new = self.new, []
+        return new
+
+
+def _expand_tokens(numbers: np.ndarray, tokens_per_text: np.ndarray, first: np.ndarray,
+                   count: np.ndarray, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Token numbers -> term ids, in order, and terms per text. A token holds no term (a
+    stopword), one (most) or several ("holmes’s": holm, s): token occurrence i contributes
+    flat[first[n]:first[n] + count[n]] with n = numbers[i]. All in numpy: no Python object
+    per word."""
+    per_token = count[numbers]
+    ends = np.cumsum(per_token)
+    owner = np.repeat(np.arange(len(numbers)), per_token)  # the occurrence each term came from
+    within = np.arange(len(owner)) - (ends - per_token)[owner]  # its place inside the token
+    ids = flat[first[numbers][owner] + within]
+    text_of = np.repeat(np.arange(len(tokens_per_text)), tokens_per_text)
+    lengths = np.bincount(text_of, weights=per_token, minlength=len(tokens_per_text))
+    return ids, lengths.astype(np.int64)
 
 
 # How each BM25 variant weighs term frequency (tf) in a document of length dl (in terms) and

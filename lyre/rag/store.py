@@ -33,7 +33,6 @@ import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -234,7 +233,7 @@ class EmbeddedStore:
             raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
         blobs = ([np.asarray(v, dtype=np.float32).tobytes() for v in vectors]
                  if vectors is not None else [None] * len(chunks))
-        terms = self.analyzer().term_ids_many([ch.text for ch in chunks])
+        ids, lengths = self.analyzer().term_id_arrays([ch.text for ch in chunks])
         first = []
 
         def body(c: sqlite3.Connection) -> None:
@@ -252,8 +251,7 @@ class EmbeddedStore:
         self._write(body)
         self._analysed[source] = _Analysed(
             np.arange(first[0], first[0] + len(chunks), dtype=np.int64),
-            np.fromiter(map(len, terms), dtype=np.int64, count=len(terms)),
-            np.fromiter(chain.from_iterable(terms), dtype=np.int32))
+            lengths, ids)
 
     def delete_source(self, source: str) -> bool:
         if source not in self.sources():
@@ -381,15 +379,15 @@ class EmbeddedStore:
                   texts: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
         """Every row's term ids (flat) and counts: ours from writing, the others analysed."""
         todo = dict(self._runs_to_analyse(rowids, sources))
-        analyse = self.analyzer().term_ids_many
+        analyse = self.analyzer().term_id_arrays
         ids, lengths = [], []
         lo = 0
         while lo < len(sources):
             if lo in todo:
                 hi = todo[lo]
-                terms = analyse([texts[r] for r in rowids[lo:hi].tolist()])
-                ids.append(np.fromiter(chain.from_iterable(terms), dtype=np.int32))
-                lengths.append(np.fromiter(map(len, terms), dtype=np.int64, count=hi - lo))
+                run_ids, run_lengths = analyse([texts[r] for r in rowids[lo:hi].tolist()])
+                ids.append(run_ids)
+                lengths.append(run_lengths)
             else:
                 done = self._analysed[sources[lo]]
                 hi = lo + len(done.rows)
