@@ -3,6 +3,8 @@
 Terms: lowercase words (`\\w+`), minus stopwords, reduced to their stem by the Snowball
 stemmer (PyStemmer) so that "wedding", "wed" and "weds" meet. Queries and chunks must be
 analysed the same way, so the settings are stored with the index (LexicalConfig in its info).
+Analysis is most of what indexing costs, so Analyzer cuts words in C (bytes.translate, then
+split) and analyses each distinct token once; the comments there say how and why.
 
 BM25 "eager", as bm25s does it: the score of every (term, chunk) pair is computed at index
 time and stored per term, so a query is a sum of a few posting lists. The matrix is built here

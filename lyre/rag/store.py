@@ -10,10 +10,12 @@ in, hash updated, generation + 1), in WAL mode so readers keep reading while a w
 A run killed halfway therefore leaves every source either fully old or fully new, and the
 next run picks up where it stopped (unchanged hashes are skipped).
 
-The BM25 matrix is derived data: it is rebuilt from SQLite after a batch of writes (flush(),
-called once at the end of an indexing run rather than after each file, which would make
-indexing quadratic) and saved under a directory named by the generation it was built from,
-written to a temporary name and renamed (atomic). A reader that finds no matrix for the
+The BM25 matrix is derived data: it is rebuilt after a batch of writes (flush(), called once
+at the end of an indexing run rather than after each file, which would make indexing
+quadratic) from the terms analysed when each source was written (kept in memory for this
+run; sources written by earlier runs are read back from SQLite and analysed again), and saved
+under a directory named by the generation it was built from, written to a temporary name and
+renamed (atomic). A reader that finds no matrix for the
 current generation (a run was interrupted before flush) rebuilds it in memory and saves it if
 no writer holds the lock. Measured in bench/rag_speed.py: at 100,000 chunks opening the saved
 matrix takes 33 ms and rebuilding it 19 s, which is why it is persisted at all.
@@ -33,6 +35,7 @@ import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -347,56 +350,32 @@ class EmbeddedStore:
         self._lexical = self._load_or_build(generation)
         return self._lexical
 
-    def _snapshot(self) -> tuple[int, np.ndarray, list[str], dict[int, str]]:
-        """(generation, row ids, sources, texts) read in one transaction: a consistent view.
-        Texts are read only when some source was not written (and analysed) by us."""
+    def _snapshot(self) -> tuple[int, np.ndarray, list[str], np.ndarray, np.ndarray]:
+        """(generation, row ids, sources, term ids, terms per row) in one transaction: a
+        consistent view. A source's terms are those analysed when this process wrote it, or
+        else its chunks' text read back and analysed."""
         self.conn.execute("BEGIN")
         try:
             generation = self.generation()
             rows = self.conn.execute("SELECT id, source FROM chunks ORDER BY id").fetchall()
             rowids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             sources = [r[1] for r in rows]
-            texts = {}
-            if self._runs_to_analyse(rowids, sources):
-                texts = dict(self.conn.execute("SELECT id, text FROM chunks"))
-        finally:
-            self.conn.execute("COMMIT")
-        return generation, rowids, sources, texts
-
-    def _runs_to_analyse(self, rowids: np.ndarray, sources: list[str]) -> list[tuple[int, int]]:
-        """(first, end) positions of each source's rows (contiguous: a source is written at
-        once) that this process has no analysed terms for."""
-        change = [i for i in range(1, len(sources)) if sources[i] != sources[i - 1]]
-        bounds = [0, *change, len(sources)] if sources else [0]
-        runs = []
-        for lo, hi in zip(bounds, bounds[1:], strict=False):
-            done = self._analysed.get(sources[lo])
-            if done is None or not np.array_equal(done.rows, rowids[lo:hi]):
-                runs.append((lo, hi))
-        return runs
-
-    def _term_ids(self, rowids: np.ndarray, sources: list[str],
-                  texts: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
-        """Every row's term ids (flat) and counts: ours from writing, the others analysed."""
-        todo = dict(self._runs_to_analyse(rowids, sources))
-        analyse = self.analyzer().term_id_arrays
-        ids, lengths = [], []
-        lo = 0
-        while lo < len(sources):
-            if lo in todo:
-                hi = todo[lo]
-                run_ids, run_lengths = analyse([texts[r] for r in rowids[lo:hi].tolist()])
-                ids.append(run_ids)
-                lengths.append(run_lengths)
-            else:
-                done = self._analysed[sources[lo]]
-                hi = lo + len(done.rows)
+            ids, lengths = [np.zeros(0, np.int32)], [np.zeros(0, np.int64)]
+            first = 0
+            for source, run in groupby(sources):  # a source's rows are contiguous
+                end = first + sum(1 for _ in run)
+                done = self._analysed.get(source)
+                if done is None or not np.array_equal(done.rows, rowids[first:end]):
+                    texts = [t for (t,) in self.conn.execute(
+                        "SELECT text FROM chunks WHERE source=? ORDER BY id", (source,))]
+                    run_ids, run_lengths = self.analyzer().term_id_arrays(texts)
+                    done = _Analysed(rowids[first:end], run_lengths, run_ids)
                 ids.append(done.ids)
                 lengths.append(done.lengths)
-            lo = hi
-        if not ids:
-            return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
-        return np.concatenate(ids), np.concatenate(lengths)
+                first = end
+        finally:
+            self.conn.execute("COMMIT")
+        return generation, rowids, sources, np.concatenate(ids), np.concatenate(lengths)
 
     def _bm25_dir(self, generation: int) -> Path:
         return self.path / "bm25" / f"g{generation:09d}"
@@ -423,8 +402,7 @@ class EmbeddedStore:
             return False
 
     def _build(self, save: bool) -> _Lexical:
-        generation, rows, sources, texts = self._snapshot()
-        ids, lengths = self._term_ids(rows, sources, texts)
+        generation, rows, sources, ids, lengths = self._snapshot()
         index = BM25Index.from_term_ids(ids, lengths, self.analyzer().terms, self.lexical_config())
         names = sorted(set(sources))
         code_of = {n: i for i, n in enumerate(names)}
@@ -459,6 +437,7 @@ class EmbeddedStore:
         if self._lexical is None or self._lexical.generation != generation:
             if not self._bm25_dir(generation).is_dir():
                 self._lexical = self._build(save=True)
+        self._analysed = {}  # built and saved: ~4 bytes per word need not stay in memory
 
     # -- dense search -------------------------------------------------------------------------
 
