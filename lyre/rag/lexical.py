@@ -83,25 +83,25 @@ def _stopwords(name: str | None) -> frozenset[str]:
 # Tokenising, the fast way. `\w+` over the lowercased text is the definition; running that
 # regex costs ~140 ns per word, about LangChain's whole indexing time on a book. Instead every
 # ASCII byte that is not a word character becomes a space (bytes.translate: a 256-byte table
-# applied in C) and bytes.split() cuts the rest. A token that is pure ASCII is then exactly
-# one \w+ word; a token holding non-ASCII bytes (an accented letter, a curly apostrophe) goes
-# through the real regex, once per distinct token. tests/test_rag_index.py checks this gives
-# the regex's words on tricky text.
-_ASCII_NON_WORD_TO_SPACE = bytes(
-    b if b >= 128 or chr(b).isalnum() or b == ord("_") else ord(" ") for b in range(256))
+# applied in C; it also lowercases A-Z, so ASCII text needs no str.lower()) and bytes.split()
+# cuts the rest. A token that is pure ASCII is then exactly one \w+ word; a token holding
+# non-ASCII bytes (an accented letter, a curly apostrophe) goes through the real regex, once
+# per distinct token. tests/test_rag_index.py checks this gives the regex's words on tricky
+# text.
+_LOWER_WORD_BYTES = bytes(
+    b + 32 if 65 <= b <= 90  # A-Z -> a-z
+    else b if b >= 128 or chr(b).isalnum() or b == ord("_")  # UTF-8 bytes, a-z, 0-9, _
+    else ord(" ")
+    for b in range(256))
 
 
 def _tokens(text: str) -> list[bytes]:
     r"""Space-free pieces of the lowercased text; each holds one or more \w+ words."""
-    data = text.lower().encode("utf-8", "surrogatepass")
-    return data.translate(_ASCII_NON_WORD_TO_SPACE).split()
-
-
-def _words(token: bytes) -> list[str]:
-    r"""The \w+ words of one token."""
-    if token.isascii():
-        return [token.decode("ascii")]
-    return WORD.findall(token.decode("utf-8", "surrogatepass"))
+    if text.isascii():  # (a flag of the string: free)
+        data = text.encode("ascii")
+    else:
+        data = text.lower().encode("utf-8", "surrogatepass")
+    return data.translate(_LOWER_WORD_BYTES).split()
 
 
 class Analyzer:
@@ -172,8 +172,9 @@ class Analyzer:
                 per_token.append(len(found))
         new = list(dict.fromkeys(w for w in words if w not in self._word_term))
         stems = self.stemmer.stemWords(new) if self.stemmer else new
-        for word, stem in zip(new, stems, strict=True):
-            self._word_term[word] = -1 if word in self.stop else self._id(stem)
+        self._add_terms(stems)
+        self._word_term.update(zip(new, map(self._term_id.__getitem__, stems), strict=True))
+        self._word_term.update((w, -1) for w in self.stop.intersection(new))
         terms = np.fromiter(map(self._word_term.__getitem__, words), dtype=np.int32,
                             count=len(words))
         owner = np.repeat(np.arange(len(tokens)), per_token)
@@ -183,12 +184,12 @@ class Analyzer:
         self._count = np.concatenate([self._count, count])
         self._flat = np.concatenate([self._flat, terms[terms >= 0]])
 
-    def _id(self, term: str) -> int:
-        i = self._term_id.get(term)
-        if i is None:
-            i = self._term_id[term] = len(self.terms)
-            self.terms.append(term)
-        return i
+    def _add_terms(self, terms: list[str]) -> None:
+        """Give the terms not met before the next ids (stopwords' stems too: unused ids)."""
+        new = [t for t in dict.fromkeys(terms) if t not in self._term_id]
+        self._term_id.update(zip(new, range(len(self.terms), len(self.terms) + len(new)),
+                                 strict=True))
+        self.terms.extend(new)
 
 
 class _TokenNumbers(dict):
