@@ -15,10 +15,10 @@ at the end of an indexing run rather than after each file, which would make inde
 quadratic) from the terms analysed when each source was written (kept in memory for this
 run; sources written by earlier runs are read back from SQLite and analysed again), and saved
 under a directory named by the generation it was built from, written to a temporary name and
-renamed (atomic). A reader that finds no matrix for the
-current generation (a run was interrupted before flush) rebuilds it in memory and saves it if
-no writer holds the lock. Measured in bench/rag_speed.py: at 100,000 chunks opening the saved
-matrix takes 17 ms and rebuilding it 2.6 s, which is why it is persisted at all.
+renamed (atomic). A reader that finds no matrix for the current generation (a run was
+interrupted before flush) rebuilds it in memory and saves it if no writer holds the lock.
+Measured in bench/rag_speed.py: at 100,000 chunks opening the saved matrix takes 17 ms and
+rebuilding it 2.6 s, which is why it is persisted at all.
 
 Dense vectors (when an embedder is used) live in SQLite next to their chunk and are searched
 exactly: one matrix-vector product over all of them (fast enough for 10^5 chunks; PostgreSQL +
@@ -367,7 +367,8 @@ class EmbeddedStore:
                 done = self._analysed.get(source)
                 if done is None or not np.array_equal(done.rows, rowids[first:end]):
                     texts = [t for (t,) in self.conn.execute(
-                        "SELECT text FROM chunks WHERE source=? ORDER BY id", (source,))]
+                        "SELECT text FROM chunks WHERE source=? AND id BETWEEN ? AND ? "
+                        "ORDER BY id", (source, int(rowids[first]), int(rowids[end - 1])))]
                     run_ids, run_lengths = self.analyzer().term_id_arrays(texts)
                     done = _Analysed(rowids[first:end], run_lengths, run_ids)
                 ids.append(done.ids)
