@@ -213,17 +213,17 @@ class _TokenNumbers(dict):
 def _expand_tokens(numbers: np.ndarray, tokens_per_text: np.ndarray, first: np.ndarray,
                    count: np.ndarray, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Token numbers -> term ids, in order, and terms per text. A token holds no term (a
-    stopword), one (most) or several ("holmes’s": holm, s): token occurrence i contributes
+    stopword), one (most) or several ("observer—excellent"): token occurrence i contributes
     flat[first[n]:first[n] + count[n]] with n = numbers[i]. All in numpy: no Python object
     per word."""
     per_token = count[numbers]
-    ends = np.cumsum(per_token)
+    ends = np.concatenate([[0], np.cumsum(per_token)])  # terms before each token
+    lengths = np.diff(ends[np.concatenate([[0], np.cumsum(tokens_per_text)])])
+    if per_token.max(initial=0) <= 1:  # the usual case: a token is one term or none
+        return flat[first[numbers[per_token == 1]]], lengths
     owner = np.repeat(np.arange(len(numbers)), per_token)  # the occurrence each term came from
-    within = np.arange(len(owner)) - (ends - per_token)[owner]  # its place inside the token
-    ids = flat[first[numbers][owner] + within]
-    text_of = np.repeat(np.arange(len(tokens_per_text)), tokens_per_text)
-    lengths = np.bincount(text_of, weights=per_token, minlength=len(tokens_per_text))
-    return ids, lengths.astype(np.int64)
+    within = np.arange(len(owner)) - ends[owner]  # its place inside the token
+    return flat[first[numbers][owner] + within], lengths
 
 
 # How each BM25 variant weighs term frequency (tf) in a document of length dl (in terms) and
