@@ -220,3 +220,87 @@ def test_bm25_scores_match_bm25s(method):
         expected = ref.get_scores(sorted(set(query)))
         np.testing.assert_allclose(ours.scores(weights), expected, rtol=1e-5, atol=1e-6)
     assert Analyzer(LexicalConfig())("The Stormy seas, and storms!") == ["stormi", "sea", "storm"]
+
+
+# -- the fast analyser and matrix build give what the plain definitions give ------------------
+
+TRICKY = ["word", "Word", "WORDS", "naïve", "Café", "ÉCOLE", "holmes’s", "l'île", "x_y", "_", "42",
+          "3.14", "ΟΔΥΣΣΕΥΣ", "Σ", "İstanbul", "\u212a", "straße", "日本語", "é", "🙂", "--",
+          "“quoted”", "a\u00a0b", "a\u2028b", "co-op", "the", "and", "Ⅻ", "x²", "٣"]
+
+
+def tricky_text(rng) -> str:
+    seps = [" ", "\n", "\n\n", ", ", ". ", "—", "\t", "", "’", "...", "\u3000"]
+    return "".join(rng.choice(TRICKY) + rng.choice(seps) for _ in range(rng.randint(0, 60)))
+
+
+@pytest.mark.parametrize("stemmer,stopwords", [("english", "en_plus"), (None, None), (None, "en")])
+def test_analyser_is_the_regex_definition(stemmer, stopwords):
+    """Tokens cut with bytes.translate + split, analysed once per distinct token, must be
+    exactly `\\w+` over the lowercased text, minus stopwords, stemmed."""
+    import random
+    import re
+
+    from lyre.rag.lexical import Analyzer, LexicalConfig, _stopwords
+
+    config = LexicalConfig(stemmer=stemmer, stopwords=stopwords)
+    stop = _stopwords(stopwords)
+    stem = None
+    if stemmer:
+        import Stemmer
+
+        stem = Stemmer.Stemmer(stemmer)  # PyStemmer as it comes (its own cache on)
+    rng = random.Random(3)
+    texts = [tricky_text(rng) for _ in range(300)]
+    analyser = Analyzer(config)
+    for text in texts:
+        words = [w for w in re.findall(r"\w+", text.lower()) if w not in stop]
+        assert analyser(text) == (stem.stemWords(words) if stem else words), text
+    # Many texts at once (as the index does): the same ids, text by text.
+    fresh = Analyzer(config)
+    ids, lengths = fresh.term_id_arrays(texts)
+    assert lengths.sum() == len(ids)
+    ends = np.cumsum(lengths)
+    for text, end, n in zip(texts, ends, lengths, strict=True):
+        assert [fresh.terms[i] for i in ids[end - n:end]] == analyser(text)
+
+
+def test_matrix_from_term_ids_is_the_matrix_from_terms():
+    from lyre.rag.lexical import Analyzer, BM25Index, LexicalConfig
+
+    config = LexicalConfig()
+    texts = ["The storm broke on the rocks.", "", "Storms and more storms; the keeper's light.",
+             "the and of", "A ship, a sail, a storm."]
+    analyser = Analyzer(config)
+    analyser("words met only in a query first")  # ids that no document uses
+    ids, lengths = analyser.term_id_arrays(texts)
+    fast = BM25Index.from_term_ids(ids, lengths, analyser.terms, config)
+    plain = BM25Index.build([analyser(t) for t in texts], config)
+    assert fast.vocab.keys() == plain.vocab.keys()
+    for term in plain.vocab:
+        np.testing.assert_array_equal(fast.scores({term: 1.0}), plain.scores({term: 1.0}))
+
+
+def test_incremental_matrix_equals_a_fresh_build(tmp_path):
+    """flush() mixes chunks analysed while writing with chunks read back from SQLite (sources
+    written by an earlier run): the matrix must be the one a fresh index builds."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(4):
+        (docs / f"d{i}.txt").write_text(f"Document {i} about ships and storms. " * (20 + i))
+    with open_store(tmp_path / "idx", create=True) as store:
+        index_paths([docs], store)
+    (docs / "d2.txt").write_text("A changed document: lighthouses, keepers and the storm. " * 30)
+    (docs / "d4.txt").write_text("A new one, about harbours. " * 25)
+    with open_store(tmp_path / "idx") as store:
+        report = index_paths([docs], store)
+        assert len(report.unchanged) == 3
+    with open_store(tmp_path / "fresh", create=True) as fresh:
+        index_paths([docs], fresh)
+    old, new = open_store(tmp_path / "idx"), open_store(tmp_path / "fresh")
+    for query in ["storm", "document ships", "keepers of the lighthouse", "harbours"]:
+        got = {h.chunk.chunk_id: h.score for h in old.lexical_search(query, 1000)}
+        want = {h.chunk.chunk_id: h.score for h in new.lexical_search(query, 1000)}
+        assert got and got == pytest.approx(want)  # rows are in another order: ties may move
+    old.close()
+    new.close()

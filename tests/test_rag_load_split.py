@@ -215,3 +215,33 @@ def test_bad_config():
         SplitConfig(100, 100)
     with pytest.raises(LyreError, match="at least 1"):
         SplitConfig(0, 0)
+
+
+@pytest.mark.parametrize("size,overlap", [(40, 0), (25, 10), (8, 3), (3, 1)])
+def test_same_chunks_as_langchain_with_a_token_length(size, overlap):
+    """The merge by binary search over prefix sums, with a length that is not characters (and
+    pieces that measure 0): LangChain's chunks."""
+    lc = pytest.importorskip("langchain_text_splitters")
+
+    def words(s: str) -> int:
+        return len(s.split())
+
+    for text in sample_texts():
+        expected = lc.RecursiveCharacterTextSplitter(
+            chunk_size=size, chunk_overlap=overlap, length_function=words).split_text(text)
+        spans = RecursiveSplitter(SplitConfig(size, overlap), length=words).split_spans(text)
+        assert [text[a:b] for a, b in spans] == expected
+
+
+def test_same_chunks_as_langchain_random_texts():
+    lc = pytest.importorskip("langchain_text_splitters")
+    rng = random.Random(11)
+    pieces = ["a", "bb", "ccc dd", "word", "x" * 30, " ", "  ", "\n", "\n\n", "\n\n\n", " \n "]
+    for _ in range(200):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 80)))
+        size = rng.randint(2, 40)
+        overlap = rng.randint(0, size - 1)
+        expected = lc.RecursiveCharacterTextSplitter(
+            chunk_size=size, chunk_overlap=overlap).split_text(text)
+        spans = RecursiveSplitter(SplitConfig(size, overlap)).split_spans(text)
+        assert [text[a:b] for a, b in spans] == expected, (text, size, overlap)

@@ -3,6 +3,8 @@
 Terms: lowercase words (`\\w+`), minus stopwords, reduced to their stem by the Snowball
 stemmer (PyStemmer) so that "wedding", "wed" and "weds" meet. Queries and chunks must be
 analysed the same way, so the settings are stored with the index (LexicalConfig in its info).
+Analysis is most of what indexing costs, so Analyzer cuts words in C (bytes.translate, then
+split) and analyses each distinct token once; the comments there say how and why.
 
 BM25 "eager", as bm25s does it: the score of every (term, chunk) pair is computed at index
 time and stored per term, so a query is a sum of a few posting lists. The matrix is built here
@@ -78,9 +80,37 @@ def _stopwords(name: str | None) -> frozenset[str]:
     return {None: frozenset(), "en": STOPWORDS_EN, "en_plus": STOPWORDS_EN_PLUS}[name]
 
 
+# Tokenising, the fast way. `\w+` over the lowercased text is the definition; running that
+# regex costs ~140 ns per word, about LangChain's whole indexing time on a book. Instead every
+# ASCII byte that is not a word character becomes a space (bytes.translate: a 256-byte table
+# applied in C; it also lowercases A-Z, so ASCII text needs no str.lower()) and bytes.split()
+# cuts the rest. A token that is pure ASCII is then exactly one \w+ word; a token holding
+# non-ASCII bytes (an accented letter, a curly apostrophe) goes through the real regex, once
+# per distinct token. tests/test_rag_index.py checks this gives the regex's words on tricky
+# text.
+_LOWER_WORD_BYTES = bytes(
+    b + 32 if 65 <= b <= 90  # A-Z -> a-z
+    else b if b >= 128 or chr(b).isalnum() or b == ord("_")  # UTF-8 bytes, a-z, 0-9, _
+    else ord(" ")
+    for b in range(256))
+
+
+def _tokens(text: str) -> list[bytes]:
+    r"""Space-free pieces of the lowercased text; each holds one or more \w+ words."""
+    if text.isascii():  # (a flag of the string: free)
+        data = text.encode("ascii")
+    else:
+        data = text.lower().encode("utf-8", "surrogatepass")
+    return data.translate(_LOWER_WORD_BYTES).split()
+
+
 class Analyzer:
-    """Text -> terms. Each distinct surface word is looked up once (a corpus has far fewer
-    distinct words than words): its stem, or "" for a stopword."""
+    r"""Text -> terms (lowercase \w+ words, stopwords dropped, Snowball-stemmed).
+
+    Each distinct token is analysed once (a book has ~15,000 distinct tokens for ~250,000
+    tokens) and numbered; what a text costs after that is one dict lookup per token, and the
+    rest is numpy. Term ids number the terms this analyser has met, in first-seen order
+    (`self.terms[i]` is term i); the index builds its BM25 matrix from them directly."""
 
     def __init__(self, config: LexicalConfig) -> None:
         self.stop = _stopwords(config.stopwords)
@@ -92,21 +122,108 @@ class Analyzer:
                 raise LyreError("this index uses stemming; install PyStemmer "
                                 "(pip install PyStemmer)") from None
             try:
-                self.stemmer = Stemmer.Stemmer(config.stemmer)
+                # No cache inside PyStemmer (maxCacheSize 0): ours, per word, makes it
+                # redundant, and keeping it costs as much as stemming (measured: 4.6 vs 9.6 ms
+                # for the 12,000 distinct words of the two books).
+                self.stemmer = Stemmer.Stemmer(config.stemmer, 0)
             except KeyError:
                 raise LyreError(f"no Snowball stemmer for {config.stemmer!r}") from None
-        self._terms: dict[str, str] = {}
+        self.terms: list[str] = []
+        self._term_id: dict[str, int] = {}
+        self._word_term: dict[str, int] = {}  # word -> term id, -1 for a stopword
+        # Token k holds the terms _flat[_first[k]:_first[k] + _count[k]]; tokens are numbered
+        # the first time they are looked up (_TokenNumbers) and analysed right after, in bulk.
+        self._numbers = _TokenNumbers()
+        self._first = np.zeros(0, dtype=np.int64)
+        self._count = np.zeros(0, dtype=np.int64)
+        self._flat = np.zeros(0, dtype=np.int32)
 
     def __call__(self, text: str) -> list[str]:
-        words = WORD.findall(text.lower())
-        terms = self._terms
-        out = list(map(terms.get, words))  # C-speed lookups; None marks a word not seen yet
-        if None in out:
-            new = list({w for w, t in zip(words, out, strict=True) if t is None})
-            stems = self.stemmer.stemWords(new) if self.stemmer else new
-            terms.update((w, "" if w in self.stop else s) for w, s in zip(new, stems, strict=True))
-            out = list(map(terms.__getitem__, words))
-        return [t for t in out if t]
+        """The terms of `text`, in order."""
+        return [self.terms[i] for i in self.term_ids(text)]
+
+    def term_ids(self, text: str) -> list[int]:
+        """The terms of `text` as ids (see the class docstring), in order."""
+        return self.term_id_arrays([text])[0].tolist()
+
+    def term_id_arrays(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, lengths): every text's term ids in order, one text after the other, and how
+        many belong to each text."""
+        token_lists = [_tokens(t) for t in texts]
+        tokens_per_text = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(texts))
+        numbers = np.fromiter(map(self._numbers.__getitem__, chain.from_iterable(token_lists)),
+                              dtype=np.int64, count=int(tokens_per_text.sum()))
+        if self._numbers.new:
+            self._learn(self._numbers.take_new())
+        return _expand_tokens(numbers, tokens_per_text, self._first, self._count, self._flat)
+
+    def _learn(self, tokens: list[bytes]) -> None:
+        """Record the terms of newly numbered tokens: their words minus stopwords, stemmed (all
+        new words in one stemWords call)."""
+        words: list[str] = []  # every new token's words, one token after the other
+        per_token: list[int] = []
+        for token in b" ".join(tokens).decode("utf-8", "surrogatepass").split(" "):
+            if token.isascii():  # one word (see _tokens)
+                words.append(token)
+                per_token.append(1)
+            else:
+                found = WORD.findall(token)
+                words.extend(found)
+                per_token.append(len(found))
+        new = list(dict.fromkeys(w for w in words if w not in self._word_term))
+        stems = self.stemmer.stemWords(new) if self.stemmer else new
+        self._add_terms(stems)
+        self._word_term.update(zip(new, map(self._term_id.__getitem__, stems), strict=True))
+        self._word_term.update((w, -1) for w in self.stop.intersection(new))
+        terms = np.fromiter(map(self._word_term.__getitem__, words), dtype=np.int32,
+                            count=len(words))
+        owner = np.repeat(np.arange(len(tokens)), per_token)
+        count = np.bincount(owner[terms >= 0], minlength=len(tokens))
+        first = len(self._flat) + np.cumsum(count) - count
+        self._first = np.concatenate([self._first, first])
+        self._count = np.concatenate([self._count, count])
+        self._flat = np.concatenate([self._flat, terms[terms >= 0]])
+
+    def _add_terms(self, terms: list[str]) -> None:
+        """Give the terms not met before the next ids (stopwords' stems too: unused ids)."""
+        new = [t for t in dict.fromkeys(terms) if t not in self._term_id]
+        self._term_id.update(zip(new, range(len(self.terms), len(self.terms) + len(new)),
+                                 strict=True))
+        self.terms.extend(new)
+
+
+class _TokenNumbers(dict):
+    """token -> its number; a token not seen before gets the next number and is remembered in
+    `new` (so one pass over a text's tokens both numbers them and finds the new ones)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.new: list[bytes] = []
+
+    def __missing__(self, token: bytes) -> int:
+        number = self[token] = len(self)
+        self.new.append(token)
+        return number
+
+    def take_new(self) -> list[bytes]:
+        new, self.new = self.new, []
+        return new
+
+
+def _expand_tokens(numbers: np.ndarray, tokens_per_text: np.ndarray, first: np.ndarray,
+                   count: np.ndarray, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Token numbers -> term ids, in order, and terms per text. A token holds no term (a
+    stopword), one (most) or several ("observer—excellent"): token occurrence i contributes
+    flat[first[n]:first[n] + count[n]] with n = numbers[i]. All in numpy: no Python object
+    per word."""
+    per_token = count[numbers]
+    ends = np.concatenate([[0], np.cumsum(per_token)])  # terms before each token
+    lengths = np.diff(ends[np.concatenate([[0], np.cumsum(tokens_per_text)])])
+    if per_token.max(initial=0) <= 1:  # the usual case: a token is one term or none
+        return flat[first[numbers[per_token == 1]]], lengths
+    owner = np.repeat(np.arange(len(numbers)), per_token)  # the occurrence each term came from
+    within = np.arange(len(owner)) - ends[owner]  # its place inside the token
+    return flat[first[numbers][owner] + within], lengths
 
 
 # How each BM25 variant weighs term frequency (tf) in a document of length dl (in terms) and
@@ -143,26 +260,44 @@ class BM25Index:
 
     @classmethod
     def build(cls, docs_terms: list[list[str]], config: LexicalConfig) -> BM25Index:
-        """Score every (term, chunk) pair at once with numpy; bm25l and bm25+ (which also score
-        absent terms) are built by bm25s."""
+        """The index of documents given as lists of terms."""
         if config.method in ("bm25l", "bm25+"):
             return cls._build_bm25s(docs_terms, config)
-        n = len(docs_terms)
-        every = list(chain.from_iterable(docs_terms))
-        vocab = {t: i for i, t in enumerate(dict.fromkeys(every))}  # first-seen order
-        if not vocab:
+        vocab = {t: i for i, t in enumerate(dict.fromkeys(chain.from_iterable(docs_terms)))}
+        lengths = np.fromiter(map(len, docs_terms), dtype=np.int64, count=len(docs_terms))
+        ids = np.fromiter(map(vocab.__getitem__, chain.from_iterable(docs_terms)),
+                          dtype=np.int64, count=int(lengths.sum()))
+        return cls.from_term_ids(ids, lengths, list(vocab), config)
+
+    @classmethod
+    def from_term_ids(cls, ids: np.ndarray, lengths: np.ndarray, terms: list[str],
+                      config: LexicalConfig) -> BM25Index:
+        """The index of documents given as one flat array of term ids (`terms[i]` is term i;
+        document d holds the next lengths[d] ids). Every (term, chunk) pair is scored at once
+        with numpy; bm25l and bm25+ (which also score absent terms) are built by bm25s."""
+        n = len(lengths)
+        if config.method in ("bm25l", "bm25+"):
+            words = [terms[i] for i in ids.tolist()]
+            ends = np.cumsum(lengths).tolist()
+            docs_terms = [words[end - length:end] for end, length in zip(ends, lengths.tolist(),
+                                                                         strict=True)]
+            return cls._build_bm25s(docs_terms, config)
+        if len(ids) == 0:
             empty = np.zeros(0, dtype=np.float32)
             return cls({}, empty, np.zeros(0, np.int32), np.zeros(1, np.int64), n, config)
-        ids = np.fromiter(map(vocab.__getitem__, every), dtype=np.int64, count=len(every))
-        lengths = np.fromiter(map(len, docs_terms), dtype=np.int64, count=n)
         docs = np.repeat(np.arange(n, dtype=np.int64), lengths)
-        keys, tf = np.unique(ids * n + docs, return_counts=True)
+        keys, tf = np.unique(ids.astype(np.int64) * n + docs, return_counts=True)
         term, doc = keys // n, keys % n  # sorted by term, then chunk: already column order
-        df = np.bincount(term, minlength=len(vocab))
+        # Columns are the terms that occur, in id order (ids of terms met only in queries
+        # are left out).
+        first = np.flatnonzero(np.concatenate([[True], term[1:] != term[:-1]]))
+        used = term[first]
+        df = np.diff(np.append(first, len(term)))
         avgdl = max(float(lengths.mean()), 1e-9)
-        scores = _idf(config.method, df, n)[term] * _tf_part(
+        scores = np.repeat(_idf(config.method, df, n), df) * _tf_part(
             config.method, tf, lengths[doc], avgdl, config.k1, config.b)
         indptr = np.concatenate([[0], np.cumsum(df)])
+        vocab = {terms[t]: column for column, t in enumerate(used.tolist())}
         return cls(vocab, scores.astype(np.float32), doc.astype(np.int32), indptr, n, config)
 
     @classmethod

@@ -10,13 +10,15 @@ in, hash updated, generation + 1), in WAL mode so readers keep reading while a w
 A run killed halfway therefore leaves every source either fully old or fully new, and the
 next run picks up where it stopped (unchanged hashes are skipped).
 
-The BM25 matrix is derived data: it is rebuilt from SQLite after a batch of writes (flush(),
-called once at the end of an indexing run rather than after each file, which would make
-indexing quadratic) and saved under a directory named by the generation it was built from,
-written to a temporary name and renamed (atomic). A reader that finds no matrix for the
-current generation (a run was interrupted before flush) rebuilds it in memory and saves it if
-no writer holds the lock. Measured in bench/rag_speed.py: at 100,000 chunks opening the saved
-matrix takes 33 ms and rebuilding it 19 s, which is why it is persisted at all.
+The BM25 matrix is derived data: it is rebuilt after a batch of writes (flush(), called once
+at the end of an indexing run rather than after each file, which would make indexing
+quadratic) from the terms analysed when each source was written (kept in memory for this
+run; sources written by earlier runs are read back from SQLite and analysed again), and saved
+under a directory named by the generation it was built from, written to a temporary name and
+renamed (atomic). A reader that finds no matrix for the current generation (a run was
+interrupted before flush) rebuilds it in memory and saves it if no writer holds the lock.
+Measured in bench/rag_speed.py: at 100,000 chunks opening the saved matrix takes 17 ms and
+rebuilding it 2.6 s, which is why it is persisted at all.
 
 Dense vectors (when an embedder is used) live in SQLite next to their chunk and are searched
 exactly: one matrix-vector product over all of them (fast enough for 10^5 chunks; PostgreSQL +
@@ -32,6 +34,8 @@ import os
 import shutil
 import sqlite3
 import time
+from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +90,17 @@ def neighbour_mean(scores: np.ndarray, codes: np.ndarray, window: int) -> np.nda
     return (total / count).astype(np.float32)
 
 
+@dataclass
+class _Analysed:
+    """The terms of one source's chunks as this process wrote them (term ids of the store's
+    analyser): flush() builds the matrix from these instead of reading the text back from
+    SQLite and analysing it a second time."""
+
+    rows: np.ndarray  # SQLite row ids, in order
+    lengths: np.ndarray  # terms per chunk
+    ids: np.ndarray  # every chunk's term ids, one after the other
+
+
 class _Lexical:
     """The BM25 matrix of one generation and which SQLite row each of its documents is."""
 
@@ -113,6 +128,7 @@ class EmbeddedStore:
         self._lock_fd: int | None = None
         self._lexical: _Lexical | None = None
         self._analyzer: Analyzer | None = None
+        self._analysed: dict[str, _Analysed] = {}  # source -> its terms, written by us
         self._vectors: tuple[int, np.ndarray, np.ndarray, np.ndarray, list[str]] | None = None
         try:
             self.conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=30)
@@ -166,6 +182,7 @@ class EmbeddedStore:
         self._write(lambda c: c.execute("INSERT OR REPLACE INTO meta VALUES ('settings', ?)",
                                         (json.dumps(settings, sort_keys=True),)))
         self._analyzer = None
+        self._analysed = {}  # term ids of the old analyser
         self._lexical = None
 
     def lexical_config(self) -> LexicalConfig:
@@ -219,18 +236,25 @@ class EmbeddedStore:
             raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
         blobs = ([np.asarray(v, dtype=np.float32).tobytes() for v in vectors]
                  if vectors is not None else [None] * len(chunks))
+        ids, lengths = self.analyzer().term_id_arrays([ch.text for ch in chunks])
+        first = []
 
         def body(c: sqlite3.Connection) -> None:
             c.execute("DELETE FROM chunks WHERE source=?", (source,))
+            # Row ids given explicitly (SQLite's own choice, max + 1) so that we know them.
+            first.append(c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM chunks").fetchone()[0])
             c.executemany(
-                'INSERT INTO chunks (chunk_id, source, start, "end", page, heading, text, vector)'
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(ch.chunk_id, source, ch.start, ch.end, ch.page, ch.heading, ch.text, blob)
-                 for ch, blob in zip(chunks, blobs, strict=True)])
+                'INSERT INTO chunks (id, chunk_id, source, start, "end", page, heading, text,'
+                " vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(first[0] + i, ch.chunk_id, source, ch.start, ch.end, ch.page, ch.heading,
+                  ch.text, blob) for i, (ch, blob) in enumerate(zip(chunks, blobs, strict=True))])
             c.execute("INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?)",
                       (source, content_hash, len(chunks), time.time()))
 
         self._write(body)
+        self._analysed[source] = _Analysed(
+            np.arange(first[0], first[0] + len(chunks), dtype=np.int64),
+            lengths, ids)
 
     def delete_source(self, source: str) -> bool:
         if source not in self.sources():
@@ -241,6 +265,7 @@ class EmbeddedStore:
             c.execute("DELETE FROM sources WHERE source=?", (source,))
 
         self._write(body)
+        self._analysed.pop(source, None)
         return True
 
     # -- the Store protocol: reads --------------------------------------------------------------
@@ -325,15 +350,33 @@ class EmbeddedStore:
         self._lexical = self._load_or_build(generation)
         return self._lexical
 
-    def _snapshot(self) -> tuple[int, list[int], list[str], list[str]]:
-        """(generation, row ids, sources, texts) read in one transaction: a consistent view."""
+    def _snapshot(self) -> tuple[int, np.ndarray, list[str], np.ndarray, np.ndarray]:
+        """(generation, row ids, sources, term ids, terms per row) in one transaction: a
+        consistent view. A source's terms are those analysed when this process wrote it, or
+        else its chunks' text read back and analysed."""
         self.conn.execute("BEGIN")
         try:
             generation = self.generation()
-            rows = self.conn.execute("SELECT id, source, text FROM chunks ORDER BY id").fetchall()
+            rows = self.conn.execute("SELECT id, source FROM chunks ORDER BY id").fetchall()
+            rowids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            sources = [r[1] for r in rows]
+            ids, lengths = [np.zeros(0, np.int32)], [np.zeros(0, np.int64)]
+            first = 0
+            for source, run in groupby(sources):  # a source's rows are contiguous
+                end = first + sum(1 for _ in run)
+                done = self._analysed.get(source)
+                if done is None or not np.array_equal(done.rows, rowids[first:end]):
+                    texts = [t for (t,) in self.conn.execute(
+                        "SELECT text FROM chunks WHERE source=? AND id BETWEEN ? AND ? "
+                        "ORDER BY id", (source, int(rowids[first]), int(rowids[end - 1])))]
+                    run_ids, run_lengths = self.analyzer().term_id_arrays(texts)
+                    done = _Analysed(rowids[first:end], run_lengths, run_ids)
+                ids.append(done.ids)
+                lengths.append(done.lengths)
+                first = end
         finally:
             self.conn.execute("COMMIT")
-        return (generation, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+        return generation, rowids, sources, np.concatenate(ids), np.concatenate(lengths)
 
     def _bm25_dir(self, generation: int) -> Path:
         return self.path / "bm25" / f"g{generation:09d}"
@@ -360,13 +403,11 @@ class EmbeddedStore:
             return False
 
     def _build(self, save: bool) -> _Lexical:
-        generation, rowids, sources, texts = self._snapshot()
-        analyze = self.analyzer()
-        index = BM25Index.build([analyze(t) for t in texts], self.lexical_config())
+        generation, rows, sources, ids, lengths = self._snapshot()
+        index = BM25Index.from_term_ids(ids, lengths, self.analyzer().terms, self.lexical_config())
         names = sorted(set(sources))
         code_of = {n: i for i, n in enumerate(names)}
-        rows = np.array(rowids, dtype=np.int64)
-        codes = np.array([code_of[s] for s in sources], dtype=np.int32)
+        codes = np.fromiter(map(code_of.__getitem__, sources), dtype=np.int32, count=len(sources))
         lex = _Lexical(generation, index, rows, codes, names)
         if save:
             self._save_lexical(lex)
@@ -397,6 +438,7 @@ class EmbeddedStore:
         if self._lexical is None or self._lexical.generation != generation:
             if not self._bm25_dir(generation).is_dir():
                 self._lexical = self._build(save=True)
+        self._analysed = {}  # built and saved: ~4 bytes per word need not stay in memory
 
     # -- dense search -------------------------------------------------------------------------
 
