@@ -5,25 +5,64 @@ The public API, one import away:
     from lyre import GPT, GPTConfig, RunConfig, load_config, load_run, SamplingConfig
     from lyre.train import train          # lyre.train and lyre.generate are modules;
     from lyre.generate import generate    # their main functions live inside them
+
+The names below are imported on first use (PEP 562), not with the package: `import lyre` stays
+cheap, so a command that needs no torch (`lyre --help`, `lyre rag index`) does not pay the
+second torch takes to import.
 """
 
-from lyre.config import DataConfig, RunConfig, TrainConfig, load_config
-from lyre.engine import Completion, Engine
-from lyre.errors import LyreError
-from lyre.evaluate import evaluate_run, evaluate_text
-from lyre.generate import SamplingConfig
-from lyre.hf import export_hf, from_pretrained, import_hf
-from lyre.model import GPT, BigramLM, GPTConfig, build_model
-from lyre.runs import load_run
-from lyre.tokenizers import build_tokenizer, load_tokenizer
-from lyre.train import Trainer, TrainResult
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "GPT", "GPTConfig", "BigramLM", "build_model", "RunConfig", "DataConfig", "TrainConfig",
-    "load_config", "LyreError", "SamplingConfig", "load_run",
-    "build_tokenizer", "load_tokenizer", "TrainResult", "Trainer",
-    "from_pretrained", "import_hf", "export_hf", "Engine", "Completion", "evaluate_run",
-    "evaluate_text",
+# public name -> the module that defines it
+_EXPORTS = {
+    "DataConfig": "lyre.config", "RunConfig": "lyre.config", "TrainConfig": "lyre.config",
+    "load_config": "lyre.config",
+    "Completion": "lyre.engine", "Engine": "lyre.engine",
+    "LyreError": "lyre.errors",
+    "evaluate_run": "lyre.evaluate", "evaluate_text": "lyre.evaluate",
+    "SamplingConfig": "lyre.generate",
+    "export_hf": "lyre.hf", "from_pretrained": "lyre.hf", "import_hf": "lyre.hf",
+    "GPT": "lyre.model", "BigramLM": "lyre.model", "GPTConfig": "lyre.model",
+    "build_model": "lyre.model",
+    "load_run": "lyre.runs",
+    "build_tokenizer": "lyre.tokenizers", "load_tokenizer": "lyre.tokenizers",
+    "Trainer": "lyre.train", "TrainResult": "lyre.train",
+}
+
+__all__ = [  # the keys of _EXPORTS
+    "DataConfig", "RunConfig", "TrainConfig", "load_config", "Completion", "Engine", "LyreError",
+    "evaluate_run", "evaluate_text", "SamplingConfig", "export_hf", "from_pretrained", "import_hf",
+    "GPT", "BigramLM", "GPTConfig", "build_model", "load_run", "build_tokenizer", "load_tokenizer",
+    "Trainer", "TrainResult",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lyre' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # next time, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # what type checkers and editors see
+    from lyre.config import DataConfig, RunConfig, TrainConfig, load_config
+    from lyre.engine import Completion, Engine
+    from lyre.errors import LyreError
+    from lyre.evaluate import evaluate_run, evaluate_text
+    from lyre.generate import SamplingConfig
+    from lyre.hf import export_hf, from_pretrained, import_hf
+    from lyre.model import GPT, BigramLM, GPTConfig, build_model
+    from lyre.runs import load_run
+    from lyre.tokenizers import build_tokenizer, load_tokenizer
+    from lyre.train import Trainer, TrainResult

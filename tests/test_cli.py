@@ -94,6 +94,20 @@ def test_later_subcommands_have_help(capsys, command):
             assert flag in out
 
 
+def test_the_command_line_and_the_package_import_without_torch():
+    """`import lyre` and building every verb's flags stay cheap: torch (about a second) is
+    imported by the commands that use it, not by `lyre --help` or `lyre rag index`."""
+    import subprocess
+
+    code = ("import sys, lyre, lyre.cli, lyre.rag.cli; lyre.cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    import lyre
+
+    assert lyre.GPT is GPT and "load_run" in dir(lyre)  # the public names still resolve
+
+
 def test_missing_subcommand_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([])

@@ -22,8 +22,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_sampling_flags(p, max_new_tokens: int) -> None:
-    """The sampling controls of `sample` and `chat`; defaults from lyre.engine.sampling."""
-    from lyre.engine import sampling as S
+    """The sampling controls of `sample` and `chat`; defaults from lyre.sampling_defaults."""
+    from lyre import sampling_defaults as S
 
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
                    help=f"tokens to generate (default {max_new_tokens})")

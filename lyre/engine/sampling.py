@@ -4,11 +4,8 @@ The knobs mean what they mean in Hugging Face transformers and are applied in it
 repetition penalty, then temperature, then top-k, then top-p (a test compares them with
 transformers' logits processors).
 
-The DEFAULT_* values below are the one place lyre's sampling defaults live: SamplingConfig's
-fields, the `lyre sample` / `lyre chat` flags, the chat REPL's settings and the server (for
-fields a request leaves out) all read them. They are nanoGPT's sample.py values: temperature 0.8
-with the 200 most likely tokens gives readable text from small models (1.0 with no top-k
-samples the model's full distribution, long tail included, and reads worse).
+The DEFAULT_* values come from lyre/sampling_defaults.py, the one place they live (it has no
+torch, so the command line reads them cheaply); they are re-exported here.
 """
 
 from __future__ import annotations
@@ -22,15 +19,17 @@ from typing import TYPE_CHECKING
 import torch
 
 from lyre.errors import LyreError
+from lyre.sampling_defaults import (  # re-exported: lyre.engine.DEFAULT_*
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_REPETITION_PENALTY,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_K,
+    DEFAULT_TOP_P,
+)
 
 if TYPE_CHECKING:
     from lyre.engine.rows import Row
 
-DEFAULT_TEMPERATURE = 0.8
-DEFAULT_TOP_K = 200
-DEFAULT_TOP_P = 1.0  # off
-DEFAULT_REPETITION_PENALTY = 1.0  # off
-DEFAULT_MAX_NEW_TOKENS = 256
 
 MAX_NEW_TOKENS = 1_000_000
 MAX_SAMPLES = 1024
