@@ -13,6 +13,7 @@ import re
 import sys
 
 import pytest
+from cli_util import assert_one_line_error, run_cli
 
 from lyre.cli import build_parser, main
 from lyre.config import load_config
@@ -20,21 +21,6 @@ from lyre.model.gpt import GPT
 
 PROMPT = "Sing, O goddess, the anger of Achilles"  # every character is in the tiny vocabulary
 
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, pattern: str = "") -> None:
-    lines = err.rstrip("\n").splitlines()
-    assert code == 2, err
-    assert len(lines) == 1, err
-    assert lines[0].startswith("lyre: error: "), err
-    assert "Traceback" not in err
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:

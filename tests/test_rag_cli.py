@@ -13,23 +13,15 @@ import re
 import sys
 
 import pytest
+from cli_util import assert_one_line_error as one_line_error
+from cli_util import run_cli
 from rag_fakes import ScriptedServer
 
 from lyre.cli import main
 
 
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def assert_one_line_error(code: int, err: str, pattern: str = "") -> None:
-    lines = [line for line in err.rstrip("\n").splitlines() if not line.startswith("lyre rag: ")]
-    assert code == 2, err
-    assert len(lines) == 1, err
-    assert lines[0].startswith("lyre: error: ") and "Traceback" not in err, err
-    assert re.search(pattern, lines[0]), lines[0]
+    one_line_error(code, err, pattern, ignore="lyre rag: ")  # per-file progress lines come first
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_util import records
 
 from lyre import checkpoint as ckpt
 from lyre.errors import LyreError
@@ -33,12 +34,6 @@ train_module = importlib.import_module("lyre.train")
 REPO = Path(__file__).resolve().parents[1]
 # 12 steps with evaluations at 4 and 8 and a final one at 12; every step logged.
 SHORT = ("train.max_iters=12", "train.eval_interval=4")
-
-
-def records(run_dir: Path) -> list[dict]:
-    """metrics.jsonl without the wall-clock fields, which differ between any two runs."""
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_s", "ms_per_step")} for line in lines]
 
 
 def losses(run_dir: Path) -> dict[int, float]:

@@ -3,30 +3,16 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
+from cli_util import assert_one_line_error, run_cli
 from PIL import Image
 from test_zoo_seq2seq import TINY_TOML
 
 from lyre.attention_maps import draw_maps, gpt_maps, grid_pixels, seq2seq_maps
-from lyre.cli import main
 from lyre.config import load_config
 from lyre.runs import load_run
 from lyre.train import train
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code: int, err: str, pattern: str) -> None:
-    lines = err.rstrip("\n").splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("lyre: error: "), err
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +82,9 @@ def test_runs_without_attention_and_bad_outputs_are_one_line(capsys, tmp_path, t
     run_dir = tmp_path / "lstm"
     train(tiny_config("arch=lstm", "n_hidden=8", "max_iters=1", "eval_interval=1"), run_dir,
           progress=False, plot=False)
-    one_line_error(*run_cli(capsys, "attention", run_dir, "--prompt", "Sing", "--out", tmp_path / "a.png")[::2],
+    assert_one_line_error(*run_cli(capsys, "attention", run_dir, "--prompt", "Sing", "--out", tmp_path / "a.png")[::2],
                    r"model.arch=lstm has no attention to draw")
-    one_line_error(*run_cli(capsys, "attention", two_layer_gpt, "--prompt", "Sing", "--out", tmp_path / "a.gif")[::2],
+    assert_one_line_error(*run_cli(capsys, "attention", two_layer_gpt, "--prompt", "Sing", "--out", tmp_path / "a.gif")[::2],
                    r"use a file name ending in .png, .svg or .pdf")
-    one_line_error(*run_cli(capsys, "attention", two_layer_gpt, "--prompt", "", "--out", tmp_path / "a.png")[::2],
+    assert_one_line_error(*run_cli(capsys, "attention", two_layer_gpt, "--prompt", "", "--out", tmp_path / "a.png")[::2],
                    r"the prompt is empty")

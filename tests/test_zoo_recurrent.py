@@ -4,14 +4,12 @@ generate through the same code as the GPT, and their generation state matches a 
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 
 import pytest
 import torch
+from cli_util import assert_one_line_error, records, run_cli
 
 from lyre import checkpoint as ckpt
-from lyre.cli import main
 from lyre.config import load_config
 from lyre.errors import LyreError
 from lyre.model import build_model
@@ -25,24 +23,6 @@ SHORT = ("train.max_iters=8", "train.eval_interval=4")
 def recurrent(arch: str, *more: str) -> tuple[str, ...]:
     """Overrides that turn the tiny GPT preset of conftest.py into a tiny recurrent model."""
     return (f"arch={arch}", "n_hidden=16", "n_embd=16", *more)
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code: int, err: str, pattern: str) -> None:
-    lines = err.rstrip("\n").splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("lyre: error: "), err
-    assert re.search(pattern, lines[0]), lines[0]
-
-
-def records(run_dir: Path) -> list[dict]:
-    wall = ("tokens_per_s", "ms_per_step", "mfu")
-    return [{k: v for k, v in json.loads(line).items() if k not in wall}
-            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +133,7 @@ def test_info_counts_a_recurrent_model(capsys, tiny_toml):
 def test_unknown_arch_lists_the_known_ones(capsys, tiny_toml, tmp_path):
     code, _, err = run_cli(capsys, "train", "--config", tiny_toml, "--out", tmp_path / "x",
                            "--set", "arch=lstn")
-    one_line_error(code, err, r"unknown model.arch 'lstm?n'.*did you mean 'lstm'.*gru.*lstm.*rnn")
+    assert_one_line_error(code, err, r"unknown model.arch 'lstm?n'.*did you mean 'lstm'.*gru.*lstm.*rnn")
 
 
 # ----------------------------------------------------------------------------------------------

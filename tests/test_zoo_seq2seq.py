@@ -6,15 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import re
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_util import assert_one_line_error, records, run_cli
 
 from lyre import checkpoint as ckpt
-from lyre.cli import main
 from lyre.config import load_config
 from lyre.errors import LyreError
 from lyre.model import build_model
@@ -48,24 +47,6 @@ log_interval = 1
 device = "cpu"
 threads = 1
 """
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code: int, err: str, pattern: str) -> None:
-    lines = err.rstrip("\n").splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("lyre: error: "), err
-    assert re.search(pattern, lines[0]), lines[0]
-
-
-def records(run_dir: Path) -> list[dict]:
-    wall = ("tokens_per_s", "ms_per_step", "mfu")
-    return [{k: v for k, v in json.loads(line).items() if k not in wall}
-            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -260,14 +241,14 @@ def test_translate_sample_and_eval(capsys, s2s_run, tmp_path):
 def test_encoder_decoder_given_plain_text_is_one_line(capsys, tmp_path, s2s_toml, tiny_corpus):
     code, _, err = run_cli(capsys, "train", "--config", s2s_toml, "--out", tmp_path / "x", "--no-progress",
                            "--set", f"data.corpus={json.dumps(str(tiny_corpus))}")
-    one_line_error(code, err, r"is not a pairs file.*\.tsv.*\.jsonl.*toy:dates")
+    assert_one_line_error(code, err, r"is not a pairs file.*\.tsv.*\.jsonl.*toy:dates")
 
 
 def test_encoder_decoder_given_prepared_lm_tokens_is_one_line(capsys, tmp_path, s2s_toml, tiny_corpus):
     assert run_cli(capsys, "prepare", tiny_corpus, "--out", tmp_path / "tokens")[0] == 0
     code, _, err = run_cli(capsys, "train", "--config", s2s_toml, "--out", tmp_path / "x", "--no-progress",
                            "--set", f"data.data_dir={json.dumps(str(tmp_path / 'tokens'))}")
-    one_line_error(code, err, r"holds language-model tokens")
+    assert_one_line_error(code, err, r"holds language-model tokens")
 
 
 @pytest.mark.parametrize("corpus", ["pairs.tsv", "toy:dates"])
@@ -279,7 +260,7 @@ def test_language_model_given_pairs_is_one_line(capsys, tmp_path, tiny_toml, cor
         code, _, err = run_cli(capsys, "train", "--config", tiny_toml, "--out", tmp_path / arch,
                                "--no-progress", "--set", f"arch={arch}",
                                "--set", f"data.corpus={json.dumps(corpus)}")
-        one_line_error(code, err, rf"holds \(source, target\) pairs, but model.arch={arch} is a language model")
+        assert_one_line_error(code, err, rf"holds \(source, target\) pairs, but model.arch={arch} is a language model")
 
 
 def test_pairs_longer_than_the_context_are_one_line(capsys, tmp_path, s2s_toml):
@@ -287,17 +268,17 @@ def test_pairs_longer_than_the_context_are_one_line(capsys, tmp_path, s2s_toml):
     pairs.write_text("ab\tba\n" + "x" * 20 + "\ty\ncd\tdc\n")
     code, _, err = run_cli(capsys, "train", "--config", s2s_toml, "--out", tmp_path / "x", "--no-progress",
                            "--set", f"data.corpus={json.dumps(str(pairs))}")
-    one_line_error(code, err, r"the source at .*long.tsv:2 is 21 tokens with EOS, longer than model.block_size=16")
+    assert_one_line_error(code, err, r"the source at .*long.tsv:2 is 21 tokens with EOS, longer than model.block_size=16")
 
 
 def test_bad_translate_inputs_are_one_line(capsys, s2s_run, trained_run):
-    one_line_error(*run_cli(capsys, "translate", s2s_run, "--text", "abc", "--beam", "0")[::2],
+    assert_one_line_error(*run_cli(capsys, "translate", s2s_run, "--text", "abc", "--beam", "0")[::2],
                    r"beam width must be an integer >= 1; got 0")
-    one_line_error(*run_cli(capsys, "translate", s2s_run, "--text", "a" * 40)[::2],
+    assert_one_line_error(*run_cli(capsys, "translate", s2s_run, "--text", "a" * 40)[::2],
                    r"longer than model.block_size=16")
-    one_line_error(*run_cli(capsys, "translate", trained_run, "--text", "abc")[::2],
+    assert_one_line_error(*run_cli(capsys, "translate", trained_run, "--text", "abc")[::2],
                    r"is a language model .*needs an encoder-decoder run")
-    one_line_error(*run_cli(capsys, "sample", s2s_run)[::2], r"encoder-decoder: give the source")
+    assert_one_line_error(*run_cli(capsys, "sample", s2s_run)[::2], r"encoder-decoder: give the source")
 
 
 def test_translate_a_file_and_refuse_chat(capsys, s2s_run, tmp_path):
@@ -305,5 +286,5 @@ def test_translate_a_file_and_refuse_chat(capsys, s2s_run, tmp_path):
     sources.write_text("dcba\nzyx\nq\n")
     code, out, err = run_cli(capsys, "translate", s2s_run, "--file", sources)
     assert code == 0 and len(out.splitlines()) == 3, err
-    one_line_error(*run_cli(capsys, "chat", s2s_run, "-p", "abc", "--history", "")[::2],
+    assert_one_line_error(*run_cli(capsys, "chat", s2s_run, "-p", "abc", "--history", "")[::2],
                    r"model.arch=seq2seq is an encoder-decoder.*lyre translate")
