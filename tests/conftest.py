@@ -122,3 +122,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """The chat/serve tests' run (serve_util.tiny_served_run: byte-level BPE, context 256),
+    trained once per session. A module that needs another run defines its own `run_dir`."""
+    from serve_util import tiny_served_run
+
+    return tiny_served_run(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def run(run_dir):
+    """That run loaded, once per module (a module may change its tokenizer or settings)."""
+    from lyre.runs import load_run
+
+    return load_run(run_dir, device="cpu")

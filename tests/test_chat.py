@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from serve_util import tiny_served_run, with_template
+from serve_util import with_template
 
 from lyre.chat import (
     TEMPLATES,
@@ -32,16 +32,6 @@ from lyre.tokenizers import load_tokenizer
 from lyre.tokenizers.char import CharTokenizer, replace_unknown
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return tiny_served_run(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def run(run_dir):
-    return load_run(run_dir, device="cpu")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import base64
 import httpx
 import numpy as np
 import pytest
-from serve_util import sse_events, tiny_served_run
+from serve_util import sse_events
 
 from lyre.cli import main
 from lyre.errors import LyreError
@@ -34,16 +34,6 @@ DOCS = {
     "gods.md": "# Gods\n\nApollo sent a plague upon the camp of the Achaeans.\n\n"
                "Athena favoured the Greeks and Aphrodite favoured Troy.\n",
 }
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return tiny_served_run(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def run(run_dir):
-    return load_run(run_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import httpx
 import openai
 import pytest
 import torch
-from serve_util import sse_events, tiny_served_run, wait_health, with_template
+from serve_util import sse_events, wait_health, with_template
 
 from lyre.engine import Engine
 from lyre.runs import load_run
@@ -33,16 +33,6 @@ from lyre.serve.scheduler import Scheduler, SchedulerSettings
 from lyre.serve.server import free_port, start_background
 
 KEY = "sk-test-123"
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return tiny_served_run(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def run(run_dir):
-    return load_run(run_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")
