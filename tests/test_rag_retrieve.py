@@ -21,7 +21,14 @@ from lyre.rag.evaluate import (
     load_qa,
 )
 from lyre.rag.index import index_paths, open_store
-from lyre.rag.retrieve import Retriever, RetrieverConfig, fill_budget, fuse, merge_adjacent
+from lyre.rag.retrieve import (
+    Retriever,
+    RetrieverConfig,
+    fill_budget,
+    fuse,
+    fuse_scores,
+    merge_adjacent,
+)
 from lyre.rag.splitter import SplitConfig
 from lyre.rag.types import Chunk, Hit
 
@@ -84,10 +91,32 @@ def test_dense_and_hybrid(facts_index):
     dense = Retriever(facts_index, embedder, mode="dense")
     assert dense.search("yeast dough oven", k=1)[0].chunk.source.endswith("bread.txt")
     auto = Retriever(facts_index, embedder)
-    assert auto.mode == "hybrid"
-    hits = auto.search("parallax astronomers", k=3)
+    assert auto.mode == "hybrid" and auto.config.fusion == "convex"
+    assert auto.search("parallax astronomers", k=3)[0].chunk.source.endswith("stars.md")
+    rrf = Retriever(facts_index, embedder, config=RetrieverConfig(fusion="rrf", dense_weight=1.0))
+    hits = rrf.search("parallax astronomers", k=3)
     assert hits[0].chunk.source.endswith("stars.md")
     assert hits[0].score == pytest.approx(2 / 61)  # first in both rankings: 1/61 + 1/61
+    with pytest.raises(LyreError, match="unknown fusion"):
+        Retriever(facts_index, embedder, config=RetrieverConfig(fusion="max"))
+
+
+def test_convex_fusion_standardises_each_ranking():
+    def hit(cid, score):
+        return Hit(Chunk(cid, "s", 0, 1, chunk_id=cid), score)
+
+    # BM25-sized scores and cosine-sized scores: z-scores put them on one scale
+    lexical = [hit("a", 30.0), hit("b", 20.0), hit("c", 10.0)]
+    dense = [hit("b", 0.9), hit("d", 0.6), hit("c", 0.3)]
+    fused = fuse_scores([lexical, dense], [1.0, 1.0])
+    z = 10 / np.std([30, 20, 10])  # one step of either ranking, in standard deviations
+    scores = {h.chunk.chunk_id: h.score for h in fused}
+    assert scores["b"] == pytest.approx(0 + z)  # middle of one, top of the other
+    assert scores["a"] == pytest.approx(z - z)  # top of one, missing from the other: its floor
+    assert scores["d"] == pytest.approx(-z + 0)
+    assert [h.chunk.chunk_id for h in fused][0] == "b"
+    half = {h.chunk.chunk_id: h.score for h in fuse_scores([lexical, dense], [1.0, 0.5])}
+    assert half["a"] == pytest.approx(z - 0.5 * z)
 
 
 def test_rrf_fusion_rewards_agreement():
@@ -153,11 +182,6 @@ def test_unreachable_embedding_endpoint():
     emb = OpenAIEmbedder("http://127.0.0.1:9", "x", timeout=2)
     with pytest.raises(LyreError, match="unreachable"):
         emb.embed(["hello"])
-
-
-def test_sentence_transformers_embedder():
-    pytest.importorskip("sentence_transformers", reason="sentence-transformers is not installed "
-                        "(an optional embedder; nothing is downloaded to test it)")
 
 
 def test_embedder_specs(tmp_path):

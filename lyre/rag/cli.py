@@ -54,8 +54,9 @@ def _retrieval_flags(p) -> None:
     p.add_argument("--mode", default="auto", choices=("auto", "lexical", "dense", "hybrid"),
                    help="retrieval: auto (hybrid with an embedder, else BM25), lexical, dense, hybrid")
     p.add_argument("--embedder", default=None, metavar="SPEC",
-                   help="query embedder, the one the index was built with: openai:MODEL@URL, "
-                        "st:DIR or run:DIR (default none: lexical only)")
+                   help="query embedder, the one the index was built with: minilm, "
+                        "openai:MODEL@URL, st:DIR or run:DIR (default: minilm when the index "
+                        "holds MiniLM vectors, else none: lexical only)")
 
 
 def _llm_flags(p, required: bool = True) -> None:
@@ -99,7 +100,8 @@ def _add_index(sub) -> None:
     p.add_argument("--chunk-overlap", type=int, default=None,
                    help="characters shared by neighbouring chunks (default 200, or the index's)")
     p.add_argument("--embedder", default=None, metavar="SPEC",
-                   help="none (default), openai:MODEL@URL, st:DIR or run:DIR")
+                   help="none, minilm, openai:MODEL@URL, st:DIR or run:DIR (default: the "
+                        "index's own; none for a new index)")
     p.add_argument("--rebuild", action="store_true", help="re-index everything (new settings)")
     p.add_argument("--quiet", action="store_true", help="no per-file lines")
     p.set_defaults(func=cmd_index)
@@ -198,12 +200,15 @@ def open_index(args, write: bool = False):
 
 
 def make_retriever(args, store):
-    from lyre.rag.embedders import make_embedder
+    from lyre.rag.embedders import MINILM_HINT, make_embedder, minilm_zip
     from lyre.rag.retrieve import Retriever
 
-    embedder = make_embedder(args.embedder)
+    embedder = make_embedder(args.embedder)  # None: Retriever takes the index's own (MiniLM)
     built_with = (store.info() or {}).get("embedder")
-    if embedder is None and built_with and args.mode == "auto":
+    if embedder is None and built_with == "minilm" and minilm_zip() is None:
+        _note(f"the index holds MiniLM vectors but the model is not installed (lexical search "
+              f"only now); {MINILM_HINT}")
+    if embedder is None and built_with not in (None, "minilm") and args.mode == "auto":
         _note(f"the index holds {built_with} vectors; pass --embedder to search them too "
               "(lexical search only now)")
     return Retriever(store, embedder, mode=args.mode)
@@ -271,7 +276,7 @@ def _check_k(args) -> None:
 
 
 def cmd_index(args) -> None:
-    from lyre.rag.embedders import make_embedder
+    from lyre.rag.embedders import index_embedder
     from lyre.rag.index import index_paths
     from lyre.rag.splitter import SplitConfig
 
@@ -280,9 +285,10 @@ def cmd_index(args) -> None:
         size = args.chunk_size if args.chunk_size is not None else 1000
         overlap = args.chunk_overlap if args.chunk_overlap is not None else min(200, size // 5)
         split = SplitConfig(chunk_size=size, chunk_overlap=overlap)
-    embedder = make_embedder(args.embedder)
     store = open_index(args, write=True)
     try:
+        stored = store.settings() if hasattr(store, "settings") and not args.rebuild else {}
+        embedder = index_embedder(args.embedder, stored)
         report = index_paths([str(d) for d in args.docs], store, split, embedder,
                              include=args.include, exclude=args.exclude, rebuild=args.rebuild,
                              progress=None if args.quiet else

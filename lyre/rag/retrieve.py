@@ -6,9 +6,13 @@
              feedback (RM3: the best terms of the first results are added to the query, then
              search again; it did not help on our questions, so it is off by default)
     dense    cosine similarity of the question's embedding with every chunk's
-    hybrid   both rankings fused by reciprocal rank fusion: score = Σ 1 / (rrf_k + rank).
-             RRF needs no score calibration between BM25 (unbounded) and cosine ([-1, 1])
-    auto     hybrid when there is an embedder and the index holds vectors, else lexical
+    hybrid   both rankings fused: "convex" (the default, measured best on our tuning
+             questions): each ranking's scores standardised (z-scores over its candidates),
+             then BM25 + dense_weight x cosine; or "rrf", reciprocal rank fusion, score =
+             Σ w / (rrf_k + rank), which needs no score calibration at all
+    auto     hybrid when there is an embedder and the index holds vectors, else lexical; with
+             no embedder given, an index built with MiniLM gets MiniLM back (its package
+             holds the weights), any other index is searched lexically
 
 Hits of the same source whose spans overlap or touch are merged into one (`merge=True`): with
 overlapping chunks the same sentences would otherwise be sent to the model twice and eat the
@@ -25,10 +29,13 @@ from lyre.rag.lexical import query_weights
 from lyre.rag.types import Chunk, Embedder, Hit, Store
 
 MODES = ("auto", "lexical", "dense", "hybrid")
+FUSIONS = ("convex", "rrf")
 
 
 @dataclass
 class RetrieverConfig:
+    fusion: str = "convex"  # hybrid: "convex" (z-scored scores) or "rrf" (ranks only)
+    dense_weight: float = 0.5  # weight of the dense ranking against the lexical one
     rrf_k: int = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
     depth: int = 50  # candidates taken from each ranking before fusion
     prf_docs: int = 0  # RM3 feedback: chunks to learn expansion terms from (0 = off)
@@ -44,8 +51,12 @@ class Retriever:
                  config: RetrieverConfig | None = None) -> None:
         if mode not in MODES:
             raise LyreError(f"unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}")
+        if embedder is None and mode != "lexical":
+            embedder = _index_embedder(store)
         if mode in ("dense", "hybrid") and embedder is None:
             raise LyreError(f"{mode} retrieval needs an embedder (--embedder)")
+        if config is not None and config.fusion not in FUSIONS:
+            raise LyreError(f"unknown fusion {config.fusion!r}; use one of {', '.join(FUSIONS)}")
         if mode == "auto":
             has_vectors = getattr(store, "has_vectors", lambda: True)()
             mode = "hybrid" if embedder is not None and has_vectors else "lexical"
@@ -64,8 +75,11 @@ class Retriever:
         elif self.mode == "dense":
             hits = self._dense(query, depth, source_glob)
         else:
-            hits = fuse([self._lexical(query, depth, source_glob),
-                         self._dense(query, depth, source_glob)], self.config.rrf_k)
+            rankings = [self._lexical(query, depth, source_glob),
+                        self._dense(query, depth, source_glob)]
+            weights = [1.0, self.config.dense_weight]
+            hits = (fuse_scores(rankings, weights) if self.config.fusion == "convex"
+                    else fuse(rankings, self.config.rrf_k, weights))
         if self.config.merge:
             hits = merge_adjacent(hits)
         hits = hits[:k]
@@ -125,15 +139,49 @@ class Retriever:
         return self.store.vector_search(vector, depth, source_glob)
 
 
-def fuse(rankings: list[list[Hit]], rrf_k: int = 60) -> list[Hit]:
-    """Reciprocal rank fusion: a chunk's score is Σ over rankings of 1 / (rrf_k + rank)."""
+def _index_embedder(store: Store) -> Embedder | None:
+    """The index's own embedder when lyre can rebuild it alone (MiniLM from its package), so
+    `Retriever(open_store(IDX))` searches an index the way it was built."""
+    from lyre.rag.embedders import embedder_for_index  # lazy: loads a model only when needed
+
+    settings = store.settings() if hasattr(store, "settings") else {}
+    return embedder_for_index(settings.get("embedder"))
+
+
+def fuse(rankings: list[list[Hit]], rrf_k: int = 60,
+         weights: list[float] | None = None) -> list[Hit]:
+    """Reciprocal rank fusion: a chunk's score is Σ over rankings of w / (rrf_k + rank)."""
+    weights = weights or [1.0] * len(rankings)
     scores: dict[str, float] = {}
     chunks: dict[str, Chunk] = {}
-    for ranking in rankings:
+    for ranking, w in zip(rankings, weights, strict=True):
         for rank, hit in enumerate(ranking, start=1):
             cid = hit.chunk.chunk_id
-            scores[cid] = scores.get(cid, 0.0) + 1.0 / (rrf_k + rank)
+            scores[cid] = scores.get(cid, 0.0) + w / (rrf_k + rank)
             chunks[cid] = hit.chunk
+    return _ranked(scores, chunks)
+
+
+def fuse_scores(rankings: list[list[Hit]], weights: list[float]) -> list[Hit]:
+    """Convex combination of standardised scores: each ranking's scores become z-scores over
+    its own candidates (BM25 is unbounded, cosine lies in [-1, 1]: raw sums would let one
+    dominate); a chunk missing from a ranking gets that ranking's lowest z-score."""
+    chunks = {h.chunk.chunk_id: h.chunk for ranking in rankings for h in ranking}
+    scores = dict.fromkeys(chunks, 0.0)
+    for ranking, w in zip(rankings, weights, strict=True):
+        if not ranking:
+            continue
+        raw = [h.score for h in ranking]
+        mean = sum(raw) / len(raw)
+        std = (sum((x - mean) ** 2 for x in raw) / len(raw)) ** 0.5 or 1.0
+        z = {h.chunk.chunk_id: (h.score - mean) / std for h in ranking}
+        floor = min(z.values())
+        for cid in scores:
+            scores[cid] += w * z.get(cid, floor)
+    return _ranked(scores, chunks)
+
+
+def _ranked(scores: dict[str, float], chunks: dict[str, Chunk]) -> list[Hit]:
     order = sorted(scores, key=lambda c: -scores[c])
     return [Hit(chunks[c], scores[c], rank=i + 1) for i, c in enumerate(order)]
 
