@@ -61,6 +61,22 @@ def open_store(path_or_url: str | Path, create: bool = False) -> Store:
     return EmbeddedStore(target, create=create)
 
 
+@contextmanager
+def _cyclic_gc_paused():
+    """Python's cycle collector off while indexing (a speed trick). Indexing allocates ~10^5
+    container objects (chunks, rows, token lists) and none of them form cycles, yet every 700
+    allocations the collector scans the young ones, and now and then the whole heap (100 ms in
+    a process with torch loaded: docs/log.md). Memory is still freed by reference counting;
+    the collector is switched back on after, as it was."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _settings(store: Store, split: SplitConfig | None, lexical: LexicalConfig | None,
               embedder: Embedder | None, rebuild: bool) -> tuple[dict, bool]:
     """The settings this run uses, and whether every source must be re-indexed."""
@@ -82,6 +98,7 @@ def _settings(store: Store, split: SplitConfig | None, lexical: LexicalConfig | 
     return wanted, False
 
 
+@_cyclic_gc_paused()  # a context manager, used as a decorator: around every call
 def index_paths(
     paths: list[str | Path],
     store: Store,
@@ -96,29 +113,6 @@ def index_paths(
 ) -> IndexReport:
     """Index files and folders into `store` (see the module docstring). `split=None` keeps the
     index's chunking (defaults for a new index); `length` counts chunk size in tokens."""
-    with _cyclic_gc_paused():
-        return _index_paths(paths, store, split, embedder, include, exclude, progress, lexical,
-                            rebuild, length)
-
-
-@contextmanager
-def _cyclic_gc_paused():
-    """Python's cycle collector off while indexing (a speed trick). Indexing allocates ~10^5
-    container objects (chunks, rows, token lists) and none of them form cycles, yet every 700
-    allocations the collector scans the young ones, and now and then the whole heap (100 ms in
-    a process with torch loaded: docs/log.md). Memory is still freed by reference counting;
-    the collector is switched back on after, as it was."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _index_paths(paths, store, split, embedder, include, exclude, progress, lexical, rebuild,
-                 length) -> IndexReport:
     say = progress or (lambda line: None)
     if hasattr(store, "acquire_write_lock"):
         store.acquire_write_lock()  # a second writer fails here, before any work
