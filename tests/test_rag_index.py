@@ -304,3 +304,26 @@ def test_incremental_matrix_equals_a_fresh_build(tmp_path):
         assert got and got == pytest.approx(want)  # rows are in another order: ties may move
     old.close()
     new.close()
+
+
+def test_indexing_puts_the_cycle_collector_back(tmp_path):
+    """index_paths pauses Python's cycle collector (a speed trick) and must restore it as it
+    was, also when it fails."""
+    import gc
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Ships and storms. " * 50)
+    with open_store(tmp_path / "idx", create=True) as store:
+        assert gc.isenabled()
+        index_paths([docs], store)
+        assert gc.isenabled()
+        with pytest.raises(LyreError):
+            index_paths([tmp_path / "missing"], store)
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            index_paths([docs], store)
+            assert not gc.isenabled()  # left off: it was off
+        finally:
+            gc.enable()

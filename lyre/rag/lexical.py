@@ -19,7 +19,6 @@ before the top-k, not after.
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -304,6 +303,8 @@ class BM25Index:
     def _build_bm25s(cls, docs_terms: list[list[str]], config: LexicalConfig) -> BM25Index:
         if not any(docs_terms):
             return cls.build(docs_terms, LexicalConfig(**{**asdict(config), "method": "lucene"}))
+        import logging
+
         import bm25s
 
         logging.getLogger("bm25s").setLevel(logging.ERROR)

@@ -21,14 +21,10 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import io
-import logging
 import os
 import re
-import zipfile
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
-from xml.etree import ElementTree
 
 from lyre.errors import LyreError
 from lyre.rag.types import Document
@@ -189,63 +185,11 @@ def load_documents(
 # HTML
 
 
-class _HTMLText(HTMLParser):
-    """Collects visible text; block elements end lines, headings become '#' lines."""
-
-    SKIP = {"script", "style", "noscript", "template", "svg"}
-    BLOCK = {"p", "div", "section", "article", "header", "footer", "main", "aside", "nav",
-             "blockquote", "table", "tr", "ul", "ol", "dl", "dt", "dd", "figure", "form",
-             "hr", "pre", "title", "body"}
-    HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.skip_depth = 0
-        self.pre_depth = 0
-
-    def handle_starttag(self, tag: str, attrs) -> None:
-        if tag in self.SKIP:
-            self.skip_depth += 1
-        elif tag == "title":
-            self.parts.append("\n\n# ")  # the page title is the top heading
-        elif tag in self.HEADINGS:
-            self.parts.append("\n\n" + "#" * self.HEADINGS[tag] + " ")
-        elif tag in self.BLOCK:
-            self.parts.append("\n\n")
-            self.pre_depth += tag == "pre"
-        elif tag == "br":
-            self.parts.append("\n")
-        elif tag == "li":
-            self.parts.append("\n- ")
-        elif tag in {"td", "th"}:
-            self.parts.append(" ")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self.SKIP:
-            self.skip_depth = max(0, self.skip_depth - 1)
-        elif tag in self.HEADINGS or tag in self.BLOCK:
-            self.parts.append("\n\n")
-            if tag == "pre":
-                self.pre_depth = max(0, self.pre_depth - 1)
-
-    def handle_data(self, data: str) -> None:
-        if self.skip_depth:
-            return
-        if not self.pre_depth:
-            data = re.sub(r"\s+", " ", data)
-        self.parts.append(data)
-
-
 def html_to_text(html: str) -> str:
-    parser = _HTMLText()
-    parser.feed(html)
-    parser.close()
-    text = "".join(parser.parts)
-    text = re.sub(r"[ \t]+\n", "\n", text)  # trailing spaces
-    text = re.sub(r"\n[ \t]+(?=\S)", "\n", text)  # leading spaces left by collapsing
-    text = re.sub(r"(#+ )\s+", r"\1", text)  # '#  Title' -> '# Title'
-    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+    """Visible text of an HTML page (lyre.rag.html_text, imported only when HTML is met)."""
+    from lyre.rag.html_text import html_to_text as convert
+
+    return convert(html)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +197,8 @@ def html_to_text(html: str) -> str:
 
 
 def _load_pdf(data: bytes, source: str) -> list[Document]:
+    import logging
+
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
@@ -280,6 +226,9 @@ _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 
 def _docx_text(data: bytes) -> str:
     """Paragraph text of a .docx; 'Heading N' paragraph styles become N '#' marks."""
+    import zipfile  # here, not at the top: a plain-text run need not import zip and XML
+    from xml.etree import ElementTree
+
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             root = ElementTree.fromstring(z.read("word/document.xml"))

@@ -15,7 +15,7 @@ at the end of an indexing run rather than after each file, which would make inde
 quadratic) from the terms analysed when each source was written (kept in memory for this
 run; sources written by earlier runs are read back from SQLite and analysed again), and saved
 under a directory named by the generation it was built from, written to a temporary name and
-renamed (atomic). A reader that finds no matrix for the current generation (a run was
+renamed (atomic; lyre/rag/bm25_files.py). A reader that finds no matrix for the current generation (a run was
 interrupted before flush) rebuilds it in memory and saves it if no writer holds the lock.
 Measured in bench/rag_speed.py: at 100,000 chunks opening the saved matrix takes 17 ms and
 rebuilding it 2.6 s, which is why it is persisted at all.
@@ -31,7 +31,6 @@ import fcntl
 import fnmatch
 import json
 import os
-import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -40,7 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
+import lyre.rag.bm25_files as bm25_files
 from lyre.errors import LyreError
+from lyre.rag.bm25_files import SavedMatrix
 from lyre.rag.lexical import Analyzer, BM25Index, LexicalConfig, query_weights, top_k
 from lyre.rag.types import Chunk, Hit
 
@@ -101,39 +102,32 @@ class _Analysed:
     ids: np.ndarray  # every chunk's term ids, one after the other
 
 
-class _Lexical:
-    """The BM25 matrix of one generation and which SQLite row each of its documents is."""
-
-    def __init__(self, generation: int, index: BM25Index, rows: np.ndarray,
-                 source_codes: np.ndarray, source_names: list[str]) -> None:
-        self.generation = generation
-        self.index = index
-        self.rows = rows
-        self.source_codes = source_codes
-        self.source_names = source_names
-
-
 class EmbeddedStore:
     """SQLite + BM25 matrix + numpy vectors: the embedded lyre.rag.types.Store."""
 
     def __init__(self, path: str | Path, create: bool = False) -> None:
         self.path = Path(path)
         self.db_path = self.path / "index.sqlite"
-        if not self.db_path.exists():
+        creating = not self.db_path.exists()
+        if creating:
             if not create:
                 what = "is not a lyre index" if self.path.exists() else "does not exist"
                 raise LyreError(f"index {self.path} {what}; build one with "
                                 f"`lyre rag index DOCS --index {self.path}`")
             self.path.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = None
-        self._lexical: _Lexical | None = None
+        self._lexical: SavedMatrix | None = None
         self._analyzer: Analyzer | None = None
         self._analysed: dict[str, _Analysed] = {}  # source -> its terms, written by us
         self._vectors: tuple[int, np.ndarray, np.ndarray, np.ndarray, list[str]] | None = None
         try:
             self.conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=30)
+            # A new index holds nothing yet: its empty tables are created without waiting for
+            # the disk (the switch to WAL and the schema cost ~7 fsyncs, 0.2-15 ms each on a
+            # busy disk). Power lost right then leaves an empty, maybe corrupt index, which
+            # says so; every write of chunks below runs with synchronous=NORMAL.
+            self.conn.execute(f"PRAGMA synchronous={'OFF' if creating else 'NORMAL'}")
             self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
             fmt = self._meta_table_format()
             if fmt is None:
                 if not create:
@@ -141,6 +135,7 @@ class EmbeddedStore:
                 self._initialise()
             elif fmt != FORMAT:
                 raise LyreError(f"{self.db_path} is not a lyre index")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
             version = int(self.get_meta("version", "0"))
             if version != VERSION:
                 raise LyreError(f"index {self.path} has format version {version}, this lyre "
@@ -343,7 +338,7 @@ class EmbeddedStore:
         index = self._lexical_index().index
         return {t: index.document_frequency(t) for t in terms}
 
-    def _lexical_index(self) -> _Lexical:
+    def _lexical_index(self) -> SavedMatrix:
         generation = self.generation()
         if self._lexical is not None and self._lexical.generation == generation:
             return self._lexical
@@ -378,21 +373,10 @@ class EmbeddedStore:
             self.conn.execute("COMMIT")
         return generation, rowids, sources, np.concatenate(ids), np.concatenate(lengths)
 
-    def _bm25_dir(self, generation: int) -> Path:
-        return self.path / "bm25" / f"g{generation:09d}"
-
-    def _load_or_build(self, generation: int) -> _Lexical:
-        directory = self._bm25_dir(generation)
-        if directory.is_dir():
-            try:
-                index = BM25Index.load(directory)
-                rows = np.load(directory / "rows.npy")
-                codes = np.load(directory / "source_codes.npy")
-                names = json.loads((directory / "sources.json").read_text())
-                if index.config == self.lexical_config():
-                    return _Lexical(generation, index, rows, codes, names)
-            except (OSError, ValueError, KeyError, json.JSONDecodeError):
-                pass  # derived data: rebuild below
+    def _load_or_build(self, generation: int) -> SavedMatrix:
+        saved = bm25_files.load(self.path, generation)
+        if saved is not None and saved.index.config == self.lexical_config():
+            return saved
         return self._build(save=self._can_write())
 
     def _can_write(self) -> bool:
@@ -402,33 +386,16 @@ class EmbeddedStore:
         except LyreError:
             return False
 
-    def _build(self, save: bool) -> _Lexical:
+    def _build(self, save: bool) -> SavedMatrix:
         generation, rows, sources, ids, lengths = self._snapshot()
         index = BM25Index.from_term_ids(ids, lengths, self.analyzer().terms, self.lexical_config())
         names = sorted(set(sources))
         code_of = {n: i for i, n in enumerate(names)}
         codes = np.fromiter(map(code_of.__getitem__, sources), dtype=np.int32, count=len(sources))
-        lex = _Lexical(generation, index, rows, codes, names)
+        lex = SavedMatrix(generation, index, rows, codes, names)
         if save:
-            self._save_lexical(lex)
+            bm25_files.save(self.path, lex)
         return lex
-
-    def _save_lexical(self, lex: _Lexical) -> None:
-        final = self._bm25_dir(lex.generation)
-        if final.exists():
-            return
-        final.parent.mkdir(exist_ok=True)
-        tmp = final.parent / f".tmp-{os.getpid()}-{lex.generation}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        lex.index.save(tmp)
-        np.save(tmp / "rows.npy", lex.rows)
-        np.save(tmp / "source_codes.npy", lex.source_codes)
-        (tmp / "sources.json").write_text(json.dumps(lex.source_names))
-        os.rename(tmp, final)  # atomic: readers see the whole directory or none
-        for old in final.parent.iterdir():  # older generations are of no further use
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
 
     def flush(self) -> None:
         """Bring the BM25 matrix up to date with SQLite and save it (after a batch of writes)."""
@@ -436,7 +403,7 @@ class EmbeddedStore:
             return
         generation = self.generation()
         if self._lexical is None or self._lexical.generation != generation:
-            if not self._bm25_dir(generation).is_dir():
+            if not bm25_files.generation_dir(self.path, generation).is_dir():
                 self._lexical = self._build(save=True)
         self._analysed = {}  # built and saved: ~4 bytes per word need not stay in memory
 
