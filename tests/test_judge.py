@@ -49,12 +49,10 @@ class Scripted:
                     outer.in_flight += 1
                     outer.requests += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
-                try:
-                    time.sleep(outer.delay)
-                    self.answer(body["messages"][0]["content"])
-                finally:
-                    with outer.lock:
-                        outer.in_flight -= 1
+                time.sleep(outer.delay)
+                with outer.lock:  # before the reply: once it is sent, that client's next request may arrive
+                    outer.in_flight -= 1
+                self.answer(body["messages"][0]["content"])
 
             def answer(self, prompt: str):
                 marker = re.search(r"response `(\S+)`", prompt).group(1)
