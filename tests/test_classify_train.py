@@ -190,8 +190,20 @@ def _weights(run: Path, name: str = "last") -> dict[str, torch.Tensor]:
     return load_file(str(run / "checkpoints" / name / "model.safetensors"))
 
 
+def test_crop_cuts_a_share_of_the_texts_to_prefixes_deterministically():
+    from lyre.tasks.classify import crop
+
+    seqs = [list(range(50)) for _ in range(400)]
+    cut = crop(seqs, 0.5, seed=3, epoch=1, position=8)
+    assert cut == crop(seqs, 0.5, seed=3, epoch=1, position=8)  # resume draws the same
+    assert cut != crop(seqs, 0.5, seed=3, epoch=1, position=16)
+    assert all(1 <= len(c) <= 50 and c == s[: len(c)] for c, s in zip(cut, seqs, strict=True))
+    assert 150 < sum(len(c) < 50 for c in cut) < 250
+    assert crop(seqs, 0.0, 3, 1, 8) == seqs
+
+
 def test_n_steps_then_resume_equals_2n_straight(base, data, tmp_path):
-    settings = [*TRAIN_SETTINGS, "max_iters=14", "dropout=0.1"]  # 10 steps an epoch: crosses one
+    settings = [*TRAIN_SETTINGS, "max_iters=14", "dropout=0.1", "crop=0.5"]  # 10 steps an epoch: crosses one
     straight = finetune_classifier(base, data, tmp_path / "straight", overrides=settings,
                                    progress=False, quiet=True, plot=False)
     finetune_classifier(base, data, tmp_path / "split", overrides=settings, progress=False,
