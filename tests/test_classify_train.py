@@ -285,16 +285,11 @@ def test_bad_data_fails_before_anything_is_written(base, classifier, tmp_path, c
 
 @pytest.mark.skipif(not SMS.is_file(), reason=f"shared data {SMS} not present")
 def test_acceptance_spam_from_the_sms_data(base, tmp_path, capsys):
-    rows = [line.split("\t", 1) for line in SMS.read_text(encoding="utf-8").splitlines()]
-    spam = [r for r in rows if r[0] == "spam"][:80]
-    ham = [r for r in rows if r[0] == "ham"][:80]
-    data = write_tsv(tmp_path / "sms.tsv", [tuple(r) for pair in zip(ham, spam, strict=True) for r in pair])
+    """The issue's acceptance, the plain command on the whole SMS file: lyre's defaults (every
+    weight, lr 3e-4 cosine, crop augmentation, 5 epochs), no recipe flag; the base is the tiny
+    one of these tests (one thread: the test's only setting)."""
     out = tmp_path / "spam"
-    code, _, err = run_cli(capsys, "finetune", base, "--task", "classify", "--data", data, "--out", out,
-                           # A tiny, barely pretrained base learns best from every weight and
-                           # the mean over the tokens (docs/classify.md has the measurements).
-                           "--set", "trainable=all", "--set", "pooling=mean", "--set", "lr=1e-3",
-                           "--set", "min_lr=1e-3", "--set", "epochs=8", "--set", "max_length=48",
+    code, _, err = run_cli(capsys, "finetune", base, "--task", "classify", "--data", SMS, "--out", out,
                            "--set", "threads=1", "--no-progress")
     assert code == 0, err
     code, out_text, _ = run_cli(capsys, "classify", out, "WINNER!! Claim your free prize now")
