@@ -4,7 +4,7 @@ The run's config:
 
     [model]      the base's (only dropout and attn_impl may change: the weights fix the shape)
     [data]       the base's tokenizer
-    [train]      the book's chapter 6 recipe (batch 8, AdamW lr 5e-5, weight decay 0.1), then
+    [train]      batch 8, AdamW lr 3e-4 cosine to 3e-5, weight decay 0.1 (TRAIN_DEFAULTS), then
                  --set; max_iters = epochs x steps per epoch (a smaller --set max_iters caps
                  it), one evaluation per epoch unless --set eval_interval
     [finetune]   task "classify", the data files and their split (70/10/20, seed 123: the
