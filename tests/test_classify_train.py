@@ -190,8 +190,20 @@ def _weights(run: Path, name: str = "last") -> dict[str, torch.Tensor]:
     return load_file(str(run / "checkpoints" / name / "model.safetensors"))
 
 
+def test_crop_cuts_a_share_of_the_texts_to_prefixes_deterministically():
+    from lyre.tasks.classify import crop
+
+    seqs = [list(range(50)) for _ in range(400)]
+    cut = crop(seqs, 0.5, seed=3, epoch=1, position=8)
+    assert cut == crop(seqs, 0.5, seed=3, epoch=1, position=8)  # resume draws the same
+    assert cut != crop(seqs, 0.5, seed=3, epoch=1, position=16)
+    assert all(1 <= len(c) <= 50 and c == s[: len(c)] for c, s in zip(cut, seqs, strict=True))
+    assert 150 < sum(len(c) < 50 for c in cut) < 250
+    assert crop(seqs, 0.0, 3, 1, 8) == seqs
+
+
 def test_n_steps_then_resume_equals_2n_straight(base, data, tmp_path):
-    settings = [*TRAIN_SETTINGS, "max_iters=14", "dropout=0.1"]  # 10 steps an epoch: crosses one
+    settings = [*TRAIN_SETTINGS, "max_iters=14", "dropout=0.1", "crop=0.5"]  # 10 steps an epoch: crosses one
     straight = finetune_classifier(base, data, tmp_path / "straight", overrides=settings,
                                    progress=False, quiet=True, plot=False)
     finetune_classifier(base, data, tmp_path / "split", overrides=settings, progress=False,
@@ -273,16 +285,11 @@ def test_bad_data_fails_before_anything_is_written(base, classifier, tmp_path, c
 
 @pytest.mark.skipif(not SMS.is_file(), reason=f"shared data {SMS} not present")
 def test_acceptance_spam_from_the_sms_data(base, tmp_path, capsys):
-    rows = [line.split("\t", 1) for line in SMS.read_text(encoding="utf-8").splitlines()]
-    spam = [r for r in rows if r[0] == "spam"][:80]
-    ham = [r for r in rows if r[0] == "ham"][:80]
-    data = write_tsv(tmp_path / "sms.tsv", [tuple(r) for pair in zip(ham, spam, strict=True) for r in pair])
+    """The issue's acceptance, the plain command on the whole SMS file: lyre's defaults (every
+    weight, lr 3e-4 cosine, crop augmentation, 5 epochs), no recipe flag; the base is the tiny
+    one of these tests (one thread: the test's only setting)."""
     out = tmp_path / "spam"
-    code, _, err = run_cli(capsys, "finetune", base, "--task", "classify", "--data", data, "--out", out,
-                           # A tiny, barely pretrained base learns best from every weight and
-                           # the mean over the tokens (docs/classify.md has the measurements).
-                           "--set", "trainable=all", "--set", "pooling=mean", "--set", "lr=1e-3",
-                           "--set", "min_lr=1e-3", "--set", "epochs=8", "--set", "max_length=48",
+    code, _, err = run_cli(capsys, "finetune", base, "--task", "classify", "--data", SMS, "--out", out,
                            "--set", "threads=1", "--no-progress")
     assert code == 0, err
     code, out_text, _ = run_cli(capsys, "classify", out, "WINNER!! Claim your free prize now")

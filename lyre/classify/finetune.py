@@ -1,7 +1,8 @@
 """Fine-tune a classifier: `lyre finetune BASE --task classify --data FILE --out RUN`.
 
-    1. the run config: the base run's model, classification training defaults (the book's:
-       batch 8, AdamW lr 5e-5 constant, weight decay 0.1, 5 epochs), the [classify] section,
+    1. the run config: the base run's model, classification training defaults (batch 8,
+       AdamW lr 3e-4 cosine, weight decay 0.1, 5 epochs; lyre.classify.prepare), the [classify]
+       section (every weight trains, crop augmentation),
        then the --set overrides
     2. train on the one Trainer with lyre.tasks.classify (data, splits, head, metrics)
     3. load the best checkpoint (highest val accuracy), score train, val and test: accuracy,

@@ -87,9 +87,13 @@ class ClassificationTask:
 
     def draw(self, rows: int, device: torch.device) -> tuple[torch.Tensor, ...]:
         cls = self.config.extras["classify"]
+        epoch, position = self.order.epoch, self.order.position
         picked = self.order.take(rows)
         train = self.encoded["train"]
-        ids, lengths = pad_batch([train.ids[i] for i in picked], cls.pad_id, cls.pad_to, device)
+        seqs = [train.ids[i] for i in picked]
+        if cls.crop:
+            seqs = crop(seqs, cls.crop, self.config.train.seed, epoch, position)
+        ids, lengths = pad_batch(seqs, cls.pad_id, cls.pad_to, device)
         labels = torch.tensor([train.labels[i] for i in picked], dtype=torch.long, device=device)
         return ids, lengths, labels
 
@@ -146,6 +150,22 @@ class ClassificationTask:
         best = state.get("best_accuracy")
         self._best = -math.inf if best is None else float(best)
         self._since_best = int(state.get("since_best", 0))
+
+
+def crop(seqs: list[list[int]], share: float, seed: int, epoch: int, position: int) -> list[list[int]]:
+    """Cut about `share` of the token lists to a random prefix (1 token up to all of them).
+
+    The draw is a function of (seed, epoch, position), like the epoch's order, so a resumed
+    run crops exactly as the uninterrupted one. A prefix is what the text would be had its
+    writer stopped there: the label stays. In a causal model the prefix's last hidden state is
+    the full text's hidden state at that position, so this teaches the head to read earlier
+    positions too, instead of learning "long means spam".
+    """
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + position)
+    cut = torch.rand(len(seqs), generator=g) < share
+    where = torch.rand(len(seqs), generator=g)
+    return [seq[: 1 + int(w * len(seq))] if c else seq
+            for seq, c, w in zip(seqs, cut.tolist(), where.tolist(), strict=True)]
 
 
 def _head(encoded: Encoded, rows: int) -> Encoded:
