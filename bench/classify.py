@@ -25,6 +25,7 @@ the 149, and is scored once on the 300; the test split is never looked at before
   (d) lora / last_block   LoRA adapters (rank 8, lr 1e-3) + head, and the book's choice of
                      what trains: the last block, the final norm and the head (lr 5e-4)
       defaults       `lyre finetune --task classify` as it comes (5 epochs; docs/classify.md)
+      defaults_ls    the defaults with label smoothing 0.1
       book_defaults  the book's recipe (last block + norm + head, lr 5e-5 constant, 5 epochs,
                      no crop augmentation)
   (e) scikit-learn   TF-IDF word 1-2-grams + logistic regression, TF-IDF char 2-5-grams +
@@ -167,12 +168,13 @@ def variants(epochs: int) -> list[tuple[str, str, int, list[str]]]:
         ("last_block", "pretrained", 0, ["trainable=blocks", "lr=5e-4", "min_lr=5e-4", f"epochs={epochs}",
                                          "crop=0"]),
         ("defaults", "pretrained", 0, []),  # `lyre finetune --task classify` as it comes
+        ("defaults_ls", "pretrained", 0, ["label_smoothing=0.1"]),  # the defaults, label smoothing
         ("book_defaults", "pretrained", 0, BOOK),  # the book's recipe, 5 epochs
     ]
 
 
 # Variants run at every --seeds (the others at the first seed only).
-MULTI_SEED = ("pretrained", "random_init", "defaults", "pretrained_crop", "pretrained_ls",
+MULTI_SEED = ("pretrained", "random_init", "defaults", "defaults_ls", "pretrained_crop", "pretrained_ls",
               "pretrained_lastmean", "pretrained_ls_lastmean")
 
 
