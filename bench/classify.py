@@ -16,12 +16,16 @@ the 149, and is scored once on the 300; the test split is never looked at before
                      3e-5, 20 epochs, batches of 8, the last non-padding token
       pretrained_crop  (a) with crop augmentation (classify.crop=0.5: half the texts drawn
                      are cut to a random prefix)
+      pretrained_ls  (a) with label smoothing 0.1 in the training loss
+      pretrained_lastmean  (a) with the head reading [last non-pad state, mean over real tokens]
+      pretrained_ls_lastmean  both
   (b) random_init    the same recipe on the same architecture with random weights
   (c) last_token     (a) pooling the last position of a fixed-length padded batch (the book's
                      main recipe) instead of the last non-padding token
   (d) lora / last_block   LoRA adapters (rank 8, lr 1e-3) + head, and the book's choice of
                      what trains: the last block, the final norm and the head (lr 5e-4)
       defaults       `lyre finetune --task classify` as it comes (5 epochs; docs/classify.md)
+      defaults_ls    the defaults with label smoothing 0.1
       book_defaults  the book's recipe (last block + norm + head, lr 5e-5 constant, 5 epochs,
                      no crop augmentation)
   (e) scikit-learn   TF-IDF word 1-2-grams + logistic regression, TF-IDF char 2-5-grams +
@@ -156,12 +160,22 @@ def variants(epochs: int) -> list[tuple[str, str, int, list[str]]]:
         ("random_init", "random", 0, recipe),
         ("pretrained_crop", "pretrained", 0, [*recipe[:-1], "crop=0.5"]),  # R with crop augmentation
         ("last_token", "pretrained", 0, [*recipe, "pooling=last"]),
+        ("pretrained_ls", "pretrained", 0, [*recipe, "label_smoothing=0.1"]),  # R, label smoothing
+        ("pretrained_lastmean", "pretrained", 0, [*recipe, "pooling=last+mean"]),  # R, last + mean
+        ("pretrained_ls_lastmean", "pretrained", 0, [*recipe, "label_smoothing=0.1",
+                                                     "pooling=last+mean"]),
         ("lora", "pretrained", 8, [f"epochs={epochs}", "crop=0"]),
         ("last_block", "pretrained", 0, ["trainable=blocks", "lr=5e-4", "min_lr=5e-4", f"epochs={epochs}",
                                          "crop=0"]),
         ("defaults", "pretrained", 0, []),  # `lyre finetune --task classify` as it comes
+        ("defaults_ls", "pretrained", 0, ["label_smoothing=0.1"]),  # the defaults, label smoothing
         ("book_defaults", "pretrained", 0, BOOK),  # the book's recipe, 5 epochs
     ]
+
+
+# Variants run at every --seeds (the others at the first seed only).
+MULTI_SEED = ("pretrained", "random_init", "defaults", "defaults_ls", "pretrained_crop", "pretrained_ls",
+              "pretrained_lastmean", "pretrained_ls_lastmean")
 
 
 def finetune(name: str, base: Path, lora: int, overrides: list[str], work: Path, threads: int) -> dict:
@@ -212,7 +226,7 @@ def main() -> None:
     for name, which, lora, overrides in variants(args.epochs):
         if args.only and name not in args.only:
             continue
-        seeds = args.seeds if name in ("pretrained", "random_init", "defaults", "pretrained_crop") else args.seeds[:1]
+        seeds = args.seeds if name in MULTI_SEED else args.seeds[:1]
         runs = []
         for seed in seeds:
             runs.append(finetune(name if seed == seeds[0] else f"{name}-seed{seed}", bases[which], lora,

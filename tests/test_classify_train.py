@@ -319,3 +319,43 @@ def test_early_stop_on_val_accuracy(base, data, tmp_path):
     assert result.train.stopped_early and "without a better val accuracy" in result.train.stopped_early
     assert result.train.step < result.prepared.config.train.max_iters
     assert result.report["checkpoint"] == "best" and result.report["test"]["rows"] == 24
+
+
+# ---- options: last+mean pooling, label smoothing ----------------------------------------------
+
+
+def test_last_plus_mean_pooling_reads_both_side_by_side(base):
+    from lyre.classify.model import pool
+
+    states = torch.arange(2 * 3 * 1, dtype=torch.float32).view(2, 3, 1)  # row 0: 0 1 2, row 1: 3 4 5
+    both = pool(states, torch.tensor([2, 3]), "last+mean")
+    assert both.tolist() == [[1.0, 0.5], [5.0, 4.0]]  # [last non-pad, mean over real tokens]
+    model = SequenceClassifier(build_model(load_config(base / "config.json").model), 3, "last+mean")
+    assert model.head.in_features == 2 * model.config.n_embd
+    ids, lengths = pad_batch([[5, 6, 7], [8]], pad_id=0)
+    assert model(ids, lengths=lengths)[0].shape == (2, 3)
+
+
+def test_label_smoothing_is_the_training_loss(base, data, tmp_path):
+    from types import SimpleNamespace
+
+    from lyre.classify.config import ClassifyConfig
+    from lyre.tasks.classify import ClassificationTask
+
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3]])
+    labels = torch.tensor([0, 1])
+    task = ClassificationTask.__new__(ClassificationTask)  # only its loss is asked for
+    task.config = SimpleNamespace(extras={"classify": ClassifyConfig(label_smoothing=0.1)})
+    forward = lambda ids, targets, lengths: (logits, None)  # noqa: E731
+    expected = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
+    assert task.loss(forward, (None, None, labels)).item() == pytest.approx(expected.item())
+    assert expected.item() > torch.nn.functional.cross_entropy(logits, labels).item()
+    with pytest.raises(LyreError, match="label_smoothing"):
+        ClassifyConfig(label_smoothing=1.0).validate()
+    out = tmp_path / "smooth"
+    finetune_classifier(base, data, out, overrides=[*TRAIN_SETTINGS, "label_smoothing=0.1",
+                                                    "pooling=last+mean", "max_iters=2"],
+                        progress=False, quiet=True, plot=False)
+    cls = json.loads((out / "config.json").read_text())["classify"]
+    assert cls["label_smoothing"] == 0.1 and cls["pooling"] == "last+mean"
+    assert load_classifier(out).classify([HAM])[0].label in ("ham", "spam")

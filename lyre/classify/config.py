@@ -15,7 +15,7 @@ from pathlib import Path
 from lyre.config import RunConfig, register_section
 from lyre.errors import LyreError
 
-POOLINGS = ("last_nonpad", "last", "mean")
+POOLINGS = ("last_nonpad", "last", "mean", "last+mean")
 TRAINABLE = ("head", "blocks", "all", "lora")
 
 
@@ -30,7 +30,7 @@ class ClassifyConfig:
     text_column: str = ""  # the column (header name) or JSON key of the text; empty: detected
     label_column: str = ""  # the same for the label
     balance: bool = False  # undersample every class to the size of the smallest (the book's way)
-    pooling: str = "last_nonpad"  # last_nonpad | last | mean: which hidden states the head reads
+    pooling: str = "last_nonpad"  # last_nonpad | last | mean | last+mean: what the head reads
     trainable: str = "all"  # head | blocks (last `blocks` + final norm: the book's) | all | lora
     blocks: int = 1  # trainable=blocks: how many of the last transformer blocks train
     eval_train_rows: int = 512  # training rows scored at each evaluation (0: all)
@@ -38,6 +38,10 @@ class ClassifyConfig:
     # of their own tokens (same label). Without it a short text looks like ham to a model
     # trained on SMS data, where nearly all spam is long (docs/classify.md, "Short texts").
     crop: float = 0.5
+    # Label smoothing of the training loss (0: plain cross-entropy): the target puts 1 - s on
+    # the true class and s spread over all classes, so the head stops pushing logits apart
+    # once it is right. Evaluation losses stay plain cross-entropy.
+    label_smoothing: float = 0.0
     # Filled in when the run starts:
     pad_id: int = 0  # the id padding uses: <|endoftext|> when the tokenizer has it
     pad_to: int = 0  # pooling=last: every batch padded to this length (the longest training text)
@@ -55,6 +59,9 @@ class ClassifyConfig:
                 raise LyreError(f"classify.{name} must not be negative; got {getattr(self, name)}")
         if not 0.0 <= self.crop <= 1.0:
             raise LyreError(f"classify.crop is a share of the training texts, from 0 to 1; got {self.crop}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise LyreError("classify.label_smoothing must be at least 0 and below 1; "
+                            f"got {self.label_smoothing}")
         if len(set(self.labels)) != len(self.labels):
             raise LyreError(f"classify.labels has a label twice: {self.labels}")
 

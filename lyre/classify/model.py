@@ -15,6 +15,7 @@ Pooling chooses the vector the head reads:
                  padded to one fixed length (classify.pad_to) so that a text's answer does not
                  depend on the texts it is batched with
     mean         the mean over the real tokens
+    last+mean    the last real token and the mean over the real tokens, side by side (2 x C)
 
 What trains (classify.trainable): the head only; the last N blocks and the final norm (the
 book's choice, N=1); everything; or LoRA adapters in the base (lyre.lora) and the head.
@@ -50,6 +51,8 @@ def pool(states: torch.Tensor, lengths: torch.Tensor, how: str) -> torch.Tensor:
     """One vector per row of states [B, T, C], as `how` says (see the module docstring)."""
     if how == "last":
         return states[:, -1]
+    if how == "last+mean":
+        return torch.cat([pool(states, lengths, "last_nonpad"), pool(states, lengths, "mean")], dim=-1)
     if how == "mean":
         real = torch.arange(states.size(1), device=states.device) < lengths.unsqueeze(1)  # [B, T]
         summed = (states * real.unsqueeze(-1).to(states.dtype)).sum(dim=1)
@@ -73,7 +76,7 @@ class SequenceClassifier(nn.Module):
         self.base = base
         self.config = base.config  # block_size, for callers that fit texts to the context
         self.pooling = pooling
-        self.head = nn.Linear(width, num_classes, bias=False)
+        self.head = nn.Linear(width * (2 if pooling == "last+mean" else 1), num_classes, bias=False)
         nn.init.normal_(self.head.weight, mean=0.0, std=0.02)
 
     @property

@@ -99,7 +99,11 @@ class ClassificationTask:
 
     def loss(self, forward: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         ids, lengths, labels = batch
-        return forward(ids, labels, lengths)[1]
+        smoothing = self.config.extras["classify"].label_smoothing
+        if not smoothing:
+            return forward(ids, labels, lengths)[1]
+        logits = forward(ids, None, lengths)[0]
+        return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
 
     # ---- evaluation ----------------------------------------------------------------------
 
