@@ -31,7 +31,7 @@ from lyre.config import RunConfig, TrainConfig, load_config
 from lyre.errors import LyreError
 from lyre.finetune import base as base_mod
 from lyre.finetune.config import FinetuneConfig
-from lyre.finetune.prepare import Base, resolve_base
+from lyre.finetune.prepare import Base, derive_schedule, resolve_base
 from lyre.io import remove_path, write_json
 from lyre.rundir import RunDir
 from lyre.tokenizers import load_tokenizer
@@ -99,29 +99,11 @@ def _world_size() -> int:
         return 1
 
 
-def _overridden(overrides: list[str], section: str, name: str) -> bool:
-    return any(item.partition("=")[0].strip() in (name, f"{section}.{name}") for item in overrides)
-
-
 def steps_per_epoch(config: RunConfig, train_rows: int) -> int:
     """Full batches per pass over the training split (the last partial batch waits, as the
     book's drop_last=True)."""
     cfg = config.train
     return max(1, train_rows // (cfg.batch_size * cfg.grad_accum * _world_size()))
-
-
-def derive_schedule(config: RunConfig, overrides: list[str], per_epoch: int, resume: bool) -> None:
-    cfg, ft = config.train, config.extras["finetune"]
-    budget = ft.epochs * per_epoch
-    if resume:
-        if _overridden(overrides, "finetune", "epochs") and not _overridden(overrides, "train", "max_iters"):
-            cfg.max_iters = budget
-        return
-    cfg.max_iters = min(cfg.max_iters, budget) if cfg.max_iters else budget
-    if not _overridden(overrides, "train", "eval_interval"):
-        cfg.eval_interval = min(per_epoch, cfg.max_iters)
-    if not _overridden(overrides, "train", "log_interval"):
-        cfg.log_interval = max(1, min(10, cfg.max_iters // 20))
 
 
 def fresh_config(base: Base, lora_rank: int, data: Path, overrides: list[str],
@@ -194,7 +176,7 @@ def prepare_classifier(*, base: str | Path | None, data: str | Path | None, out:
         base_dir = base_mod.check_base(out, ft) if "lora" in config.extras else None
         train_rows = len(read_split(out / "data" / "train.jsonl"))
         per_epoch = steps_per_epoch(config, train_rows)
-        derive_schedule(config, overrides, per_epoch, resume=True)
+        derive_schedule(config, overrides, per_epoch, resume=True, evals_per_epoch=1, scale_warmup=False)
         return PreparedClassifier(config, None, out / "tokenizer", base_dir, ft.base_checkpoint,
                                   resume=True, steps_per_epoch=per_epoch)
     if base is None or data is None:
@@ -221,7 +203,8 @@ def prepare_classifier(*, base: str | Path | None, data: str | Path | None, out:
         notes.append(f"{train.truncated:,} of {len(train.ids):,} training texts were longer than "
                      f"{limit} tokens and keep their first {limit}")
     per_epoch = steps_per_epoch(config, len(train.ids))
-    derive_schedule(config, overrides, per_epoch, resume=False)
+    derive_schedule(config, overrides, per_epoch, resume=False, evals_per_epoch=1,
+                    scale_warmup=False)
     sizes = " / ".join(f"{len(getattr(dataset.splits, n)):,} {n}" for n in SPLITS)
     notes.insert(0, f"classify: {len(cls.labels)} classes ({', '.join(cls.labels)}); {sizes}; "
                     f"{per_epoch:,} steps per epoch x {ft.epochs} epoch(s) -> "

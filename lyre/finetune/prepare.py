@@ -239,8 +239,10 @@ def _check_model_unchanged(base: RunConfig, config: RunConfig) -> None:
 
 
 def derive_schedule(config: RunConfig, overrides: list[str], steps_per_epoch: int,
-                    resume: bool) -> None:
-    """max_iters from the epochs (capped by a --set max_iters), and step-scaled defaults."""
+                    resume: bool, *, evals_per_epoch: int = 2, scale_warmup: bool = True) -> None:
+    """max_iters from the epochs (capped by a --set max_iters), and step-scaled defaults for
+    what --set left alone: evaluations per epoch, warmup, log interval. (Classification
+    evaluates once per epoch, as the book does, and keeps its own warmup.)"""
     cfg, ft = config.train, config.extras["finetune"]
     budget = ft.epochs * steps_per_epoch
     if resume:
@@ -249,8 +251,8 @@ def derive_schedule(config: RunConfig, overrides: list[str], steps_per_epoch: in
         return
     cfg.max_iters = min(cfg.max_iters, budget) if cfg.max_iters else budget
     if not _overridden(overrides, "train", "eval_interval"):
-        cfg.eval_interval = max(1, min(steps_per_epoch // 2, cfg.max_iters))
-    if not _overridden(overrides, "train", "warmup_iters"):
+        cfg.eval_interval = max(1, min(steps_per_epoch // evals_per_epoch, cfg.max_iters))
+    if scale_warmup and not _overridden(overrides, "train", "warmup_iters"):
         cfg.warmup_iters = min(max(1, cfg.max_iters // 20), 100)
     if not _overridden(overrides, "train", "log_interval"):
         cfg.log_interval = max(1, min(10, cfg.max_iters // 20))
