@@ -22,7 +22,7 @@ from pathlib import Path
 from lyre import checkpoint as ckpt
 from lyre.config import RunConfig, config_from_json, save_config
 from lyre.errors import LyreError
-from lyre.io import prepare_output_dir, read_json_object
+from lyre.io import prepare_output_dir, read_json_object, remove_path
 
 # What a fresh run writes, and what --force clears; data/ stays (reused if it is the same corpus).
 OUTPUTS = ("checkpoints", "metrics.jsonl", "loss.png", "config.json", "tokenizer", "tensorboard",
@@ -105,7 +105,7 @@ class RunDir:
         """Copy the prepared data's tokenizer into the run. A fresh start replaces whatever is
         there: a failed earlier attempt may have left another corpus's tokenizer."""
         if not resume:
-            shutil.rmtree(self.tokenizer_dir, ignore_errors=True)
+            remove_path(self.tokenizer_dir)
         if not self.tokenizer_dir.exists():
             shutil.copytree(source, self.tokenizer_dir)
 

@@ -20,7 +20,6 @@ run directory is touched; the Trainer's task writes the run's copies at its set-
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -81,15 +80,9 @@ class PreparedClassifier:
             write_split(run.data_dir / f"{name}.jsonl", getattr(self.dataset.splits, name))
         write_json(run.data_dir / "meta.json", {"task": TASK, "labels": self.dataset.labels,
                                                 **{n: len(getattr(self.dataset.splits, n)) for n in SPLITS}})
-        remove_path(run.tokenizer_dir)
-        shutil.copytree(self.tokenizer_dir, run.tokenizer_dir)
+        run.take_tokenizer(self.tokenizer_dir, resume=False)
         if self.hf_base is not None:
-            target = run.path / "base"
-            if target.exists() and not base_mod.is_lyre_run(target):
-                raise LyreError(f"{target} exists and is not a base this command wrote; move it away")
-            remove_path(target)
-            shutil.move(str(self.base_dir), target)
-            self.base_dir = target
+            self.base_dir = base_mod.keep_with_run(self.base_dir, run.path)
 
 
 def _world_size() -> int:

@@ -11,6 +11,7 @@ adapters and merging them in. A base may itself be a LoRA run (DPO after a LoRA 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch.nn as nn
@@ -19,7 +20,7 @@ from lyre import checkpoint as ckpt
 from lyre.config import RunConfig, config_from_json
 from lyre.errors import LyreError
 from lyre.finetune.config import FinetuneConfig
-from lyre.io import read_json_object
+from lyre.io import read_json_object, remove_path
 from lyre.lora import apply_lora, checkpoint_adapters_only, merge_lora
 
 MAX_DEPTH = 8  # base of a base of ...: a loop in the pointers must not recurse forever
@@ -36,6 +37,17 @@ def is_hf_model_dir(path: Path) -> bool:
         return "model_type" in read_json_object(path / "config.json")
     except LyreError:
         return False
+
+
+def keep_with_run(converted: Path, run_dir: Path) -> Path:
+    """LoRA on a Hugging Face directory: move the base converted from it into RUN_DIR/base, so
+    the run (adapters only) keeps the weights it needs. Returns the new path."""
+    target = run_dir / "base"
+    if target.exists() and not is_lyre_run(target):
+        raise LyreError(f"{target} exists and is not a base this command wrote; move it away")
+    remove_path(target)
+    shutil.move(str(converted), target)
+    return target
 
 
 def pick_checkpoint(run_dir: Path) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,15 +100,9 @@ class Prepared:
             write_records(run.data_dir / f"{name}.jsonl", records)
         write_json(run.data_dir / "meta.json", {"task": self.task.name, "template": self.template.name,
                                                 **{name: len(getattr(self.splits, name)) for name in SPLITS}})
-        remove_path(run.tokenizer_dir)
-        shutil.copytree(self.tokenizer_dir, run.tokenizer_dir)
+        run.take_tokenizer(self.tokenizer_dir, resume=False)
         if self.hf_base is not None:  # LoRA on a Hugging Face directory: keep the base with the run
-            target = run.path / "base"
-            if target.exists() and not base_mod.is_lyre_run(target):
-                raise LyreError(f"{target} exists and is not a base this command wrote; move it away")
-            remove_path(target)
-            shutil.move(str(self.base_dir), target)
-            self.base_dir = target
+            self.base_dir = base_mod.keep_with_run(self.base_dir, run.path)
 
     def build_model(self, config: RunConfig) -> nn.Module:
         """The base's weights, then the adapters (LoRA) or the frozen blocks (full)."""
