@@ -34,12 +34,7 @@ _EXPORTS = {
     "Trainer": "lyre.train", "TrainResult": "lyre.train",
 }
 
-__all__ = [  # the keys of _EXPORTS
-    "DataConfig", "RunConfig", "TrainConfig", "load_config", "Completion", "Engine", "LyreError",
-    "evaluate_run", "evaluate_text", "SamplingConfig", "export_hf", "from_pretrained", "import_hf",
-    "GPT", "BigramLM", "GPTConfig", "build_model", "load_run", "build_tokenizer", "load_tokenizer",
-    "Trainer", "TrainResult",
-]
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
@@ -55,14 +50,14 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-if TYPE_CHECKING:  # what type checkers and editors see
-    from lyre.config import DataConfig, RunConfig, TrainConfig, load_config
-    from lyre.engine import Completion, Engine
-    from lyre.errors import LyreError
-    from lyre.evaluate import evaluate_run, evaluate_text
-    from lyre.generate import SamplingConfig
-    from lyre.hf import export_hf, from_pretrained, import_hf
-    from lyre.model import GPT, BigramLM, GPTConfig, build_model
-    from lyre.runs import load_run
-    from lyre.tokenizers import build_tokenizer, load_tokenizer
-    from lyre.train import Trainer, TrainResult
+if TYPE_CHECKING:  # what type checkers and editors see (names used through __all__)
+    from lyre.config import DataConfig, RunConfig, TrainConfig, load_config  # noqa: F401
+    from lyre.engine import Completion, Engine  # noqa: F401
+    from lyre.errors import LyreError  # noqa: F401
+    from lyre.evaluate import evaluate_run, evaluate_text  # noqa: F401
+    from lyre.generate import SamplingConfig  # noqa: F401
+    from lyre.hf import export_hf, from_pretrained, import_hf  # noqa: F401
+    from lyre.model import GPT, BigramLM, GPTConfig, build_model  # noqa: F401
+    from lyre.runs import load_run  # noqa: F401
+    from lyre.tokenizers import build_tokenizer, load_tokenizer  # noqa: F401
+    from lyre.train import Trainer, TrainResult  # noqa: F401
