@@ -5,13 +5,13 @@ OpenAI itself): `POST {base_url}/chat/completions` with the prompt below, temper
 reply should be a number; the first integer from 0 to 100 in it is the score, and a reply
 without one is counted and shown, never a crash.
 
-Requests run `concurrency` at a time. A connection error, a timeout, a 429 or a 5xx is retried
-`retries` times with exponential backoff (0.5 s, 1 s, 2 s, ...); what still fails is counted
-with its reason. A first request is sent alone: an endpoint that is down, too slow, or refuses
-the key or the model name stops the command at once with one line that says so, instead of
-failing every response.
-
-Only the standard library is used (urllib, threads): a judge needs no extra dependency.
+Requests run `concurrency` at a time through lyre's one OpenAI-compatible client
+(lyre/openai_client.py): a connection error, a timeout, a 429 or a 5xx is retried `retries`
+times with exponential backoff (0.5 s, 1 s, 2 s, ...); what still fails is counted with its
+reason. A first request is sent alone: an endpoint that is down, too slow, or refuses the key or
+the model name stops the command at once with one line that says so, instead of failing every
+response. A run in which no response got a score is an error too (judge_file, after saving the
+replies): "mean score n/a over 0 of 55" is no result.
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +26,7 @@ from typing import Any
 
 from lyre.errors import LyreError
 from lyre.io import atomic_write_text
+from lyre.openai_client import EndpointError, OpenAIClient, RetryPolicy
 
 PROMPT = (
     "Given the input `{prompt}` and correct output `{reference}`, score the model response "
@@ -78,67 +76,26 @@ def parse_score(reply: str) -> int | None:
 # Talking to the endpoint
 
 
-class _Fatal(Exception):
-    """An answer that retrying cannot change (401, 404, a model the endpoint does not know)."""
+def client(settings: JudgeSettings) -> OpenAIClient:
+    """The endpoint, with lyre's one retry policy (lyre/openai_client.py)."""
+    return OpenAIClient(settings.base_url, settings.api_key, timeout=settings.timeout,
+                        retry=RetryPolicy(settings.retries, settings.backoff))
 
 
-class _Transient(Exception):
-    """Worth another try: no connection, a timeout, 429, 5xx, a reply that is not JSON."""
-
-
-def _post(settings: JudgeSettings, prompt: str) -> str:
-    body = json.dumps({"model": settings.model, "temperature": 0, "max_tokens": settings.max_tokens,
-                       "messages": [{"role": "user", "content": prompt}]}).encode("utf-8")
-    headers = {"Content-Type": "application/json"}
-    if settings.api_key:
-        headers["Authorization"] = f"Bearer {settings.api_key}"
-    request = urllib.request.Request(settings.url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=settings.timeout) as response:
-            raw = response.read()
-    except urllib.error.HTTPError as e:
-        detail = _error_detail(e)
-        if e.code == 429 or e.code >= 500:
-            raise _Transient(f"HTTP {e.code}{detail}") from None
-        raise _Fatal(f"HTTP {e.code}{detail}") from None
-    except TimeoutError:
-        raise _Transient(f"no reply within {settings.timeout:g} s") from None
-    except urllib.error.URLError as e:
-        reason = e.reason if isinstance(e.reason, str) else type(e.reason).__name__
-        if isinstance(e.reason, TimeoutError):
-            reason = f"no reply within {settings.timeout:g} s"
-        elif isinstance(e.reason, OSError) and e.reason.strerror:
-            reason = e.reason.strerror
-        raise _Transient(f"cannot connect ({reason})") from None
-    except (ConnectionError, OSError) as e:
-        raise _Transient(f"connection failed ({type(e).__name__})") from None
-    try:
-        content = json.loads(raw)["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise _Transient(f"the reply is not an OpenAI chat completion: {raw[:80]!r}") from None
+def _content(reply) -> str:
+    content = reply["choices"][0]["message"]["content"]
     if not isinstance(content, str):
-        raise _Transient("the reply has no message content")
+        raise TypeError("the reply has no message content")
     return content
 
 
-def _error_detail(e: urllib.error.HTTPError) -> str:
-    try:
-        message = json.loads(e.read())["error"]["message"]
-        return f": {str(message).splitlines()[0][:160]}"
-    except Exception:  # not OpenAI's error shape: the status says enough
-        return ""
-
-
-def ask(settings: JudgeSettings, prompt: str, sleep=time.sleep) -> str:
-    """One judge reply, retried with backoff on transient failures; _Fatal / _Transient escape."""
-    for attempt in range(settings.retries + 1):
-        try:
-            return _post(settings, prompt)
-        except _Transient:
-            if attempt == settings.retries:
-                raise
-            sleep(settings.backoff * 2 ** attempt)
-    raise AssertionError("unreachable")
+def ask(endpoint: OpenAIClient, settings: JudgeSettings, prompt: str) -> str:
+    """One judge reply, retried as the policy says; EndpointError when it still fails
+    (`.transient`: False for an answer retrying cannot change: 401, 404, an unknown model)."""
+    body = {"model": settings.model, "temperature": 0, "max_tokens": settings.max_tokens,
+            "messages": [{"role": "user", "content": prompt}]}
+    return endpoint.post_json("/chat/completions", body, extract=_content,
+                              expected="an OpenAI chat completion")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,6 +143,22 @@ class JudgeReport:
                       for item, v in zip(self.items, self.verdicts, strict=True)],
         }
 
+    def check_scored(self) -> None:
+        """LyreError when no response got a score: a mean over nothing is no result."""
+        if self.scores:
+            return
+        if self.failed:
+            why = (f"{len(self.failed)} request(s) failed after {self.settings.retries} retries "
+                   f"(first: {self.failed[0].error})")
+            if self.not_numbers:
+                why += f" and {len(self.not_numbers)} repl(ies) were not a number 0-100"
+        else:
+            why = (f"no reply was a number 0-100 (e.g. {(self.not_numbers[0].reply or '')[:60]!r}); "
+                   "is the judge model able to follow the prompt?")
+        saved = f"; every reply is in {self.path}" if self.path is not None else ""
+        raise LyreError(f"the judge {self.settings.model} scored none of the "
+                        f"{len(self.verdicts)} responses: {why}{saved}")
+
     def summary(self) -> str:
         mean = "n/a" if self.mean is None else f"{self.mean:.2f}"
         lines = [f"judge {self.settings.model}: mean score {mean} over {len(self.scores)} of "
@@ -212,29 +185,34 @@ def judge(items: list[dict[str, Any]], settings: JudgeSettings) -> JudgeReport:
         raise LyreError("nothing to judge: no responses")
     prompts = [PROMPT.format(prompt=i["prompt"], reference=i["reference"], response=i["response"])
                for i in items]
+    with client(settings) as endpoint:
 
-    def one(index: int) -> Verdict:
+        def one(index: int) -> Verdict:
+            try:
+                reply = ask(endpoint, settings, prompts[index])
+            except EndpointError as e:
+                if not e.transient:
+                    raise
+                return Verdict(index, error=e.reason)
+            return Verdict(index, parse_score(reply), reply)
+
+        try:  # the first request alone: a dead endpoint is one clear error, not N failures
+            first = ask(endpoint, settings, prompts[0])
+        except EndpointError as e:
+            raise LyreError(f"the judge at {settings.url} (model {settings.model!r}) failed: "
+                            f"{e.reason}") from None
+        verdicts = [Verdict(0, parse_score(first), first)]
         try:
-            reply = ask(settings, prompts[index])
-        except _Transient as e:
-            return Verdict(index, error=str(e))
-        return Verdict(index, parse_score(reply), reply)
-
-    try:  # the first request alone: a dead endpoint is one clear error, not N failures
-        first = ask(settings, prompts[0])
-    except (_Transient, _Fatal) as e:
-        raise LyreError(f"the judge at {settings.url} (model {settings.model!r}) failed: {e}") from None
-    verdicts = [Verdict(0, parse_score(first), first)]
-    try:
-        with ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
-            verdicts += list(pool.map(one, range(1, len(items))))
-    except _Fatal as e:
-        raise LyreError(f"the judge at {settings.url} refused a request: {e}") from None
+            with ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
+                verdicts += list(pool.map(one, range(1, len(items))))
+        except EndpointError as e:
+            raise LyreError(f"the judge at {settings.url} refused a request: {e.reason}") from None
     return JudgeReport(settings, items, verdicts)
 
 
 def judge_file(path: str | Path, settings: JudgeSettings, out: str | Path | None = None) -> JudgeReport:
-    """Judge RUN/responses.json (or a file like it) and save every score beside it (judge.json)."""
+    """Judge RUN/responses.json (or a file like it) and save every score beside it (judge.json).
+    A judge that scored nothing is an error (after saving, so its replies can be read)."""
     from lyre.finetune.responses import read_responses
 
     settings.validate()  # before reading anything
@@ -244,6 +222,7 @@ def judge_file(path: str | Path, settings: JudgeSettings, out: str | Path | None
     target = Path(out) if out else (path if path.is_dir() else path.parent) / JUDGE_FILE
     atomic_write_text(target, json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
     report.path = target
+    report.check_scored()
     return report
 
 

@@ -187,8 +187,9 @@ def test_cli_saves_every_score_and_fails_in_one_line(tmp_path, capsys):
 
 
 def test_a_tiny_lyre_serve_as_the_judge(tmp_path_factory, tmp_path):
-    """A real OpenAI-compatible server: the tiny run's replies are rarely numbers, and every one
-    of them is accounted for (scored or counted), none crashes the judge."""
+    """A real OpenAI-compatible server: the tiny run's replies are not numbers, and every one
+    of them is accounted for and saved; a judge that scored nothing is an error, not a mean of
+    n/a (issue 19.13)."""
     from lyre.runs import load_run
     from lyre.serve import ServeSettings
     from lyre.serve.server import start_background
@@ -197,8 +198,27 @@ def test_a_tiny_lyre_serve_as_the_judge(tmp_path_factory, tmp_path):
     path = tmp_path / "responses.json"
     path.write_text(json.dumps({"responses": items("The sky is blue.", "Green.", "It is red.")}))
     with start_background(run, ServeSettings(model_name="tiny")) as srv:
-        report = judge_file(path, JudgeSettings(base_url=srv.url + "/v1", model="tiny", max_tokens=8))
-    assert len(report.verdicts) == 3 and not report.failed
-    assert len(report.scores) + len(report.not_numbers) == 3
-    assert all(v.reply is not None for v in report.verdicts)
-    assert json.loads((tmp_path / "judge.json").read_text())["count"] == 3
+        with pytest.raises(LyreError, match="scored none of the 3 responses: no reply was a number"):
+            judge_file(path, JudgeSettings(base_url=srv.url + "/v1", model="tiny", max_tokens=8))
+    saved = json.loads((tmp_path / "judge.json").read_text())
+    assert saved["count"] == 3 and saved["failed"] == 0 and saved["not_numbers"] == 3
+    assert all(item["judge_reply"] is not None for item in saved["items"])
+
+
+def test_nothing_scored_is_one_line_and_exit_2(tmp_path, capsys):
+    """Issue 19.13: `lyre judge` used to exit 0 with "mean score n/a over 0 of 55"."""
+    path = tmp_path / "responses.json"
+    path.write_text(json.dumps({"responses": items("garbage", "garbage")}))
+    with Scripted() as endpoint:
+        assert main(["judge", str(path), "--base-url", endpoint.url, "--model", "j"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("lyre: error: the judge j scored none of the 2")
+    assert "no reply was a number 0-100 (e.g. 'It is quite good!')" in err
+    assert json.loads((tmp_path / "judge.json").read_text())["not_numbers"] == 2
+    # the first request answered, every other one failed: the first failure's reason is said
+    path.write_text(json.dumps({"responses": items("garbage", "always-500", "always-500")}))
+    with Scripted() as endpoint:
+        code = main(["judge", str(path), "--base-url", endpoint.url, "--model", "j", "--retries", "0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "2 request(s) failed after 0 retries (first: HTTP 500: boom) and 1 repl" in err
