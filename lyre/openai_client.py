@@ -118,9 +118,15 @@ class OpenAIClient:
 
     # ---- requests -------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, **kw) -> httpx.Response:
-        """The response (any status but 429/5xx) after the policy; EndpointError when none."""
+    def request(self, method: str, path: str, *, retried: bool = True, **kw) -> httpx.Response:
+        """The response (any status but 429/5xx) after the policy; EndpointError when none.
+        `retried=False`: one try, any status returned (a probe of an optional route)."""
         url = self.url(path)
+        if not retried:
+            try:
+                return self.http.request(method, url, **kw)
+            except httpx.HTTPError as e:
+                raise EndpointError(url, self._transport_reason(e), transient=True) from None
         return self._retried(url, lambda: self.http.request(method, url, **kw))
 
     def post_json(self, path: str, body: dict, extract: Callable[[Any], Any] | None = None,

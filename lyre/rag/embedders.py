@@ -37,18 +37,23 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
 
 
 class OpenAIEmbedder:
-    """POST {base_url}/embeddings in batches; base_url with or without the trailing /v1."""
+    """POST {base_url}/embeddings in batches; base_url with or without the trailing /v1.
+    Requests go through lyre's one OpenAI-compatible client and its retry policy."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None,
-                 batch_size: int = 64, timeout: float = 60.0, dim: int | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
-        if not self.base_url.endswith("/v1"):
-            self.base_url += "/v1"
+                 batch_size: int = 64, timeout: float = 60.0, dim: int | None = None,
+                 retry=None) -> None:
+        from lyre.openai_client import RetryPolicy, api_root
+
+        if not base_url.startswith(("http://", "https://")):
+            raise LyreError(f"the embedder's URL must be an http:// or https:// URL; got {base_url!r}")
+        self.base_url = api_root(base_url)
         self.model = model
         self.name = f"openai:{model}@{self.base_url}"
         self.api_key = api_key or os.environ.get("OPENAI_API_KEY")
         self.batch_size = batch_size
         self.timeout = timeout
+        self.retry = retry or RetryPolicy()
         self._dim = dim
 
     @property
@@ -58,28 +63,22 @@ class OpenAIEmbedder:
         return self._dim
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        import httpx
+        from lyre.openai_client import EndpointError, OpenAIClient
 
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        def vectors_of(reply) -> list:
+            return [d["embedding"] for d in sorted(reply["data"], key=lambda d: d["index"])]
+
         out = []
-        with httpx.Client(timeout=self.timeout, headers=headers) as client:
+        with OpenAIClient(self.base_url, self.api_key, timeout=self.timeout,
+                          retry=self.retry) as client:
             for i in range(0, len(texts), self.batch_size):
                 batch = texts[i:i + self.batch_size]
                 try:
-                    r = client.post(f"{self.base_url}/embeddings",
-                                    json={"model": self.model, "input": batch})
-                except httpx.HTTPError as e:
-                    raise LyreError(f"embedding endpoint {self.base_url} unreachable "
-                                    f"({type(e).__name__}); is the server running?") from None
-                if r.status_code != 200:
-                    raise LyreError(f"embedding endpoint {self.base_url} answered "
-                                    f"{r.status_code}: {_error_message(r)}")
-                try:
-                    data = sorted(r.json()["data"], key=lambda d: d["index"])
-                    out.extend(d["embedding"] for d in data)
-                except (ValueError, KeyError, TypeError):
-                    raise LyreError(f"embedding endpoint {self.base_url} sent a reply that "
-                                    "is not an OpenAI embeddings response") from None
+                    out.extend(client.post_json("/embeddings", {"model": self.model, "input": batch},
+                                                extract=vectors_of,
+                                                expected="an OpenAI embeddings response"))
+                except EndpointError as e:
+                    raise LyreError(f"embedding endpoint {self.base_url} {_failure(e)}") from None
         if len(out) != len(texts):
             raise LyreError(f"embedding endpoint returned {len(out)} vectors for {len(texts)} texts")
         vectors = normalise(np.array(out, dtype=np.float32)) if out else np.zeros((0, self._dim or 0), np.float32)
@@ -88,12 +87,13 @@ class OpenAIEmbedder:
         return vectors
 
 
-def _error_message(response) -> str:
-    try:
-        body = response.json()
-        return str(body.get("error", {}).get("message") or body)[:200]
-    except ValueError:
-        return response.text[:200]
+def _failure(e) -> str:
+    """An EndpointError of the client, said for an embedding endpoint."""
+    if e.status is not None:
+        return f"answered {e.reason.removeprefix('HTTP ')}"
+    if e.reason.startswith(("cannot connect", "no reply", "connection failed")):
+        return f"unreachable ({e.reason}); is the server running?"
+    return f"sent a reply that is {e.reason.removeprefix('the reply is ')}"
 
 
 class SentenceTransformerEmbedder:

@@ -30,6 +30,7 @@ from typing import Protocol
 import httpx
 
 from lyre.errors import LyreError
+from lyre.openai_client import EndpointError, OpenAIClient, RetryPolicy
 
 TokenFn = Callable[[str], None]
 NoticeFn = Callable[[str], None]
@@ -210,20 +211,16 @@ class OpenAILLM:
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, *,
                  context_window: int | None = None, temperature: float = 0.0,
-                 timeout: float = 120.0, notice: NoticeFn | None = None,
+                 timeout: float = 120.0, retry: RetryPolicy | None = None,
+                 notice: NoticeFn | None = None,
                  transport: httpx.BaseTransport | None = None) -> None:
-        if not base_url or not base_url.startswith(("http://", "https://")):
-            raise LyreError(f"--llm-url must be an http(s) URL; got {base_url!r}")
         if not model:
             raise LyreError("--llm-model is empty; give the model name the server serves")
-        root = base_url.rstrip("/")
-        self.root = root[: -len("/v1")] if root.endswith("/v1") else root
-        self.api = self.root + "/v1"
+        self.client = OpenAIClient(base_url, api_key, timeout=timeout, retry=retry,
+                                   what="--llm-url", transport=transport)
+        self.root, self.api = self.client.root, self.client.api
         self.name = model
         self.temperature = temperature
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(headers=headers, transport=transport,
-                                 timeout=httpx.Timeout(timeout, connect=10.0))
         self.notices = _Notices(notice)
         self._counts: dict[str, int] = {}
         self._tokenize: str | bool | None = None  # the server's tokenize URL; False: none
@@ -238,19 +235,21 @@ class OpenAILLM:
         overhead = self._template_overhead()
         self.context_window = int(window) - overhead
 
-    # ---- HTTP plumbing -------------------------------------------------------------------
+    # ---- HTTP plumbing (lyre/openai_client.py: the one client and its retry policy) -------
 
     def _request(self, method: str, url: str, **kw) -> httpx.Response:
         try:
-            return self.http.request(method, url, **kw)
-        except httpx.TimeoutException:
-            raise LyreError(f"the LLM endpoint {url} timed out; is it overloaded?") from None
-        except httpx.HTTPError as e:
-            raise LyreError(f"cannot reach the LLM endpoint {url} ({_reason(e)}); "
-                            "is the server running and the URL right?") from None
+            return self.client.request(method, url, **kw)
+        except EndpointError as e:
+            raise _unreachable(e) from None
 
     def _model_info(self) -> dict:
-        r = self._request("GET", f"{self.api}/models/{self.name}")
+        try:
+            r = self.client.request("GET", f"{self.api}/models/{self.name}")
+        except EndpointError as e:
+            if e.status is None:
+                raise _unreachable(e) from None
+            return {}  # a 5xx on an optional route: the chat call will tell
         if r.status_code == 404:
             listed = self._request("GET", f"{self.api}/models")
             names = _model_names(listed)
@@ -280,11 +279,11 @@ class OpenAILLM:
         paths = [self._tokenize] if isinstance(self._tokenize, str) else \
             [f"{self.api}/tokenize", f"{self.root}/tokenize"]
         for url in paths:
-            try:
-                r = self.http.post(url, json=body)
+            try:  # a probe of an optional route: one try, no retries
+                r = self.client.request("POST", url, retried=False, json=body)
                 reply = r.json() if r.status_code == 200 else {}
                 count = reply.get("count")
-            except (httpx.HTTPError, ValueError, AttributeError):
+            except (EndpointError, ValueError, AttributeError):
                 count, reply = None, {}
             if isinstance(count, int):
                 self._tokenize = url
@@ -341,7 +340,7 @@ class OpenAILLM:
         url = f"{self.api}/chat/completions"
         pieces: list[str] = []
         try:
-            with self.http.stream("POST", url, json=body) as r:
+            with self.client.stream("POST", url, json=body) as r:
                 if r.status_code >= 400:
                     r.read()
                     raise LyreError(f"the LLM endpoint answered {r.status_code}: {_error_text(r)}")
@@ -359,18 +358,15 @@ class OpenAILLM:
                     if text and on_token is not None:
                         on_token(text)
                     pieces.append(text)
-        except httpx.TimeoutException:
-            raise LyreError(f"the LLM endpoint {url} timed out; is it overloaded?") from None
-        except httpx.HTTPError as e:
-            raise LyreError(f"cannot reach the LLM endpoint {url} ({_reason(e)}); "
-                            "is the server running and the URL right?") from None
+        except EndpointError as e:
+            raise _unreachable(e) from None
         return "".join(pieces).strip()
 
     def take_notices(self) -> list[str]:
         return self.notices.take()
 
     def close(self) -> None:
-        self.http.close()
+        self.client.close()
 
 
 def _sse_data(lines, other: list[str]):
@@ -433,6 +429,11 @@ def _model_names(r: httpx.Response) -> list[str]:
         return []
 
 
-def _reason(e: httpx.HTTPError) -> str:
-    text = str(e) or type(e).__name__
-    return text.splitlines()[0][:120]
+def _unreachable(e: EndpointError) -> LyreError:
+    """The client's failure, said for `lyre rag`: what failed and what to check."""
+    if e.status is not None:
+        return LyreError(f"the LLM endpoint answered {e.reason.removeprefix('HTTP ')}")
+    if e.reason.startswith("no reply"):
+        return LyreError(f"the LLM endpoint {e.url} timed out ({e.reason}); is it overloaded?")
+    return LyreError(f"cannot reach the LLM endpoint {e.url} ({e.reason}); "
+                     "is the server running and the URL right?")
