@@ -183,3 +183,60 @@ def test_rag_help_lists_the_subcommands(capsys):
     assert e.value.code == 0
     for name in ("index", "ls", "rm", "search", "ask", "chat", "eval"):
         assert name in out
+
+
+def test_index_help_says_the_defaults_the_code_uses(docs, tmp_path, capsys):
+    """Issue 19.14: the help said 1000/200 while the code, `rag ls` and the docs said 600/100."""
+    from lyre.rag.splitter import SplitConfig
+
+    default = SplitConfig()
+    with pytest.raises(SystemExit):
+        main(["rag", "index", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"characters per chunk (default {default.chunk_size}," in help_text
+    assert f"neighbouring chunks (default {default.chunk_overlap}," in help_text
+    code, _, err = run_cli(capsys, "rag", "index", docs, "--index", tmp_path / "plain")
+    assert code == 0, err
+    code, out, _ = run_cli(capsys, "rag", "ls", tmp_path / "plain")
+    assert f"chunk size {default.chunk_size}, overlap {default.chunk_overlap}" in out
+
+
+def test_a_failed_index_leaves_no_empty_index_behind(docs, index, tmp_path, capsys):
+    """Issue 19.15: a failed first index left an empty folder that `rag ls` called empty."""
+    binary = tmp_path / "binary"
+    binary.mkdir()
+    (binary / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    code, _, err = run_cli(capsys, "rag", "index", binary, "--index", tmp_path / "new")
+    assert_one_line_error(code, err, "no readable file to index")
+    assert not (tmp_path / "new").exists()
+    code, _, err = run_cli(capsys, "rag", "ls", tmp_path / "new")
+    assert_one_line_error(code, err, "does not exist")
+    # an update that fails leaves the index as it was
+    code, before, _ = run_cli(capsys, "rag", "ls", index, "--json")
+    for f in (docs / "troy.txt", docs / "notes" / "family.md"):
+        f.write_bytes(b"\x00\xff" * 100)
+    code, _, err = run_cli(capsys, "rag", "index", docs, "--index", index)
+    assert_one_line_error(code, err, "no readable file to index")
+    code, after, _ = run_cli(capsys, "rag", "ls", index, "--json")
+    assert code == 0 and json.loads(after) == json.loads(before)
+
+
+def test_the_python_api_assembles_what_the_cli_does(index, capsys):
+    """Issue 19.10: index + retriever + model are assembled by lyre.rag.open_assistant, which
+    `lyre rag ask` calls: the same answer both ways."""
+    from lyre.rag import ModelChoice, open_assistant
+
+    with ScriptedServer("Andromache [1]") as server:
+        choice = ModelChoice(url=server.url, model="scripted")
+        with open_assistant(index, model=choice) as assistant:
+            answer = assistant.ask("Who was Hector's wife?", k=2)
+            follow = assistant.chat(k=2).ask("And his wife?")
+        code, out, _ = run_cli(capsys, "rag", "ask", index, "Who was Hector's wife?", "--k", "2",
+                               "--llm-url", server.url, "--llm-model", "scripted", "--json")
+    assert code == 0 and json.loads(out)["text"] == answer.text == "Andromache [1]"
+    assert [s["chunk_id"] for s in json.loads(out)["sources"]] == [s.chunk_id for s in answer.sources]
+    assert follow.text == "Andromache [1]"
+    with open_assistant(index, model_required=False) as retrieval_only:
+        assert retrieval_only.llm is None and retrieval_only.retriever.search("Hector", k=1)
+        with pytest.raises(Exception, match="has no model"):
+            retrieval_only.ask("q?")

@@ -327,3 +327,89 @@ def test_indexing_puts_the_cycle_collector_back(tmp_path):
             assert not gc.isenabled()  # left off: it was off
         finally:
             gc.enable()
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 19.14 and 19.15: one source of the chunking defaults; failed runs leave nothing behind
+
+
+class FlakyEmbedder:
+    """Unit vectors, until call number `fail_at` raises (an embedding server that went away)."""
+
+    name, dim = "flaky", 4
+
+    def __init__(self, fail_at: int) -> None:
+        self.calls, self.fail_at = 0, fail_at
+
+    def embed(self, texts):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise LyreError("embedding endpoint http://x unreachable (cannot connect)")
+        return np.tile(np.array([1.0, 0, 0, 0], np.float32), (len(texts), 1))
+
+
+def test_split_config_defaults_come_from_split_config():
+    from lyre.rag.index import split_config
+
+    default = SplitConfig()
+    assert split_config() is None  # the index's own, or SplitConfig's for a new index
+    assert split_config(300) == SplitConfig(300, min(default.chunk_overlap, 60))
+    assert split_config(chunk_overlap=7) == SplitConfig(default.chunk_size, 7)
+    stored = {"chunking": {"chunk_size": 80, "chunk_overlap": 10, "sentences": False}}
+    assert split_config(chunk_overlap=5, stored=stored) == SplitConfig(80, 5)
+    assert split_config(chunk_size=90, stored=stored) == SplitConfig(90, 18)
+
+
+def test_a_failed_first_index_leaves_nothing(tmp_path):
+    from lyre.rag.index import index_documents
+
+    binary = tmp_path / "binary"
+    binary.mkdir()
+    (binary / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    (binary / "fake.txt").write_bytes(b"\x00\x01\x02\xff" * 50)
+    with pytest.raises(LyreError, match="no readable file to index"):
+        index_documents([binary], tmp_path / "idx")
+    assert not (tmp_path / "idx").exists()
+    made = tmp_path / "made-by-the-user"
+    made.mkdir()
+    with pytest.raises(LyreError, match="no readable file to index"):
+        index_documents([binary], made)
+    assert made.is_dir() and list(made.iterdir()) == []  # the folder stays, the index files go
+    docs = tmp_path / "docs"
+    write_docs(docs, 3)
+    with pytest.raises(LyreError, match="unreachable"):  # fails after the first source
+        index_paths_through_documents(docs, tmp_path / "idx2", FlakyEmbedder(fail_at=2))
+    assert not (tmp_path / "idx2").exists()
+
+
+def index_paths_through_documents(docs, idx, embedder):
+    from unittest import mock
+
+    from lyre.rag.index import index_documents
+
+    with mock.patch("lyre.rag.embedders.index_embedder", lambda spec, stored: embedder):
+        return index_documents([docs], idx)
+
+
+def test_a_failed_update_leaves_the_index_as_it_was(tmp_path):
+    docs = tmp_path / "docs"
+    write_docs(docs, 4)
+    with open_store(tmp_path / "idx", create=True) as store:
+        index_paths([docs], store, split=SplitConfig(200, 20))
+        before = (store.sources(), store.settings(), store.chunk_count(), store.generation())
+        # a rebuild whose embedder fails at the third source: nothing of it stays
+        with pytest.raises(LyreError, match="unreachable"):
+            index_paths([docs], store, split=SplitConfig(300, 30), embedder=FlakyEmbedder(3),
+                        rebuild=True)
+        assert (store.sources(), store.settings(), store.chunk_count(), store.generation()) == before
+        assert not store.has_vectors()
+        # every file now unreadable: not an empty index, the old one
+        for f in docs.iterdir():
+            f.write_bytes(b"\x00\xff" * 100)
+        with pytest.raises(LyreError, match="no readable file to index"):
+            index_paths([docs], store)
+        assert (store.sources(), store.settings(), store.chunk_count(), store.generation()) == before
+    with open_store(tmp_path / "idx") as reopened:  # and it reads as before, BM25 included
+        assert reopened.sources() == before[0]
+        assert {h.chunk.source for h in reopened.lexical_search("topic2", 1)} == \
+            {s for s in before[0] if s.endswith("doc2.txt")}

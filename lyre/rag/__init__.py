@@ -17,10 +17,13 @@ and the answering side:
   memory.py    RAGChat: follow-ups condensed into standalone questions (lyre rag chat)
   callbacks.py events of chains, retrievers and model calls; JSONL tracer, progress printer
   answer_eval.py  exact match, F1 and citation share of answers
+  assistant.py open_assistant(): index + retriever + model assembled, for the CLI, the
+               server's /v1/rag/answer and Python alike
   cli.py       `lyre rag ...`
 
-    from lyre.rag import open_store, Retriever, EngineLLM, ask
-    answer = ask("Who was Hector?", Retriever(open_store("idx")), EngineLLM("runs/x"))
+    from lyre.rag import open_assistant, ModelChoice
+    with open_assistant("idx", model=ModelChoice(run="runs/x")) as assistant:
+        answer = assistant.ask("Who was Hector?")
 
 The names below are imported on first use, so `import lyre.rag` (and `lyre --help`) stays
 light: numpy, torch, httpx and psycopg load only when something needs them.
@@ -36,7 +39,9 @@ _PUBLIC = {
     "EngineLLM": "llm", "OpenAILLM": "llm", "ask": "chains", "run_chain": "chains",
     "Answer": "chains", "CHAIN_TYPES": "chains", "RAGChat": "memory", "ChatMemory": "memory",
     "CallbackHandler": "callbacks", "JSONLTracer": "callbacks", "ProgressPrinter": "callbacks",
-    "evaluate_answers": "answer_eval",
+    "evaluate_answers": "answer_eval", "open_index": "index", "index_documents": "index",
+    "open_assistant": "assistant", "Assistant": "assistant", "ModelChoice": "assistant",
+    "make_retriever": "assistant",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from lyre.errors import LyreError
+from lyre.rag.splitter import SplitConfig  # light: no numpy, no torch
 
 
 def add_rag_parser(subparsers) -> None:
@@ -95,10 +96,12 @@ def _add_index(sub) -> None:
                    help="only files matching GLOB inside folders (repeatable)")
     p.add_argument("--exclude", action="append", default=None, metavar="GLOB",
                    help="skip files matching GLOB (repeatable)")
+    default = SplitConfig()  # the one source of the defaults (lyre/rag/splitter.py)
     p.add_argument("--chunk-size", type=int, default=None,
-                   help="characters per chunk (default 1000, or the index's)")
+                   help=f"characters per chunk (default {default.chunk_size}, or the index's)")
     p.add_argument("--chunk-overlap", type=int, default=None,
-                   help="characters shared by neighbouring chunks (default 200, or the index's)")
+                   help=f"characters shared by neighbouring chunks (default "
+                        f"{default.chunk_overlap}, or the index's)")
     p.add_argument("--embedder", default=None, metavar="SPEC",
                    help="none, minilm, openai:MODEL@URL, st:DIR or run:DIR (default: the "
                         "index's own; none for a new index)")
@@ -172,71 +175,29 @@ def _add_eval(sub) -> None:
 # Building blocks
 
 
-def _target(args) -> tuple[str, str | None]:
-    """(where the index lives, its PostgreSQL name or None)."""
-    if args.store:
-        if not args.store.startswith(("postgresql://", "postgres://")):
-            raise LyreError(f"--store must be a postgresql:// URL; got {args.store!r}")
-        return args.store, args.index
-    return args.index, None
-
-
 def open_index(args, write: bool = False):
-    """The Store of IDX; for reading, an empty or missing index is an error."""
-    target, name = _target(args)
-    if target.startswith(("postgresql://", "postgres://")):
-        from lyre.rag.pgstore import PgStore
+    """The Store of IDX (lyre.rag.index.open_index); for reading, empty or missing is an error."""
+    from lyre.rag.index import open_index as open_
 
-        store = PgStore(target, name)
-    else:
-        from lyre.rag.index import open_store
-
-        store = open_store(target, create=write)
-    if not write and store.chunk_count() == 0:
-        store.close()
-        raise LyreError(f"index {args.index} is empty; add documents with "
-                        f"`lyre rag index DOCS --index {args.index}`")
-    return store
+    return open_(args.index, args.store, write=write)
 
 
-def make_retriever(args, store):
-    from lyre.rag.embedders import MINILM_HINT, make_embedder, minilm_zip
-    from lyre.rag.retrieve import Retriever
+def model_choice(args):
+    from lyre.rag.assistant import ModelChoice
 
-    embedder = make_embedder(args.embedder)  # None: Retriever takes the index's own (MiniLM)
-    built_with = (store.info() or {}).get("embedder")
-    if embedder is None and built_with == "minilm" and minilm_zip() is None:
-        _note(f"the index holds MiniLM vectors but the model is not installed (lexical search "
-              f"only now); {MINILM_HINT}")
-    if embedder is None and built_with not in (None, "minilm") and args.mode == "auto":
-        _note(f"the index holds {built_with} vectors; pass --embedder to search them too "
-              "(lexical search only now)")
-    return Retriever(store, embedder, mode=args.mode)
+    return ModelChoice(run=args.model, checkpoint=args.checkpoint, device=args.device,
+                       template=args.template, url=args.llm_url, model=args.llm_model,
+                       api_key=args.api_key, context=args.llm_context,
+                       temperature=args.temperature)
 
 
-def make_llm(args):
-    """EngineLLM for --model, OpenAILLM for --llm-url, None when neither (eval without model)."""
-    if args.model and args.llm_url:
-        raise LyreError("give --model RUN or --llm-url URL, not both")
-    if args.model:
-        from lyre.rag.llm import EngineLLM
-        from lyre.runs import load_run
+def open_assistant(args, with_model: bool = True):
+    """Index, retriever and model of a command, assembled by lyre.rag.assistant."""
+    from lyre.rag.assistant import open_assistant as open_
 
-        run = load_run(args.model, args.checkpoint, args.device)
-        return EngineLLM(run, template=args.template, temperature=args.temperature)
-    if args.llm_url:
-        from lyre.rag.llm import OpenAILLM
-
-        if not args.llm_model:
-            raise LyreError("--llm-url needs --llm-model NAME (the model the server serves)")
-        if args.llm_context is not None and args.llm_context < 1:
-            raise LyreError(f"--llm-context must be >= 1; got {args.llm_context}")
-        return OpenAILLM(args.llm_url, args.llm_model, args.api_key,
-                         context_window=args.llm_context, temperature=args.temperature)
-    if args.llm_required:
-        raise LyreError("which model answers? give --model RUN (a lyre run) or --llm-url URL "
-                        "--llm-model NAME (an OpenAI-compatible server)")
-    return None
+    return open_(args.index, store_url=args.store, embedder=args.embedder, mode=args.mode,
+                 model=model_choice(args) if with_model else None,
+                 model_required=with_model and args.llm_required, notice=_note)
 
 
 def make_callbacks(args) -> list:
@@ -276,26 +237,14 @@ def _check_k(args) -> None:
 
 
 def cmd_index(args) -> None:
-    from lyre.rag.embedders import index_embedder
-    from lyre.rag.index import index_paths
-    from lyre.rag.splitter import SplitConfig
+    from lyre.rag.index import index_documents
 
-    split = None
-    if args.chunk_size is not None or args.chunk_overlap is not None:
-        size = args.chunk_size if args.chunk_size is not None else 1000
-        overlap = args.chunk_overlap if args.chunk_overlap is not None else min(200, size // 5)
-        split = SplitConfig(chunk_size=size, chunk_overlap=overlap)
-    store = open_index(args, write=True)
-    try:
-        stored = store.settings() if hasattr(store, "settings") and not args.rebuild else {}
-        embedder = index_embedder(args.embedder, stored)
-        report = index_paths([str(d) for d in args.docs], store, split, embedder,
-                             include=args.include, exclude=args.exclude, rebuild=args.rebuild,
-                             progress=None if args.quiet else
-                             (lambda line: print(f"lyre rag: {line}", file=sys.stderr)))
-        print(f"{args.index}: {report.summary()}; {store.chunk_count()} chunks in the index")
-    finally:
-        store.close()
+    report, chunks = index_documents(
+        args.docs, args.index, store_url=args.store, chunk_size=args.chunk_size,
+        chunk_overlap=args.chunk_overlap, embedder=args.embedder, include=args.include,
+        exclude=args.exclude, rebuild=args.rebuild,
+        progress=None if args.quiet else (lambda line: print(f"lyre rag: {line}", file=sys.stderr)))
+    print(f"{args.index}: {report.summary()}; {chunks} chunks in the index")
 
 
 def cmd_ls(args) -> None:
@@ -330,11 +279,8 @@ def cmd_search(args) -> None:
     _check_k(args)
     if not args.query.strip():
         raise LyreError("the query is empty; say what to look for")
-    store = open_index(args)
-    try:
-        hits = make_retriever(args, store).search(args.query, k=args.k, source_glob=args.source)
-    finally:
-        store.close()
+    with open_assistant(args, with_model=False) as assistant:
+        hits = assistant.retriever.search(args.query, k=args.k, source_glob=args.source)
     if args.json:
         print(json.dumps([_hit_json(h) for h in hits], ensure_ascii=False, indent=1))
         return
@@ -348,19 +294,14 @@ def cmd_search(args) -> None:
 
 
 def cmd_ask(args) -> None:
-    from lyre.rag.chains import ask, check_question
+    from lyre.rag.chains import check_question
 
     _check_k(args)
     question = check_question(args.question)  # before loading anything
-    store = open_index(args)
-    try:
-        retriever = make_retriever(args, store)
-        llm = make_llm(args)
-        answer = ask(question, retriever, llm, chain=args.chain, k=args.k,
-                     max_tokens=args.max_tokens, source_glob=args.source,
-                     callbacks=make_callbacks(args), on_token=None if args.json else _write)
-    finally:
-        store.close()
+    with open_assistant(args) as assistant:
+        answer = assistant.ask(question, chain=args.chain, k=args.k, max_tokens=args.max_tokens,
+                               source_glob=args.source, callbacks=make_callbacks(args),
+                               on_token=None if args.json else _write)
     if not args.json:
         print(flush=True)  # end the streamed answer's line before any note on stderr
     for notice in answer.notices:
@@ -372,14 +313,10 @@ def cmd_ask(args) -> None:
 
 
 def cmd_chat(args) -> None:
-    from lyre.rag.memory import RAGChat
-
     _check_k(args)
-    store = open_index(args)
-    try:
-        chat = RAGChat(make_retriever(args, store), make_llm(args), chain=args.chain, k=args.k,
-                       max_tokens=args.max_tokens, source_glob=args.source,
-                       callbacks=make_callbacks(args))
+    with open_assistant(args) as assistant:
+        chat = assistant.chat(chain=args.chain, k=args.k, max_tokens=args.max_tokens,
+                              source_glob=args.source, callbacks=make_callbacks(args))
         interactive = sys.stdin.isatty()
         if interactive:
             print("Ask about your documents. /reset forgets the conversation, /quit ends.")
@@ -405,8 +342,6 @@ def cmd_chat(args) -> None:
             if answer.standalone_question and answer.standalone_question != line:
                 _note(f"searched for: {answer.standalone_question}")
             print("\n" + answer.format_sources() + "\n", flush=True)
-    finally:
-        store.close()
 
 
 def cmd_eval(args) -> None:
@@ -419,21 +354,16 @@ def cmd_eval(args) -> None:
     for problem in qa.problems:
         _note(f"skipped {problem}")
     records = qa.records[: args.limit] if args.limit else qa.records
-    store = open_index(args)
-    try:
-        retriever = make_retriever(args, store)
-        llm = make_llm(args)
-        report = evaluate_retrieval(retriever, records, k=args.k, budget=args.budget,
+    with open_assistant(args) as assistant:
+        report = evaluate_retrieval(assistant.retriever, records, k=args.k, budget=args.budget,
                                     source_glob=args.source)
         result = {"retrieval": report.metrics()}
-        if llm is not None:
+        if assistant.llm is not None:
             from lyre.rag.answer_eval import evaluate_answers
 
             answers = evaluate_answers(
-                records, retriever, llm, chain=args.chain, k=args.k, max_tokens=args.max_tokens,
-                callbacks=make_callbacks(args),
+                records, assistant.retriever, assistant.llm, chain=args.chain, k=args.k,
+                max_tokens=args.max_tokens, callbacks=make_callbacks(args),
                 progress=lambda i, n: print(f"lyre rag: answered {i}/{n}", file=sys.stderr))
             result["answers"] = answers.to_dict()
-    finally:
-        store.close()
     print(json.dumps(result))

@@ -15,7 +15,7 @@ re-indexing with different ones asks for --rebuild rather than mixing two kinds 
 from __future__ import annotations
 
 import gc
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,6 +59,105 @@ def open_store(path_or_url: str | Path, create: bool = False) -> Store:
     from lyre.rag.store import EmbeddedStore
 
     return EmbeddedStore(target, create=create)
+
+
+def is_postgres(target: str | Path) -> bool:
+    return str(target).startswith(("postgresql://", "postgres://"))
+
+
+def open_index(index: str | Path, store_url: str | None = None, write: bool = False) -> Store:
+    """The Store of an index: a folder, a postgresql://.../db#NAME URL, or NAME in the
+    PostgreSQL database `store_url`. For reading, a missing or empty index is a LyreError."""
+    if store_url is not None and not is_postgres(store_url):
+        raise LyreError(f"--store must be a postgresql:// URL; got {store_url!r}")
+    target = store_url or str(index)
+    if is_postgres(target):
+        from lyre.rag.pgstore import PgStore
+
+        store = PgStore(target, str(index) if store_url else None)
+    else:
+        store = open_store(target, create=write)
+    if not write and store.chunk_count() == 0:
+        store.close()
+        raise LyreError(f"index {index} is empty; add documents with "
+                        f"`lyre rag index DOCS --index {index}`")
+    return store
+
+
+def split_config(chunk_size: int | None = None, chunk_overlap: int | None = None,
+                 stored: dict | None = None) -> SplitConfig | None:
+    """The chunking an indexing run asks for: None (the index's own, or SplitConfig's defaults
+    for a new index) when neither is given; a value not given comes from the index, else from
+    SplitConfig (the overlap at most a fifth of a smaller chunk size)."""
+    if chunk_size is None and chunk_overlap is None:
+        return None
+    current = (stored or {}).get("chunking") or {}
+    default = SplitConfig()
+    size = chunk_size if chunk_size is not None else current.get("chunk_size", default.chunk_size)
+    if chunk_overlap is None:
+        chunk_overlap = current.get("chunk_overlap") if chunk_size is None else None
+    overlap = chunk_overlap if chunk_overlap is not None else min(default.chunk_overlap, size // 5)
+    return SplitConfig(chunk_size=size, chunk_overlap=overlap,
+                       sentences=current.get("sentences", default.sentences))
+
+
+def index_documents(docs: list[str | Path], index: str | Path, *, store_url: str | None = None,
+                    chunk_size: int | None = None, chunk_overlap: int | None = None,
+                    embedder: str | None = None, include: list[str] | None = None,
+                    exclude: list[str] | None = None, rebuild: bool = False,
+                    progress: ProgressFn | None = None) -> tuple[IndexReport, int]:
+    """`lyre rag index`: index `docs` into `index` (made when missing); (report, chunks in the
+    index). A first index that fails (nothing readable, an embedding server down, Ctrl-C)
+    leaves nothing behind; an update that fails leaves the index as it was (index_paths)."""
+    from lyre.rag.embedders import index_embedder
+
+    new = _new_index_marker(index, store_url)
+    store = open_index(index, store_url, write=True)
+    try:
+        stored = store.settings() if hasattr(store, "settings") and not rebuild else {}
+        report = index_paths([str(d) for d in docs], store,
+                             split_config(chunk_size, chunk_overlap, stored),
+                             index_embedder(embedder, stored), include=include, exclude=exclude,
+                             rebuild=rebuild, progress=progress)
+        chunks = store.chunk_count()
+    except BaseException:
+        if new is not None:
+            _remove_new_index(store, new)
+        else:
+            store.close()
+        raise
+    store.close()
+    return report, chunks
+
+
+def _new_index_marker(index: str | Path, store_url: str | None) -> dict | None:
+    """What a failed first index must remove (None: the index exists, keep it)."""
+    if store_url is not None or is_postgres(index):
+        return {"postgres": True}  # PgStore knows whether its schema existed (checked below)
+    folder = Path(index)
+    if (folder / "index.sqlite").exists():
+        return None
+    return {"folder": folder, "made": not folder.exists()}
+
+
+def _remove_new_index(store: Store, new: dict) -> None:
+    import shutil
+
+    if new.get("postgres"):
+        try:
+            if not getattr(store, "existed", True):
+                store.drop()
+        finally:
+            store.close()
+        return
+    store.close()
+    folder: Path = new["folder"]
+    if new["made"]:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "lock"):
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / "bm25", ignore_errors=True)
 
 
 @contextmanager
@@ -119,47 +218,57 @@ def index_paths(
     files, skipped = discover(paths, include, exclude)
     if not files and not skipped:
         raise LyreError(f"no files found in {', '.join(map(str, paths))}")
-    settings, everything = _settings(store, split, lexical, embedder, rebuild)
-    if hasattr(store, "set_settings") and settings != store.settings():
-        store.set_settings(settings)
-    splitter = RecursiveSplitter(SplitConfig(**settings["chunking"]), length)
     known = store.sources()
     report = IndexReport(skipped=list(skipped))
-    for s in skipped:
-        say(f"skip {s.source}: {s.reason}")
-    seen = set()
-    for f in files:
-        seen.add(f.source)
-        try:
-            data = read_bytes(f.path)
-            digest = content_hash(data)
-            if not everything and known.get(f.source) == digest:
-                report.unchanged.append(f.source)
+    # An index that holds something is updated all or nothing: a failure (an embedding server
+    # that went away, nothing readable left) leaves it as it was. A new index is written
+    # source by source instead, so that a killed run resumes where it stopped.
+    with _one_transaction(store) if known else nullcontext():
+        settings, everything = _settings(store, split, lexical, embedder, rebuild)
+        if hasattr(store, "set_settings") and settings != store.settings():
+            store.set_settings(settings)
+        splitter = RecursiveSplitter(SplitConfig(**settings["chunking"]), length)
+        for s in skipped:
+            say(f"skip {s.source}: {s.reason}")
+        seen = set()
+        for f in files:
+            seen.add(f.source)
+            try:
+                data = read_bytes(f.path)
+                digest = content_hash(data)
+                if not everything and known.get(f.source) == digest:
+                    report.unchanged.append(f.source)
+                    continue
+                chunks = splitter.split_documents(load_bytes(data, f.source))
+            except SkipFile as e:
+                report.skipped.append(Skipped(f.source, str(e)))
+                say(f"skip {f.source}: {e}")
+                if f.source in known and store.delete_source(f.source):
+                    report.removed.append(f.source)
                 continue
-            chunks = splitter.split_documents(load_bytes(data, f.source))
-        except SkipFile as e:
-            report.skipped.append(Skipped(f.source, str(e)))
-            say(f"skip {f.source}: {e}")
-            if f.source in known and store.delete_source(f.source):
-                report.removed.append(f.source)
-            continue
-        vectors = embedder.embed([c.text for c in chunks]) if embedder and chunks else None
-        store.replace_source(f.source, digest, chunks, vectors)
-        (report.updated if f.source in known else report.added).append(f.source)
-        report.chunks_written += len(chunks)
-        say(f"{'update' if f.source in known else 'add'} {f.source}: {len(chunks)} chunks")
-    for prefix in folder_prefixes(paths):
-        for source in known:
-            if source.startswith(prefix) and source not in seen:
-                store.delete_source(source)
-                report.removed.append(source)
-                say(f"remove {source}: no longer on disk (or now excluded)")
+            vectors = embedder.embed([c.text for c in chunks]) if embedder and chunks else None
+            store.replace_source(f.source, digest, chunks, vectors)
+            (report.updated if f.source in known else report.added).append(f.source)
+            report.chunks_written += len(chunks)
+            say(f"{'update' if f.source in known else 'add'} {f.source}: {len(chunks)} chunks")
+        for prefix in folder_prefixes(paths):
+            for source in known:
+                if source.startswith(prefix) and source not in seen:
+                    store.delete_source(source)
+                    report.removed.append(source)
+                    say(f"remove {source}: no longer on disk (or now excluded)")
+        if store.chunk_count() == 0:
+            reasons = "; ".join(f"{s.source}: {s.reason}" for s in report.skipped[:3])
+            raise LyreError(f"no readable file to index ({reasons or 'nothing found'})")
     if hasattr(store, "flush"):
         store.flush()  # rebuild the BM25 matrix once, after all writes
-    if store.chunk_count() == 0:
-        reasons = "; ".join(f"{s.source}: {s.reason}" for s in report.skipped[:3])
-        raise LyreError(f"no readable file to index ({reasons or 'nothing found'})")
     return report
+
+
+def _one_transaction(store: Store):
+    """The store's batch() (every write one transaction), or nothing when it has none."""
+    batch = getattr(store, "batch", None)
+    return batch() if batch is not None else nullcontext()
 
 
 def list_sources(store: Store) -> dict[str, str]:

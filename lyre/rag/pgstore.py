@@ -34,6 +34,8 @@ import json
 import math
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -152,6 +154,7 @@ class PgStore:
                             f"{_first_line(e)}") from None
         self._locked = False
         self._exists = self._schema_exists()
+        self.existed = self._exists  # before this process: a failed first index drops it
         self._dim: int | None = None
         self._stats: tuple[float, tuple[dict[str, float], float]] | None = None
 
@@ -204,6 +207,19 @@ class PgStore:
             raise LyreError(f"index {self.collection} in {masked(self.url)} is being written by "
                             "another process; wait for it to finish, then run again")
         self._locked = True
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every write inside is one transaction (the inner ones become savepoints): all of
+        them happen, or none. An update of an existing index runs in one (lyre.rag.index)."""
+        self.acquire_write_lock()
+        try:
+            with self.conn.transaction():
+                yield
+        except BaseException:
+            self._dim = None
+            self._stats = None
+            raise
 
     # -- metadata ------------------------------------------------------------------------------
 

@@ -33,6 +33,8 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -116,6 +118,7 @@ class EmbeddedStore:
                                 f"`lyre rag index DOCS --index {self.path}`")
             self.path.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = None
+        self._in_batch = False  # inside batch(): writes join its one transaction
         self._lexical: SavedMatrix | None = None
         self._analyzer: Analyzer | None = None
         self._analysed: dict[str, _Analysed] = {}  # source -> its terms, written by us
@@ -208,8 +211,14 @@ class EmbeddedStore:
             self._lock_fd = None
 
     def _write(self, body) -> None:
-        """Run body(conn) in one IMMEDIATE transaction that also bumps the generation."""
+        """Run body(conn) in one IMMEDIATE transaction that also bumps the generation (inside
+        batch(): as part of the batch's transaction)."""
         self.acquire_write_lock()
+        if self._in_batch:
+            body(self.conn)
+            self.conn.execute(
+                "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
+            return
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             body(self.conn)
@@ -219,6 +228,31 @@ class EmbeddedStore:
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every write inside is one transaction: all of them happen, or (an exception, a
+        killed process) none. An update of an existing index runs in one (lyre.rag.index)."""
+        self.acquire_write_lock()
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._in_batch = True
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            self._forget_writes()
+            raise
+        else:
+            self.conn.execute("COMMIT")
+        finally:
+            self._in_batch = False
+
+    def _forget_writes(self) -> None:
+        """What this process remembered of writes that were rolled back."""
+        self._analysed = {}
+        self._analyzer = None
+        self._lexical = None
+        self._vectors = None
 
     # -- the Store protocol: writes ----------------------------------------------------------------
 

@@ -139,14 +139,12 @@ class _StoreThread:
 
     @staticmethod
     def _open(index: str, embedder: str | None):
-        from lyre.rag.embedders import make_embedder
-        from lyre.rag.index import open_store
-        from lyre.rag.retrieve import Retriever
+        """The same assembly as `lyre rag search` (lyre.rag.assistant)."""
+        from lyre.rag.assistant import make_retriever
+        from lyre.rag.index import open_index
 
-        store = open_store(index)
-        if store.chunk_count() == 0:
-            raise LyreError(f"--rag index {index} is empty; add documents with `lyre rag index`")
-        return Retriever(store, make_embedder(embedder))
+        store = open_index(index)
+        return make_retriever(store, embedder, notice=lambda text: log.warning("--rag: %s", text))
 
     def search(self, query: str, k: int = 4, source_glob: str | None = None):
         return self.executor.submit(self.retriever.search, query, k, source_glob).result()
