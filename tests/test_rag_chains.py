@@ -310,6 +310,26 @@ def test_chat_history_is_trimmed_to_fit_and_an_empty_rewrite_falls_back():
     assert "first question?" not in condense and "third question?" in condense
 
 
+def test_a_rewrite_that_shares_nothing_with_the_conversation_is_not_followed():
+    """Issue 19.17: a small model's rewrite ("The ships sailed to Ithaca.") took retrieval to
+    the wrong book; the user's own words (previous question + follow-up) are searched instead."""
+    rewrites = iter(["The ships of Odysseus sailed home to Ithaca.", "Who was Hector's wife?"])
+
+    def reply(prompt):
+        return next(rewrites) if prompt.endswith("Standalone question:") else "Andromache [1]"
+
+    llm = ScriptedLLM(reply)
+    retriever = FixedRetriever(make_hits(PASSAGES))
+    chat = RAGChat(retriever, llm)
+    chat.ask("Who was Hector?")
+    garbage = chat.ask("And his wife?")
+    assert retriever.queries[-1] == garbage.standalone_question == "Who was Hector? And his wife?"
+    assert any("shares no word with the conversation" in n for n in garbage.notices)
+    good = chat.ask("And his wife?")  # a rewrite that keeps the subject is followed as before
+    assert retriever.queries[-1] == good.standalone_question == "Who was Hector's wife?"
+    assert not any("shares no word" in n for n in good.notices)
+
+
 # ----------------------------------------------------------------------------------------------
 # Answer metrics
 

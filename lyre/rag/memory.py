@@ -3,7 +3,9 @@
 A follow-up such as "and who was his father?" finds nothing on its own: "his" names nobody the
 index knows. So each question after the first is first rewritten by the model into a standalone
 question ("Who was Hector's father?") from the conversation so far (the condense prompt of lyre.rag.prompts); that
-question is what is retrieved and answered. The answer prompt itself holds the passages, not
+question is what is retrieved and answered. A rewrite that shares no word with the conversation
+(a small model's fluent nonsense) is not followed: the previous question and the follow-up, the
+user's own words, are searched instead, with a notice. The answer prompt itself holds the passages, not
 the history, as in LangChain's chain: the history's only job is to resolve the follow-up.
 
 The history kept is the last `max_turns` exchanges; each condense prompt takes the newest turns
@@ -13,9 +15,12 @@ carries its sources, as `lyre rag ask` does.
 
 from __future__ import annotations
 
+import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lyre.errors import LyreError
 from lyre.rag import prompts as P
 from lyre.rag.callbacks import Run, as_callbacks
 from lyre.rag.chains import (
@@ -109,7 +114,39 @@ class RAGChat:
         if not any(ch.isalnum() for ch in standalone):  # nothing, or no word at all
             notices.append("the model did not rewrite the follow-up; it is searched as it is")
             return question
+        if not shares_a_term(standalone, [question, *(t for turn in turns for t in turn)]):
+            # A small model's rewrite can be fluent nonsense; followed, it takes retrieval to
+            # another book. The user's own words (the follow-up after the question before it)
+            # at least keep the conversation's subject.
+            notices.append(f"the model's rewrite of the follow-up ({standalone[:80]!r}) shares no "
+                           "word with the conversation; searched with your words instead")
+            return f"{turns[-1][0]} {question}"
         return standalone
+
+
+def shares_a_term(text: str, conversation: list[str]) -> bool:
+    """Whether `text` has a content word (stopwords dropped, stemmed, as BM25 sees it) that
+    the conversation has too."""
+    with _ANALYSER_LOCK:  # the analyser learns words as it meets them; the server has threads
+        analyse = _analyser()
+        words = set(analyse(text))
+        return any(words & set(analyse(part)) for part in conversation)
+
+
+def _analyser():
+    global _ANALYSER
+    if _ANALYSER is None:
+        from lyre.rag.lexical import Analyzer, LexicalConfig
+
+        try:
+            _ANALYSER = Analyzer(LexicalConfig())
+        except LyreError:  # no stemmer installed: lowercase words are close enough here
+            _ANALYSER = lambda text: re.findall(r"\w+", text.lower())  # noqa: E731
+    return _ANALYSER
+
+
+_ANALYSER = None
+_ANALYSER_LOCK = threading.Lock()
 
 
 def _first_line(text: str) -> str:
