@@ -149,3 +149,11 @@ def test_cli_index_with_minilm_then_search_without_a_flag(minilm, docs, tmp_path
     assert main(["rag", "search", str(index), question, "--k", "1", "--json"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)[0]["source"].endswith("rail.txt") and "lexical" not in err
+
+
+def test_minilm_is_loaded_once_per_process(tmp_path):
+    """Issue 19.19: every query built its retriever's MiniLM anew (seconds each)."""
+    from lyre.rag.embedders import embedder_for_index
+
+    first = make_embedder("minilm")
+    assert make_embedder("minilm") is first and embedder_for_index("minilm") is first

@@ -284,3 +284,24 @@ def test_small_chunks_index_end_to_end(tmp_path):
     [hit] = retriever.search("what is the secret code", k=1)
     assert "4417" in hit.chunk.text
     store.close()
+
+
+def test_a_local_model_embedder_is_loaded_once_per_spec(tmp_path, monkeypatch):
+    """Issue 19.19: the model of st:DIR / minilm is loaded once per process, keyed by its spec."""
+    from lyre.rag import embedders
+
+    loads = []
+
+    class Fake:
+        def __init__(self, directory):
+            loads.append(directory)
+            self.name, self.dim = f"st:{directory.name}", 2
+
+    monkeypatch.setattr(embedders, "SentenceTransformerEmbedder", Fake)
+    monkeypatch.setattr(embedders, "_LOADED", {})
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = make_embedder(f"st:{tmp_path / 'a'}")
+    assert make_embedder(f"st:{tmp_path / 'a' / '.'}") is first  # the same folder
+    assert make_embedder(f"st:{tmp_path / 'b'}") is not first
+    assert len(loads) == 2

@@ -22,6 +22,7 @@ uses when none is named (the index's own, else none).
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -258,7 +259,7 @@ def embedder_for_index(name: str | None) -> Embedder | None:
     """The query embedder for an index built with embedder `name`, when lyre can build it with
     no further information (a bundled model); None otherwise (pass --embedder)."""
     if name == "minilm" and minilm_zip() is not None:
-        return MiniLMEmbedder()
+        return make_embedder("minilm")
     return None
 
 
@@ -279,18 +280,38 @@ def index_embedder(spec: str | None, stored: dict) -> Embedder | None:
 
 
 def make_embedder(spec: str | None) -> Embedder | None:
-    """'none' | 'minilm' | 'openai:MODEL@URL' | 'st:DIR' | 'run:DIR' -> an Embedder (or None)."""
+    """'none' | 'minilm' | 'openai:MODEL@URL' | 'st:DIR' | 'run:DIR' -> an Embedder (or None).
+    A local sentence-transformers model (minilm, st:DIR) is loaded once per process and shared
+    (see _loaded)."""
     if spec is None or spec in ("", "none"):
         return None
     if spec == "minilm":
-        return MiniLMEmbedder()
+        return _loaded(("minilm", str(minilm_zip()), str(model_cache_dir())), MiniLMEmbedder)
     kind, _, rest = spec.partition(":")
     if kind == "openai" and "@" in rest:
         model, _, url = rest.partition("@")
         return OpenAIEmbedder(url, model)
     if kind == "st" and rest:
-        return SentenceTransformerEmbedder(rest)
+        folder = Path(rest).expanduser()
+        return _loaded(("st", str(folder.resolve())), lambda: SentenceTransformerEmbedder(folder))
     if kind == "run" and rest:
         return RunEmbedder(rest)
     raise LyreError(f"unknown embedder {spec!r}; use none, minilm, openai:MODEL@URL, st:DIR or "
                     "run:DIR")
+
+
+_LOADED: dict[tuple[str, ...], Embedder] = {}
+_LOADING = threading.Lock()
+
+
+def _loaded(key: tuple[str, ...], load) -> Embedder:
+    """The embedder of `key`, loaded on first use and kept for the life of the process.
+
+    Loading MiniLM costs seconds (importing sentence-transformers and transformers, then the
+    weights: docs/log.md), and a Python caller building Retriever(open_store(IDX)) per question
+    used to pay it every time. The model is read-only once loaded, so one copy serves every
+    retriever (and thread) of the process. A fresh process still loads it once."""
+    with _LOADING:
+        if key not in _LOADED:
+            _LOADED[key] = load()
+        return _LOADED[key]

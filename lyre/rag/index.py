@@ -10,6 +10,10 @@ its bytes) and compared with the hash the store holds for its source:
   unreadable reported with its reason (and removed if an older version was indexed)
 The settings an index was built with (chunking, BM25 analysis, embedder) are stored in it;
 re-indexing with different ones asks for --rebuild rather than mixing two kinds of chunks.
+
+A failure never leaves half a run: an index that holds something is updated in one transaction
+(store.batch()), so it stays as it was; a new index is written source by source (a killed run
+resumes where it stopped) and `index_documents` removes it again when the run fails.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@
 SQLite is the source of truth. Each source is replaced in ONE transaction (old chunks out, new
 in, hash updated, generation + 1), in WAL mode so readers keep reading while a writer works.
 A run killed halfway therefore leaves every source either fully old or fully new, and the
-next run picks up where it stopped (unchanged hashes are skipped).
+next run picks up where it stopped (unchanged hashes are skipped). batch() makes a whole run
+one transaction instead: what lyre.rag.index does to update an index that holds something.
 
 The BM25 matrix is derived data: it is rebuilt after a batch of writes (flush(), called once
 at the end of an indexing run rather than after each file, which would make indexing
