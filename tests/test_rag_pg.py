@@ -332,3 +332,26 @@ def test_lexical_ranking_weighs_rare_words_above_common_ones(make_pg):
     # "man" is in almost every chunk: it scores but does not select candidates on its own
     assert len(hits) == 1
     assert len(store.lexical_search("man walked", 3)) == 3  # only common words: they select
+
+
+def test_a_failed_run_leaves_postgres_as_it_was(pg_url, make_pg, tmp_path):
+    """Issue 19.15 on PostgreSQL: a failed first index is dropped, a failed update rolled back."""
+    from lyre.errors import LyreError
+    from lyre.rag.index import index_documents, index_paths
+
+    binary = tmp_path / "binary"
+    binary.mkdir()
+    (binary / "a.txt").write_bytes(b"\x00\xff" * 50)
+    with pytest.raises(LyreError, match="no readable file"):
+        index_documents([binary], "failedfirst", store_url=pg_url)
+    assert not make_pg("failedfirst").existed  # nothing was left behind
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Hector son of Priam. " * 30, encoding="utf-8")
+    store = make_pg()
+    index_paths([docs], store)
+    before = (store.sources(), store.settings(), store.chunk_count())
+    (docs / "a.txt").write_bytes(b"\x00\xff" * 50)
+    with pytest.raises(LyreError, match="no readable file"):
+        index_paths([docs], store)
+    assert (store.sources(), store.settings(), store.chunk_count()) == before

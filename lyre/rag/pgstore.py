@@ -291,7 +291,7 @@ class PgStore:
         if there are vectors and none yet (one build over all rows is much faster than growing
         the graph row by row; later writes update it), and refresh the planner's statistics,
         which the lexical ranking reads its term frequencies from."""
-        if not self._locked:
+        if not self._locked or not self._exists:  # nothing written, or dropped
             return
         if self._vector_dim() is not None:
             self._run("CREATE INDEX IF NOT EXISTS chunks_hnsw ON {s}.chunks "
