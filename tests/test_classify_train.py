@@ -191,7 +191,7 @@ def _weights(run: Path, name: str = "last") -> dict[str, torch.Tensor]:
 
 
 def test_crop_cuts_a_share_of_the_texts_to_prefixes_deterministically():
-    from lyre.tasks.classify import crop
+    from lyre.classify.task import crop
 
     seqs = [list(range(50)) for _ in range(400)]
     cut = crop(seqs, 0.5, seed=3, epoch=1, position=8)
@@ -340,7 +340,7 @@ def test_label_smoothing_is_the_training_loss(base, data, tmp_path):
     from types import SimpleNamespace
 
     from lyre.classify.config import ClassifyConfig
-    from lyre.tasks.classify import ClassificationTask
+    from lyre.classify.task import ClassificationTask
 
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.3]])
     labels = torch.tensor([0, 1])
