@@ -49,6 +49,7 @@ from lyre.model import build_model
 from lyre.ranks import world_size
 from lyre.rundir import RunDir
 from lyre.tokenizers import Tokenizer, load_tokenizer
+from lyre.train import check_train_config
 
 DEFAULT_TEMPLATE = "alpaca"
 SPLITS = ("train", "val", "test")
@@ -186,6 +187,7 @@ def steps_per_epoch(config: RunConfig, rows: int, *, drop_last: bool) -> int:
     whose order drops the last partial batch (FinetuneTask.drop_last: classification, as the
     book's DataLoader(drop_last=True)) rounds down; one whose last batch is partial rounds up."""
     cfg = config.train
+    check_train_config(cfg)  # batch_size=0 is a message here, not a division by zero
     per_step = cfg.batch_size * cfg.grad_accum * world_size()
     return max(1, rows // per_step) if drop_last else max(1, math.ceil(rows / per_step))
 
