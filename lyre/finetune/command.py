@@ -147,7 +147,9 @@ def finetune(base: str | Path | None = None, data: str | Path | None = None,
         name = ckpt.latest_checkpoint(out) or "last"
         done.adapter_bytes = (out / ckpt.CHECKPOINTS / name / ckpt.MODEL_FILE).stat().st_size
         ft = prepared.config.extras["finetune"]
-        say(f"adapter: {done.adapter_bytes / 1e6:.2f} MB per checkpoint "
+        size = done.adapter_bytes
+        shown = f"{size / 1e6:.2f} MB" if size >= 100_000 else f"{size / 1e3:.1f} KB"
+        say(f"adapter: {shown} per checkpoint "
             f"({out / ckpt.CHECKPOINTS}/*/{ckpt.MODEL_FILE}); the base's weights are read from "
             f"{base_dir_of(out, ft)} (checkpoint {ft.base_checkpoint}): keep it there", quiet)
     if result.step < prepared.config.train.max_iters and not result.stopped_early:
