@@ -26,8 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lyre.classify.config import ClassifyConfig
 from lyre.errors import LyreError
+from lyre.finetune.config import FinetuneConfig
 from lyre.io import read_json_object, write_json
+from lyre.lora_config import LoRAConfig
 from lyre.model import GPTConfig, get_family
 
 BUNDLED_ILIAD = Path(__file__).parent / "data_files" / "iliad.txt"
@@ -89,9 +92,9 @@ class RunConfig:
     """Everything a run needs. `model` is the config dataclass of the family that
     `model.arch` names (lyre.model.registry); GPTConfig by default.
 
-    Beyond the three sections, a run may carry optional ones that later stages register with
-    `register_section` (fine-tuning, adapters, a classification head), and a `chat_template`:
-    the name of the template (lyre.chat) that `lyre chat` and `lyre serve` use for this run.
+    Beyond the three sections, a run may carry the optional ones of OPTIONAL_SECTIONS
+    (fine-tuning, adapters, a classification head), and a `chat_template`: the name of the
+    template (lyre.chat) that `lyre chat` and `lyre serve` use for this run.
     """
 
     model: Any = field(default_factory=GPTConfig)
@@ -129,18 +132,33 @@ class RunConfig:
         }
         return cls(**values, chat_template=template, extras=extras)
 
+    @property
+    def kind(self) -> str:
+        """What the run is, one word of RUN_KINDS: its fine-tuning task (sft, dpo, classify)
+        when it has a [finetune] section, else what its model family trains on (lm, seq2seq)."""
+        finetune = self.extras.get("finetune")
+        if finetune is not None:
+            return finetune.task
+        return "lm" if get_family(self.model.arch).decoder_only else "seq2seq"
+
+    @property
+    def uses_lora(self) -> bool:
+        """LoRA adapters: the run's checkpoints hold them alone, its base holds the weights."""
+        return "lora" in self.extras
+
 
 SECTIONS: dict[str, type] = {"model": GPTConfig, "data": DataConfig, "train": TrainConfig}
 TOP_LEVEL = ("chat_template",)
-OPTIONAL_SECTIONS: dict[str, type] = {}
-
-
-def register_section(name: str, cls: type) -> None:
-    """Let run configs carry an optional section `name` (a dataclass), e.g. a fine-tuning stage's
-    settings; it is read, checked and written like the built-in sections."""
-    if name in SECTIONS or name in TOP_LEVEL:
-        raise ValueError(f"{name!r} is a built-in part of the run config")
-    OPTIONAL_SECTIONS[name] = cls
+# The sections a run may carry besides the three: declared here, not registered as a side effect
+# of importing their stage, so any process reads any run's config.json. Each dataclass lives in a
+# torch-free module of its stage (nothing there imports lyre.config back).
+OPTIONAL_SECTIONS: dict[str, type] = {
+    "finetune": FinetuneConfig,  # sft, dpo and classify runs: the task, data, base pointer
+    "lora": LoRAConfig,  # adapters instead of full weights
+    "classify": ClassifyConfig,  # a classifier's labels and head
+}
+# What `RunConfig.kind` (and RunDir.kind()) answers: the task that trained the run.
+RUN_KINDS = ("lm", "seq2seq", "sft", "dpo", "classify")
 
 
 def section_classes(raw: dict[str, Any]) -> dict[str, type]:

@@ -44,6 +44,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from lyre.errors import LyreError, first_line
+from lyre.ranks import is_main_process, under_torchrun  # noqa: F401  (is_main_process re-exported)
 from lyre.rng import b64_to_tensor, tensor_to_b64
 from lyre.signals import Stopped
 
@@ -86,13 +87,6 @@ def env_ranks() -> tuple[int, int, int]:
     if world < 1 or not 0 <= rank < world or local < 0:
         raise LyreError(f"invalid process rank {rank} (local {local}) for WORLD_SIZE={world}")
     return rank, local, world
-
-
-def is_main_process() -> bool:
-    """True on rank 0, and in a single-process run: the process that prints and writes."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return os.environ.get("RANK", "0") == "0"
 
 
 def check_config(cfg, device: torch.device) -> str:
@@ -445,6 +439,45 @@ class Dist:
         if not self.is_main:
             return None, None
         return _Frozen(weights), _Frozen(moments)
+
+
+def strip_nproc(argv: list[str]) -> list[str]:
+    """The command line without `--nproc N` / `--nproc=N`: what each process runs."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--nproc":
+            skip = True
+        elif not token.startswith("--nproc="):
+            out.append(token)
+    return out
+
+
+def launch_command(nproc: int, argv: list[str], config: Any,
+                   check_train: Callable[[Any], None]) -> None:
+    """`lyre train|finetune --nproc N ...`: the one launcher. Checks the run's config here (its
+    [train] section with `check_train`, the optimizer, the parallel settings, the devices), so
+    that bad input fails once, before any process starts; then runs the same command line
+    without --nproc as N processes of this machine (launch)."""
+    from lyre.devices import resolve_device
+    from lyre.optim import check_optimizer_config
+
+    if under_torchrun():
+        raise LyreError("--nproc starts torchrun itself; under torchrun, drop --nproc")
+    if nproc < 1:
+        raise LyreError(f"--nproc must be at least 1; got {nproc}")
+    cfg = config.train
+    check_train(cfg)
+    check_optimizer_config(cfg)
+    device = resolve_device(cfg.device)
+    check_config(cfg, device)
+    if device.type == "mps" and nproc > 1:
+        raise LyreError("--nproc needs CUDA GPUs or the CPU (train.device=cpu), not MPS")
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise LyreError(f"--nproc {nproc} but this machine has {torch.cuda.device_count()} GPU(s); "
+                        "use one process per GPU (or train.device=cpu)")
+    launch(nproc, strip_nproc(argv))
 
 
 def launch(nproc: int, argv: list[str]) -> None:

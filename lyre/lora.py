@@ -28,47 +28,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from safetensors.torch import save as safetensors_save
 
-from lyre.config import register_section
 from lyre.errors import LyreError
 from lyre.io import atomic_write_bytes, read_safetensors
+from lyre.lora_config import DEFAULT_TARGETS, LoRAConfig  # noqa: F401  (re-exported)
 
 SHORTHANDS = {"attn": ("attn.c_attn", "attn.c_proj"), "mlp": ("mlp.c_fc", "mlp.c_proj")}
-DEFAULT_TARGETS = ["attn", "mlp"]
 ADAPTER_KEYS = ("lora_A", "lora_B")
-
-
-@dataclass
-class LoRAConfig:
-    """The `[lora]` section of a fine-tuned run: the shape of its adapters."""
-
-    rank: int = 8
-    alpha: float = 16.0  # the update is scaled by alpha / rank
-    dropout: float = 0.0  # on the adapter's input only
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.rank
-
-    def validate(self) -> None:
-        if self.rank < 1:
-            raise LyreError(f"lora.rank must be at least 1; got {self.rank}")
-        if not (math.isfinite(self.alpha) and self.alpha > 0):
-            raise LyreError(f"lora.alpha must be a positive number; got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise LyreError(f"lora.dropout must be in [0, 1); got {self.dropout}")
-        if not self.targets:
-            raise LyreError("lora.targets is empty; name modules such as attn, mlp or c_attn")
-
-
-register_section("lora", LoRAConfig)
 
 
 class LoRALinear(nn.Module):

@@ -76,6 +76,15 @@ class RunDir:
             raise LyreError(f"run directory {self.path} does not exist")
         return config_from_json(self.config_path)
 
+    def kind(self) -> str:
+        """What the run is: one of lyre.config.RUN_KINDS ("lm", "seq2seq", "sft", "dpo",
+        "classify"), read from its config.json. The one place that tells runs apart."""
+        return self.read_config().kind
+
+    def uses_lora(self) -> bool:
+        """Does the run hold LoRA adapters (its weights come from the base it points at)?"""
+        return self.read_config().uses_lora
+
     def write_config(self, config: RunConfig) -> None:
         save_config(config, self.config_path)
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from lyre import checkpoint as ckpt
-from lyre.classify.config import is_classifier  # also registers the [classify] section
+from lyre.classify.config import is_classifier
 from lyre.config import RunConfig, config_from_json
 from lyre.errors import LyreError
 from lyre.finetune.base import load_weights

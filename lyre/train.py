@@ -49,11 +49,18 @@ __all__ = ["Trainer", "TrainResult", "train", "Stopped", "learning_rate", "check
 class TrainResult:
     run_dir: Path
     step: int
-    best_val_loss: float
+    best_metric: float  # the best value of the metric that picks the `best` checkpoint...
+    metric_name: str = "val_loss"  # ...which is this one (the task's best_metric: val_accuracy, ...)
     val_loss: float | None = None  # the last evaluation (exact over the whole split if final_eval)
     train_loss: float | None = None
     history: list[dict] = field(default_factory=list)  # what was appended to metrics.jsonl
     stopped_early: str | None = None  # why the task ended the run before max_iters, if it did
+
+    @property
+    def best_val_loss(self) -> float | None:
+        """The best val loss when that is what picked the checkpoint (None otherwise: a
+        classifier picks on val accuracy, see best_metric)."""
+        return self.best_metric if self.metric_name == "val_loss" else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,8 +180,8 @@ class Trainer:
         self.history = self.tracker.history
 
     @property
-    def best_val_loss(self) -> float:  # the selection metric under its usual name
-        return self.best_metric
+    def best_val_loss(self) -> float | None:  # the selection metric, when it is the val loss
+        return self.best_metric if self.task.best_metric == "val_loss" else None
 
     def _restore(self) -> None:
         name = self.rundir.latest_checkpoint()
@@ -205,12 +212,14 @@ class Trainer:
         state = {
             "step": self.step,
             "best_metric": self.best_metric,
-            "best_val_loss": self.best_metric,  # read by earlier versions
+            "best_metric_name": self.task.best_metric,  # what best_metric measures
             "config": self.config.to_dict(),
             "rng": ckpt.capture_rng_state(self.task.generators()),
             "task": self.task.state_dict(),
             "global_batch": self.global_batch,
         }
+        if self.task.best_metric == "val_loss":
+            state["best_val_loss"] = self.best_metric  # read by earlier versions
         if rank_rng is not None:
             state["rank_rng"] = rank_rng
         ckpt.save_checkpoint(self.run_dir, name, model=model, optimizer=optimizer, state=state)
@@ -326,7 +335,8 @@ class Trainer:
         return TrainResult(
             run_dir=self.run_dir,
             step=self.step,
-            best_val_loss=self.best_metric,
+            best_metric=self.best_metric,
+            metric_name=self.task.best_metric,
             val_loss=last_eval.get("val_loss") if last_eval else None,
             train_loss=last_eval.get("train_loss") if last_eval else None,
             history=self.history,

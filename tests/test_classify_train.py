@@ -191,7 +191,7 @@ def _weights(run: Path, name: str = "last") -> dict[str, torch.Tensor]:
 
 
 def test_crop_cuts_a_share_of_the_texts_to_prefixes_deterministically():
-    from lyre.tasks.classify import crop
+    from lyre.classify.task import crop
 
     seqs = [list(range(50)) for _ in range(400)]
     cut = crop(seqs, 0.5, seed=3, epoch=1, position=8)
@@ -246,7 +246,7 @@ def test_lora_checkpoints_hold_adapters_and_head_only(base, data, tmp_path, caps
 
 def test_classify_refuses_what_is_not_a_classifier(base, classifier, tmp_path, capsys):
     code, _, err = run_cli(capsys, "classify", base, "hello")
-    assert code == 2 and "is not a classifier" in err and "task 'lm'" in err
+    assert code == 2 and "is not a classifier" in err and "kind 'lm'" in err
     assert len(err.strip().splitlines()) == 1
     code, _, err = run_cli(capsys, "classify", classifier, "")
     assert code == 2 and "empty" in err
@@ -340,7 +340,7 @@ def test_label_smoothing_is_the_training_loss(base, data, tmp_path):
     from types import SimpleNamespace
 
     from lyre.classify.config import ClassifyConfig
-    from lyre.tasks.classify import ClassificationTask
+    from lyre.classify.task import ClassificationTask
 
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.3]])
     labels = torch.tensor([0, 1])
@@ -359,3 +359,54 @@ def test_label_smoothing_is_the_training_loss(base, data, tmp_path):
     cls = json.loads((out / "config.json").read_text())["classify"]
     assert cls["label_smoothing"] == 0.1 and cls["pooling"] == "last+mean"
     assert load_classifier(out).classify([HAM])[0].label in ("ham", "spam")
+
+
+# ---- one house: the CLI, the run's kind, the selection metric -------------------------------
+
+
+def test_cli_takes_options_between_the_run_and_its_texts(classifier, capsys):
+    """`lyre classify RUN --json TEXT`: an option may sit between RUN and the texts (19.12)."""
+    code, out, _ = run_cli(capsys, "classify", classifier, "--json", SPAM, "--batch-size", "2", HAM)
+    assert code == 0 and [json.loads(line)["label"] for line in out.splitlines()] == ["spam", "ham"]
+    with pytest.raises(SystemExit) as e:
+        run_cli(capsys, "classify", classifier, "--bogus", SPAM)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "usage: lyre classify" in err and "unrecognized arguments: --bogus" in err
+
+
+def test_a_classifier_is_kind_classify_and_picks_on_val_accuracy(classifier):
+    """RunDir.kind() names the run (19.1); the checkpoint says which metric `best` holds (19.7)."""
+    from lyre.rundir import RunDir
+
+    assert RunDir(classifier).kind() == "classify" and not RunDir(classifier).uses_lora()
+    state = json.loads((classifier / "checkpoints" / "best" / "state.json").read_text())
+    assert state["best_metric_name"] == "val_accuracy" and "best_val_loss" not in state
+    assert 0.5 <= state["best_metric"] <= 1.0
+
+
+def test_info_reads_a_classifier_run_in_a_fresh_process(classifier):
+    """Every section is declared by lyre.config: a process that never imported lyre.classify
+    reads the run's config.json (19.1)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-m", "lyre", "info", str(classifier)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "parameters" in done.stdout.lower()
+
+
+def test_finetune_classifier_is_the_one_driver(base, data, tmp_path):
+    """finetune_classifier is `finetune(task="classify")`: the same result type, the task's
+    report, the selection metric by name (19.4, 19.7)."""
+    from lyre.finetune.command import FinetuneResult, finetune
+
+    result = finetune(base, data, tmp_path / "run", task="classify", progress=False, quiet=True,
+                      plot=False, overrides=[*TRAIN_SETTINGS, "epochs=1", "max_iters=3"])
+    assert isinstance(result, FinetuneResult) and result.task.name == "classify"
+    assert result.train.metric_name == "val_accuracy" and result.train.best_val_loss is None
+    assert result.report["test"]["rows"] > 0
+    assert "best val accuracy" in result.summary()

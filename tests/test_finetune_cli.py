@@ -3,7 +3,11 @@ left as it was (not created, or untouched)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from finetune_util import base_run, colour_records, write_json
@@ -86,3 +90,70 @@ def test_records_too_long_are_counted_not_fatal(base, tmp_path, capsys):
     assert "1 of 22 records of the train split skipped: 1 x the prompt alone is longer than the context" in err
     assert "1 of 21 train sequences were longer than 256 tokens and were cut at their end" in err
     assert "full fine-tuning: " in err and "trainable of" in err
+
+
+# ---- one house (issue 19) ---------------------------------------------------------------------
+
+
+def test_task_names_and_data_hints(base, data, tmp_path, capsys):
+    """--task lists every task, classify included, with a did-you-mean; a table given to SFT
+    points at --task classify (19.18); --nproc checks the config before any process starts (19.8)."""
+    out = tmp_path / "out"
+    run = ["finetune", str(base), "--data", str(data), "--out", str(out), "--no-progress"]
+    err = fails(capsys, [*run, "--task", "sfft"], "unknown fine-tuning task 'sfft' (did you mean 'sft'?)")
+    assert "known: sft, dpo, classify" in err
+    table = tmp_path / "labelled.tsv"
+    table.write_text("ham\tsee you at lunch\nspam\tWIN a prize now\n", encoding="utf-8")
+    fails(capsys, run[:3] + [str(table)] + run[4:], "--task classify")
+    fails(capsys, [*run, "--nproc", "2", "--set", "batch_size=0"], "train.batch_size must be at least 1")
+    assert not out.exists()
+
+
+def test_strip_nproc_once():
+    from lyre.distributed import strip_nproc
+
+    assert strip_nproc(["finetune", "B", "--nproc", "2", "--out", "O", "--nproc=3"]) == \
+        ["finetune", "B", "--out", "O"]
+
+
+def _lyre(*argv) -> subprocess.CompletedProcess:
+    """`python -m lyre ARGV` in a fresh process: only what lyre.config itself declares is known."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run([sys.executable, "-m", "lyre", *map(str, argv)], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_a_lora_run_reads_everywhere_and_says_what_it_did(base, data, tmp_path, capsys):
+    """`lyre info RUN` in a fresh process on a LoRA SFT run (19.1); the header says the steps
+    were capped; the adapter line names the base's directory (19.18); the run's kind (19.1)."""
+    from lyre.rundir import RunDir
+
+    out = tmp_path / "lora"
+    assert main(["finetune", str(base), "--data", str(data), "--out", str(out), "--no-progress",
+                 "--lora-rank", "2", "--set", "max_iters=2", "--set", "finetune.responses=false",
+                 "--set", "threads=1"]) == 0
+    captured = capsys.readouterr()
+    assert "steps (capped by train.max_iters;" in captured.err
+    assert f"the base's weights are read from {Path(base).resolve()}" in captured.err
+    assert "best val_loss" in captured.out
+    assert RunDir(out).kind() == "sft" and RunDir(out).uses_lora()
+    done = _lyre("info", out)
+    assert done.returncode == 0, done.stderr
+    resumed = _lyre("finetune", "--resume", out, "--set", "max_iters=3", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr and "done: step 3" in resumed.stdout
+
+
+def test_dpo_header_counts_pairs(base, tmp_path, capsys):
+    from finetune_util import preference_records
+
+    prefs = write_json(tmp_path / "prefs.json", preference_records(20))
+    out = tmp_path / "dpo"
+    assert main(["finetune", str(base), "--data", str(prefs), "--out", str(out), "--no-progress",
+                 "--task", "dpo", "--set", "max_iters=1", "--set", "finetune.responses=false",
+                 "--set", "threads=1"]) == 0
+    err = capsys.readouterr().err
+    assert "training pairs" in err and "DPO loss (beta 0.1)" in err and "answers only" not in err
+    done = _lyre("info", out)
+    assert done.returncode == 0, done.stderr

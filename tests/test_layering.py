@@ -1,7 +1,11 @@
-"""The package's layering: no module of lyre/ imports, even lazily, a module that imports it back.
+"""The package's layering: no module of lyre/ imports, even lazily, a module that imports it back,
+and the dependencies between packages keep to the contracts declared in pyproject.toml
+([tool.importlinter], checked here with import-linter).
 
 A cycle makes the import order matter and hides which module depends on which; the map in
-docs/architecture.md is only true while the graph stays a DAG.
+docs/architecture.md is only true while the graph stays a DAG. A contract says which way a
+dependency may go (the ground floor imports no stage; lyre.hf does not reach into the task
+packages; nothing but the CLI imports lyre.cli; ...), which a cycle check cannot see.
 """
 
 from __future__ import annotations
@@ -93,6 +97,42 @@ def package_edges(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 def test_no_import_cycle_inside_lyre():
     cycle = find_cycle(package_edges(import_graph()))
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_import_contracts_are_kept(capsys):
+    """`lint-imports`, through its Python API, on this tree's pyproject.toml: 0 when every
+    contract is kept; its report (which import broke which contract) is the failure message."""
+    import sys
+
+    from importlinter.cli import lint_imports
+
+    root = PACKAGE.parent
+    sys.path.insert(0, str(root))  # analyse this tree's lyre, wherever lyre is installed
+    try:
+        code = lint_imports(config_filename=str(root / "pyproject.toml"), no_cache=True, no_logo=True)
+    finally:
+        sys.path.remove(str(root))
+    report = capsys.readouterr().out
+    assert code == 0, report
+    assert "0 broken" in report
+
+
+def test_a_broken_contract_is_reported(tmp_path, capsys, monkeypatch):
+    """The check can fail: a package whose ground floor imports a stage breaks its contract."""
+    from importlinter.cli import lint_imports
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "config.py").write_text("import pkg.train\n")
+    (pkg / "train.py").write_text("")
+    (tmp_path / "setup.toml").write_text(
+        '[tool.importlinter]\nroot_package = "pkg"\n\n[[tool.importlinter.contracts]]\n'
+        'name = "ground floor"\ntype = "forbidden"\nsource_modules = ["pkg.config"]\n'
+        'forbidden_modules = ["pkg.train"]\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert lint_imports(config_filename=str(tmp_path / "setup.toml"), no_cache=True, no_logo=True) == 1
+    assert "pkg.config -> pkg.train" in capsys.readouterr().out
 
 
 def test_train_and_generate_are_modules_of_the_package():

@@ -208,6 +208,10 @@ def test_peft_loads_the_exported_adapter_with_the_same_logits(lora_run, tmp_path
     with torch.no_grad():
         theirs = adapted(ids).logits
     assert (theirs - expected).abs().max() < 1e-4
+    import json  # the adapter names its base portably: DIR/base, no path of this machine (19.18)
+
+    adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "base"
     merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     with torch.no_grad():
         assert (merged(ids).logits - expected).abs().max() < 1e-4

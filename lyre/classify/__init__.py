@@ -7,12 +7,14 @@
                  which parameters train
     build.py     build a classifier from a config, from its base run or its own checkpoint
     metrics.py   accuracy, per-class precision / recall / F1, confusion matrix, tables
-    finetune.py  `lyre finetune BASE --task classify`: config, the one Trainer, the report
+    task.py      `--task classify`: the trainer task and the fine-tuning driver's hooks
+    finetune.py  finetune_classifier (the one driver with task="classify"), the final report
     predict.py   `lyre classify`, the Python API and the server's classification route
     export.py    Hugging Face GPT2ForSequenceClassification export
     plot.py      loss and accuracy per epoch
 
-The training objective is a trainer task: lyre/tasks/classify.py.
+The training objective is the trainer task in task.py; the fine-tuning driver (lyre.finetune)
+runs it like any other fine-tuning task.
 
     from lyre.classify import finetune_classifier, load_classifier
     finetune_classifier("runs/base", "sms_spam.tsv", "runs/spam", overrides=["balance=true"])
@@ -33,7 +35,6 @@ _EXPORTS = {
     "SequenceClassifier": "lyre.classify.model",
     "finetune_classifier": "lyre.classify.finetune",
     "evaluate_classifier": "lyre.classify.finetune",
-    "ClassifyResult": "lyre.classify.finetune",
     "Classifier": "lyre.classify.predict",
     "Prediction": "lyre.classify.predict",
     "load_classifier": "lyre.classify.predict",

@@ -1,19 +1,21 @@
 """The `[classify]` section of a classifier run's config.json: its labels, data and head.
 
-Registered with lyre.config.register_section, so every reader of config.json accepts it and
-`--set classify.pooling=mean` (or `pooling=mean`) changes it like any other field. A run that
-has this section is a classifier run (`is_classifier`): `lyre classify` and the classification
-route of `lyre serve` need it, the text-generating commands refuse it.
+Declared by lyre.config itself (OPTIONAL_SECTIONS), so every reader of config.json accepts it
+and `--set classify.pooling=mean` (or `pooling=mean`) changes it like any other field. A run
+with this section is a classifier run (RunDir.kind() == "classify"): `lyre classify` and the
+classification route of `lyre serve` need it, the text-generating commands refuse it.
+Torch-free, and lyre.config imports it: RunConfig is named for type checking only.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lyre.config import RunConfig, register_section
 from lyre.errors import LyreError
+
+if TYPE_CHECKING:
+    from lyre.config import RunConfig
 
 POOLINGS = ("last_nonpad", "last", "mean", "last+mean")
 TRAINABLE = ("head", "blocks", "all", "lora")
@@ -66,9 +68,6 @@ class ClassifyConfig:
             raise LyreError(f"classify.labels has a label twice: {self.labels}")
 
 
-register_section("classify", ClassifyConfig)
-
-
 def is_classifier(config: RunConfig) -> bool:
     return "classify" in config.extras
 
@@ -84,17 +83,6 @@ def classify_section(config: RunConfig, run_dir: object = "the run") -> Classify
 
 def run_kind(config: RunConfig) -> str:
     """What trained the run, in words, for error messages."""
-    finetune = config.extras.get("finetune")
-    task = getattr(finetune, "task", None)
-    if task:
-        return f"a model fine-tuned with --task {task}"
-    return "a language model (task 'lm')"
-
-
-def is_classifier_run(run_dir: str | Path) -> bool:
-    """Does RUN_DIR/config.json have a [classify] section? (False when it cannot be read.)"""
-    try:
-        raw = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(raw, dict) and "classify" in raw
+    if "finetune" in config.extras:
+        return f"a model fine-tuned with --task {config.kind}"
+    return f"a language model (kind {config.kind!r})"

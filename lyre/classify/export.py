@@ -44,9 +44,11 @@ def export_classifier_hf(run_dir: str | Path, out_dir: str | Path, *, checkpoint
     cls = config.extras["classify"]
     model_type = export_target(config.model)
     if model_type != "gpt2":
-        raise LyreError(f"cannot export this classifier: its base exports as {model_type}, and "
-                        "transformers has a sequence-classification class for GPT-2-shaped bases "
-                        "only here (learned positions, LayerNorm)")
+        m = config.model
+        raise LyreError(f"cannot export this classifier: its base (pos={m.pos}, norm={m.norm}) is a "
+                        f"{model_type} model in Hugging Face's terms, and a classifier is exported as "
+                        "GPT2ForSequenceClassification, which needs a GPT-2-shaped base (learned or "
+                        "sinusoidal positions, LayerNorm)")
     if cls.pooling != "last_nonpad":
         raise LyreError(f"cannot export a classifier with pooling={cls.pooling}: "
                         "GPT2ForSequenceClassification reads the last non-padding token "

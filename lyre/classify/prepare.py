@@ -19,7 +19,7 @@ run directory is touched; the Trainer's task writes the run's copies at its set-
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,7 +30,13 @@ from lyre.config import RunConfig, TrainConfig, load_config
 from lyre.errors import LyreError
 from lyre.finetune import base as base_mod
 from lyre.finetune.config import FinetuneConfig
-from lyre.finetune.prepare import Base, derive_schedule, resolve_base
+from lyre.finetune.prepare import (
+    Base,
+    derive_schedule,
+    describe_steps,
+    resolve_base,
+    steps_per_epoch,
+)
 from lyre.io import remove_path, write_json
 from lyre.rundir import RunDir
 from lyre.tokenizers import load_tokenizer
@@ -61,6 +67,7 @@ class PreparedClassifier:
     hf_base: Path | None = None  # a Hugging Face base imported here, kept in RUN/base (LoRA)
     notes: list[str] = field(default_factory=list)
     steps_per_epoch: int = 0
+    report: Callable[[str], None] = print  # told what trains once the model is built
 
     @property
     def classify(self) -> ClassifyConfig:
@@ -83,20 +90,6 @@ class PreparedClassifier:
         run.take_tokenizer(self.tokenizer_dir, resume=False)
         if self.hf_base is not None:
             self.base_dir = base_mod.keep_with_run(self.base_dir, run.path)
-
-
-def _world_size() -> int:
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
-
-
-def steps_per_epoch(config: RunConfig, train_rows: int) -> int:
-    """Full batches per pass over the training split (the last partial batch waits, as the
-    book's drop_last=True)."""
-    cfg = config.train
-    return max(1, train_rows // (cfg.batch_size * cfg.grad_accum * _world_size()))
 
 
 def fresh_config(base: Base, lora_rank: int, data: Path, overrides: list[str],
@@ -168,7 +161,7 @@ def prepare_classifier(*, base: str | Path | None, data: str | Path | None, out:
         ft = config.extras["finetune"]
         base_dir = base_mod.check_base(out, ft) if "lora" in config.extras else None
         train_rows = len(read_split(out / "data" / "train.jsonl"))
-        per_epoch = steps_per_epoch(config, train_rows)
+        per_epoch = steps_per_epoch(config, train_rows, drop_last=True)
         derive_schedule(config, overrides, per_epoch, resume=True, evals_per_epoch=1, scale_warmup=False)
         return PreparedClassifier(config, None, out / "tokenizer", base_dir, ft.base_checkpoint,
                                   resume=True, steps_per_epoch=per_epoch)
@@ -195,13 +188,12 @@ def prepare_classifier(*, base: str | Path | None, data: str | Path | None, out:
     if train.truncated:
         notes.append(f"{train.truncated:,} of {len(train.ids):,} training texts were longer than "
                      f"{limit} tokens and keep their first {limit}")
-    per_epoch = steps_per_epoch(config, len(train.ids))
+    per_epoch = steps_per_epoch(config, len(train.ids), drop_last=True)
     derive_schedule(config, overrides, per_epoch, resume=False, evals_per_epoch=1,
                     scale_warmup=False)
     sizes = " / ".join(f"{len(getattr(dataset.splits, n)):,} {n}" for n in SPLITS)
     notes.insert(0, f"classify: {len(cls.labels)} classes ({', '.join(cls.labels)}); {sizes}; "
-                    f"{per_epoch:,} steps per epoch x {ft.epochs} epoch(s) -> "
-                    f"{config.train.max_iters:,} steps")
+                    f"{describe_steps(config, per_epoch)}")
     hf_base = resolved.run_dir if resolved.hf and "lora" in config.extras else None
     if hf_base is not None:
         ft.base = "base"  # the LoRA run keeps its Hugging Face base in RUN/base

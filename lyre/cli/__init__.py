@@ -22,9 +22,9 @@ numpy) happen inside the commands, so `lyre --help` stays fast.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from lyre import ranks
 from lyre.cli import assistant, finetune, interop, pretrain, sample, zoo
 from lyre.cli.flags import Parser
 from lyre.errors import LyreError
@@ -59,13 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     except LyreError as e:
         if getattr(e, "reported_by_rank_zero", False):  # another process printed it already
             return EXIT_USAGE
-        rank = os.environ.get("RANK", "0")
-        where = f"[rank {rank}] " if os.environ.get("WORLD_SIZE", "1") != "1" and rank != "0" else ""
+        where = f"[rank {ranks.rank()}] " if ranks.world_size() > 1 and not ranks.is_main_process() else ""
         print(f"lyre: error: {where}{e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as e:
         code = getattr(e, "exit_code", 130)  # lyre.train.Stopped: 143 after SIGTERM, said so already
-        if code == 130 and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        if code == 130 and ranks.is_main_process():  # under torchrun, rank 0 speaks for the run
             print("\nlyre: interrupted", file=sys.stderr)
         return code
     except BrokenPipeError:  # e.g. `lyre sample ... | head`

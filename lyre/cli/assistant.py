@@ -110,9 +110,9 @@ def cmd_serve(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    from lyre.classify.config import is_classifier_run
+    from lyre.rundir import RunDir
 
-    if is_classifier_run(args.run_dir):  # POST /v1/classify instead of completions
+    if RunDir(args.run_dir).kind() == "classify":  # POST /v1/classify instead of completions
         from lyre.classify.predict import load_classifier
         from lyre.serve.classify_routes import serve_classifier
 

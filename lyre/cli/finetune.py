@@ -7,8 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from lyre.cli.flags import add_checkpoint_flags
+from lyre.cli.flags import Parser, add_checkpoint_flags
 from lyre.errors import LyreError
+from lyre.ranks import is_main_process
 
 
 def register(sub) -> None:
@@ -18,13 +19,15 @@ def register(sub) -> None:
 
 
 def _add_finetune(sub) -> None:
-    p = sub.add_parser("finetune", help="fine-tune a run on instruction, chat or preference data",
+    p = sub.add_parser("finetune", help="fine-tune a run on instruction, chat, preference or labelled data",
                        description="Fine-tune BASE (a lyre run or a Hugging Face model directory) on "
                                    "Alpaca JSON/JSONL, chat JSONL (messages) or prompt/completion data "
-                                   "(--task sft), or on prompt/chosen/rejected pairs (--task dpo); full "
-                                   "or LoRA. See docs/finetune.md.")
+                                   "(--task sft), on prompt/chosen/rejected pairs (--task dpo), or on "
+                                   "labelled TSV/CSV/JSONL texts (--task classify); full or LoRA. See "
+                                   "docs/finetune.md and docs/classify.md.")
     p.add_argument("base", nargs="?", metavar="BASE", help="a lyre run directory or a Hugging Face model directory")
-    p.add_argument("--data", type=Path, help="JSON or JSONL data file (split 85/10/5 into train/val/test)")
+    p.add_argument("--data", type=Path, help="JSON or JSONL data file (split 85/10/5 into train/val/test); "
+                                             "--task classify: TSV, CSV or JSONL (split 70/10/20)")
     p.add_argument("--out", type=Path, help="run directory to write (default: runs/finetune)")
     p.add_argument("--task", default=None,
                    help="sft (default) | dpo | classify (labelled TSV/CSV/JSONL; docs/classify.md)")
@@ -61,7 +64,35 @@ def _add_judge(sub) -> None:
     p.set_defaults(func=cmd_judge)
 
 
+class IntermixedParser(Parser):
+    """A verb whose positionals may sit on both sides of its options (`lyre classify RUN --json
+    TEXT`): argparse's intermixed parsing, and anything left over is this verb's error, shown
+    with this verb's usage (not `lyre`'s)."""
+
+    _inner = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inner:  # parse_known_intermixed_args calls back here for its two passes
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            namespace, extras = self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, []
+
+
 def _add_classify(sub) -> None:
+    default_class, sub._parser_class = sub._parser_class, IntermixedParser  # this verb only
+    try:
+        _add_classify_parser(sub)
+    finally:
+        sub._parser_class = default_class
+
+
+def _add_classify_parser(sub) -> None:
     p = sub.add_parser("classify", help="label texts with a classifier run",
                        description="Print the label of each text and its probability. Texts come from "
                                    "the command line, a file (one per line) or stdin (one per line).")
@@ -77,17 +108,8 @@ def _add_classify(sub) -> None:
 
 
 def cmd_finetune(args) -> None:
-    from lyre.finetune.command import finetune
+    from lyre.finetune.command import finetune, finetune_config
 
-    if args.nproc:
-        from lyre import distributed
-
-        if "WORLD_SIZE" in os.environ:
-            raise LyreError("--nproc starts torchrun itself; under torchrun, drop --nproc")
-        argv = [t for i, t in enumerate(args.argv) if t != "--nproc" and not t.startswith("--nproc=")
-                and (i == 0 or args.argv[i - 1] != "--nproc")]
-        distributed.launch(args.nproc, argv)
-        return
     if args.resume:
         given = [flag for flag, value in (("BASE", args.base), ("--data", args.data), ("--out", args.out),
                                           ("--template", args.template), ("--lora-rank", args.lora_rank),
@@ -98,44 +120,18 @@ def cmd_finetune(args) -> None:
         out = args.resume
     else:
         out = args.out or Path("runs") / "finetune"
-    if args.task == "classify" or (args.resume and _finetune_task(args.resume) == "classify"):
-        _finetune_classifier(args, out)
+    settings = dict(task=args.task, template=args.template, lora_rank=args.lora_rank,
+                    overrides=args.overrides, resume=bool(args.resume), force=args.force)
+    if args.nproc:
+        from lyre import distributed
+        from lyre.train import check_train_config
+
+        config = finetune_config(args.base, args.data, out, **settings)
+        distributed.launch_command(args.nproc, args.argv, config, check_train_config)
         return
-    result = finetune(args.base, args.data, out, task=args.task, template=args.template,
-                      lora_rank=args.lora_rank, overrides=args.overrides, resume=bool(args.resume),
-                      force=args.force, progress=not args.no_progress)
-    if os.environ.get("RANK", "0") != "0":
-        return
-    r = result.train
-    val = f"{r.val_loss:.4f}" if r.val_loss is not None else "n/a"
-    print(f"done: step {r.step}, val loss {val}, best {r.best_val_loss:.4f}, run in {out}; talk to it with "
-          f"`lyre chat {out}`")
-
-
-def _finetune_task(run_dir: Path) -> str | None:
-    import json
-
-    try:
-        return json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["finetune"]["task"]
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-
-
-def _finetune_classifier(args, out: Path) -> None:
-    """`lyre finetune BASE --task classify ...` (lyre.classify.finetune)."""
-    from lyre.classify.finetune import finetune_classifier
-
-    if args.template is not None:
-        raise LyreError("--template is for generative fine-tuning; a classifier reads plain text")
-    result = finetune_classifier(args.base, args.data, out, lora_rank=args.lora_rank,
-                                 overrides=args.overrides, resume=bool(args.resume), force=args.force,
-                                 progress=not args.no_progress)
-    if os.environ.get("RANK", "0") != "0":
-        return
-    test = result.accuracy("test")
-    shown = f"test accuracy {test:.2%}" if test is not None else "no test split"
-    print(f"done: step {result.train.step}, best val accuracy {result.best_val_accuracy:.2%}, {shown}; "
-          f"run in {out}; use it with `lyre classify {out} \"some text\"`")
+    result = finetune(args.base, args.data, out, progress=not args.no_progress, **settings)
+    if is_main_process():
+        print(result.summary())
 
 
 def cmd_judge(args) -> None:

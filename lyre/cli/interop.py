@@ -45,12 +45,12 @@ def cmd_import_hf(args) -> None:
 
 
 def cmd_export_hf(args) -> None:
-    from lyre.classify.config import is_classifier_run
     from lyre.hf import export_hf
+    from lyre.rundir import RunDir
 
     out = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint, force=args.force,
                     peft_adapter=args.peft_adapter)
-    auto = "AutoModelForSequenceClassification" if is_classifier_run(args.run_dir) else "AutoModelForCausalLM"
+    auto = "AutoModelForSequenceClassification" if RunDir(args.run_dir).kind() == "classify" else "AutoModelForCausalLM"
     print(f"wrote {out}: load it with transformers.{auto}.from_pretrained({str(out)!r})")
     if args.peft_adapter:
         adapter = args.peft_adapter

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from lyre.cli.finetune import cmd_finetune
 from lyre.errors import LyreError
+from lyre.ranks import is_main_process
 
 
 def register(sub) -> None:
@@ -92,13 +92,12 @@ def cmd_prepare(args) -> None:
 
 def cmd_train(args) -> None:
     from lyre.config import load_config, resolve_preset
+    from lyre.rundir import RunDir
     from lyre.train import train
 
     args.overrides += [f"train.{name}=true" for name in ("tensorboard", "wandb") if getattr(args, name)]
-    if args.nproc:
-        _launch_processes(args)
-        return
-    if args.resume and is_finetune_run(args.resume):  # the trainer's resume hint names `lyre train`
+    if args.resume and RunDir(args.resume).kind() not in ("lm", "seq2seq"):
+        # A fine-tuned run (the trainer's resume hint names `lyre train`): its own driver.
         args.base = args.data = args.out = args.template = args.lora_rank = args.task = None
         cmd_finetune(args)
         return
@@ -110,63 +109,25 @@ def cmd_train(args) -> None:
             raise LyreError(f"--resume continues the run's saved config in place; drop {', '.join(ignored)} "
                             "(change fields with --set)")
         config = load_config(args.resume / "config.json", args.overrides)
-        result = train(config, args.resume, resume=True, progress=not args.no_progress)
     else:
         preset = resolve_preset(args.config) if args.config else _default_preset()
         config = load_config(preset, args.overrides)
+    if args.nproc:
+        from lyre import distributed
+        from lyre.train import check_train_config
+
+        distributed.launch_command(args.nproc, args.argv, config, check_train_config)
+        return
+    if args.resume:
+        result = train(config, args.resume, resume=True, progress=not args.no_progress)
+    else:
         run_dir = args.out or Path("runs") / preset.stem
         result = train(config, run_dir, force=args.force, progress=not args.no_progress)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
+    if not is_main_process():  # under torchrun, rank 0 speaks for the run
         return
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
-    print(f"done: step {result.step}, val loss {val}, best {result.best_val_loss:.4f}, run in {result.run_dir}")
-
-
-def is_finetune_run(run_dir: Path) -> bool:
-    import json
-
-    try:
-        return "finetune" in json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
-        return False
-
-
-def _launch_processes(args) -> None:
-    """`lyre train --nproc N ...` = `torchrun --standalone --nproc_per_node N -m lyre train ...`,
-    after checking the config here so that bad input fails once, before any process starts."""
-    from lyre import distributed
-    from lyre.config import load_config
-    from lyre.optim import check_optimizer_config
-    from lyre.train import check_train_config, resolve_device
-
-    if "WORLD_SIZE" in os.environ:
-        raise LyreError("--nproc starts torchrun itself; under torchrun, drop --nproc")
-    if args.resume:
-        config = load_config(args.resume / "config.json", args.overrides)
-    else:
-        config = load_config(args.config or _default_preset(), args.overrides)
-    cfg = config.train
-    check_train_config(cfg)
-    check_optimizer_config(cfg)
-    device = resolve_device(cfg.device)
-    distributed.check_config(cfg, device)
-    if device.type == "mps" and args.nproc > 1:
-        raise LyreError("--nproc needs CUDA GPUs or the CPU (train.device=cpu), not MPS")
-    if device.type == "cuda":
-        import torch
-
-        if args.nproc > torch.cuda.device_count():
-            raise LyreError(f"--nproc {args.nproc} but this machine has {torch.cuda.device_count()} GPU(s); "
-                            "use one process per GPU (or train.device=cpu)")
-    argv, skip = [], False
-    for token in args.argv:
-        if skip:
-            skip = False
-        elif token == "--nproc":
-            skip = True
-        elif not token.startswith("--nproc="):
-            argv.append(token)
-    distributed.launch(args.nproc, argv)
+    print(f"done: step {result.step}, val loss {val}, best {result.metric_name} {result.best_metric:.4f}, "
+          f"run in {result.run_dir}")
 
 
 def _default_preset() -> Path:

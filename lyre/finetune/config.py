@@ -1,20 +1,20 @@
 """The `[finetune]` section of a fine-tuned run's config.json: what it was tuned from and on.
 
-Registered with lyre.config.register_section, so `--set finetune.epochs=3` (or `epochs=3`)
-works like any other field, and every reader of config.json accepts the section.
+Declared by lyre.config itself (OPTIONAL_SECTIONS), so `--set finetune.epochs=3` (or `epochs=3`)
+works like any other field and every reader of config.json accepts the section, in any process.
+Torch-free and importing nothing of lyre but errors: lyre.config imports it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lyre.config import register_section
 from lyre.errors import LyreError
 
 
 @dataclass
 class FinetuneConfig:
-    task: str = "sft"  # sft | dpo (lyre.finetune.tasks.TASKS)
+    task: str = "sft"  # sft | dpo | classify (lyre.finetune.tasks.TASKS): the run's kind
     data: str = ""  # the data file it was tuned on
     val_data: str = ""  # explicit validation / test files; empty: split `data`
     test_data: str = ""
@@ -51,5 +51,3 @@ class FinetuneConfig:
         if not self.beta > 0:
             raise LyreError(f"finetune.beta must be positive; got {self.beta}")
 
-
-register_section("finetune", FinetuneConfig)

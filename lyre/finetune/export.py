@@ -3,6 +3,9 @@
     DIR/adapter_config.json + DIR/adapter_model.safetensors    the adapter, PEFT's layout
     DIR/base/                                                  the base model (export_hf of the base run)
 
+adapter_config.json's base_model_name_or_path is "base", the base's place relative to DIR (no
+absolute path of the machine that exported it).
+
 so that, with the real `peft` package,
 
     base = AutoModelForCausalLM.from_pretrained("DIR/base")
@@ -29,8 +32,6 @@ from lyre.finetune import base as base_mod
 from lyre.hf.configs import export_target
 from lyre.lora import peft_adapter
 from lyre.model import build_model
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "base")
 
 
 @dataclass
@@ -60,7 +61,9 @@ def peft_adapter_files(run_dir: str | Path, out_dir: str | Path, checkpoint: str
         checkpoint = ckpt.latest_checkpoint(run_dir) or "last"
     model = build_model(dataclasses.replace(config.model, dropout=0.0))
     base_mod.load_weights(model, run_dir, checkpoint, config, merge=False)
-    tensors, adapter_config = peft_adapter(model, lora, base_model_path=str((Path(out_dir) / "base").resolve()))
+    # Portable, as PEFT's own files are (a hub name, not this machine's path): the base sits in
+    # the adapter directory's `base/`, so the pair can be copied anywhere together.
+    tensors, adapter_config = peft_adapter(model, lora, base_model_path="base")
     adapter_config["fan_in_fan_out"] = True  # GPT-2's Conv1D stores weights [in, out]
     weights = safetensors_save({k: v.contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})
     ft = config.extras["finetune"]

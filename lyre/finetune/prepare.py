@@ -20,7 +20,6 @@ the model (base weights, then LoRA adapters or frozen blocks).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,8 +46,10 @@ from lyre.lora import (
     resolve_targets,
 )
 from lyre.model import build_model
+from lyre.ranks import world_size
 from lyre.rundir import RunDir
 from lyre.tokenizers import Tokenizer, load_tokenizer
+from lyre.train import check_train_config
 
 DEFAULT_TEMPLATE = "alpaca"
 SPLITS = ("train", "val", "test")
@@ -181,11 +182,23 @@ def _overridden(overrides: list[str], section: str, name: str) -> bool:
     return False
 
 
-def _world_size() -> int:
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
+def steps_per_epoch(config: RunConfig, rows: int, *, drop_last: bool) -> int:
+    """Optimizer steps per pass over `rows` training items, all processes together. A task
+    whose order drops the last partial batch (FinetuneTask.drop_last: classification, as the
+    book's DataLoader(drop_last=True)) rounds down; one whose last batch is partial rounds up."""
+    cfg = config.train
+    check_train_config(cfg)  # batch_size=0 is a message here, not a division by zero
+    per_step = cfg.batch_size * cfg.grad_accum * world_size()
+    return max(1, rows // per_step) if drop_last else max(1, math.ceil(rows / per_step))
+
+
+def describe_steps(config: RunConfig, per_epoch: int) -> str:
+    """`12 steps per epoch x 2 epoch(s) -> 24 steps`, saying so when train.max_iters caps it."""
+    epochs, steps = config.extras["finetune"].epochs, config.train.max_iters
+    text = f"{per_epoch:,} steps per epoch x {epochs} epoch(s) -> "
+    if steps < per_epoch * epochs:
+        return text + f"{steps:,} steps (capped by train.max_iters; {per_epoch * epochs:,} without it)"
+    return text + f"{steps:,} steps"
 
 
 def fresh_config(base: Base, task: FinetuneTask, data: Path, template: str, lora_rank: int,
@@ -355,7 +368,7 @@ def prepare(*, base: str | Path | None, data: str | Path | None, out: Path, task
     limit = min(ft.max_length, block) if ft.max_length else block
     train, val = encode_splits(spec, splits, template_, tokenizer, limit, notes)
     cfg = config.train
-    steps = math.ceil(len(train) / (cfg.batch_size * cfg.grad_accum * _world_size()))
+    steps = steps_per_epoch(config, len(train), drop_last=spec.drop_last)
     derive_schedule(config, overrides, steps, resume)
     if resume:
         done = ckpt.checkpoint_step(out, ckpt.latest_checkpoint(out) or "last")
@@ -383,12 +396,15 @@ def _base_template(config: RunConfig) -> str | None:
 
 
 def describe_data(p: Prepared) -> str:
-    ft, cfg = p.finetune, p.config.train
-    loss_on = "prompt and answer" if ft.train_on_prompt else "answers only"
+    ft = p.finetune
+    if p.task.reference:  # DPO: pairs, and a loss over both answers against the reference
+        items, objective = "training pairs", f"DPO loss (beta {ft.beta:g}) on chosen vs rejected answers"
+    else:
+        items = "training sequences"
+        objective = "loss on " + ("prompt and answer" if ft.train_on_prompt else "answers only")
     return (f"{p.task.name}: {len(p.splits.train):,} train / {len(p.splits.val):,} val / "
-            f"{len(p.splits.test):,} test records ({len(p.train):,} training sequences); template "
-            f"{p.template.name}; loss on {loss_on}; {p.steps_per_epoch:,} steps per epoch x "
-            f"{ft.epochs} epoch(s) -> {cfg.max_iters:,} steps")
+            f"{len(p.splits.test):,} test records ({len(p.train):,} {items}); template "
+            f"{p.template.name}; {objective}; {describe_steps(p.config, p.steps_per_epoch)}")
 
 
 def describe_model(model: nn.Module, config: RunConfig) -> str:

@@ -113,9 +113,17 @@ def read_objects(path: Path) -> list[tuple[str, Any]]:
         except json.JSONDecodeError as e:
             raise LyreError(
                 f"{path} line {number} is not valid JSON ({e.msg}, column {e.colno}); a JSONL file "
-                "holds one JSON object per line"
+                f"holds one JSON object per line{_table_hint(path, line)}"
             ) from None
     return out
+
+
+def _table_hint(path: Path, line: str) -> str:
+    """Labelled texts in a table are a classifier's data: say so instead of only "not JSON"."""
+    if path.suffix.lower() in (".tsv", ".csv") or "\t" in line:
+        return ("; it looks like a table of labelled texts (TSV/CSV): fine-tune a classifier on it "
+                "with --task classify")
+    return ""
 
 
 def read_records(path: str | Path, *, preference: bool = False) -> tuple[list[Record], Problems]:

@@ -3,14 +3,20 @@
 A task says how to read its data file, how to turn records into what its trainer task draws
 (token sequences with a loss mask, preference pairs, ...), which trainer task (lyre.tasks)
 learns from them, and the training defaults that suit it. Everything else (the base model,
-LoRA, splits, the run directory, resume, the Trainer itself) is shared, in lyre.finetune.
+LoRA, splits, the run directory, resume, the Trainer itself, the driver lyre.finetune.command)
+is shared, in lyre.finetune.
 
-Adding a task (say `classify`): write its trainer task in lyre/tasks/, then
-`register_task(FinetuneTask("classify", ...))`.
+A task that needs more (classification: its own data format, head and report) brings its own
+hooks: `prepare` (instead of lyre.finetune.prepare.prepare), `finish` (what happens once
+training ends, instead of answering the test split) and `summary` (the CLI's last line). It
+lives in its own package, which depends on this one, never the reverse: PROVIDED names the
+module attribute that holds it ("module:NAME"), imported the first time the task is asked for.
+A plug-in adds itself with `register_task(FinetuneTask(...))`.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,16 +31,27 @@ from lyre.finetune import records as rec
 class FinetuneTask:
     name: str
     description: str
-    # path -> (records, problems): the records must have .to_json() and .where
-    read: Callable[[Path], tuple[list, rec.Problems]]
-    # (records, template, tokenizer, block_size, what) -> (items to train on, EncodeReport)
-    encode: Callable[..., tuple[list, enc.EncodeReport]]
     # (prepared, autocast) -> a lyre.tasks Task
     make: Callable[[Any, Any], Any]
+    # The generative pipeline's (lyre.finetune.prepare) data hooks:
+    # path -> (records, problems): the records must have .to_json() and .where
+    read: Callable[[Path], tuple[list, rec.Problems]] | None = None
+    # (records, template, tokenizer, block_size, what) -> (items to train on, EncodeReport)
+    encode: Callable[..., tuple[list, enc.EncodeReport]] | None = None
     train_defaults: dict[str, Any] = field(default_factory=dict)  # [train] values it starts from
     lora_defaults: dict[str, Any] = field(default_factory=dict)  # ...and these with LoRA on
     responses: bool = True  # answer the test split's prompts at the end (responses.json)
     reference: bool = False  # needs the base model beside the trained one (DPO's reference)
+    # An epoch is this many full batches when the task's order drops the last partial batch
+    # (lyre.tasks.epochs.EpochOrder(drop_last=True)), else rounded up: finetune.prepare.steps_per_epoch.
+    drop_last: bool = False
+    # Hooks of a task with its own pipeline pieces (None: the generative ones of lyre.finetune):
+    # prepare(base=, data=, out=, template=, lora_rank=, overrides=, resume=, scratch=) -> prepared
+    prepare: Callable[..., Any] | None = None
+    # finish(result, quiet, plot): once training ended (not stopped on request), on rank 0
+    finish: Callable[[Any, bool, bool], None] | None = None
+    # summary(result) -> the CLI's last line
+    summary: Callable[[Any], str] | None = None
 
 
 def _make_sft(prepared, autocast):
@@ -50,6 +67,8 @@ def _make_dpo(prepared, autocast):
 
 
 TASKS: dict[str, FinetuneTask] = {}
+# Tasks defined in their own packages ("module:attribute"), loaded when first asked for.
+PROVIDED: dict[str, str] = {"classify": "lyre.classify.task:FINETUNE_TASK"}
 
 
 def register_task(task: FinetuneTask) -> FinetuneTask:
@@ -57,9 +76,20 @@ def register_task(task: FinetuneTask) -> FinetuneTask:
     return task
 
 
+def task_names() -> list[str]:
+    return [*TASKS, *(name for name in PROVIDED if name not in TASKS)]
+
+
 def get_task(name: str) -> FinetuneTask:
+    if name not in TASKS and name in PROVIDED:
+        module, _, attribute = PROVIDED[name].partition(":")
+        register_task(getattr(importlib.import_module(module), attribute))
     if name not in TASKS:
-        raise LyreError(f"unknown fine-tuning task {name!r}; known: {', '.join(TASKS)}")
+        import difflib
+
+        close = difflib.get_close_matches(name, task_names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise LyreError(f"unknown fine-tuning task {name!r}{hint}; known: {', '.join(task_names())}")
     return TASKS[name]
 
 

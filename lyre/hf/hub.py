@@ -7,6 +7,7 @@ then touches its output, so a refused model never leaves a half-written director
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -181,9 +182,20 @@ def _clear_export(out: Path, force: bool) -> None:
                                             "--force to overwrite")
 
 
-def _write_peft_adapter(out: Path, adapter, force: bool) -> None:
-    from lyre.finetune.export import ADAPTER_FILES
+# Exporters that live with their task's package, by run kind (RunDir.kind()); a kind not here
+# exports as a causal LM. Named as "module:function" and imported when used, so that lyre.hf
+# depends on no task package: they depend on it (the contracts in pyproject.toml say so).
+EXPORTERS: dict[str, str] = {"classify": "lyre.classify.export:export_classifier_hf"}
+PEFT_ADAPTER = "lyre.finetune.export:peft_adapter_files"  # a LoRA run's adapter, PEFT's layout
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "base")  # what PEFT_ADAPTER makes
 
+
+def _exporter(spec: str):
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _write_peft_adapter(out: Path, adapter, force: bool) -> None:
     holds = any((out / name).exists() for name in ADAPTER_FILES)
     prepare_output_dir(out, holds_output=holds, owned=ADAPTER_FILES, force=force,
                        refusal=f"{out} already holds an adapter; pass --force to overwrite it")
@@ -204,15 +216,14 @@ def export_hf(
     exported merged; `peft_adapter` also writes its adapter in PEFT's format to that directory,
     with the base model in DIR/base (lyre.finetune.export).
     """
-    from lyre.classify.config import is_classifier_run
+    from lyre.rundir import RunDir
     from lyre.runs import load_run
 
-    if is_classifier_run(run_dir):  # GPT2ForSequenceClassification: lyre.classify.export
-        from lyre.classify.export import export_classifier_hf
-
+    kind = RunDir(run_dir).kind()
+    if kind in EXPORTERS:  # e.g. a classifier: GPT2ForSequenceClassification
         if peft_adapter is not None:
-            raise LyreError("a classifier is exported with its adapters merged; drop --peft-adapter")
-        return export_classifier_hf(run_dir, out_dir, checkpoint=checkpoint, force=force)
+            raise LyreError(f"a {kind} run is exported with its adapters merged; drop --peft-adapter")
+        return _exporter(EXPORTERS[kind])(run_dir, out_dir, checkpoint=checkpoint, force=force)
     run = load_run(run_dir, checkpoint, "cpu", for_inference=False)
     cfg = run.config.model
     model_type = export_target(cfg)
@@ -220,9 +231,7 @@ def export_hf(
     payload = safetensors_bytes(lyre_to_hf_weights(run.model, model_type))
     adapter = None
     if peft_adapter is not None:
-        from lyre.finetune.export import peft_adapter_files
-
-        adapter = peft_adapter_files(run_dir, peft_adapter, checkpoint)
+        adapter = _exporter(PEFT_ADAPTER)(run_dir, peft_adapter, checkpoint)
     # Everything is ready before the output is touched.
     out = Path(out_dir)
     _clear_export(out, force)

@@ -1,4 +1,7 @@
-"""Classification: learn the label of each text (spam or not, sentiment, topic, ...).
+"""Classification as a fine-tuning task: learn the label of each text (spam or not, sentiment,
+topic, ...). FINETUNE_TASK is the `--task classify` entry of lyre.finetune.tasks: the one driver
+(lyre.finetune.command) runs it with this package's hooks (prepare, the final report and plot);
+ClassificationTask is its trainer task (the lyre.tasks.Task protocol).
 
 What to learn comes prepared (lyre.classify.prepare: the config with its labels, the data read,
 balanced and split). At set-up the task writes the run's copies of the splits,
@@ -13,14 +16,13 @@ saved in every checkpoint: a resumed run draws the very same batches.
 Evaluation scores every validation text and a fixed slice of the training texts: loss and
 accuracy; `val_accuracy` picks the best checkpoint, and finetune.early_stop evaluations
 without a better one end the run. The full report (per-class precision, recall, F1,
-confusion matrices on train, val and test) is written once training ends
-(lyre.classify.finetune).
+confusion matrices on train, val and test) is written once training ends (`finish`, with
+lyre.classify.finetune's evaluate_classifier).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -32,9 +34,17 @@ from lyre.classify.build import build_classifier
 from lyre.classify.data import read_split
 from lyre.classify.encode import Encoded, encode_examples, run_token_limit
 from lyre.classify.model import pad_batch, score
-from lyre.classify.prepare import SPLITS, PreparedClassifier
+from lyre.classify.prepare import (
+    LORA_DEFAULTS,
+    SPLITS,
+    TRAIN_DEFAULTS,
+    PreparedClassifier,
+    prepare_classifier,
+)
 from lyre.config import RunConfig
 from lyre.errors import LyreError
+from lyre.finetune.tasks import FinetuneTask
+from lyre.io import write_json
 from lyre.lora import count_parameters
 from lyre.rundir import RunDir
 from lyre.tasks.epochs import EpochOrder
@@ -50,7 +60,6 @@ class ClassificationTask:
                  autocast: AbstractContextManager | None = None) -> None:
         self.prepared = prepared
         self.autocast = autocast or nullcontext()
-        self.report: Callable[[str], None] = print  # told what trains, once the model is built
         self._best, self._since_best = -math.inf, 0  # early stopping on val accuracy
 
     # ---- data ----------------------------------------------------------------------------
@@ -81,7 +90,7 @@ class ClassificationTask:
         cls = config.extras["classify"]
         what = {"head": "the head", "blocks": f"the head, the last {cls.blocks} block(s) and the final norm",
                 "all": "every weight", "lora": "LoRA adapters and the head"}[cls.trainable]
-        self.report(f"training {what}: {trainable:,} of {total:,} parameters ({trainable / total:.2%}); "
+        self.prepared.report(f"training {what}: {trainable:,} of {total:,} parameters ({trainable / total:.2%}); "
                     f"pooling {cls.pooling}")
         return model
 
@@ -174,3 +183,47 @@ def crop(seqs: list[list[int]], share: float, seed: int, epoch: int, position: i
 
 def _head(encoded: Encoded, rows: int) -> Encoded:
     return Encoded(encoded.ids[:rows], encoded.labels[:rows])
+
+
+# ----------------------------------------------------------------------------------------------
+# The fine-tuning task: the driver's hooks
+
+
+def _prepare(*, template: str | None = None, **kwargs: Any) -> PreparedClassifier:
+    if template is not None:
+        raise LyreError("--template is for generative fine-tuning; a classifier reads plain text")
+    return prepare_classifier(**kwargs)
+
+
+def _finish(done: Any, quiet: bool, plot: bool) -> None:
+    """Score the best checkpoint on every split: RUN/classification.json, the tables, the plot."""
+    from lyre.classify.finetune import REPORT_FILE, evaluate_classifier, format_reports
+
+    done.report = evaluate_classifier(done.run_dir)
+    write_json(done.run_dir / REPORT_FILE, done.report)
+    if not quiet:
+        print(format_reports(done.report))
+    if plot:
+        from lyre.classify.plot import plot_classifier
+
+        plot_classifier(done.run_dir)
+
+
+def _summary(done: Any) -> str:
+    test = done.report.get("test", {}).get("accuracy")
+    shown = f"test accuracy {test:.2%}" if test is not None else "no test split"
+    return (f"done: step {done.train.step}, best val accuracy {done.train.best_metric:.2%}, {shown}; "
+            f"run in {done.run_dir}; use it with `lyre classify {done.run_dir} \"some text\"`")
+
+
+FINETUNE_TASK = FinetuneTask(
+    "classify", "text classification on labelled TSV / CSV / JSONL: a head over the hidden states",
+    make=ClassificationTask,
+    train_defaults=TRAIN_DEFAULTS,
+    lora_defaults=LORA_DEFAULTS,
+    responses=False,
+    drop_last=True,  # the book's DataLoader(drop_last=True): every batch full of distinct rows
+    prepare=_prepare,
+    finish=_finish,
+    summary=_summary,
+)
