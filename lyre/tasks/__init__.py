@@ -61,7 +61,7 @@ def default_task(config: Any, autocast: Any = None) -> Task:
     from lyre.model import get_family
     from lyre.pairs import looks_like_pairs
 
-    if not get_family(config.model.arch).decoder_only:
+    if not get_family(config.model.arch).capabilities.decoder_only:
         from lyre.tasks.seq2seq import Seq2SeqTask
 
         return Seq2SeqTask(autocast)
