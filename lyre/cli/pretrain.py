@@ -136,8 +136,9 @@ def _launch_processes(args) -> None:
     after checking the config here so that bad input fails once, before any process starts."""
     from lyre import distributed
     from lyre.config import load_config
+    from lyre.devices import resolve_device
     from lyre.optim import check_optimizer_config
-    from lyre.train import check_train_config, resolve_device
+    from lyre.train import check_train_config
 
     if "WORLD_SIZE" in os.environ:
         raise LyreError("--nproc starts torchrun itself; under torchrun, drop --nproc")

@@ -78,6 +78,9 @@ class LanguageModelingTask:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def should_stop(self) -> str | None:
+        return None  # trains to max_iters
+
     def _check_length(self) -> None:
         need = self.config.model.block_size + 1
         for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
