@@ -439,3 +439,15 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("LYRE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_dir() == tmp_path / "xdg" / "lyre"
+
+
+def test_run_files_are_joined_through_rundir():
+    """RunDir owns a run's layout: outside it, "config.json" is spelled only by the modules that
+    write Hugging Face directories or are still being moved onto RunDir (issue 19.10)."""
+    import lyre
+
+    root = Path(lyre.__file__).parent
+    elsewhere = ("rundir.py", "hf/", "classify/", "finetune/", "cli/pretrain.py", "cli/finetune.py")
+    spelled = [str(p.relative_to(root)) for p in root.rglob("*.py")
+               if '"config.json"' in p.read_text(encoding="utf-8")]
+    assert [name for name in spelled if not name.startswith(elsewhere)] == []

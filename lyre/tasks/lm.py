@@ -132,7 +132,7 @@ def init_model(config: RunConfig, vocab_size: int) -> nn.Module:
         config.model.vocab_size = vocab_size
         return build_model(config.model)
     source = Path(config.train.init_from)
-    source_config = config_from_json(source / "config.json")
+    source_config = config_from_json(RunDir(source).config_path)
     # The architecture comes from the source run; training options (dropout aside) from ours.
     dropout = config.model.dropout
     config.model = source_config.model
