@@ -190,3 +190,20 @@ def test_eval_of_a_classifier_run_points_to_its_metrics(trained_run, tmp_path, c
     err = capsys.readouterr().err
     assert err.startswith("lyre: error:") and err.count("\n") == 1
     assert "is a classifier" in err and "classification.json" in err and "lyre classify" in err
+
+
+def test_eval_of_a_dpo_run_scores_its_chosen_answers(tmp_path_factory, capsys):
+    from finetune_util import base_run, preference_records, write_json
+
+    from lyre.finetune.command import finetune
+
+    root = tmp_path_factory.mktemp("dpo")
+    data = write_json(root / "prefs.json", preference_records(20))
+    out = root / "dpo"
+    finetune(base_run(tmp_path_factory), data, out, task="dpo", overrides=["max_iters=1", "eval_interval=1"],
+             progress=False, plot=False, quiet=True)
+    capsys.readouterr()  # what training printed
+    assert main(["eval", str(out), "--json", "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["data"].startswith("the chosen answers of the validation split")
+    assert report["sequences"] == 2 and report["loss"] > 0
