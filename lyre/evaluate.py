@@ -177,10 +177,15 @@ def evaluate_answers(model: nn.Module, examples: list, pad_id: int, *, batch_siz
         raise LyreError("no answers to evaluate")
     device = device if device is not None else next(model.parameters()).device
     total, count = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        x, y = pad_batch(examples[start:start + batch_size], pad_id, False, device)
-        s, n = masked_loss_sum(model, x, y)
-        total, count = total + s, count + n
+    was_training = model.training
+    model.eval()  # no dropout
+    try:
+        for start in range(0, len(examples), batch_size):
+            x, y = pad_batch(examples[start:start + batch_size], pad_id, False, device)
+            s, n = masked_loss_sum(model, x, y)
+            total, count = total + s, count + n
+    finally:
+        model.train(was_training)
     loss = total / max(count, 1)
     return AnswerResult(loss, math.exp(min(loss, 50.0)), count, len(examples))
 
