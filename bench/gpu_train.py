@@ -41,11 +41,12 @@ from _common import json_line, machine, median
 
 from lyre.config import DataConfig, RunConfig, TrainConfig
 from lyre.data import get_batch
+from lyre.devices import autocast_context
 from lyre.info import model_cost
 from lyre.mfu import device_name, mfu, peak_flops
 from lyre.model import GPTConfig
 from lyre.tokenizers import build_tokenizer
-from lyre.train import Trainer, autocast_context
+from lyre.train import Trainer
 
 
 def synthetic_data(root: Path, vocab: int, n_tokens: int, seed: int) -> Path:

@@ -8,7 +8,8 @@ the start of words or repeats of the current character draws its own pattern.
 For the encoder-decoder (arch seq2seq) the prompt is the source: the run translates it (greedy)
 and draws, by `kind`, the cross-attention (target tokens looking at source tokens: for the dates
 task, the day, month and year digits of the output lining up with where the format put them),
-the encoder's self-attention or the decoder's masked self-attention.
+the encoder's self-attention or the decoder's masked self-attention. A GPT has only the last
+kind (causal self-attention): asking it for cross or encoder attention is an error.
 
     lyre attention RUN --prompt "Sing, O goddess" --out attn.png
     lyre attention runs/seq2seq-dates --prompt "3 May 1999" --out cross.png [--kind encoder]
@@ -141,13 +142,20 @@ def seq2seq_maps(model, tokenizer, prompt: str, kind: str = "cross") -> Attentio
     return AttentionMaps(weights, labels(rows), labels(cols), title)
 
 
-def attention_maps(model, tokenizer, prompt: str, kind: str = "cross") -> AttentionMaps:
-    """The maps of any model that has attention: a GPT, or an encoder-decoder."""
+def attention_maps(model, tokenizer, prompt: str, kind: str | None = None) -> AttentionMaps:
+    """The maps of any model that has attention: a GPT (its self-attention; `kind` None or
+    "decoder", which is what a GPT's causal self-attention is), or an encoder-decoder (`kind`,
+    default "cross")."""
     from lyre.model.gpt import GPT
 
+    if kind is not None and kind not in KINDS:
+        raise LyreError(f"--kind must be one of {', '.join(KINDS)}; got {kind!r}")
     if hasattr(model, "attention_maps"):
-        return seq2seq_maps(model, tokenizer, prompt, kind)
+        return seq2seq_maps(model, tokenizer, prompt, kind or "cross")
     if isinstance(model, GPT):
+        if kind not in (None, "decoder"):
+            raise LyreError(f"a GPT has (causal) self-attention only; --kind {kind} needs an "
+                            "encoder-decoder run (arch seq2seq): leave --kind out for a GPT")
         return gpt_maps(model, tokenizer, prompt)
     arch = getattr(model.config, "arch", type(model).__name__)
     raise LyreError(f"model.arch={arch} has no attention to draw; lyre attention draws gpt and "
@@ -195,12 +203,13 @@ def draw_maps(maps: AttentionMaps, out: str | Path) -> Path:
     return out
 
 
-def draw_run(run_dir: str | Path, prompt: str, out: str | Path, *, kind: str = "cross",
+def draw_run(run_dir: str | Path, prompt: str, out: str | Path, *, kind: str | None = None,
              checkpoint: str = "best", device: str = "auto") -> Path:
-    """`lyre attention`: load RUN_DIR and draw its attention on `prompt` into `out`."""
+    """`lyre attention`: load RUN_DIR and draw its attention on `prompt` into `out` (`kind` as
+    in attention_maps)."""
     from lyre.runs import load_run
 
-    if kind not in KINDS:
+    if kind is not None and kind not in KINDS:
         raise LyreError(f"--kind must be one of {', '.join(KINDS)}; got {kind!r}")
     out = Path(out)
     if out.suffix.lstrip(".").lower() not in ("png", "svg", "pdf"):

@@ -30,14 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from lyre.errors import LyreError, first_line
-from lyre.io import atomic_write_bytes, atomic_write_text
 from lyre.io import fsync_dir as _fsync_dir
-from lyre.rng import capture_rng_state, restore_rng_state
+from lyre.io import read_safetensors_and_metadata
 
 FORMAT = "lyre-checkpoint"
 VERSION = 1
@@ -48,14 +46,11 @@ CHECKPOINTS = "checkpoints"
 _TMP, _OLD = ".tmp", ".old"
 
 __all__ = [
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "capture_rng_state",
     "checkpoint_exists",
+    "checkpoint_step",
     "latest_checkpoint",
     "load_checkpoint",
     "load_model_state",
-    "restore_rng_state",
     "save_checkpoint",
 ]
 
@@ -121,16 +116,13 @@ def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, Any
 
 def _read_safetensors(path: Path, device: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a safetensors file written by _safetensors_bytes: (tensors with aliases, metadata)."""
+    damaged = "; delete that checkpoint and use another or retrain"
+    tensors, raw_meta = read_safetensors_and_metadata(
+        path, f"{path} is missing; the checkpoint is incomplete{damaged}", device=device, hint=damaged)
     try:
-        with safe_open(str(path), framework="pt", device=device) as f:
-            raw_meta = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
         meta = {key: json.loads(value) for key, value in raw_meta.items()}
-    except (SafetensorError, OSError, ValueError) as e:
-        reason = first_line(e)
-        raise LyreError(
-            f"{path} is corrupt ({reason}); delete that checkpoint and use another or retrain"
-        ) from e
+    except ValueError as e:
+        raise LyreError(f"{path} is corrupt (its metadata is not JSON){damaged}") from e
     for alias, kept in meta.pop("aliases", {}).items():
         tensors[alias] = tensors[kept]
     return tensors, meta
@@ -320,7 +312,7 @@ def save_checkpoint(
 ) -> Path:
     """Write RUN_DIR/checkpoints/NAME/ atomically and return its path.
 
-    `state` must be JSON-serializable (step, best_val_loss, config, capture_rng_state(), ...);
+    `state` must be JSON-serializable (step, best_val_loss, config, lyre.rng.capture_rng_state(), ...);
     load_checkpoint returns it unchanged.
     """
     _check_name(name)
@@ -439,7 +431,7 @@ def load_checkpoint(
     """Load weights into `model` (strict) and state into `optimizer` if given; return `state`.
 
     The RNG states inside the returned dict are not applied here: the caller decides, with
-    restore_rng_state(state[...], generators), because only it knows its generators.
+    lyre.rng.restore_rng_state(state[...], generators), because only it knows its generators.
     """
     ckpt = _resolve(run_dir, name)
     header = _read_header(ckpt)

@@ -22,7 +22,7 @@ from lyre.engine import Completion, Engine, SamplingConfig, Stream
 
 __all__ = [
     "Completion", "Engine", "SamplingConfig", "Stream", "crop_prompt", "generate",
-    "generate_tokens", "stream",
+    "generate_tokens", "prompt_ids", "stream",
 ]
 
 
@@ -31,6 +31,15 @@ def crop_prompt(prompt: list[int], block_size: int, reserve: int = 1) -> tuple[l
     keep = max(1, block_size - reserve)
     dropped = max(0, len(prompt) - keep)
     return prompt[dropped:], dropped
+
+
+def prompt_ids(engine: Engine, prompt: str | None) -> tuple[list[int], int]:
+    """The ids `lyre sample` continues and how many were cropped from the prompt's start to fit
+    the context. No prompt is the start of a text: <|endoftext|>, or a newline for a tokenizer
+    without it."""
+    if prompt is None:
+        prompt = "" if engine.tokenizer.eot_id is not None else "\n"
+    return crop_prompt(engine.encode(prompt), engine.block_size)
 
 
 def stream(

@@ -78,6 +78,14 @@ def make_temp_dir(parent: Path, prefix: str, suffix: str = ".tmp") -> Path:
     return path
 
 
+def cache_dir() -> Path:
+    """lyre's cache (unpacked embedding models, tokenizers of in-memory models): $LYRE_CACHE,
+    else $XDG_CACHE_HOME/lyre, else ~/.cache/lyre."""
+    if os.environ.get("LYRE_CACHE"):
+        return Path(os.environ["LYRE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lyre"
+
+
 def read_json(path: str | Path, what: str = "") -> Any:
     """Parse a JSON file; a missing or malformed file is a LyreError naming it and the line."""
     path = Path(path)
@@ -99,19 +107,27 @@ def read_json_object(path: str | Path, what: str = "") -> dict[str, Any]:
     return raw
 
 
-def read_safetensors(path: str | Path, missing: str) -> dict[str, Any]:
-    """Every tensor of a safetensors file, on the CPU; `missing` is the error when there is no
-    such file. A damaged file is one readable line, not a Rust panic's traceback."""
+def read_safetensors(path: str | Path, missing: str, *, device: str = "cpu",
+                     hint: str = "") -> dict[str, Any]:
+    """Every tensor of a safetensors file, on `device`; `missing` is the error when there is no
+    such file, `hint` what to do about a damaged one (appended to its error)."""
+    return read_safetensors_and_metadata(path, missing, device=device, hint=hint)[0]
+
+
+def read_safetensors_and_metadata(path: str | Path, missing: str, *, device: str = "cpu",
+                                  hint: str = "") -> tuple[dict[str, Any], dict[str, str]]:
+    """The one reader of safetensors files: (tensors, the header's string metadata). A damaged
+    file is one readable line, not a Rust panic's traceback."""
     from safetensors import SafetensorError, safe_open  # needs torch: imported only when used
 
     path = Path(path)
     if not path.is_file():
         raise LyreError(missing)
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}
+        with safe_open(str(path), framework="pt", device=device) as f:
+            return {key: f.get_tensor(key) for key in f.keys()}, dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as e:
-        raise LyreError(f"{path} is not a readable safetensors file ({first_line(e)})") from None
+        raise LyreError(f"{path} is not a readable safetensors file ({first_line(e)}){hint}") from None
 
 
 def prepare_output_dir(out: Path, *, holds_output: bool, owned: Iterable[str], force: bool,

@@ -21,6 +21,7 @@ import torch
 
 from lyre.errors import LyreError
 from lyre.io import read_json_object
+from lyre.rundir import RunDir
 from lyre.toy import parse_spec, toy_pairs
 
 PAIR_SUFFIXES = (".tsv", ".jsonl")
@@ -112,7 +113,7 @@ def load_pairs(path: Path) -> list[Pair]:
 def validation_pairs(run) -> tuple[list[Pair], str]:
     """A loaded run's own held-out pairs and a label for them (what `lyre eval RUN` scores)."""
     cfg = run.config.data
-    data_dir = Path(cfg.data_dir) if cfg.data_dir else Path(run.run_dir) / "data"
+    data_dir = Path(cfg.data_dir) if cfg.data_dir else RunDir(run.run_dir).data_dir
     if not is_pairs_dir(data_dir):
         raise LyreError(f"{run.run_dir} has no prepared validation pairs in {data_dir}; "
                         "pass --data FILE.tsv or FILE.jsonl to score pairs")

@@ -14,6 +14,7 @@ from lyre.config import RunConfig, config_from_json
 from lyre.errors import LyreError
 from lyre.finetune.base import load_weights
 from lyre.model import build_model
+from lyre.rundir import RunDir
 from lyre.tokenizers import Tokenizer, load_tokenizer
 
 
@@ -41,7 +42,7 @@ def load_run(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise LyreError(f"run directory {run_dir} does not exist")
-    config = config_from_json(run_dir / "config.json")
+    config = config_from_json(RunDir(run_dir).config_path)
     if is_classifier(config):  # its head answers labels, not next tokens
         raise LyreError(f"{run_dir} is a classifier: it labels text instead of writing it; use "
                         f"`lyre classify {run_dir} TEXT` (or `lyre serve {run_dir}`)")
@@ -54,7 +55,7 @@ def load_run(
     config.model.dropout = 0.0
     model = build_model(config.model)
     load_weights(model, run_dir, name, config)  # a LoRA run: its base, its adapters merged in
-    tokenizer = load_tokenizer(run_dir / "tokenizer")
+    tokenizer = load_tokenizer(RunDir(run_dir).tokenizer_dir)
     model = model.to(device).eval()
     if for_inference:
         from lyre.speed import prepare_for_inference

@@ -36,13 +36,14 @@ from lyre.errors import LyreError
 from lyre.info import model_cost
 from lyre.mfu import mfu, peak_flops
 from lyre.optim import build_optimizer, check_optimizer_config, set_learning_rate
+from lyre.rng import capture_rng_state, restore_rng_state
 from lyre.rundir import RunDir
 from lyre.signals import StopOnSignal, Stopped, signal_name
 from lyre.tasks import Task
 from lyre.tracking import ProgressLog, Tracker
 
 __all__ = ["Trainer", "TrainResult", "train", "Stopped", "learning_rate", "check_train_config",
-           "resolve_device", "autocast_context"]
+           "start_process"]
 
 
 @dataclass
@@ -119,6 +120,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def start_process(cfg) -> distributed.Dist:
+    """Check the [train] settings, set torch's threads (train.threads) and, under torchrun, join
+    the other processes: done once per run, before anything is written (bad input fails first)."""
+    check_train_config(cfg)
+    check_optimizer_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return distributed.setup(cfg, resolve_device(cfg.device))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,20 +138,18 @@ class Trainer:
     """Holds the state of one run; `run()` trains until max_iters (or stop_at).
 
     `task` supplies data, batches, loss and evaluation (default: language modelling on the
-    config's corpus); `model` is the model to train (default: the task builds it).
+    config's corpus); `model` is the model to train (default: the task builds it). `dist` is
+    what start_process returned, when the caller (train()) has already started the process.
     """
 
     def __init__(self, config: RunConfig, run_dir: str | Path, *, model: nn.Module | None = None,
-                 task: Task | None = None, resume: bool = False, progress: bool = True) -> None:
+                 task: Task | None = None, resume: bool = False, progress: bool = True,
+                 dist: distributed.Dist | None = None) -> None:
         self.config, self.rundir = config, RunDir(run_dir)
         self.run_dir = self.rundir.path
         cfg = config.train
-        check_train_config(cfg)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        check_optimizer_config(cfg)
-        # Under torchrun: join the other processes (each on GPU cuda:LOCAL_RANK on CUDA).
-        self.dist = distributed.setup(cfg, resolve_device(cfg.device))
+        # Under torchrun: the other processes (each on GPU cuda:LOCAL_RANK on CUDA).
+        self.dist = dist if dist is not None else start_process(cfg)
         self.device = self.dist.device
         self.global_batch = cfg.batch_size * self.dist.world_size * cfg.grad_accum
         self.autocast = autocast_context(self.device, cfg.dtype)
@@ -162,6 +169,9 @@ class Trainer:
         self.best_metric = -math.inf if task.higher_is_better else math.inf
         self._rank_rng: list[dict] | None = None  # every process's RNG state, from a checkpoint
         self._saved_global_batch: int | None = None
+        self._tokens_seen = 0  # since the last log line (tokens per second)
+        self._saved_at = 0.0  # time.monotonic() of the last checkpoint (checkpoint_minutes)
+        self.stopped_early: str | None = None  # why the task ended the run early, if it did
         if resume:
             self._restore()
         elif self.dist.is_main:
@@ -192,7 +202,7 @@ class Trainer:
         )
         self.step = state["step"]
         self.best_metric = state.get("best_metric", state.get("best_val_loss", self.best_metric))
-        ckpt.restore_rng_state(state["rng"], self.task.generators())
+        restore_rng_state(state["rng"], self.task.generators())
         self.task.load_state_dict(state.get("task", {}))
         self._rank_rng = state.get("rank_rng")
         self._saved_global_batch = state.get("global_batch")
@@ -214,7 +224,7 @@ class Trainer:
             "best_metric": self.best_metric,
             "best_metric_name": self.task.best_metric,  # what best_metric measures
             "config": self.config.to_dict(),
-            "rng": ckpt.capture_rng_state(self.task.generators()),
+            "rng": capture_rng_state(self.task.generators()),
             "task": self.task.state_dict(),
             "global_batch": self.global_batch,
         }
@@ -255,10 +265,6 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value
-
-    _tokens_seen = 0
-    _saved_at = 0.0
-    stopped_early: str | None = None
 
     @contextmanager
     def _out_of_memory_as_error(self):
@@ -372,7 +378,7 @@ class Trainer:
                     last_eval = self._evaluate_and_checkpoint()
                     t0, self._tokens_seen, steps_timed = time.perf_counter(), 0, 0
                     # A task may end the run after an evaluation (early stopping): it is saved.
-                    reason = getattr(self.task, "should_stop", lambda: None)()
+                    reason = self.task.should_stop()
                     self.stopped_early = self.dist.broadcast_object(reason)  # rank 0 evaluated
                     if self.stopped_early:
                         self.log.write(f"early stop at step {self.step}: {self.stopped_early}")
@@ -431,14 +437,13 @@ def train(
         config = config or RunConfig()
     # Bad input (device, backend, optimizer) fails here, before anything is written. Under
     # torchrun this joins the process group; rank 0 alone prepares the run directory.
-    check_train_config(config.train)
-    check_optimizer_config(config.train)
-    group = distributed.setup(config.train, resolve_device(config.train.device))
-    if not resume:
-        group.main_first(lambda: run.start_fresh(force), others=False)
     threads = torch.get_num_threads()
     try:
-        trainer = Trainer(config, run.path, model=model, task=task, resume=resume, progress=progress)
+        group = start_process(config.train)
+        if not resume:
+            group.main_first(lambda: run.start_fresh(force), others=False)
+        trainer = Trainer(config, run.path, model=model, task=task, resume=resume, progress=progress,
+                          dist=group)
         if resume and trainer.step >= config.train.max_iters:
             raise LyreError(
                 f"{run.path} already finished at step {trainer.step} (train.max_iters = "

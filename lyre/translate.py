@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lyre.errors import LyreError
+from lyre.model.contract import capabilities
 from lyre.pairs import IGNORE_INDEX, Pair, Specials, collate, encode_pairs, encode_source, pad_rows
 
 
@@ -129,9 +130,17 @@ def beam_search(model, source: list[int], beam: int = 4, max_length: int | None 
     return _cut(max(finished, key=lambda f: f[0])[1], c.eos_id, steps)
 
 
+def require_encoder_decoder(model) -> None:
+    """A language model continues text; only an encoder-decoder translates."""
+    if capabilities(model).decoder_only:
+        raise LyreError(f"model.arch={model.config.arch} is a language model (it continues text); "
+                        "translating needs an encoder-decoder run (arch seq2seq); use `lyre sample`")
+
+
 def translate(model, tokenizer, texts: list[str], *, beam: int = 1,
               max_length: int | None = None) -> list[str]:
     """Translate each text (greedy when beam is 1)."""
+    require_encoder_decoder(model)
     _check_beam(beam)
     c = model.config
     sources = [encode_source(tokenizer, t, c.eos_id, c.block_size, f"source {t[:40]!r}") for t in texts]
@@ -140,6 +149,14 @@ def translate(model, tokenizer, texts: list[str], *, beam: int = 1,
     else:
         outputs = [beam_search(model, s, beam, max_length) for s in sources]
     return [tokenizer.decode(ids) for ids in outputs]
+
+
+def translate_prompt(model, tokenizer, prompt: str | None) -> str:
+    """What `lyre sample` writes for an encoder-decoder: the greedy translation of the prompt."""
+    if not prompt:
+        raise LyreError("this run is an encoder-decoder: give the source to translate with --prompt "
+                        "TEXT (or use `lyre translate`)")
+    return translate(model, tokenizer, [prompt])[0]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,16 +16,15 @@ from torch import nn
 
 import lyre.checkpoint as ckpt
 from lyre.checkpoint import (
-    atomic_write_text,
-    capture_rng_state,
     checkpoint_exists,
     latest_checkpoint,
     load_checkpoint,
     load_model_state,
-    restore_rng_state,
     save_checkpoint,
 )
 from lyre.errors import LyreError
+from lyre.io import atomic_write_text
+from lyre.rng import capture_rng_state, restore_rng_state
 
 VOCAB, DIM = 11, 8
 
@@ -352,7 +351,8 @@ def test_bad_safetensors_header(tmp_path: Path, saved: Path):
     header["files"]["optimizer.safetensors"] = ckpt._file_record(garbage)
     (saved / "state.json").write_text(json.dumps(header))
     model, opt = make(1)
-    with pytest.raises(LyreError, match=r"optimizer\.safetensors is corrupt"):
+    with pytest.raises(LyreError, match=r"optimizer\.safetensors is not a readable safetensors file"
+                                         r" \(.*\); delete that checkpoint"):
         load_checkpoint(tmp_path, model=model, optimizer=opt)
 
 
@@ -416,3 +416,38 @@ def test_no_pickle_anywhere(saved: Path):
         assert banned not in source
     for path in saved.iterdir():
         assert not path.read_bytes().startswith(b"\x80"), path  # pickle protocol 2+ magic
+
+
+def test_one_owner_for_writes_rng_safetensors_reading_and_the_cache():
+    """Issue 19.10: checkpoint.py re-exported io's writers and rng's functions (hiding their
+    owners); two modules read safetensors files, two computed lyre's cache directory."""
+    import lyre
+
+    for name in ("atomic_write_bytes", "atomic_write_text", "capture_rng_state", "restore_rng_state"):
+        assert not hasattr(ckpt, name), name
+    root = Path(lyre.__file__).parent
+    sources = {str(p.relative_to(root)): p.read_text(encoding="utf-8") for p in root.rglob("*.py")}
+    assert [name for name, text in sources.items() if "safe_open(" in text] == ["io.py"]
+    assert [name for name, text in sources.items() if "XDG_CACHE_HOME" in text] == ["io.py"]
+
+
+def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    from lyre.io import cache_dir
+
+    monkeypatch.setenv("LYRE_CACHE", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("LYRE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "lyre"
+
+
+def test_run_files_are_joined_through_rundir():
+    """RunDir owns a run's layout: outside it, "config.json" is spelled only by the modules that
+    write Hugging Face directories or are still being moved onto RunDir (issue 19.10)."""
+    import lyre
+
+    root = Path(lyre.__file__).parent
+    elsewhere = ("rundir.py", "hf/", "classify/", "finetune/", "cli/pretrain.py", "cli/finetune.py")
+    spelled = [str(p.relative_to(root)) for p in root.rglob("*.py")
+               if '"config.json"' in p.read_text(encoding="utf-8")]
+    assert [name for name in spelled if not name.startswith(elsewhere)] == []

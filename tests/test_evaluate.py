@@ -135,3 +135,75 @@ def test_cli_eval_errors_are_one_line(trained_run, tmp_path, capsys, content, fl
     assert main(["eval", str(trained_run), "--data", str(path), "--device", "cpu", *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lyre: error:") and message in err and err.count("\n") == 1
+
+
+# ---- `lyre eval` by the kind of run (issue 19.2) ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory):
+    """A tiny fine-tuned (SFT) run: its splits in RUN/data/*.jsonl, its template in config.json."""
+    from finetune_util import base_run, colour_records, write_json
+
+    from lyre.finetune.command import finetune
+
+    root = tmp_path_factory.mktemp("sft")
+    data = write_json(root / "data.json", colour_records(40))
+    out = root / "sft"
+    finetune(base_run(tmp_path_factory), data, out, overrides=["max_iters=2", "eval_interval=2"],
+             progress=False, plot=False, quiet=True)
+    return out
+
+
+def test_eval_of_an_sft_run_scores_its_validation_answers(sft_run, capsys):
+    """Without --data: the answers of the val split under the SFT loss mask, the very number
+    training recorded as val_loss for the best checkpoint (not a missing val.bin)."""
+    assert main(["eval", str(sft_run), "--json", "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    metrics = [json.loads(line) for line in (sft_run / "metrics.jsonl").read_text().splitlines()]
+    best = min(m["val_loss"] for m in metrics if "val_loss" in m)
+    assert report["loss"] == pytest.approx(best, rel=1e-5)
+    assert report["sequences"] == 4 and report["tokens"] > 0 and "val.jsonl" in report["data"]
+    assert main(["eval", str(sft_run), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity" in out and "answer tokens in 4 sequences" in out
+
+
+def test_eval_of_an_sft_run_on_instruction_data_or_text(sft_run, tmp_path, capsys):
+    from finetune_util import colour_records, write_json
+
+    records = write_json(tmp_path / "held.json", colour_records(3))
+    assert main(["eval", str(sft_run), "--data", str(records), "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["sequences"] == 3
+    text = tmp_path / "held.txt"
+    text.write_text("What colour is the sky? The sky is blue.", encoding="utf-8")
+    assert main(["eval", str(sft_run), "--data", str(text), "--json", "--device", "cpu"]) == 0
+    assert "bits_per_byte" in json.loads(capsys.readouterr().out)
+
+
+def test_eval_of_a_classifier_run_points_to_its_metrics(trained_run, tmp_path, capsys):
+    run = tmp_path / "cls"
+    run.mkdir()
+    config = json.loads((trained_run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "classify": {"labels": ["ham", "spam"]}}))
+    assert main(["eval", str(run), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lyre: error:") and err.count("\n") == 1
+    assert "is a classifier" in err and "classification.json" in err and "lyre classify" in err
+
+
+def test_eval_of_a_dpo_run_scores_its_chosen_answers(tmp_path_factory, capsys):
+    from finetune_util import base_run, preference_records, write_json
+
+    from lyre.finetune.command import finetune
+
+    root = tmp_path_factory.mktemp("dpo")
+    data = write_json(root / "prefs.json", preference_records(20))
+    out = root / "dpo"
+    finetune(base_run(tmp_path_factory), data, out, task="dpo", overrides=["max_iters=1", "eval_interval=1"],
+             progress=False, plot=False, quiet=True)
+    capsys.readouterr()  # what training printed
+    assert main(["eval", str(out), "--json", "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["data"].startswith("the chosen answers of the validation split")
+    assert report["sequences"] == 2 and report["loss"] > 0

@@ -5,7 +5,7 @@ import torch
 
 from lyre.errors import LyreError
 from lyre.model import GPT, BigramConfig, BigramLM, GPTConfig, KVCache, reference_attention
-from lyre.model.contract import Cache, LanguageModel
+from lyre.model.contract import Cache, LanguageModel, capabilities
 
 
 def tiny(**kw) -> GPTConfig:
@@ -107,7 +107,7 @@ def test_every_family_follows_the_model_contract(family):
     model = (GPT if family == "gpt" else BigramLM)(tiny()).eval()
     assert isinstance(model, LanguageModel)
     assert isinstance(KVCache(tiny(), batch_size=1), Cache)
-    assert model.uses_kv_cache == (family == "gpt")
+    assert capabilities(model).uses_kv_cache == (family == "gpt")
     x = torch.randint(0, 61, (3, 10))
     full, loss = model(x)
     assert full.shape == (3, 10, 61) and loss is None

@@ -3,7 +3,7 @@ resumes exactly and samples through the normal paths, with no edit anywhere else
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import pytest
 import torch
@@ -15,8 +15,10 @@ from lyre.config import load_config
 from lyre.errors import LyreError
 from lyre.generate import SamplingConfig, generate
 from lyre.model import (
+    Capabilities,
     ModelFamily,
     build_model,
+    capabilities,
     families,
     get_family,
     register_family,
@@ -89,8 +91,30 @@ def pair_family():
 def test_built_in_families_and_their_capabilities():
     known = families()
     assert {"gpt", "bigram"} <= set(known)
-    assert known["gpt"].uses_kv_cache and not known["bigram"].uses_kv_cache
-    assert known["gpt"].decoder_only and not known["gpt"].has_classification_head
+    assert known["gpt"].capabilities.uses_kv_cache and not known["bigram"].capabilities.uses_kv_cache
+    assert known["gpt"].capabilities.decoder_only and not known["seq2seq"].capabilities.decoder_only
+    assert known["lstm"].capabilities.own_state and known["lstm"].capabilities.unbounded_context
+    assert not known["gpt"].capabilities.own_state and not known["gpt"].capabilities.unbounded_context
+
+
+def test_capabilities_default_and_are_read_in_one_place():
+    """A model class that declares nothing is a plain decoder with a KV cache, and no module but
+    the contract looks for the capability attributes itself."""
+    import re
+    from pathlib import Path
+
+    import lyre
+
+    class Plain(nn.Module):
+        pass
+
+    assert capabilities(Plain) == capabilities(Plain()) == Capabilities()
+    assert capabilities(PairMLP) == Capabilities(uses_kv_cache=False)
+    names = "|".join(f.name for f in fields(Capabilities)) + "|new_cache"
+    pattern = re.compile(rf"(getattr|hasattr)\([^)]*[\"']({names})[\"']")
+    root = Path(lyre.__file__).parent
+    readers = [str(p.relative_to(root)) for p in root.rglob("*.py") if pattern.search(p.read_text())]
+    assert readers == ["model/contract.py"]
 
 
 def test_unknown_arch_lists_the_known_ones(tiny_toml):

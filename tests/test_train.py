@@ -391,6 +391,29 @@ def test_eval_interval_larger_than_max_iters(tmp_path, tiny_config):
     assert ckpt.checkpoint_exists(run_dir, "best") and ckpt.checkpoint_exists(run_dir, "last")
 
 
+def test_checks_and_process_set_up_run_once_per_run(tmp_path, tiny_config, monkeypatch):
+    """train() checks the settings and joins the processes once, and hands them to the Trainer
+    (issue 19.10: they ran twice); the trainer's state starts in __init__, not on the class."""
+    import lyre.distributed
+    import lyre.train as training
+
+    calls = {"check": 0, "setup": 0}
+    check, setup = training.check_train_config, lyre.distributed.setup
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(training, "check_train_config", counted("check", check))
+    monkeypatch.setattr(lyre.distributed, "setup", counted("setup", setup))
+    train(tiny_config("train.max_iters=1", "train.eval_interval=1"), tmp_path / "run", progress=False,
+          plot=False)
+    assert calls == {"check": 1, "setup": 1}
+    assert not {"_tokens_seen", "_saved_at", "stopped_early"} & set(vars(training.Trainer))
+
+
 @pytest.mark.parametrize(
     "override,message",
     [
@@ -445,3 +468,19 @@ def test_out_path_that_is_a_file(tmp_path, tiny_config):
     with pytest.raises(LyreError, match="not a directory"):
         train(tiny_config(), target, progress=False, plot=False)
     assert target.read_text() == "not a run"
+
+
+def test_should_stop_is_part_of_every_task():
+    """The Trainer asks task.should_stop() directly: the Task protocol declares it and every task
+    of lyre.tasks has it (issue 19.10: it was read with getattr)."""
+    from lyre.classify.task import ClassificationTask
+    from lyre.tasks import Task
+    from lyre.tasks.dpo import DPOTask
+    from lyre.tasks.lm import LanguageModelingTask
+    from lyre.tasks.seq2seq import Seq2SeqTask
+    from lyre.tasks.sft import SFTTask
+
+    assert "should_stop" in vars(Task)
+    for task in (LanguageModelingTask, Seq2SeqTask, SFTTask, DPOTask, ClassificationTask):
+        assert callable(task.should_stop), task
+    assert LanguageModelingTask().should_stop() is None and Seq2SeqTask().should_stop() is None

@@ -88,3 +88,16 @@ def test_runs_without_attention_and_bad_outputs_are_one_line(capsys, tmp_path, t
                    r"use a file name ending in .png, .svg or .pdf")
     assert_one_line_error(*run_cli(capsys, "attention", two_layer_gpt, "--prompt", "", "--out", tmp_path / "a.png")[::2],
                    r"the prompt is empty")
+
+
+@pytest.mark.parametrize("kind", ["cross", "encoder"])
+def test_a_gpt_asked_for_cross_or_encoder_attention_is_one_line(capsys, tmp_path, two_layer_gpt, kind):
+    """Not its self-attention drawn under another name (issue 19.16); --kind decoder is what a
+    GPT's causal self-attention is, and it draws."""
+    out = tmp_path / "a.png"
+    assert_one_line_error(*run_cli(capsys, "attention", two_layer_gpt, "--prompt", "Sing", "--out", out,
+                                   "--kind", kind)[::2],
+                          rf"a GPT has \(causal\) self-attention only; --kind {kind} needs an encoder-decoder")
+    assert not out.exists()
+    code, _, err = run_cli(capsys, "attention", two_layer_gpt, "--prompt", "Sing", "--out", out, "--kind", "decoder")
+    assert code == 0 and out.exists(), err

@@ -281,6 +281,19 @@ def test_bad_translate_inputs_are_one_line(capsys, s2s_run, trained_run):
     assert_one_line_error(*run_cli(capsys, "sample", s2s_run)[::2], r"encoder-decoder: give the source")
 
 
+def test_translate_threads_and_unknown_characters(capsys, s2s_run):
+    """--threads exists (issue 19.19); an unknown character's hint names a flag that translate
+    has, and the flag works (19.18)."""
+    code, out, err = run_cli(capsys, "translate", s2s_run, "--text", "dcba", "--threads", "1")
+    assert code == 0 and len(out.splitlines()) == 1, err
+    assert_one_line_error(*run_cli(capsys, "translate", s2s_run, "--text", "ab", "--threads", "-1")[::2],
+                          r"--threads must be >= 0")
+    code, _, err = run_cli(capsys, "translate", s2s_run, "--text", "ab\u2603")
+    assert_one_line_error(code, err, r"is not in this char-level model.*--replace-unknown \(.*translate\)")
+    code, out, err = run_cli(capsys, "translate", s2s_run, "--text", "ab\u2603", "--replace-unknown")
+    assert code == 0 and len(out.splitlines()) == 1, err
+
+
 def test_translate_a_file_and_refuse_chat(capsys, s2s_run, tmp_path):
     sources = tmp_path / "sources.txt"
     sources.write_text("dcba\nzyx\nq\n")

@@ -21,14 +21,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lyre import checkpoint as ckpt
 from lyre.classify.build import load_classifier_model
 from lyre.errors import LyreError
 from lyre.hf.configs import export_target, hf_config
 from lyre.hf.files import SAFETENSORS, safetensors_bytes
 from lyre.hf.tokenizer import hf_tokenizer_files
 from lyre.hf.weights import lyre_to_hf_weights
-from lyre.io import prepare_output_dir
+from lyre.io import atomic_write_bytes, atomic_write_text, prepare_output_dir
 from lyre.tokenizers import load_tokenizer
 from lyre.tokenizers.base import EOT
 
@@ -75,8 +74,8 @@ def export_classifier_hf(run_dir: str | Path, out_dir: str | Path, *, checkpoint
     prepare_output_dir(out, holds_output=out.is_dir() and any(out.iterdir()), owned=EXPORT_FILES,
                        force=force, refusal=f"{out} is not empty; choose another --out or pass "
                                             "--force to overwrite")
-    ckpt.atomic_write_bytes(out / SAFETENSORS, payload)
+    atomic_write_bytes(out / SAFETENSORS, payload)
     for name, text in files.items():
-        ckpt.atomic_write_text(out / name, text)
-    ckpt.atomic_write_text(out / "config.json", json.dumps(hf, indent=2) + "\n")
+        atomic_write_text(out / name, text)
+    atomic_write_text(out / "config.json", json.dumps(hf, indent=2) + "\n")
     return out

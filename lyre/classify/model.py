@@ -64,7 +64,6 @@ def pool(states: torch.Tensor, lengths: torch.Tensor, how: str) -> torch.Tensor:
 class SequenceClassifier(nn.Module):
     """A base language model plus a linear head over its pooled final hidden states."""
 
-    has_classification_head = True  # forward returns class logits (lyre.model.registry)
     uses_kv_cache = False
 
     def __init__(self, base: nn.Module, num_classes: int, pooling: str = "last_nonpad") -> None:

@@ -46,6 +46,23 @@ def add_replace_unknown_flag(p) -> None:
                         "\"unk\": \"?\" in RUN_DIR/tokenizer/tokenizer.json")
 
 
+def add_threads_flag(p) -> None:
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (default 0: torch's choice, one per core)")
+
+
+def apply_threads(threads: int) -> None:
+    """--threads: torch's CPU threads for the rest of this command (0 leaves torch's choice)."""
+    from lyre.errors import LyreError
+
+    if threads < 0:
+        raise LyreError(f"--threads must be >= 0; got {threads}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def add_model_flags(p) -> None:
     """How `sample`, `chat` and `serve` load a run's model (runs.load_run)."""
     add_checkpoint_flags(p)

@@ -12,7 +12,6 @@ from lyre.cli.flags import (
     add_replace_unknown_flag,
     add_sampling_flags,
 )
-from lyre.cli.zoo import eval_pairs, translate_prompt
 from lyre.errors import LyreError
 
 
@@ -45,10 +44,14 @@ def _add_sample(sub) -> None:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="loss, perplexity and bits per byte on a text file",
                        description="Score a run's model on held-out text with a sliding window: loss, "
-                                   "perplexity and bits per byte (comparable across tokenizers).")
+                                   "perplexity and bits per byte (comparable across tokenizers). "
+                                   "Without --data, what the run held out: a fine-tuned (SFT/DPO) "
+                                   "run's validation answers, a seq2seq run's validation pairs.")
     p.add_argument("run_dir", type=Path, help="run directory")
     p.add_argument("--data", type=Path, default=None,
-                   help="UTF-8 text file to score (default: the run's own validation split)")
+                   help="UTF-8 text file to score (default: the run's own validation split); for a "
+                        "fine-tuned run a .json/.jsonl instruction file scores its answers, for a "
+                        "seq2seq run a .tsv/.jsonl file of pairs")
     p.add_argument("--stride", type=int, default=None,
                    help="tokens between window starts, 1..block_size (default block_size); smaller "
                         "gives each token more context and costs more")
@@ -60,9 +63,11 @@ def _add_eval(sub) -> None:
 
 def cmd_sample(args) -> None:
     from lyre.engine import Engine, SamplingConfig
-    from lyre.generate import crop_prompt
+    from lyre.generate import prompt_ids
+    from lyre.model import capabilities
     from lyre.runs import load_run
     from lyre.tokenizers.char import replace_unknown
+    from lyre.translate import translate_prompt
 
     params = SamplingConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -72,20 +77,15 @@ def cmd_sample(args) -> None:
     run = load_run(args.run_dir, args.checkpoint, args.device, weights=args.weights)
     if args.replace_unknown:
         replace_unknown(run.tokenizer)
-    if not getattr(run.model, "decoder_only", True):  # an encoder-decoder: translate the prompt
-        translate_prompt(run, read_prompt(args))
+    prompt = read_prompt(args)
+    if not capabilities(run.model).decoder_only:  # an encoder-decoder: translate the prompt
+        print(translate_prompt(run.model, run.tokenizer, prompt))
         return
     engine = Engine(run.model, run.tokenizer, run.device)
-    prompt = read_prompt(args)
-    if prompt is None:  # start of text
-        ids = engine.encode("" if run.tokenizer.eot_id is not None else "\n")
-    else:
-        ids = engine.encode(prompt)
-    block = run.config.model.block_size
-    ids, dropped = crop_prompt(ids, block)
+    ids, dropped = prompt_ids(engine, prompt)
     if dropped:
         print(f"[notice] prompt cropped: its first {dropped} tokens do not fit the context of "
-              f"{block}", file=sys.stderr)
+              f"{engine.block_size}", file=sys.stderr)
     shown = prompt or ""
     if args.num_samples == 1:
         sys.stdout.write(shown)
@@ -113,27 +113,24 @@ def read_prompt(args) -> str:
 def cmd_eval(args) -> None:
     import json
 
-    from lyre.evaluate import evaluate_text, read_text
-    from lyre.runs import load_run
+    from lyre.evaluate import evaluate_saved_run
 
-    run = load_run(args.run_dir, args.checkpoint, args.device)
-    if not getattr(run.model, "decoder_only", True):  # an encoder-decoder scores pairs
-        eval_pairs(run, args)
-        return
-    if args.data is None:
-        from lyre.evaluate import validation_text
-
-        text, args.data = validation_text(run)
-    else:
-        text = read_text(args.data)
-    result = evaluate_text(run.model, run.tokenizer, text, stride=args.stride,
-                           batch_size=args.batch_size, device=run.device)
+    e = evaluate_saved_run(args.run_dir, args.data, stride=args.stride, batch_size=args.batch_size,
+                           checkpoint=args.checkpoint, device=args.device)
     if args.json:
-        print(json.dumps({"run": str(args.run_dir), "checkpoint": run.checkpoint, "data": str(args.data),
-                          "tokenizer": run.tokenizer.kind, **result.to_dict()}))
+        print(json.dumps({"run": str(args.run_dir), **e.to_dict()}))
         return
-    print(f"loss {result.loss:.4f} nats/token | perplexity {result.perplexity:.3f} | "
-          f"{result.bits_per_byte:.4f} bits/byte")
-    print(f"{result.tokens:,} tokens ({result.bytes:,} bytes) of {args.data} scored with block "
-          f"{result.block_size}, stride {result.stride}; {run.tokenizer.kind} tokenizer, "
-          f"checkpoint {run.checkpoint}")
+    r = e.result
+    if e.kind == "pairs":
+        print(f"loss {r.loss:.4f} nats/token | perplexity {r.perplexity:.3f} | "
+              f"exact match {100 * r.exact_match:.2f}% of {r.pairs:,} pairs (greedy)")
+        print(f"{r.tokens:,} target tokens of {e.data} scored; checkpoint {e.checkpoint}")
+    elif e.kind == "answers":
+        print(f"loss {r.loss:.4f} nats/token | perplexity {r.perplexity:.3f}")
+        print(f"{r.tokens:,} answer tokens in {r.sequences:,} sequences of {e.data} scored (the "
+              f"prompts as context); checkpoint {e.checkpoint}")
+    else:
+        print(f"loss {r.loss:.4f} nats/token | perplexity {r.perplexity:.3f} | "
+              f"{r.bits_per_byte:.4f} bits/byte")
+        print(f"{r.tokens:,} tokens ({r.bytes:,} bytes) of {e.data} scored with block "
+              f"{r.block_size}, stride {r.stride}; {e.tokenizer} tokenizer, checkpoint {e.checkpoint}")

@@ -1,11 +1,15 @@
-"""Verbs of the model zoo: `translate` (encoder-decoder runs) and `attention` (attention maps),
-plus the encoder-decoder paths of `sample` and `eval`."""
+"""Verbs of the model zoo: `translate` (encoder-decoder runs) and `attention` (attention maps)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from lyre.cli.flags import add_checkpoint_flags
+from lyre.cli.flags import (
+    add_checkpoint_flags,
+    add_replace_unknown_flag,
+    add_threads_flag,
+    apply_threads,
+)
 from lyre.errors import LyreError
 
 
@@ -24,6 +28,8 @@ def _add_translate(sub) -> None:
     src.add_argument("--file", type=Path, help="source texts, one per line")
     p.add_argument("--beam", type=int, default=1, help="beam width; 1 is greedy (default 1)")
     p.add_argument("--max-length", type=int, default=None, help="most target tokens (default: the context)")
+    add_replace_unknown_flag(p)
+    add_threads_flag(p)
     add_checkpoint_flags(p)
     p.set_defaults(func=cmd_translate)
 
@@ -35,19 +41,22 @@ def _add_attention(sub) -> None:
     p.add_argument("run_dir", type=Path, help="run directory (gpt or seq2seq)")
     p.add_argument("--prompt", required=True, help="the text to look at (a seq2seq run's source)")
     p.add_argument("--out", type=Path, required=True, help="image path: .png, .svg or .pdf")
-    p.add_argument("--kind", default="cross", choices=["cross", "encoder", "decoder"],
-                   help="seq2seq runs: which attention (default cross)")
+    p.add_argument("--kind", default=None, choices=["cross", "encoder", "decoder"],
+                   help="seq2seq runs: which attention (default cross); a GPT has self-attention only")
     add_checkpoint_flags(p)
     p.set_defaults(func=cmd_attention)
 
 
 def cmd_translate(args) -> None:
     from lyre.runs import load_run
+    from lyre.tokenizers.char import replace_unknown
     from lyre.translate import translate
 
+    apply_threads(args.threads)
     texts = args.text if args.text is not None else read_lines(args.file)
     run = load_run(args.run_dir, args.checkpoint, args.device)
-    require_seq2seq(run, "translate")
+    if args.replace_unknown:
+        replace_unknown(run.tokenizer)
     for line in translate(run.model, run.tokenizer, texts, beam=args.beam, max_length=args.max_length):
         print(line)
 
@@ -64,39 +73,7 @@ def read_lines(path: Path) -> list[str]:
     return lines
 
 
-def require_seq2seq(run, verb: str) -> None:
-    if getattr(run.model, "decoder_only", True):
-        raise LyreError(f"{run.run_dir} is a language model (arch {run.config.model.arch}); `lyre {verb}` "
-                        "needs an encoder-decoder run (arch seq2seq); use `lyre sample`")
-
-
 def cmd_attention(args) -> None:
     from lyre.attention_maps import draw_run
 
     print(f"wrote {draw_run(args.run_dir, args.prompt, args.out, kind=args.kind, checkpoint=args.checkpoint, device=args.device)}")
-
-
-def translate_prompt(run, prompt: str | None) -> None:
-    from lyre.translate import translate
-
-    if not prompt:
-        raise LyreError(f"{run.run_dir} is an encoder-decoder: give the source to translate with "
-                        "--prompt TEXT (or use `lyre translate`)")
-    print(translate(run.model, run.tokenizer, [prompt])[0])
-
-
-def eval_pairs(run, args) -> None:
-    import json
-
-    from lyre.pairs import read_pairs, validation_pairs
-    from lyre.translate import evaluate_pairs
-
-    pairs, label = (read_pairs(str(args.data)), str(args.data)) if args.data else validation_pairs(run)
-    result = evaluate_pairs(run.model, run.tokenizer, pairs, batch_size=args.batch_size)
-    if args.json:
-        print(json.dumps({"run": str(args.run_dir), "checkpoint": run.checkpoint, "data": label,
-                          **result.to_dict()}))
-        return
-    print(f"loss {result.loss:.4f} nats/token | perplexity {result.perplexity:.3f} | "
-          f"exact match {100 * result.exact_match:.2f}% of {result.pairs:,} pairs (greedy)")
-    print(f"{result.tokens:,} target tokens of {label} scored; checkpoint {run.checkpoint}")

@@ -5,7 +5,7 @@ keys and values sit in slots 0..len_i - 1 of cache row i. A view tells the model
 forward pass, where to write and what to attend to, and carries the ragged-batch details the
 model's signature does not have: per-row `positions`, an `attn_mask`, and `logits_at`.
 
-`storage` is None for a model without a KV cache (model.uses_kv_cache False): it never calls
+`storage` is None for a model without a KV cache (capabilities(model).uses_kv_cache False): it never calls
 `update`, and the views still say which logits to compute.
 
 A model whose generation state is not a KV cache (a recurrent one: lyre/model/recurrent.py)
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from lyre.model.contract import capabilities
 from lyre.model.gpt import KVCache
 
 
@@ -98,9 +99,10 @@ class DecodeView:
 def new_storage(model, rows: int, max_length: int, device: torch.device, dtype: torch.dtype):
     """The generation state of `rows` rows: the model's own (new_cache) if it has one, else a
     KVCache if it uses one, else None."""
-    if hasattr(model, "new_cache"):
+    able = capabilities(model)
+    if able.own_state:
         return model.new_cache(rows, max_length, device, dtype)
-    if getattr(model, "uses_kv_cache", True):
+    if able.uses_kv_cache:
         return KVCache(model.config, rows, max_length, device, dtype)
     return None
 

@@ -25,6 +25,7 @@ from lyre.engine.rows import Completion, Row
 from lyre.engine.sampling import SamplingConfig, check_int
 from lyre.engine.text import TextStream
 from lyre.errors import LyreError
+from lyre.model.contract import capabilities
 
 UNBOUNDED = 1 << 30  # the context length of a model without one
 
@@ -44,13 +45,13 @@ class Engine:
         self.model = model
         self.dtype = param.dtype
         self.tokenizer = tokenizer
-        if not getattr(model, "decoder_only", True):
+        able = capabilities(model)
+        if not able.decoder_only:
             raise LyreError(f"model.arch={model.config.arch} is an encoder-decoder: it translates a "
                             "source (lyre translate, lyre.translate) rather than continuing a prompt")
         # A model whose generation state does not grow with the text (a recurrent one) has no
         # context limit here: its rows never slide, only max_new_tokens or a stop ends them.
-        unbounded = getattr(model, "unbounded_context", False)
-        self.block_size: int = UNBOUNDED if unbounded else model.config.block_size
+        self.block_size: int = UNBOUNDED if able.unbounded_context else model.config.block_size
         self.vocab_size: int = model.config.vocab_size
 
     # ---- the API -------------------------------------------------------------------------

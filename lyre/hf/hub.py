@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -36,7 +35,7 @@ from lyre.hf.tokenizer import (
     tokenizer_spec,
 )
 from lyre.hf.weights import hf_to_lyre_model, lyre_to_hf_weights
-from lyre.io import prepare_output_dir
+from lyre.io import atomic_write_bytes, atomic_write_text, cache_dir, prepare_output_dir
 
 # What a hub download fetches (pickled weights only when a repo has no safetensors).
 HUB_FILES = [
@@ -126,19 +125,13 @@ def resolve_source(name_or_dir: str | Path, revision: str | None = None) -> Path
     return local
 
 
-def _cache_dir() -> Path:
-    if os.environ.get("LYRE_CACHE"):
-        return Path(os.environ["LYRE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lyre"
-
-
 def _tokenizer_cache(src: Path) -> Path:
     """Tokenizers are tiny; an in-memory model keeps its own next to lyre's cache, by content."""
     digest = hashlib.sha256()
     for name in ("vocab.json", "merges.txt", "tokenizer.json"):
         if (src / name).is_file():
             digest.update(name.encode() + (src / name).read_bytes())
-    return _cache_dir() / "tokenizers" / digest.hexdigest()[:16]
+    return cache_dir() / "tokenizers" / digest.hexdigest()[:16]
 
 
 def from_pretrained(
@@ -200,8 +193,8 @@ def _write_peft_adapter(out: Path, adapter, force: bool) -> None:
     prepare_output_dir(out, holds_output=holds, owned=ADAPTER_FILES, force=force,
                        refusal=f"{out} already holds an adapter; pass --force to overwrite it")
     export_hf(adapter.base_dir, out / "base", checkpoint=adapter.base_checkpoint, force=True)
-    ckpt.atomic_write_bytes(out / "adapter_model.safetensors", adapter.weights)
-    ckpt.atomic_write_text(out / "adapter_config.json", json.dumps(adapter.config, indent=2) + "\n")
+    atomic_write_bytes(out / "adapter_model.safetensors", adapter.weights)
+    atomic_write_text(out / "adapter_config.json", json.dumps(adapter.config, indent=2) + "\n")
 
 
 def export_hf(
@@ -237,12 +230,12 @@ def export_hf(
     _clear_export(out, force)
     if adapter is not None:
         _write_peft_adapter(Path(peft_adapter), adapter, force)
-    ckpt.atomic_write_bytes(out / SAFETENSORS, payload)
+    atomic_write_bytes(out / SAFETENSORS, payload)
     for name, text in tokenizer_files.items():
-        ckpt.atomic_write_text(out / name, text)
+        atomic_write_text(out / name, text)
     eot = run.tokenizer.eot_id
     generation = {"bos_token_id": eot, "eos_token_id": eot}
-    ckpt.atomic_write_text(out / "generation_config.json", json.dumps(generation, indent=2) + "\n")
+    atomic_write_text(out / "generation_config.json", json.dumps(generation, indent=2) + "\n")
     config = hf_config(cfg, model_type, eot)
-    ckpt.atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     return out

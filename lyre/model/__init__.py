@@ -11,6 +11,7 @@ The registry (lyre/model/registry.py) says how to add one.
 from __future__ import annotations
 
 from lyre.model.baselines import BigramConfig, BigramLM
+from lyre.model.contract import Capabilities, capabilities
 from lyre.model.gpt import GPT, GPTConfig, KVCache, reference_attention
 from lyre.model.recurrent import GRUConfig, LSTMConfig, RecurrentLM, RNNConfig
 from lyre.model.registry import (
@@ -39,4 +40,5 @@ __all__ = [
     "GPT", "GPTConfig", "KVCache", "BigramLM", "BigramConfig", "build_model", "reference_attention",
     "RecurrentLM", "RNNConfig", "LSTMConfig", "GRUConfig", "Seq2SeqConfig", "Seq2SeqTransformer",
     "ModelFamily", "register_family", "unregister_family", "get_family", "families",
+    "Capabilities", "capabilities",
 ]

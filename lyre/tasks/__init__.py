@@ -11,6 +11,8 @@ checkpoints, signals, logging). A task owns everything about the data and the ob
                                        first is the input ids (its size counts the tokens)
     loss(forward, batch)               the scalar to minimise; `forward` is the (wrapped) model
     evaluate(model, exact)             metrics; must include `best_metric`
+    should_stop()                      after an evaluation: a reason to end the run now (early
+                                       stopping), or None
     generators()                       the torch.Generators its sampling uses, by name: saved in
                                        every checkpoint with the other RNG states
     state_dict() / load_state_dict()   any other sampling state (epoch, position), JSON-safe
@@ -47,6 +49,8 @@ class Task(Protocol):
 
     def evaluate(self, model: nn.Module, exact: bool) -> dict[str, Any]: ...
 
+    def should_stop(self) -> str | None: ...
+
     def generators(self) -> dict[str, torch.Generator]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
@@ -61,7 +65,7 @@ def default_task(config: Any, autocast: Any = None) -> Task:
     from lyre.model import get_family
     from lyre.pairs import looks_like_pairs
 
-    if not get_family(config.model.arch).decoder_only:
+    if not get_family(config.model.arch).capabilities.decoder_only:
         from lyre.tasks.seq2seq import Seq2SeqTask
 
         return Seq2SeqTask(autocast)

@@ -78,6 +78,9 @@ class LanguageModelingTask:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def should_stop(self) -> str | None:
+        return None  # trains to max_iters
+
     def _check_length(self) -> None:
         need = self.config.model.block_size + 1
         for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
@@ -129,7 +132,7 @@ def init_model(config: RunConfig, vocab_size: int) -> nn.Module:
         config.model.vocab_size = vocab_size
         return build_model(config.model)
     source = Path(config.train.init_from)
-    source_config = config_from_json(source / "config.json")
+    source_config = config_from_json(RunDir(source).config_path)
     # The architecture comes from the source run; training options (dropout aside) from ours.
     dropout = config.model.dropout
     config.model = source_config.model

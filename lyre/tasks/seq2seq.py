@@ -115,6 +115,9 @@ class Seq2SeqTask:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def should_stop(self) -> str | None:
+        return None  # trains to max_iters
+
 
 # ----------------------------------------------------------------------------------------------
 # The prepared pairs

@@ -134,7 +134,7 @@ class CharTokenizer(Tokenizer):
             f"near {near!r}) is "
             f"not in this char-level model's vocabulary of {self.vocab_size} characters; to replace "
             f"unknown characters with {self.replacement!r} pass --replace-unknown (lyre chat, "
-            f"sample, serve) or record it with the run: \"unk\": {json.dumps(self.replacement)} in "
+            f"sample, serve, translate) or record it with the run: \"unk\": {json.dumps(self.replacement)} in "
             f"RUN_DIR/tokenizer/tokenizer.json"
         )
 
