@@ -136,10 +136,12 @@ class RunConfig:
     def kind(self) -> str:
         """What the run is, one word of RUN_KINDS: its fine-tuning task (sft, dpo, classify)
         when it has a [finetune] section, else what its model family trains on (lm, seq2seq)."""
+        if "classify" in self.extras:  # a head on a base: classifier runs made by any path
+            return "classify"
         finetune = self.extras.get("finetune")
         if finetune is not None:
             return finetune.task
-        return "lm" if get_family(self.model.arch).decoder_only else "seq2seq"
+        return "lm" if get_family(self.model.arch).capabilities.decoder_only else "seq2seq"
 
     @property
     def uses_lora(self) -> bool:

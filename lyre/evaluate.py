@@ -15,7 +15,7 @@ block_size (non-overlapping windows, the same as the end-of-training evaluation)
     lyre eval RUN_DIR --data heldout.txt [--stride S] [--json]
     evaluate_run("runs/iliad-char", "heldout.txt").bits_per_byte
 
-Without --data, `lyre eval RUN` scores what the run held out, by the kind of run (run_kind):
+Without --data, `lyre eval RUN` scores what the run held out, by the kind of run (RunConfig.kind):
 a language model its validation tokens (above); a fine-tuned chat model (SFT, DPO) the answers
 of its validation split, as SFT trains them (the loss mask of lyre.finetune.encode: the prompt
 is context, only the answer and its <|endoftext|> are scored; DPO: the chosen answers); an
@@ -34,7 +34,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from lyre.config import RunConfig
 from lyre.data import evaluate_loss
 from lyre.errors import LyreError
 from lyre.rundir import RunDir
@@ -230,18 +229,6 @@ def answer_examples(run, data: str | Path | None = None) -> tuple[list, str]:
 ANSWER_SUFFIXES = (".json", ".jsonl")  # instruction data; any other file is scored as text
 
 
-def run_kind(config: RunConfig) -> str:
-    """What trained a run, from its config's sections: "lm", "seq2seq", "sft", "dpo" or
-    "classify". The one place `lyre eval` tells runs apart."""
-    from lyre.model import get_family
-
-    if "classify" in config.extras:
-        return "classify"
-    if "finetune" in config.extras:
-        return config.extras["finetune"].task
-    return "lm" if get_family(config.model.arch).capabilities.decoder_only else "seq2seq"
-
-
 @dataclass
 class RunEvaluation:
     kind: str  # "text", "answers" or "pairs": the type of `result`
@@ -262,7 +249,7 @@ def evaluate_saved_run(run_dir: str | Path, data: str | Path | None = None, *,
     from lyre.runs import load_run
 
     run_dir = Path(run_dir)
-    if run_kind(RunDir(run_dir).read_config()) == "classify":
+    if RunDir(run_dir).kind() == "classify":
         raise LyreError(f"{run_dir} is a classifier: its accuracy, F1 and loss per split are in "
                         f"{RunDir(run_dir).path / 'classification.json'} (written as it trained); label "
                         f"texts with `lyre classify {run_dir} --file FILE`")
@@ -276,7 +263,7 @@ def evaluate_loaded_run(run, data: str | Path | None = None, *, stride: int | No
                         batch_size: int = 8) -> RunEvaluation:
     """Score a loaded run (lyre.runs.load_run) on `data`, or on what it held out (see the module
     docstring): what `lyre eval` prints."""
-    kind = run_kind(run.config)
+    kind = run.config.kind
     found = {"checkpoint": run.checkpoint, "tokenizer": run.tokenizer.kind}
     if kind == "seq2seq":
         from lyre.pairs import read_pairs, validation_pairs

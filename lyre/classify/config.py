@@ -76,12 +76,12 @@ def classify_section(config: RunConfig, run_dir: object = "the run") -> Classify
     """The run's [classify] section, or a LyreError that names what the run is instead."""
     section = config.extras.get("classify")
     if section is None:
-        raise LyreError(f"{run_dir} is not a classifier ({run_kind(config)}); train one with "
+        raise LyreError(f"{run_dir} is not a classifier ({describe_kind(config)}); train one with "
                         "`lyre finetune BASE --task classify --data FILE --out RUN`")
     return section
 
 
-def run_kind(config: RunConfig) -> str:
+def describe_kind(config: RunConfig) -> str:
     """What trained the run, in words, for error messages."""
     if "finetune" in config.extras:
         return f"a model fine-tuned with --task {config.kind}"
