@@ -172,16 +172,17 @@ def hf_to_lyre_config(hf: dict[str, Any]) -> GPTConfig:
 
 def export_target(cfg: GPTConfig) -> str:
     """The Hugging Face model_type that computes exactly what `cfg` computes, or a LyreError."""
+    if getattr(cfg, "arch", "gpt") != "gpt":  # before its fields: an LSTM's are all "unknown"
+        raise LyreError(
+            f"cannot export arch={cfg.arch!r}: only GPT runs have a Hugging Face equivalent; use "
+            f"this run with lyre itself (lyre sample, chat, serve, eval)"
+        )
     unknown = [
         f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)
         if f.name not in KNOWN_FIELDS and getattr(cfg, f.name) != f.default
     ]
     if unknown:
         raise LyreError(f"cannot export: option(s) {', '.join(unknown)} unknown to the exporter")
-    if cfg.arch != "gpt":
-        raise LyreError(
-            f"cannot export arch={cfg.arch!r}: only the gpt architecture has a Hugging Face equivalent"
-        )
     if cfg.pos == "rope":
         return "arcee" if cfg.norm == "rmsnorm" else "starcoder2"
     if cfg.norm == "rmsnorm":
