@@ -5,20 +5,18 @@ stream in, switches to completion mode, and checks the message shown when the se
 reached; a failed message leaves the conversation (a real 400, an unreachable server); a base
 model opens in Complete mode; a long conversation in a small context still gets full answers;
 the phone drawer has a backdrop. Screenshots go to test-artifacts/ (gitignored): look at them.
-Without chromium (or the playwright package) the tests skip and say so; `.ci/run` installs
-chromium.
+Without chromium (or the playwright package) the tests skip and say how to get it (`make
+browser`; `.ci/run` installs chromium).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
-from serve_util import tiny_served_run
+from serve_util import NO_CHROMIUM, chromium_path, tiny_served_run
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -26,19 +24,11 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-dev-shm-usage"]
 
 
-def _chromium() -> str | None:
-    for candidate in (os.environ.get("LYRE_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
-        if candidate and Path(candidate).exists():
-            return candidate
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    exe = _chromium()
+    exe = chromium_path()
     if exe is None:
-        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does it)")
+        pytest.skip(NO_CHROMIUM)
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     profile = tmp_path_factory.mktemp("chromium-profile")
     with sync_api.sync_playwright() as p:
