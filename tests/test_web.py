@@ -309,3 +309,35 @@ def test_long_conversation_in_a_small_context_keeps_room_for_answers(browser, se
         assert text == text.lstrip(), repr(text[:20])
     page.screenshot(path=str(ARTIFACTS / "web-small-context.png"), full_page=True)
     page.close()
+
+
+def test_classifier_page_labels_a_text(browser, tmp_path_factory):
+    """A classifier run's / (lyre serve on a classifier): type a text, see every label's
+    probability, the most probable first; the request shown carries the server's address."""
+    from classify_util import tiny_classifier
+
+    from lyre.classify.predict import load_classifier
+    from lyre.serve import ServeSettings
+    from lyre.serve.server import start_background
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    clf = load_classifier(tiny_classifier(tmp_path_factory.getbasetemp()), device="cpu")
+    with start_background(clf, ServeSettings(api_key="k")) as srv:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(srv.url + "/")
+        page.fill("#text", "Congratulations! voucher waiting, reply 04567891234 now")
+        page.click("#send")
+        page.wait_for_selector("#error:not([hidden])")  # no key yet: the server's 401, shown
+        assert "API key" in page.inner_text("#error")
+        page.fill("#api_key", "k")
+        page.click("#send")
+        page.wait_for_selector("#result:not([hidden])")
+        rows = page.locator("#result tbody tr")
+        assert rows.count() == 2 and rows.nth(0).get_attribute("class") == "best"
+        assert rows.nth(0).inner_text().startswith("spam") and page.is_hidden("#error")
+        assert srv.url + "/v1/classify" in page.inner_text("#curl")
+        page.screenshot(path=str(ARTIFACTS / "web-classifier.png"), full_page=True)
+        page.close()
+    assert errors == []

@@ -27,6 +27,7 @@ from fastapi import APIRouter, FastAPI, Security
 from fastapi.security import HTTPBearer
 
 from lyre.chat import get_template, template_name_for_run
+from lyre.classify.config import is_classifier_run
 from lyre.classify.predict import Classifier, load_classifier
 from lyre.engine import Engine
 from lyre.errors import LyreError
@@ -57,8 +58,6 @@ def is_classifier(run_dir: str | Path) -> bool:
 
     The one place the server asks; today the run's config.json says so (a [classify] section).
     """
-    from lyre.classify.config import is_classifier_run
-
     return is_classifier_run(run_dir)
 
 
