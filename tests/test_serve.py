@@ -420,10 +420,12 @@ def test_full_queue_gets_429_with_retry_after(run):
             async with httpx.AsyncClient(timeout=60) as http:
                 body = {"model": "tiny", "prompt": "Sing", "max_tokens": 20}
                 first = asyncio.create_task(http.post(srv.url + "/v1/completions", json=body))
-                while httpx.get(srv.url + "/health").json()["active"] < 1:
+                # Polled with the same async client: a blocking call here would stall the loop
+                # that sends the requests (and each new sync client loads the CA bundle).
+                while (await http.get(srv.url + "/health")).json()["active"] < 1:
                     await asyncio.sleep(0.02)
                 second = asyncio.create_task(http.post(srv.url + "/v1/completions", json=body))
-                while httpx.get(srv.url + "/health").json()["queued"] < 1:
+                while (await http.get(srv.url + "/health")).json()["queued"] < 1:
                     await asyncio.sleep(0.02)
                 third = await http.post(srv.url + "/v1/completions", json=body)
                 return await first, await second, third
