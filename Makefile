@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_RUN ?= runs/iliad-char
 
-.PHONY: venv install demo test lint bench clean
+.PHONY: venv install demo test lint bench clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,14 @@ demo: install
 	$(BIN)/lyre sample $(DEMO_RUN) --prompt "Sing, O goddess, " --max-new-tokens 400 --seed 1337
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -rs
 
 lint: install
 	$(BIN)/ruff check .
+
+# chromium for the browser tests (without it they skip, and `make test` lists why).
+browser:
+	.ci/install-chromium
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -94,3 +94,21 @@ def sse_events(lines) -> list:
             data = line[6:]
             out.append(data if data == "[DONE]" else json.loads(data))
     return out
+
+
+# The browser tests (test_web.py, test_page_rag.py, the /docs test of test_serve.py) skip with
+# this reason when there is no chromium: it must say how to get one.
+NO_CHROMIUM = ("chromium is not installed: `make browser` installs it (apt-get install chromium; "
+               ".ci/run does it too), or set LYRE_CHROMIUM to a chromium binary")
+
+
+def chromium_path() -> str | None:
+    """The chromium the browser tests drive: $LYRE_CHROMIUM, else Debian's, else one on PATH."""
+    import os
+    import shutil
+
+    for candidate in (os.environ.get("LYRE_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None

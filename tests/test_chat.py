@@ -365,7 +365,7 @@ def test_serve_replace_unknown(char_run_dir, monkeypatch):
                                json={"model": char_run_dir.name, "max_tokens": 3, **body})
                 codes.append(r.status_code)
 
-    monkeypatch.setattr(server, "serve", serve_in_background)
+    monkeypatch.setattr(server, "run_server", serve_in_background)
     assert main(["serve", str(char_run_dir), "--device", "cpu"]) == 0
     assert codes == [400, 400]  # without the flag: refused, as before
     assert main(["serve", str(char_run_dir), "--device", "cpu", "--replace-unknown"]) == 0

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from serve_util import wait_health
 
 from lyre.classify.predict import load_classifier
-from lyre.serve.classify_routes import MAX_TEXTS, create_classify_app
-from lyre.serve.settings import ServeSettings
+from lyre.serve import ServeSettings, create_app
+from lyre.serve.schemas import MAX_TEXTS
 
 SPAM = "Congratulations! voucher waiting, reply 04567891234 now"
 HAM = "thanks meet me at the station tonight"
@@ -29,7 +29,7 @@ def run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(run):
-    with TestClient(create_classify_app(load_classifier(run, device="cpu"))) as c:
+    with TestClient(create_app(load_classifier(run, device="cpu"))) as c:
         yield c
 
 
@@ -75,7 +75,7 @@ def test_a_classifier_does_not_generate(client):
 
 
 def test_api_key(run):
-    app = create_classify_app(load_classifier(run, device="cpu"), ServeSettings(api_key="k"))
+    app = create_app(load_classifier(run, device="cpu"), ServeSettings(api_key="k"))
     with TestClient(app) as c:
         assert c.post("/v1/classify", json={"input": SPAM}).status_code == 401
         ok = c.post("/v1/classify", json={"input": SPAM}, headers={"Authorization": "Bearer k"})
@@ -100,3 +100,72 @@ def test_lyre_serve_on_a_classifier_run(run):
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
     assert b"/v1/classify" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# One app builder: a classifier's app has what a language model's has (issue 19, defect 6)
+
+
+def _samples(text: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_and_access_log_count_classify_requests(run, caplog):
+    app = create_app(load_classifier(run, device="cpu"))
+    with TestClient(app) as c, caplog.at_level("INFO", logger="lyre.serve.access"):
+        tokens = c.post("/v1/classify", json={"input": [SPAM, HAM]}).json()["usage"]["prompt_tokens"]
+        assert c.post("/v1/classify", json={"input": ""}).status_code == 400
+        m = _samples(c.get("/metrics").text)
+    ok = (("method", "POST"), ("route", "/v1/classify"), ("status", "200"))
+    bad = (("method", "POST"), ("route", "/v1/classify"), ("status", "400"))
+    assert m[("lyre_http_requests_total", ok)] == 1 and m[("lyre_http_requests_total", bad)] == 1
+    assert m[("lyre_prompt_tokens_total", ())] == tokens
+    assert not any(name.startswith("lyre_decode_steps") for name, _ in m)  # no scheduler here
+    assert any('"POST /v1/classify HTTP/1.1" 200' in r.getMessage() for r in caplog.records)
+
+
+def test_the_generation_servers_limits_and_pages(run):
+    app = create_app(load_classifier(run, device="cpu"), ServeSettings(max_body_bytes=1024))
+    with TestClient(app) as c:
+        big = c.post("/v1/classify", json={"input": "x" * 2000})
+        assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+        broken = c.post("/v1/classify", content=b"{nope", headers={"Content-Type": "application/json"})
+        assert broken.status_code == 400 and "\n" not in broken.json()["error"]["message"]
+        assert c.get("/v1/models/" + run.name).json()["id"] == run.name
+        assert c.get("/v1/models/other").status_code == 404
+        assert c.get("/docs").status_code == 200
+        assert "/v1/classify" in c.get("/openapi.json").json()["paths"]
+        missing = c.get("/nowhere")
+        assert missing.status_code == 404 and "/docs" in missing.json()["error"]["message"]
+
+
+def test_get_root_is_a_page_that_says_how_to_call_the_classifier(run):
+    with TestClient(create_app(load_classifier(run, device="cpu"), ServeSettings(api_key="k"))) as c:
+        r = c.get("/")
+        assert c.get("/static/classify.js").status_code == 200
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert run.name in r.text and "ham, spam" in r.text and "/v1/classify" in r.text
+    assert "Authorization: Bearer KEY" in r.text and "{{" not in r.text
+
+
+def test_a_draining_classifier_refuses_new_texts(run):
+    app = create_app(load_classifier(run, device="cpu"))
+    with TestClient(app) as c:
+        app.state.serve.begin_drain()  # what SIGTERM does (lyre.serve.server._Server)
+        r = c.post("/v1/classify", json={"input": SPAM})
+        assert r.status_code == 503 and r.headers["Retry-After"]
+        assert c.get("/health").json()["status"] == "draining"
+
+
+def test_load_served_picks_the_classifier(run):
+    from lyre.classify.predict import Classifier
+    from lyre.errors import LyreError
+    from lyre.serve import load_served
+
+    clf = load_served(run, device="cpu")
+    assert isinstance(clf, Classifier)
+    with pytest.raises(LyreError, match="classifier"):
+        create_app(clf, ServeSettings(rag_index="idx"))

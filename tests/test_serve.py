@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +23,7 @@ import httpx
 import openai
 import pytest
 import torch
-from serve_util import sse_events, wait_health, with_template
+from serve_util import NO_CHROMIUM, chromium_path, sse_events, wait_health, with_template
 
 from lyre.engine import Engine
 from lyre.runs import load_run
@@ -362,7 +361,7 @@ def _background_app(app):
 
     port = free_port()
     server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"),
-                     app.state.scheduler, install_signals=False)
+                     app.state.serve, install_signals=False)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -421,10 +420,12 @@ def test_full_queue_gets_429_with_retry_after(run):
             async with httpx.AsyncClient(timeout=60) as http:
                 body = {"model": "tiny", "prompt": "Sing", "max_tokens": 20}
                 first = asyncio.create_task(http.post(srv.url + "/v1/completions", json=body))
-                while httpx.get(srv.url + "/health").json()["active"] < 1:
+                # Polled with the same async client: a blocking call here would stall the loop
+                # that sends the requests (and each new sync client loads the CA bundle).
+                while (await http.get(srv.url + "/health")).json()["active"] < 1:
                     await asyncio.sleep(0.02)
                 second = asyncio.create_task(http.post(srv.url + "/v1/completions", json=body))
-                while httpx.get(srv.url + "/health").json()["queued"] < 1:
+                while (await http.get(srv.url + "/health")).json()["queued"] < 1:
                     await asyncio.sleep(0.02)
                 third = await http.post(srv.url + "/v1/completions", json=body)
                 return await first, await second, third
@@ -903,10 +904,9 @@ def test_read_timeout_flag(run_dir):
 def test_docs_render_in_a_browser_with_the_network_cut_off(server, tmp_path):
     """Swagger UI really renders the schema, with every non-local request refused (and none made)."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    exe = next((c for c in (os.environ.get("LYRE_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"))
-                if c and os.path.exists(c)), None)
+    exe = chromium_path()
     if exe is None:
-        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does it)")
+        pytest.skip(NO_CHROMIUM)
     outside: list[str] = []
 
     def local_only(route):
@@ -944,3 +944,24 @@ def test_an_unknown_character_is_reported_in_the_message_that_holds_it(trained_r
     assert r.status_code == 400, r.text
     message = r.json()["error"]["message"]
     assert message.startswith("messages[2].content: ") and "at position 6" in message, message
+
+
+def test_the_chat_page_starts_from_lyres_sampling_defaults(run):
+    """The page's controls start where `lyre chat` does (lyre.sampling_defaults), not at values
+    of its own (issue 18: its top-k was 50, the CLI's 200)."""
+    from fastapi.testclient import TestClient
+
+    from lyre import sampling_defaults as D
+
+    with TestClient(create_app(run, ServeSettings(model_name="tiny"))) as tc:
+        page = tc.get("/").text
+
+    def value(name: str) -> float:
+        tag = re.search(rf'<input id="{name}"[^>]*>', page).group(0)
+        low, high, value = (float(re.search(rf'\b{a}="([^"]+)"', tag).group(1)) for a in ("min", "max", "value"))
+        assert low <= value <= high, tag  # a range input would clamp a default outside it
+        return value
+
+    assert value("temperature") == D.DEFAULT_TEMPERATURE and value("top_k") == D.DEFAULT_TOP_K
+    assert value("top_p") == D.DEFAULT_TOP_P and value("max_tokens") == D.DEFAULT_MAX_NEW_TOKENS
+    assert f'<output id="top_k-value">{D.DEFAULT_TOP_K}</output>' in page and "{{" not in page

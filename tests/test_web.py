@@ -5,20 +5,18 @@ stream in, switches to completion mode, and checks the message shown when the se
 reached; a failed message leaves the conversation (a real 400, an unreachable server); a base
 model opens in Complete mode; a long conversation in a small context still gets full answers;
 the phone drawer has a backdrop. Screenshots go to test-artifacts/ (gitignored): look at them.
-Without chromium (or the playwright package) the tests skip and say so; `.ci/run` installs
-chromium.
+Without chromium (or the playwright package) the tests skip and say how to get it (`make
+browser`; `.ci/run` installs chromium).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
-from serve_util import tiny_served_run
+from serve_util import NO_CHROMIUM, chromium_path, tiny_served_run
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -26,19 +24,11 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-dev-shm-usage"]
 
 
-def _chromium() -> str | None:
-    for candidate in (os.environ.get("LYRE_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
-        if candidate and Path(candidate).exists():
-            return candidate
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    exe = _chromium()
+    exe = chromium_path()
     if exe is None:
-        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does it)")
+        pytest.skip(NO_CHROMIUM)
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     profile = tmp_path_factory.mktemp("chromium-profile")
     with sync_api.sync_playwright() as p:
@@ -319,3 +309,35 @@ def test_long_conversation_in_a_small_context_keeps_room_for_answers(browser, se
         assert text == text.lstrip(), repr(text[:20])
     page.screenshot(path=str(ARTIFACTS / "web-small-context.png"), full_page=True)
     page.close()
+
+
+def test_classifier_page_labels_a_text(browser, tmp_path_factory):
+    """A classifier run's / (lyre serve on a classifier): type a text, see every label's
+    probability, the most probable first; the request shown carries the server's address."""
+    from classify_util import tiny_classifier
+
+    from lyre.classify.predict import load_classifier
+    from lyre.serve import ServeSettings
+    from lyre.serve.server import start_background
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    clf = load_classifier(tiny_classifier(tmp_path_factory.getbasetemp()), device="cpu")
+    with start_background(clf, ServeSettings(api_key="k")) as srv:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(srv.url + "/")
+        page.fill("#text", "Congratulations! voucher waiting, reply 04567891234 now")
+        page.click("#send")
+        page.wait_for_selector("#error:not([hidden])")  # no key yet: the server's 401, shown
+        assert "API key" in page.inner_text("#error")
+        page.fill("#api_key", "k")
+        page.click("#send")
+        page.wait_for_selector("#result:not([hidden])")
+        rows = page.locator("#result tbody tr")
+        assert rows.count() == 2 and rows.nth(0).get_attribute("class") == "best"
+        assert rows.nth(0).inner_text().startswith("spam") and page.is_hidden("#error")
+        assert srv.url + "/v1/classify" in page.inner_text("#curl")
+        page.screenshot(path=str(ARTIFACTS / "web-classifier.png"), full_page=True)
+        page.close()
+    assert errors == []

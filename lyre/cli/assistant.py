@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lyre.cli.flags import add_model_flags, add_replace_unknown_flag, add_sampling_flags
 from lyre.errors import LyreError
+from lyre.sampling_defaults import DEFAULT_MAX_NEW_TOKENS
 
 
 def register(sub) -> None:
@@ -27,7 +28,7 @@ def _add_chat(sub) -> None:
     p.add_argument("--history", default=None, metavar="FILE",
                    help="file of the lines you typed, for the arrow keys and Ctrl-R (default: "
                         "$LYRE_HISTORY, else ~/.local/state/lyre/chat_history; '' keeps none)")
-    add_sampling_flags(p, max_new_tokens=256)
+    add_sampling_flags(p, max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
     add_replace_unknown_flag(p)
     add_model_flags(p)
     p.set_defaults(func=cmd_chat)
@@ -37,8 +38,9 @@ def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server and chat page",
                        description="Serve a run over HTTP: the OpenAI API under /v1, a chat page at /, "
                                    "/health, Prometheus metrics at /metrics, the API's documentation "
-                                   "at /docs (works offline). One access-log line per request at "
-                                   "--log-level info. See docs/serve.md.")
+                                   "at /docs (works offline). A classifier run serves POST "
+                                   "/v1/classify instead (docs/classify.md). One access-log line per "
+                                   "request at --log-level info. See docs/serve.md.")
     p.add_argument("run_dir", type=Path, help="run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -93,9 +95,7 @@ def cmd_chat(args) -> None:
 def cmd_serve(args) -> None:
     import os
 
-    from lyre.runs import load_run
     from lyre.serve import ServeSettings
-    from lyre.serve.server import serve
 
     settings = ServeSettings(model_name=args.model_name, api_key=args.api_key or os.environ.get("LYRE_API_KEY"),
                              max_batch=args.max_batch, max_queue=args.max_queue,
@@ -110,18 +110,13 @@ def cmd_serve(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    from lyre.rundir import RunDir
+    from lyre.classify.predict import Classifier
+    from lyre.serve.app import load_served
+    from lyre.serve.server import run_server
 
-    if RunDir(args.run_dir).kind() == "classify":  # POST /v1/classify instead of completions
-        from lyre.classify.predict import load_classifier
-        from lyre.serve.classify_routes import serve_classifier
-
-        serve_classifier(load_classifier(args.run_dir, args.checkpoint, args.device), args.host,
-                         args.port, settings, log_level=args.log_level)
-        return
-    run = load_run(args.run_dir, args.checkpoint, args.device, weights=args.weights)
-    if args.replace_unknown:
+    run = load_served(args.run_dir, args.checkpoint, args.device, weights=args.weights)
+    if args.replace_unknown and not isinstance(run, Classifier):
         from lyre.tokenizers.char import replace_unknown
 
         replace_unknown(run.tokenizer)
-    serve(run, args.host, args.port, settings, log_level=args.log_level)
+    run_server(run, args.host, args.port, settings, log_level=args.log_level)

@@ -7,6 +7,9 @@
     lyre_generated_tokens_total, lyre_decode_steps_total   from the scheduler
     lyre_queue_depth, lyre_active_rows                     now, from the scheduler
 
+A classifier's app has no scheduler (and no first token): its metrics are the requests' and
+lyre_prompt_tokens_total, the tokens the classifier read.
+
 Each app has its own CollectorRegistry (never prometheus_client's global one), so several apps
 in one process (tests, notebooks) keep separate counts and never clash over metric names. The
 scheduler's numbers are read when /metrics is scraped, so the worker thread does no extra work.
@@ -46,7 +49,7 @@ class _SchedulerCollector:
 
 
 class ServeMetrics:
-    def __init__(self, scheduler) -> None:
+    def __init__(self, scheduler=None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("lyre_http_requests", "HTTP requests answered",
                                 ["route", "method", "status"], registry=self.registry)
@@ -58,7 +61,8 @@ class ServeMetrics:
                               buckets=TTFT_BUCKETS, registry=self.registry)
         self.prompt_tokens = Counter("lyre_prompt_tokens", "Prompt tokens of accepted requests",
                                      registry=self.registry)
-        self.registry.register(_SchedulerCollector(scheduler))
+        if scheduler is not None:
+            self.registry.register(_SchedulerCollector(scheduler))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

@@ -276,6 +276,49 @@ class Health(BaseModel):
 
 
 # ----------------------------------------------------------------------------------------------
+# POST /v1/classify (a classifier run), shaped like OpenAI's embeddings and moderations
+
+MAX_TEXTS = 256  # texts per request: one request must not hold the model for long
+
+Text = Annotated[str, Field(max_length=1 << 20)]
+
+
+class ClassifyRequest(_Strict):
+    input: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_TEXTS)] = Field(
+        description=f"One text, or a list of up to {MAX_TEXTS} texts.")
+    model: str | None = Field(None, description="Optional: the served model's id (GET /v1/models).")
+
+
+class Classification(BaseModel):
+    object: Literal["classification"] = "classification"
+    index: int
+    label: str = Field(description="The most probable label.")
+    probability: float = Field(description="Its probability (softmax of the head's logits).")
+    probabilities: dict[str, float] = Field(description="Every label's, in the run's label order.")
+    tokens: int = Field(description="Tokens the model read.")
+    truncated: bool = Field(description="The text was longer than the context and lost its end.")
+
+
+class ClassifyUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class ClassifyResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[Classification]
+    usage: ClassifyUsage
+
+
+class ClassifierHealth(BaseModel):
+    status: Literal["ok", "draining"]
+    model: str
+    task: Literal["classify"] = "classify"
+    labels: list[str]
+
+
+# ----------------------------------------------------------------------------------------------
 # What the routes document besides their 200 response
 
 

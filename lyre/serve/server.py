@@ -1,6 +1,7 @@
-"""Running the app with uvicorn: `lyre serve`, and a background server for tests and benchmarks.
+"""Running the app with uvicorn: `lyre serve` (run_server, for a language model or a classifier
+alike), and a background server for tests and benchmarks.
 
-Shutdown on SIGTERM or Ctrl-C: uvicorn stops accepting connections, the scheduler starts
+Shutdown on SIGTERM or Ctrl-C: uvicorn stops accepting connections, the app's state starts
 draining (new requests on open connections get 503 + Retry-After), in-flight requests get
 `shutdown_timeout` seconds to finish, what is left is cancelled (streams end), then the worker
 thread stops and the process exits 0.
@@ -31,22 +32,25 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from lyre.classify.predict import Classifier
 from lyre.errors import LyreError
+from lyre.runs import LoadedRun
 from lyre.serve.app import ServeSettings, create_app
+from lyre.serve.state import ClassifierState, Served
 
 log = logging.getLogger("lyre.serve")
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, telling the scheduler to drain as soon as shutdown begins."""
+    """uvicorn's server, telling the app's state to drain as soon as shutdown begins."""
 
-    def __init__(self, config: uvicorn.Config, scheduler, install_signals: bool = True) -> None:
+    def __init__(self, config: uvicorn.Config, state: Served, install_signals: bool = True) -> None:
         super().__init__(config)
-        self.scheduler = scheduler
+        self.state = state
         self.install_signals = install_signals
 
     def handle_exit(self, sig, frame) -> None:
-        self.scheduler.begin_drain()
+        self.state.begin_drain()
         super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
@@ -148,24 +152,33 @@ def _config(app, host: str, port: int, settings: ServeSettings, log_level: str,
     )
 
 
-def serve(run, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
-          log_level: str = "info") -> None:
-    """Serve `run` until SIGTERM/SIGINT. Blocks."""
+def run_server(run: LoadedRun | Classifier, host: str = "127.0.0.1", port: int = 8000,
+               settings: ServeSettings | None = None, log_level: str = "info") -> None:
+    """Serve `run` (a language model or a classifier; lyre.serve.app.load_served) until
+    SIGTERM/SIGINT. Blocks."""
     settings = settings or ServeSettings()
     _check_port(host, port)
     app = create_app(run, settings)
-    cache_bytes = app.state.scheduler.reserve()
     shown = f"[{host}]" if ":" in host else host
-    print(f"lyre serve: model {app.state.model_name!r} ({run.config.model.block_size}-token context, "
-          f"template {app.state.template}), API key {'required' if settings.api_key else 'off'}, "
-          f"KV cache {cache_bytes / 2**30:.2f} GiB for {settings.max_batch} rows; "
-          f"chat page http://{shown}:{port}/ , API http://{shown}:{port}/v1", file=sys.stderr, flush=True)
+    print(f"lyre serve: {_banner(app)}, API key {'required' if settings.api_key else 'off'}; "
+          f"page http://{shown}:{port}/ , API http://{shown}:{port}/v1", file=sys.stderr, flush=True)
     if not settings.api_key and not _is_loopback(host):
         print(f"lyre serve: warning: listening on {host} without an API key: anyone who can reach "
               "this machine can use the model; set --api-key or LYRE_API_KEY", file=sys.stderr, flush=True)
     config = _config(app, host, port, settings, log_level, log_config=_log_config(log_level))
-    server = _Server(config, app.state.scheduler)
-    server.run()
+    _Server(config, app.state.serve).run()
+
+
+def _banner(app) -> str:
+    """What is served, for the start-up line (a language model's KV cache is allocated now)."""
+    state = app.state.serve
+    if isinstance(state, ClassifierState):
+        return (f"classifier {state.model_name!r} ({', '.join(state.classifier.labels)}) at "
+                "POST /v1/classify")
+    cache_bytes = state.scheduler.reserve()
+    return (f"model {state.model_name!r} ({state.block_size}-token context, template "
+            f"{state.template.name}), KV cache {cache_bytes / 2**30:.2f} GiB for "
+            f"{state.settings.max_batch} rows")
 
 
 def _is_loopback(host: str) -> bool:
@@ -219,14 +232,14 @@ class BackgroundServer:
         self.stop()
 
 
-def start_background(run, settings: ServeSettings | None = None, host: str = "127.0.0.1",
+def start_background(run: LoadedRun | Classifier, settings: ServeSettings | None = None, host: str = "127.0.0.1",
                      port: int | None = None, log_level: str = "warning",
                      timeout: float = 30.0) -> BackgroundServer:
     """Start uvicorn in a daemon thread and wait until it accepts connections."""
     settings = settings or ServeSettings()
     port = port or free_port(host)
     app = create_app(run, settings)
-    server = _Server(_config(app, host, port, settings, log_level), app.state.scheduler,
+    server = _Server(_config(app, host, port, settings, log_level), app.state.serve,
                      install_signals=False)
     thread = threading.Thread(target=server.run, name="lyre-uvicorn", daemon=True)
     thread.start()

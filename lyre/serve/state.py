@@ -1,18 +1,27 @@
-"""ServeState: what every route needs about the served run, and the checks they share.
+"""What the routes need about the served run: ServeState (a language model: completions, chat,
+embeddings) or ClassifierState (a classifier: /v1/classify), and the checks they share.
 
 create_app builds one and stores it as `app.state.serve`; a route reaches it with
-`ServeState.of(request)`. Nothing here runs the model.
+`ServeState.of(request)` or `ClassifierState.of(request)`, and the routes both kinds of app
+share (/v1/models, /health, /metrics; lyre.serve.routes.models) with `served(request)`.
+Both kinds have the same small surface for them and for the server (the `Served` protocol):
+a model card, the model-name check, a health report, metrics, start/stop and draining.
+Nothing here runs a language model; ClassifierState.classify runs the classifier (in a thread).
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from fastapi import Request
 
 from lyre.chat import ChatTemplate
+from lyre.classify.predict import Classifier, Prediction
 from lyre.engine import SamplingConfig, sampling
 from lyre.errors import LyreError
 from lyre.serve import schemas as S
@@ -23,6 +32,32 @@ from lyre.serve.settings import ServeSettings
 from lyre.tokenizers import Tokenizer
 
 GREEDY_BELOW = 1e-5  # temperatures below this sample greedily (as vLLM)
+
+
+class Served(Protocol):
+    """What the shared routes and the server (drain on SIGTERM) need of either kind of app."""
+
+    settings: ServeSettings
+    model_name: str
+    metrics: ServeMetrics
+
+    def model_card(self) -> S.Model: ...
+    def check_model(self, name: str) -> None: ...
+    def health(self) -> S.Health | S.ClassifierHealth: ...
+    def start(self) -> None: ...
+    def stop(self, timeout: float) -> None: ...
+    def begin_drain(self) -> None: ...
+
+
+def served(request: Request) -> Served:
+    return request.app.state.serve
+
+
+def check_model(name: str, served_name: str) -> None:
+    """A request that names a model must name the served one (404 otherwise, as OpenAI)."""
+    if name != served_name:
+        raise APIError(404, f"the model {name!r} does not exist; this server serves "
+                       f"{served_name!r}", param="model", code="model_not_found")
 
 
 @dataclass
@@ -47,9 +82,25 @@ class ServeState:
     # ---- checks that both generation routes make ---------------------------------------------
 
     def check_model(self, name: str) -> None:
-        if name != self.model_name:
-            raise APIError(404, f"the model {name!r} does not exist; this server serves "
-                           f"{self.model_name!r}", param="model", code="model_not_found")
+        check_model(name, self.model_name)
+
+    # ---- lifetime: the scheduler's thread ----------------------------------------------------
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def stop(self, timeout: float) -> None:
+        self.scheduler.stop(timeout)
+
+    def begin_drain(self) -> None:
+        self.scheduler.begin_drain()
+
+    def health(self) -> S.Health:
+        st = self.scheduler.stats()
+        return S.Health(status="draining" if self.scheduler.draining else "ok", model=self.model_name,
+                        active=st["active"], queued=st["queued"], max_batch=st["max_batch"],
+                        max_queue=st["max_queue"], steps=st["steps"],
+                        generated_tokens=st["generated_tokens"])
 
     def check_common(self, req: S._SamplingFields) -> None:
         for name in ("presence_penalty", "frequency_penalty"):
@@ -137,3 +188,60 @@ class ServeState:
         """A callback that records the request's time to first token (from its arrival)."""
         start = request.scope.get("lyre.start", time.perf_counter())
         return lambda: self.metrics.ttft.labels(route).observe(time.perf_counter() - start)
+
+
+@dataclass
+class ClassifierState:
+    """A classifier run (lyre.classify.predict.Classifier, the loader `lyre classify` uses too).
+
+    The model runs in a worker thread, one batch at a time behind a lock, so the event loop
+    stays free; there is no queue to drain, only new requests to refuse once shutdown begins.
+    """
+
+    settings: ServeSettings
+    classifier: Classifier
+    model_name: str
+    metrics: ServeMetrics
+    created: int = field(default_factory=lambda: int(time.time()))
+    draining: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @staticmethod
+    def of(request: Request) -> ClassifierState:
+        return request.app.state.serve
+
+    def model_card(self) -> S.Model:
+        return S.Model(id=self.model_name, created=self.created,
+                       context_length=self.classifier.limit, chat_template="none")
+
+    def check_model(self, name: str) -> None:
+        check_model(name, self.model_name)
+
+    def health(self) -> S.ClassifierHealth:
+        return S.ClassifierHealth(status="draining" if self.draining else "ok", model=self.model_name,
+                                  labels=self.classifier.labels)
+
+    def start(self) -> None:
+        pass  # nothing runs between requests
+
+    def stop(self, timeout: float) -> None:
+        self.begin_drain()
+
+    def begin_drain(self) -> None:
+        self.draining = True
+
+    async def classify(self, texts: list[str]) -> list[Prediction]:
+        """The classifier's predictions, computed in a worker thread; 503 once draining."""
+        if self.draining:
+            raise APIError(503, "the server is shutting down", code="server_unavailable",
+                           headers={"Retry-After": "5"})
+        try:
+            predictions = await asyncio.to_thread(self._run, texts)
+        except LyreError as e:
+            raise APIError(400, str(e), param="input") from None
+        self.metrics.prompt_tokens.inc(sum(p.tokens for p in predictions))
+        return predictions
+
+    def _run(self, texts: list[str]) -> list[Prediction]:
+        with self.lock:
+            return self.classifier.classify(texts)
