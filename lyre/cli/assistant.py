@@ -5,8 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lyre.cli.flags import add_model_flags, add_replace_unknown_flag, add_sampling_flags
-from lyre.errors import LyreError
+from lyre.cli.flags import (
+    add_model_flags,
+    add_replace_unknown_flag,
+    add_sampling_flags,
+    add_threads_flag,
+    apply_threads,
+)
 from lyre.sampling_defaults import DEFAULT_MAX_NEW_TOKENS
 
 
@@ -66,8 +71,7 @@ def _add_serve(sub) -> None:
                         " 'use my documents' switch (docs/rag.md)")
     p.add_argument("--rag-embedder", default=None, metavar="SPEC",
                    help="embedder of the --rag index's vectors (default none: BM25)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for torch (default 0: torch's choice, one per core)")
+    add_threads_flag(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 
@@ -104,12 +108,7 @@ def cmd_serve(args) -> None:
                              read_timeout=args.read_timeout,
                              rag_index=args.rag, rag_embedder=args.rag_embedder)
     settings.validate()
-    if args.threads < 0:
-        raise LyreError(f"--threads must be >= 0; got {args.threads}")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     from lyre.classify.predict import Classifier
     from lyre.serve.app import load_served
     from lyre.serve.server import run_server
