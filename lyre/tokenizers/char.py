@@ -37,6 +37,7 @@ their tokenizer.json) load without it, so their runs keep working as they were t
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -210,6 +211,30 @@ class CharTokenizer(Tokenizer):
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size}, unk={self.unk!r}, eot_id={self.eot_id})"
+
+
+def replace_unknown_in(tokenizer: Tokenizer, texts: Iterable[str]) -> str | None:
+    """Data a char-level model is fine-tuned on: if ``texts`` hold characters outside its
+    vocabulary, replace them from now on (``unk``, to be saved with the new run so that chat and
+    serve replace them alike) and return a note saying which; None if there is nothing to do.
+
+    A pretraining corpus rarely has every character later data uses (the Iliad has no digits and
+    no '#', which the alpaca template needs); refusing would make such a model unusable.
+    """
+    if not isinstance(tokenizer, CharTokenizer) or tokenizer.unk is not None:
+        return None
+    counts: Counter[str] = Counter()
+    for text in texts:
+        if tokenizer.count_unknown(text):
+            counts.update(c for c in text if c not in tokenizer._stoi)
+    if not counts:
+        return None
+    tokenizer.replace_unknown()
+    shown = ", ".join(f"{c!r} x {n:,}" for c, n in counts.most_common(8))
+    more = f" and {len(counts) - 8} more" if len(counts) > 8 else ""
+    return (f"the base's char vocabulary ({len(tokenizer.chars)} characters) lacks {len(counts)} "
+            f"character(s) of the data ({shown}{more}): they become {tokenizer.unk!r} in training, "
+            f"chat and serve (recorded as \"unk\" in the run's tokenizer/tokenizer.json)")
 
 
 def replace_unknown(tokenizer: Tokenizer, char: str | None = None) -> Tokenizer:
