@@ -1,4 +1,4 @@
-# The two set-up commands of the README: `make demo` and `make test`.
+# The set-up commands of the README: `make demo`, `make assistant` and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,8 +6,10 @@ BIN := $(VENV)/bin
 # e.g. `make install TORCH_SPEC="torch"` inside an environment that already has their build.
 TORCH_SPEC ?= torch==2.13.0
 DEMO_RUN ?= runs/iliad-char
+ASSISTANT_BASE ?= runs/iliad-bpe
+ASSISTANT_RUN ?= runs/assistant
 
-.PHONY: venv install demo test lint bench clean browser
+.PHONY: venv install demo assistant test lint bench clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,16 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/lyre train --config iliad-char --out $(DEMO_RUN) --force
 	$(BIN)/lyre sample $(DEMO_RUN) --prompt "Sing, O goddess, " --max-new-tokens 400 --seed 1337
+
+# From nothing to an assistant in minutes: a small BPE base (context 512) pretrained on the bundled
+# Iliad, fine-tuned (SFT) on the bundled instructions (two epochs), then one greedy answer. A toy: it
+# learns the form of an answer, not the facts (README: "From the demo to an assistant").
+assistant: install
+	$(BIN)/lyre train --config iliad-bpe --out $(ASSISTANT_BASE) --force
+	$(BIN)/lyre finetune $(ASSISTANT_BASE) --data lyre/data_files/instruction-data.json \
+		--out $(ASSISTANT_RUN) --force --set threads=1
+	$(BIN)/lyre chat $(ASSISTANT_RUN) -p "What is the opposite of 'dark'?" --temperature 0
+	@echo "talk to it: $(BIN)/lyre chat $(ASSISTANT_RUN)"
 
 test: install
 	$(BIN)/python -m pytest -rs

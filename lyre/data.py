@@ -238,6 +238,9 @@ def prepare(
                 for p, size in zip(paths, sizes, strict=True)
             ],
             "val_fraction": val_fraction,
+            # Recorded so that tokens prepared before char tokenizers reserved <|endoftext|>
+            # (no "eot_id" key) can be told apart and prepared again (tasks/lm.py).
+            "eot_id": tokenizer.eot_id,
             # Between two files each split gets <|endoftext|> (when the tokenizer has one), so
             # the model is not taught that one file continues into the next.
             "document_separator": tokenizer.eot_id if len(paths) > 1 else None,

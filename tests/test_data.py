@@ -72,7 +72,8 @@ def test_prepare_char_matches_nanogpt(tmp_path):
     ]
     assert meta == load_meta(out) == json.loads((out / "meta.json").read_text())
     assert meta["dtype"] == "uint16"
-    assert meta["vocab_size"] == len(set(ASCII_TEXT))
+    assert meta["vocab_size"] == len(set(ASCII_TEXT)) + 1  # + <|endoftext|>, the last id
+    assert meta["eot_id"] == len(set(ASCII_TEXT))
     assert meta["tokenizer"] == "char"
     assert meta["val_fraction"] == 0.1
     assert meta["sources"] == [
@@ -157,10 +158,11 @@ def test_multi_file_each_file_splits_on_its_own(tmp_path):
     out = tmp_path / "out"
     meta = prepare([a, b], "char", out)
     tok = load_tokenizer(out / "tokenizer")
-    assert meta["vocab_size"] == len(set(ASCII_TEXT + UNICODE_TEXT))
+    assert meta["vocab_size"] == len(set(ASCII_TEXT + UNICODE_TEXT)) + 1
     assert [s["path"] for s in meta["sources"]] == [str(a), str(b)]
     assert [s["bytes"] for s in meta["sources"]] == [len(ASCII_TEXT), len(UNICODE_TEXT.encode())]
-    assert meta["document_separator"] is None  # char has no <|endoftext|>
+    # char reserves <|endoftext|> too: it separates the two files in each split.
+    assert meta["document_separator"] == tok.eot_id == meta["vocab_size"] - 1
 
     def parts(text):
         raw = text.encode()
@@ -170,8 +172,8 @@ def test_multi_file_each_file_splits_on_its_own(tmp_path):
         return raw[:cut].decode(), raw[cut:].decode()
 
     (a_train, a_val), (b_train, b_val) = parts(ASCII_TEXT), parts(UNICODE_TEXT)
-    assert tok.decode(load_split(out, "train")) == a_train + b_train
-    assert tok.decode(load_split(out, "val")) == a_val + b_val
+    assert tok.decode(load_split(out, "train")) == a_train + "<|endoftext|>" + b_train
+    assert tok.decode(load_split(out, "val")) == a_val + "<|endoftext|>" + b_val
 
 
 class BigVocabTokenizer:
@@ -326,7 +328,7 @@ def test_iliad_char(tmp_path):
         pytest.skip(f"{SHARED_ILIAD} not present")
     meta = prepare([SHARED_ILIAD], "char", tmp_path / "iliad")
     n = SHARED_ILIAD.stat().st_size
-    assert meta["vocab_size"] == 66
+    assert meta["vocab_size"] == 66 + 1  # 66 characters and <|endoftext|>
     assert (meta["train_tokens"], meta["val_tokens"]) == (int(n * 0.9), n - int(n * 0.9))
     assert meta["sources"][0]["sha256"].startswith("aad0893fdb257dc8")
 
@@ -490,3 +492,20 @@ def test_bpe_chunks_do_not_change_tokens(tmp_path, spec, chunk_bytes):
         np.testing.assert_array_equal(load_split(out, "train"), tok.encode(raw[:cut].decode()))
         np.testing.assert_array_equal(load_split(out, "val"), tok.encode(raw[cut:].decode()))
         assert meta["dtype"] == "uint16" and meta["vocab_size"] == tok.vocab_size
+
+
+def test_char_tokens_prepared_before_endoftext_are_prepared_again(tmp_path):
+    """A run's data/ prepared by a char tokenizer without <|endoftext|> (meta.json without
+    eot_id) is not reused by a fresh run: its tokenizer could not be fine-tuned."""
+    from lyre.config import load_config
+    from lyre.tasks.lm import prepared_from
+
+    src = write(tmp_path / "corpus.txt", ASCII_TEXT)
+    config = load_config(None, [f"data.corpus=['{src}']", "data.tokenizer=char"])
+    out = tmp_path / "data"
+    prepare([src], "char", out)
+    assert prepared_from(out, config)
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["eot_id"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    assert not prepared_from(out, config)

@@ -547,13 +547,19 @@ def test_cli_sample_on_a_trained_run(trained_run, capsys):
         (["--top-k", "-1"], "top_k"),
         (["--repetition-penalty", "0"], "repetition_penalty"),
         (["--num-samples", "0"], "num_samples"),
-        (["--prompt", ""], "prompt is empty"),
     ],
 )
 def test_cli_sample_bad_flags_are_one_line(trained_run, capsys, flags, name):
     assert main(["sample", str(trained_run), "--device", "cpu", *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lyre: error:") and name in err and err.count("\n") == 1
+
+
+def test_cli_sample_empty_prompt_starts_from_endoftext(trained_run, capsys):
+    """A char run has <|endoftext|> too (its last id): an empty prompt starts from it, as with
+    bpe; only a tokenizer without one refuses it (test_bad_prompts)."""
+    args = ["sample", str(trained_run), "--device", "cpu", "--max-new-tokens", "5", "--seed", "1"]
+    assert main([*args, "--prompt", ""]) == 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -591,9 +597,9 @@ def test_bad_parameters_name_themselves(kw, name):
 
 
 def test_bad_prompts():
-    engine = Engine(tiny_gpt(), CharTokenizer("abc"))
+    engine = Engine(tiny_gpt(), CharTokenizer("abc", eot=False))
     with pytest.raises(LyreError, match="prompt is empty"):
-        engine.generate([""])  # a char tokenizer has no <|endoftext|> to start from
+        engine.generate([""])  # a tokenizer without <|endoftext|> (an old char one)
     with pytest.raises(LyreError, match="prompt is empty"):
         engine.generate([[]])
     with pytest.raises(LyreError, match="prompt token"):

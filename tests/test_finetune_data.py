@@ -154,10 +154,10 @@ def test_a_template_that_cannot_train_and_a_tokenizer_without_eot():
         f"<{m['content']}>" if m["role"] == "assistant" else m["content"] for m in ms) + "A: ")
     with pytest.raises(LyreError, match="cannot be used for fine-tuning"):
         answer_text(odd, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], 1)
-    from lyre.tokenizers import build_tokenizer
+    from lyre.tokenizers import CharTokenizer
 
-    char = build_tokenizer("char", ["abc"])
-    with pytest.raises(LyreError, match="needs a tokenizer with <\\|endoftext\\|>"):
+    char = CharTokenizer("abc", eot=False)  # saved before char tokenizers reserved <|endoftext|>
+    with pytest.raises(LyreError, match="needs a tokenizer with <\\|endoftext\\|>.*train the base again"):
         require_eot(char)
 
 

@@ -369,6 +369,7 @@ def test_exported_char_and_bpe_tokenizers_import_back(tmp_path, trained_gpt2_sty
     out = export_hf(trained_gpt2_style, tmp_path / "out")
     back = load_run(import_hf(out, tmp_path / "back"), device="cpu")
     assert back.tokenizer.kind == run.tokenizer.kind
+    assert back.tokenizer.eot_id == run.tokenizer.eot_id is not None  # char reserves it too
     text = "Sing, O goddess, the anger"
     assert back.tokenizer.encode(text) == run.tokenizer.encode(text)
     ids = random_ids(run.config.model.vocab_size, (2, 16), seed=5)
@@ -380,6 +381,24 @@ def test_char_tokenizer_with_unk_exports(tmp_path):
     run_dir = make_run(tmp_path / "run", cfg, CharTokenizer(list("abc \n"), unk="?"))
     theirs = AutoTokenizer.from_pretrained(export_hf(run_dir, tmp_path / "out"))
     assert theirs("a?zb\n")["input_ids"] == load_tokenizer(run_dir / "tokenizer").encode("a?zb\n")
+
+
+def test_char_tokenizer_endoftext_exports_and_imports(tmp_path):
+    """<|endoftext|> goes out as the special token after the last character and comes back; a
+    char export without it (lyre before char reserved it) imports without it."""
+    from lyre.hf.tokenizer import hf_tokenizer_files, import_tokenizer
+
+    tok = CharTokenizer(list("abc"))
+    data = json.loads(hf_tokenizer_files(tok, 16)["tokenizer.json"])
+    assert [(t["content"], t["id"]) for t in data["added_tokens"]] == [("<|endoftext|>", 3)]
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "tokenizer.json").write_text(json.dumps(data))
+    assert import_tokenizer(tmp_path / "new", tmp_path / "new-back").special_tokens == tok.special_tokens
+    data["added_tokens"] = []
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "tokenizer.json").write_text(json.dumps(data))
+    old = import_tokenizer(tmp_path / "old", tmp_path / "old-back")
+    assert (old.eot_id, old.vocab_size) == (None, 3)
 
 
 def make_run(run_dir: Path, cfg: GPTConfig, tokenizer, seed: int = 0) -> Path:

@@ -89,8 +89,10 @@ def same_tokenizer(a, b, text: str) -> None:
 
 def test_char_round_trip_and_vocab(iliad: str) -> None:
     tok = build_tokenizer("char", [iliad])
-    assert tok.kind == "char" and tok.eot_id is None and tok.special_tokens == {}
-    assert tok.chars == sorted(set(iliad)) and tok.vocab_size == len(set(iliad))
+    assert tok.kind == "char" and tok.chars == sorted(set(iliad))
+    # Every tokenizer reserves <|endoftext|>; a char one puts it after the last character.
+    assert tok.special_tokens == {EOT: len(tok.chars)} and tok.eot_id == len(tok.chars)
+    assert tok.vocab_size == len(set(iliad)) + 1
     ids = tok.encode(iliad)
     assert len(ids) == len(iliad) and max(ids) < tok.vocab_size
     assert tok.decode(ids) == iliad
@@ -122,7 +124,7 @@ def test_char_unknown_replacement_is_opt_in() -> None:
     tok = CharTokenizer.from_texts(["abc"], unk="?")
     assert "?" in tok.chars  # added because the corpus lacked it
     assert tok.decode(tok.encode("abzc€")) == "ab?c?"
-    assert CharTokenizer.from_texts(["ab?"], unk="?").vocab_size == 3  # reused, not duplicated
+    assert CharTokenizer.from_texts(["ab?"], unk="?").chars == ["?", "a", "b"]  # reused, not duplicated
     with pytest.raises(LyreError):
         CharTokenizer(["a"], unk="??")
 
@@ -137,12 +139,62 @@ def test_char_save_load(tmp_path: Path, iliad: str) -> None:
 
 def test_char_token_bytes_and_bad_ids() -> None:
     tok = CharTokenizer.from_texts(["aé€"])
-    assert [tok.token_bytes(i) for i in range(3)] == [b"a", "é".encode(), "€".encode()]
-    for bad in ([3], [-1]):
+    assert [tok.token_bytes(i) for i in range(4)] == [b"a", "é".encode(), "€".encode(), EOT.encode()]
+    for bad in ([4], [-1]):
         with pytest.raises(LyreError, match="outside"):
             tok.decode(bad)
     with pytest.raises(LyreError):
-        tok.token_bytes(3)
+        tok.token_bytes(4)
+
+
+def test_char_endoftext_encode_decode() -> None:
+    """<|endoftext|> as bpe.py treats it: plain characters unless allow_special; decoded as text."""
+    tok = CharTokenizer.from_texts(["ab <|endoftext|>"])
+    eot = tok.eot_id
+    text = "a<|endoftext|>b<|endoftext|><|endoftext|>"
+    ordinary = tok.encode(text)
+    assert eot not in ordinary and len(ordinary) == len(text)  # literal text stays characters
+    special = tok.encode(text, allow_special=True)
+    assert special == [tok.encode("a")[0], eot, tok.encode("b")[0], eot, eot]
+    assert tok.decode(special) == tok.decode(ordinary) == text
+    assert tok.decode([eot]) == EOT and tok.decode([]) == ""
+    # A corpus without '<' or '|' still encodes the special token, and unknowns still fail.
+    small = CharTokenizer.from_texts(["ab"])
+    assert small.encode("a<|endoftext|>", allow_special=True) == [0, small.eot_id]
+    with pytest.raises(LyreError, match="'<'"):
+        small.encode("a<|endoftext|>")
+    assert small.encode("z<|endoftext|>", allow_special=True, unknown="replace") == [0, small.eot_id]
+
+
+def test_char_save_load_keeps_endoftext(tmp_path: Path) -> None:
+    tok = CharTokenizer.from_texts(["hello"])
+    tok.save(tmp_path)
+    assert json.loads((tmp_path / "tokenizer.json").read_text())["special_tokens"] == {EOT: 4}
+    loaded = load_tokenizer(tmp_path)
+    assert (loaded.eot_id, loaded.vocab_size) == (4, 5)
+    same_tokenizer(tok, loaded, "hello")
+
+
+def test_char_tokenizer_saved_before_endoftext_still_loads(tmp_path: Path) -> None:
+    """A tokenizer.json written before char tokenizers reserved <|endoftext|> (no
+    special_tokens key): same ids and vocabulary size as it was trained with, no EOT."""
+    old = {"kind": "char", "vocab_size": 3, "unk": None, "chars": ["\n", "a", "b"]}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(old))
+    tok = load_tokenizer(tmp_path)
+    assert (tok.vocab_size, tok.eot_id, tok.special_tokens) == (3, None, {})
+    assert tok.encode("ab\n") == [1, 2, 0] and tok.decode([0, 1, 2]) == "\nab"
+    with pytest.raises(LyreError, match="outside"):
+        tok.decode([3])
+    tok.save(tmp_path / "again")  # saving it keeps it the way it was
+    assert load_tokenizer(tmp_path / "again").special_tokens == {}
+
+
+@pytest.mark.parametrize("special", [{EOT: 0}, {"<pad>": 2}, [EOT], "x"])
+def test_char_bad_special_tokens(tmp_path: Path, special) -> None:
+    meta = {"kind": "char", "chars": ["a", "b"], "special_tokens": special}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(meta))
+    with pytest.raises(LyreError, match="special_tokens"):
+        load_tokenizer(tmp_path)
 
 
 def test_char_empty_corpus() -> None:

@@ -443,10 +443,10 @@ def test_force_with_another_corpus_trains_on_the_new_one(tmp_path, tiny_config):
     other.write_text("abc " * 500)
     train(tiny_config("train.max_iters=2", f"data.corpus='{other.as_posix()}'"), run_dir, force=True,
           progress=False, plot=False)
-    assert json.loads((run_dir / "data" / "meta.json").read_text())["vocab_size"] == 4
+    assert json.loads((run_dir / "data" / "meta.json").read_text())["vocab_size"] == 5  # " abc" + <|endoftext|>
     tokenizer = json.loads((run_dir / "tokenizer" / "tokenizer.json").read_text())
     assert "".join(tokenizer["chars"]) == " abc"
-    assert json.loads((run_dir / "config.json").read_text())["model"]["vocab_size"] == 4
+    assert json.loads((run_dir / "config.json").read_text())["model"]["vocab_size"] == 5
 
 
 def test_a_failed_run_does_not_poison_the_next_attempt(tmp_path, tiny_config, tiny_corpus):

@@ -193,7 +193,7 @@ def test_the_toy_run_trains_and_reports_exact_match(s2s_run):
     losses = [r["loss"] for r in records(s2s_run) if "loss" in r]
     assert losses[-1] < losses[0]
     config = json.loads((s2s_run / "config.json").read_text())
-    assert config["model"]["vocab_size"] == 26 + 3  # the letters + PAD, BOS, EOS
+    assert config["model"]["vocab_size"] == 26 + 1 + 3  # the letters, <|endoftext|> (unused here) + PAD, BOS, EOS
 
 
 def test_n_steps_resume_n_steps_equals_2n_straight(tmp_path, s2s_toml):

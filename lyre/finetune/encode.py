@@ -72,9 +72,12 @@ def answer_text(template: ChatTemplate, messages: Sequence[dict], i: int) -> str
 def require_eot(tokenizer) -> int:
     eot = tokenizer.eot_id
     if eot is None:
+        how = ("it was saved before char tokenizers reserved one: train the base again, e.g. "
+               "`make demo`" if tokenizer.kind == "char" else "pretrain with data.tokenizer=char, "
+               "bpe:N or gpt2:DIR")
         raise LyreError(
             f"fine-tuning needs a tokenizer with <|endoftext|> to end each answer; this run's "
-            f"{tokenizer.kind} tokenizer has none (pretrain with data.tokenizer=bpe:N or gpt2:DIR)"
+            f"{tokenizer.kind} tokenizer has none ({how})"
         )
     return eot
 

@@ -49,6 +49,7 @@ from lyre.model import build_model
 from lyre.ranks import world_size
 from lyre.rundir import RunDir
 from lyre.tokenizers import Tokenizer, load_tokenizer
+from lyre.tokenizers.char import replace_unknown, replace_unknown_in
 from lyre.train import check_train_config
 
 DEFAULT_TEMPLATE = "alpaca"
@@ -346,7 +347,7 @@ def prepare(*, base: str | Path | None, data: str | Path | None, out: Path, task
         spec = get_task(task or "sft")
         resolved = resolve_base(base, scratch)
         tokenizer_dir = resolved.run_dir / "tokenizer"
-        name = template or _base_template(resolved.config) or DEFAULT_TEMPLATE
+        name = template or _base_template(resolved.config) or _default_template(resolved, notes)
         get_template(name)  # an unknown name fails before the data is read
         config = fresh_config(resolved, spec, Path(data), name, lora_rank or 0, overrides, scratch, out)
         ft = config.extras["finetune"]
@@ -364,6 +365,10 @@ def prepare(*, base: str | Path | None, data: str | Path | None, out: Path, task
     tokenizer = load_tokenizer(tokenizer_dir)
     require_eot(tokenizer)
     template_ = get_template(config.chat_template or DEFAULT_TEMPLATE)
+    if not resume and (note := replace_unknown_in(tokenizer, _texts(splits, template_))):
+        tokenizer_dir = scratch / "tokenizer"  # the run's copy records the replacement
+        tokenizer.save(tokenizer_dir)
+        notes.append(note)
     block = config.model.block_size
     limit = min(ft.max_length, block) if ft.max_length else block
     train, val = encode_splits(spec, splits, template_, tokenizer, limit, notes)
@@ -388,6 +393,26 @@ def prepare(*, base: str | Path | None, data: str | Path | None, out: Path, task
                         base_dir, base_checkpoint, resume, hf_base, notes, steps)
     notes.insert(0, describe_data(prepared))
     return prepared
+
+
+def _default_template(base: Base, notes: list[str]) -> str:
+    """alpaca, unless its opening alone fills half the base's context (the char demo's 64
+    characters): then simple, the shortest template, so that the prompts fit."""
+    tokenizer = replace_unknown(load_tokenizer(base.run_dir / "tokenizer"))  # a char base lacks '#'
+    opening = get_template(DEFAULT_TEMPLATE).render([{"role": "user", "content": ""}])
+    block = base.config.model.block_size
+    if len(tokenizer.encode(opening)) <= block // 2:
+        return DEFAULT_TEMPLATE
+    notes.append(f"template simple: the {DEFAULT_TEMPLATE} template's opening alone takes more than "
+                 f"half of this base's context ({block} tokens); choose one with --template")
+    return "simple"
+
+
+def _texts(splits: Splits, template: ChatTemplate):
+    """All text the data gives the tokenizer: conversations as the template lays them out."""
+    for records in (splits.train, splits.val, splits.test):
+        for r in records:
+            yield template.render(r.messages) + (r.chosen or "") + (r.rejected or "")
 
 
 def _base_template(config: RunConfig) -> str | None:

@@ -53,7 +53,7 @@ def import_tokenizer(src: Path, dest: Path) -> Tokenizer:
         )
     data = read_json(path)
     if (chars := _char_vocab(data)) is not None:
-        tokenizer: Tokenizer = CharTokenizer(chars[0], unk=chars[1])
+        tokenizer: Tokenizer = CharTokenizer(chars[0], unk=chars[1], eot=_has_eot_after(data, chars[0]))
     elif (bpe := _byte_level_bpe(data)) is not None:
         if _is_gpt2_vocab(bpe[0]):  # GPT-2's own: run it on tiktoken, like every gpt2 run
             _write_gpt2_files(dest, *bpe)
@@ -129,6 +129,11 @@ def _char_vocab(data: dict[str, Any]) -> tuple[list[str], str | None] | None:
     return chars, model.get("unk_token") if model.get("unk_token") in vocab else None
 
 
+def _has_eot_after(data: dict[str, Any], chars: list[str]) -> bool:
+    """True if <|endoftext|> is an added token with the id after the last character."""
+    return any(t.get("content") == EOT and t.get("id") == len(chars) for t in data.get("added_tokens") or [])
+
+
 # ----------------------------------------------------------------------------------------------
 # Out
 
@@ -163,6 +168,8 @@ def hf_tokenizer_files(tokenizer: Tokenizer, block_size: int) -> dict[str, str]:
         hf = HFTokenizer(models.WordLevel(vocab, unk_token=tokenizer.unk))
         hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
         hf.decoder = decoders.Fuse()
+        if tokenizer.eot_id is not None:  # the id after the last character, as in lyre
+            hf.add_special_tokens([AddedToken(EOT, special=True, normalized=False)])
         if tokenizer.unk is not None:
             config["unk_token"] = tokenizer.unk
     else:

@@ -119,6 +119,8 @@ def prepared_from(data_dir: Path, config: RunConfig) -> bool:
     paths = [Path(p) for p in config.data.corpus]
     if (meta.get("tokenizer"), meta.get("val_fraction")) != (config.data.tokenizer, config.data.val_fraction):
         return False
+    if meta.get("tokenizer") == "char" and "eot_id" not in meta:
+        return False  # prepared before char tokenizers reserved <|endoftext|>: prepare it again
     if [(path, size) for path, size, _ in sources] != [
         (str(p), p.stat().st_size if p.is_file() else -1) for p in paths
     ]:

@@ -25,26 +25,34 @@ The replacement is ``unk`` when set, else ``?``, else a space, else the first ch
 vocabulary: always a character the model knows, so a trained model's vocabulary never changes.
 Decoding gives the replacement back, so the round trip is lossy only for characters the
 tokenizer never saw.
+
+``<|endoftext|>``. Like every lyre tokenizer, a char tokenizer reserves one id for the end of a
+text: the last one (``len(chars)``), so the characters keep their code point order. Fine-tuning
+ends each answer with it and generation stops there. As in bpe.py, the literal text
+"<|endoftext|>" in a document is ordinary characters; only ``encode(..., allow_special=True)``
+turns it into the reserved id. Tokenizers saved before this id existed (no ``special_tokens`` in
+their tokenizer.json) load without it, so their runs keep working as they were trained.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from lyre.errors import LyreError
-from lyre.tokenizers.base import Tokenizer, require_texts, write_meta
+from lyre.tokenizers.base import EOT, Tokenizer, require_texts, write_meta
 
 
 class CharTokenizer(Tokenizer):
-    """A vocabulary of single characters, ids in code point order."""
+    """A vocabulary of single characters, ids in code point order, then ``<|endoftext|>``."""
 
     kind = "char"
 
-    def __init__(self, chars: Iterable[str], unk: str | None = None) -> None:
+    def __init__(self, chars: Iterable[str], unk: str | None = None, eot: bool = True) -> None:
         vocab = set(chars)
         if unk is not None:
             vocab.add(unk)
@@ -55,8 +63,9 @@ class CharTokenizer(Tokenizer):
             raise LyreError("cannot build a char tokenizer from an empty corpus")
         self.chars: list[str] = sorted(vocab)
         self.unk = unk
-        self.vocab_size = len(self.chars)
-        self.special_tokens = {}
+        # <|endoftext|> takes the id after the last character (eot=False: a pre-EOT tokenizer).
+        self.special_tokens = {EOT: len(self.chars)} if eot else {}
+        self.vocab_size = len(self.chars) + len(self.special_tokens)
         self._stoi = {c: i for i, c in enumerate(self.chars)}
         self._unk_id = None if unk is None else self._stoi[unk]
         codes = np.array([ord(c) for c in self.chars], dtype=np.uint32)
@@ -100,11 +109,20 @@ class CharTokenizer(Tokenizer):
     def encode(self, text: str, *, allow_special: bool = False,
                unknown: str | None = None) -> list[int]:
         """Text to ids. ``unknown``: "error" or "replace" for characters outside the vocabulary;
-        None follows this tokenizer (replace when it has an ``unk``). A char vocabulary has no
-        special tokens, so ``allow_special`` changes nothing."""
+        None follows this tokenizer (replace when it has an ``unk``). ``allow_special``: the
+        text "<|endoftext|>" becomes its reserved id (else it is ordinary characters)."""
         if unknown not in (None, "error", "replace"):
             raise LyreError(f"unknown= must be 'error' or 'replace'; got {unknown!r}")
-        return self._encode(text, unknown or ("error" if self._unk_id is None else "replace"))
+        mode = unknown or ("error" if self._unk_id is None else "replace")
+        if not (allow_special and self.special_tokens):
+            return self._encode(text, mode)
+        ids: list[int] = []
+        for i, piece in enumerate(self._special_pattern().split(text)):
+            if i % 2:  # odd pieces are the captured separators, i.e. special tokens
+                ids.append(self.special_tokens[piece])
+            elif piece:
+                ids.extend(self._encode(piece, mode))
+        return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
         return self.encode(text)
@@ -132,18 +150,29 @@ class CharTokenizer(Tokenizer):
         raise LyreError(
             f"character {c!r} (U+{ord(c):04X}) at position {pos} (line {line}, column {column}, "
             f"near {near!r}) is "
-            f"not in this char-level model's vocabulary of {self.vocab_size} characters; to replace "
+            f"not in this char-level model's vocabulary of {len(self.chars)} characters; to replace "
             f"unknown characters with {self.replacement!r} pass --replace-unknown (lyre chat, "
             f"sample, serve, translate) or record it with the run: \"unk\": {json.dumps(self.replacement)} in "
             f"RUN_DIR/tokenizer/tokenizer.json"
         )
 
     def decode(self, ids: Sequence[int]) -> str:
-        codes = self._codes[np.asarray(self._check_ids(ids), dtype=np.int64)]
-        return codes.tobytes().decode("utf-32-le", "surrogatepass")
+        ids = np.asarray(self._check_ids(ids), dtype=np.int64)
+        eot = self.eot_id
+        if eot is None or not (ids == eot).any():
+            return self._decode_chars(ids)
+        # Cut before every <|endoftext|>: each later part starts with one, written as its text.
+        first, *rest = np.split(ids, np.flatnonzero(ids == eot))
+        return self._decode_chars(first) + "".join(EOT + self._decode_chars(p[1:]) for p in rest)
+
+    def _decode_chars(self, ids: np.ndarray) -> str:
+        return self._codes[ids].tobytes().decode("utf-32-le", "surrogatepass")
 
     def token_bytes(self, id: int) -> bytes:
-        return self.chars[self._check_id(id)].encode("utf-8", "surrogatepass")
+        id = self._check_id(id)
+        if id == self.eot_id:
+            return EOT.encode("utf-8")  # special tokens stand for their text, as in bpe.py
+        return self.chars[id].encode("utf-8", "surrogatepass")
 
     def save(self, directory: str | Path) -> None:
         write_meta(
@@ -153,6 +182,7 @@ class CharTokenizer(Tokenizer):
                 "vocab_size": self.vocab_size,
                 "unk": self.unk,
                 "chars": self.chars,
+                "special_tokens": self.special_tokens,
             },
         )
 
@@ -163,16 +193,48 @@ class CharTokenizer(Tokenizer):
         if unk is not None and isinstance(meta.get("chars"), list) and unk not in meta["chars"]:
             raise LyreError(f"char tokenizer.json: unk {unk!r} is not one of its 'chars'; the "
                             "replacement must be a character the model knows (e.g. \"?\" or \" \")")
+        # Saved before char tokenizers reserved <|endoftext|>: no "special_tokens", no EOT id.
+        special = meta.get("special_tokens", {})
+        if not isinstance(special, dict):
+            raise LyreError(f"char tokenizer.json 'special_tokens' must be an object; got {special!r}")
         try:
-            tok = cls(meta["chars"], unk=unk)
+            tok = cls(meta["chars"], unk=unk, eot=EOT in special)
         except (KeyError, TypeError) as e:
             raise LyreError(f"char tokenizer.json is missing a valid 'chars' list ({e})") from e
         if tok.chars != meta["chars"]:
             raise LyreError("char tokenizer.json 'chars' is not a sorted list of unique characters")
+        if special != tok.special_tokens:
+            raise LyreError(f"char tokenizer.json 'special_tokens' must be {{}} or "
+                            f"{json.dumps(tok.special_tokens)} (the id after the last character); "
+                            f"got {json.dumps(special)}")
         return tok
 
     def __repr__(self) -> str:
-        return f"CharTokenizer(vocab_size={self.vocab_size}, unk={self.unk!r})"
+        return f"CharTokenizer(vocab_size={self.vocab_size}, unk={self.unk!r}, eot_id={self.eot_id})"
+
+
+def replace_unknown_in(tokenizer: Tokenizer, texts: Iterable[str]) -> str | None:
+    """Data a char-level model is fine-tuned on: if ``texts`` hold characters outside its
+    vocabulary, replace them from now on (``unk``, to be saved with the new run so that chat and
+    serve replace them alike) and return a note saying which; None if there is nothing to do.
+
+    A pretraining corpus rarely has every character later data uses (the Iliad has no digits and
+    no '#', which the alpaca template needs); refusing would make such a model unusable.
+    """
+    if not isinstance(tokenizer, CharTokenizer) or tokenizer.unk is not None:
+        return None
+    counts: Counter[str] = Counter()
+    for text in texts:
+        if tokenizer.count_unknown(text):
+            counts.update(c for c in text if c not in tokenizer._stoi)
+    if not counts:
+        return None
+    tokenizer.replace_unknown()
+    shown = ", ".join(f"{c!r} x {n:,}" for c, n in counts.most_common(8))
+    more = f" and {len(counts) - 8} more" if len(counts) > 8 else ""
+    return (f"the base's char vocabulary ({len(tokenizer.chars)} characters) lacks {len(counts)} "
+            f"character(s) of the data ({shown}{more}): they become {tokenizer.unk!r} in training, "
+            f"chat and serve (recorded as \"unk\" in the run's tokenizer/tokenizer.json)")
 
 
 def replace_unknown(tokenizer: Tokenizer, char: str | None = None) -> Tokenizer:
