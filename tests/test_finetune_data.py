@@ -169,3 +169,19 @@ def test_records_round_trip_through_the_run_copy(tmp_path):
     again, problems = read_records(tmp_path / "train.jsonl")
     assert [r.messages for r in again] == [r.messages for r in recs] and not problems.skipped
     assert json.loads((tmp_path / "train.jsonl").read_text().splitlines()[0])["messages"][0]["role"] == "user"
+
+
+def test_no_sequence_left_says_why_in_its_one_line(tokenizer):
+    """The notes are printed only after a successful preparation, so the error itself carries
+    the reason every record was dropped (it said "see the reasons above" with nothing above)."""
+    from lyre.finetune.prepare import encode_splits
+    from lyre.finetune.records import Splits
+    from lyre.finetune.tasks import get_task
+
+    records = [to_record(r) for r in colour_records(6)]
+    splits = Splits(train=records, val=[], test=[])
+    with pytest.raises(LyreError) as e:
+        encode_splits(get_task("sft"), splits, get_template("alpaca"), tokenizer, 8, [])
+    message = str(e.value)
+    assert "\n" not in message and "6 of 6 records of the train split skipped" in message
+    assert "block_size" in message and "above" not in message

@@ -294,18 +294,21 @@ def _read_run_split(spec: FinetuneTask, path: Path) -> list:
 
 def encode_splits(task: FinetuneTask, splits: Splits, template: ChatTemplate, tokenizer,
                   limit: int, notes: list[str]) -> tuple[list, list]:
-    out = []
+    out, why = [], ""
     for name in ("train", "val"):
         records = getattr(splits, name)
         items, report = task.encode(records, template, tokenizer, limit, name)
         if report.problems is not None and report.problems.skipped:
             notes.append(report.problems.summary(f"the {name} split"))
+            why = why or notes[-1]
         if report.truncated:
             notes.append(f"{report.truncated:,} of {len(items):,} {name} sequences were longer than "
                          f"{limit} tokens and were cut at their end")
         out.append(items)
     if not out[0]:
-        raise LyreError("no training sequence left after encoding; see the reasons above")
+        # The notes are printed only once preparation succeeds: the reason goes in the error.
+        raise LyreError(f"no training sequence left after encoding ({why or 'the train split is empty'}); "
+                        f"a longer context (model.block_size) or shorter records would keep some")
     return out[0], out[1]
 
 
