@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_RUN ?= runs/iliad-char
 
-.PHONY: venv install demo test lint bench clean
+.PHONY: venv install demo test test-fast bench-smoke lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Quick feedback while working: everything but the tests marked slow (processes, torchrun,
+# Chromium, PostgreSQL, the bench smoke runs; tests/conftest.py). `make test` runs them all.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+# Every bench/*.py --smoke (tiny sizes, seconds each): the benches still run.
+bench-smoke: install
+	$(BIN)/python -m pytest tests/test_bench_smoke.py
 
 lint: install
 	$(BIN)/ruff check .
