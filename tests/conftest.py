@@ -155,6 +155,10 @@ SLOW_MODULES = {
     "test_serve_fuzz",  # schemathesis against a live server
 }
 SLOW_FIXTURES = {"browser", "pg_url", "make_pg"}  # Chromium; a PostgreSQL server
+SLOW_TESTS = {  # by name, with why: the longest of the rest (`pytest --durations`)
+    "test_acceptance_spam_from_the_sms_data",  # fine-tunes on the whole SMS file: most of a minute
+    "test_weights_and_biases_logs_offline",  # wandb starts its own service process
+}
 SPAWNS = ("subprocess.", "Popen(", "sys.executable", "torchrun")
 
 
@@ -176,6 +180,7 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         function = getattr(item, "function", None)
         if (item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES
+                or item.originalname in SLOW_TESTS
                 or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
                 or (function is not None and _starts_a_process(function))):
             item.add_marker(pytest.mark.slow)
