@@ -9,7 +9,7 @@ DEMO_RUN ?= runs/iliad-char
 ASSISTANT_BASE ?= runs/iliad-bpe
 ASSISTANT_RUN ?= runs/assistant
 
-.PHONY: venv install demo assistant test lint bench clean browser
+.PHONY: venv install demo assistant test test-fast bench-smoke lint bench clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ assistant: install
 
 test: install
 	$(BIN)/python -m pytest -rs
+
+# Quick feedback while working: everything but the tests marked slow (processes, torchrun,
+# Chromium, PostgreSQL, the bench smoke runs; tests/conftest.py). `make test` runs them all.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+# Every bench/*.py --smoke (tiny sizes, seconds each): the benches still run.
+bench-smoke: install
+	$(BIN)/python -m pytest tests/test_bench_smoke.py
 
 lint: install
 	$(BIN)/ruff check .

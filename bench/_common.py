@@ -47,3 +47,11 @@ def median(values: list[float]) -> float:
 def json_line(record: dict) -> None:
     """The last line of every bench: one JSON object, easy to grep and to paste into docs."""
     print(json.dumps(record), flush=True)
+
+
+def add_smoke_flag(parser) -> None:
+    """--smoke: the bench's own code path at tiny sizes, in seconds, still ending with its JSON
+    line (tests/test_bench_smoke.py runs every bench this way so that none rots). Its figures
+    mean nothing."""
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, seconds: check that the bench runs (figures mean nothing)")

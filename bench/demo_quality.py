@@ -1,6 +1,6 @@
 """The demo's quality bar: lyre's Iliad preset against nanoGPT's CPU recipe on the same corpus.
 
-    python bench/demo_quality.py [--threads N] [--repeats R] [--out DIR]
+    python bench/demo_quality.py [--threads N] [--repeats R] [--out DIR] [--scale S] [--smoke]
 
 Trains, back to back on this machine with the same torch thread count:
 
@@ -18,7 +18,9 @@ machine it is the steadier number. With --repeats R > 1 the pair runs R times in
 order (a b, b a, ...) and the median time of each is reported (losses are deterministic).
 
 Acceptance (issue 2): val_loss_gain = nanogpt_val_loss - lyre_val_loss >= 0.15 and
-time_ratio = nanogpt_s / lyre_s >= 1.0. Ends with one JSON line.
+time_ratio = nanogpt_s / lyre_s >= 1.0. Ends with one JSON line. --smoke: --scale 0.005 (about
+ten steps each) on the Iliad's first 100 KB, one thread, one repeat: the same code in seconds,
+the figures mean nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import json_line, machine
+from _common import add_smoke_flag, json_line, machine
 
 from lyre.config import BUNDLED_ILIAD, list_presets, load_config
 from lyre.data import prepare
@@ -43,10 +45,11 @@ LYRE_PRESET = list_presets()["iliad-char"]
 
 
 def run_one(
-    preset: Path, data_dir: Path, run_dir: Path, threads: int, extra: list[str], scale: float = 1.0
+    preset: Path, data_dir: Path, run_dir: Path, threads: int, extra: list[str], scale: float = 1.0,
+    corpus: Path = BUNDLED_ILIAD,
 ) -> dict:
     overrides = [
-        f"data.corpus={json.dumps(str(BUNDLED_ILIAD))}",
+        f"data.corpus={json.dumps(str(corpus))}",
         f"data.data_dir={json.dumps(str(data_dir))}",
         f"train.threads={threads}",
         'train.device="cpu"',
@@ -79,21 +82,29 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0,
                         help="scale both runs' step counts (e.g. 0.05 for a quick check; the bar is "
                              "judged at 1.0)")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.scale, args.threads, args.repeats = 0.005, 1, 1
 
     base = nanogpt_check()
     with tempfile.TemporaryDirectory(prefix="lyre-demo-quality-") as tmp:
         out = args.out or Path(tmp)
-        data_dir = out / "data"
+        data_dir, corpus = out / "data", BUNDLED_ILIAD
+        if args.smoke:  # a small val split: the exact evaluation at the end is quick
+            corpus = out / "iliad-100k.txt"
+            corpus.write_text(BUNDLED_ILIAD.read_text(encoding="utf-8")[:100_000], encoding="utf-8")
         if not (data_dir / "meta.json").exists():
-            prepare([BUNDLED_ILIAD], "char", data_dir, val_fraction=0.1)
+            prepare([corpus], "char", data_dir, val_fraction=0.1)
         runs = {"nanogpt": [], "lyre": []}
-        presets = {"nanogpt": (NANOGPT_PRESET, []), "lyre": (LYRE_PRESET, args.lyre_set)}
+        # --smoke: the periodic evals (every step or two at that scale) score 8 windows, not 64.
+        common = ["train.eval_windows=8"] if args.smoke else []
+        presets = {"nanogpt": (NANOGPT_PRESET, common), "lyre": (LYRE_PRESET, [*common, *args.lyre_set])}
         for r in range(args.repeats):
             order = ["nanogpt", "lyre"] if r % 2 == 0 else ["lyre", "nanogpt"]
             for name in order:
                 preset, extra = presets[name]
-                res = run_one(preset, data_dir, out / f"{name}-{r}", args.threads, extra, args.scale)
+                res = run_one(preset, data_dir, out / f"{name}-{r}", args.threads, extra, args.scale, corpus)
                 runs[name].append(res)
                 print(f"[{r + 1}/{args.repeats}] {name:8s} val {res['val_loss']:.4f}  "
                       f"wall {res['wall_s']:7.1f}s  cpu {res['cpu_s']:7.1f}s   ({res['desc']})", flush=True)
@@ -126,6 +137,8 @@ def main() -> int:
         "lyre_cpu_s": round(b_cpu, 2),
         "threads": args.threads,
         "repeats": args.repeats,
+        "scale": args.scale,
+        "smoke": args.smoke,
     })
     return 0
 

@@ -1,6 +1,6 @@
 """From a base model to an assistant on one CPU: what fine-tuning buys, measured.
 
-    python bench/finetune.py [--work DIR] [--pretrain-steps 800] [--threads 2] [--quick]
+    python bench/finetune.py [--work DIR] [--pretrain-steps 800] [--threads 2] [--smoke]
         [--data ../shared/data/instruction-data.json]
         [--preference ../shared/data/instruction-data-with-preference.json]
 
@@ -32,7 +32,10 @@
    model (random weights, batch 4 x 256), full and LoRA rank 8, each in its own process: step
    time and peak resident memory.
 
-Ends with one JSON line. Minutes, not hours, on a 2-core CPU (--quick: a smoke run).
+Ends with one JSON line. Minutes, not hours, on a 2-core CPU. --smoke: every step above (but 6)
+at tiny sizes in a temporary folder: 4 pretraining steps on The Verdict with a 512-token BPE, the
+first 120 instructions and preference pairs, 2 steps per fine-tune (only the first in a process
+of its own), 8-token answers, one `lyre chat` prompt, two samples (the figures mean nothing).
 """
 
 from __future__ import annotations
@@ -44,10 +47,11 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from _common import json_line, machine, median
+from _common import add_smoke_flag, json_line, machine, median
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
@@ -63,7 +67,7 @@ dropout = 0.0
 
 [data]
 corpus = {corpus}
-tokenizer = "bpe:2048"
+tokenizer = "{tokenizer}"
 
 [train]
 batch_size = 8
@@ -139,7 +143,9 @@ def scale_child(spec: dict) -> dict:
             "trainable": trainable}
 
 
-def run_child(spec: dict, log: Path) -> dict:
+def run_child(spec: dict, log: Path, in_process: bool = False) -> dict:
+    if in_process:  # --smoke: the same function without starting Python again (seconds each)
+        return scale_child(spec) if spec.get("scale") else child(spec)
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'bench'}"}
     with log.open("w") as f:
         proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env,
@@ -153,12 +159,12 @@ def run_child(spec: dict, log: Path) -> dict:
 # Pieces run in this process
 
 
-def pretrain(work: Path, steps: int, threads: int) -> dict:
+def pretrain(work: Path, steps: int, threads: int, smoke: bool = False) -> dict:
     out = work / "pretrain"
-    corpus = json.dumps([str(DATA / name) for name in CORPORA])
+    corpus = json.dumps([str(DATA / name) for name in (["the-verdict.txt"] if smoke else CORPORA)])
     toml = work / "pretrain.toml"
     toml.write_text(PRETRAIN_TOML.format(corpus=corpus, steps=steps, warmup=max(1, steps // 20),
-                                         threads=threads))
+                                         threads=threads, tokenizer="bpe:512" if smoke else "bpe:2048"))
     t0 = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-m", "lyre", "train", "--config", str(toml), "--out", str(out),
@@ -244,6 +250,13 @@ def samples(base: Path, tuned: Path, work: Path, n: int = 10) -> Path:
     return path
 
 
+def first_records(path: Path, n: int, out: Path) -> Path:
+    """The first n records of a JSON list file, written to out (--smoke's small data sets)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(json.loads(path.read_text(encoding="utf-8"))[:n]), encoding="utf-8")
+    return out
+
+
 def sweep(work: Path, args) -> None:
     """Val loss of runs (a) full and (d) LoRA 8 at several learning rates (the pretrained base of
     an earlier run of this bench in WORK/pretrain)."""
@@ -268,7 +281,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", type=Path, default=DATA / "instruction-data.json")
     parser.add_argument("--preference", type=Path, default=DATA / "instruction-data-with-preference.json")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: few steps everywhere")
     parser.add_argument("--lr-full", type=float, default=1e-3,
                         help="full fine-tuning lr for this small model (default 1e-3; see --sweep)")
     parser.add_argument("--lr-lora", type=float, default=1e-2, help="LoRA lr (default 1e-2)")
@@ -278,6 +290,7 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true",
                         help="only the learning-rate sweep of runs (a) and (d) on a pretrained WORK/pretrain")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    add_smoke_flag(parser)
     args = parser.parse_args()
     if args.child:
         spec = json.loads(args.child)
@@ -285,6 +298,11 @@ def main() -> None:
         return
     import torch
 
+    if args.smoke:
+        scratch = tempfile.TemporaryDirectory(prefix="lyre-bench-finetune-")  # removed at exit
+        args.work, args.threads = Path(scratch.name), 1
+        args.data = first_records(args.data, 120, args.work / "instructions.json")
+        args.preference = first_records(args.preference, 120, args.work / "preference.json")
     torch.set_num_threads(args.threads)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -293,11 +311,11 @@ def main() -> None:
     if args.sweep:
         sweep(work, args)
         return
-    steps = 40 if args.quick else args.pretrain_steps
-    pre = pretrain(work, steps, args.threads)
+    steps = 4 if args.smoke else args.pretrain_steps
+    pre = pretrain(work, steps, args.threads, args.smoke)
     print(f"pretrained {steps} steps: val loss {pre['val_loss']:.4f} ({pre['wall_s']} s)", flush=True)
     random_base = random_init_copy(pre["run"], work / "random-init")
-    quick = ["max_iters=8"] if args.quick else []
+    quick = ["max_iters=2", "finetune.response_tokens=8"] if args.smoke else []
     plain = [*quick, "finetune.responses=false", f"finetune.epochs={args.epochs}"]
     full = [*plain, f"lr={args.lr_full}", f"min_lr={args.lr_full / 10}"]
     lora = [*plain, f"lr={args.lr_lora}", f"min_lr={args.lr_lora / 10}"]
@@ -310,7 +328,7 @@ def main() -> None:
     results = {}
     for name, spec in specs.items():
         spec = {**spec, "data": str(args.data), "out": str(work / name), "threads": args.threads}
-        results[name] = run_child(spec, work / f"{name}.log")
+        results[name] = run_child(spec, work / f"{name}.log", in_process=args.smoke and bool(results))
         r = results[name]
         print(f"{name}: val loss {r['val_loss']:.4f} (best {r['best_val_loss']:.4f}) after {r['steps']} "
               f"steps, {r['trainable']:,} trainable, {r['ms_per_step']:.0f} ms/step, peak "
@@ -322,11 +340,11 @@ def main() -> None:
     run_a = work / "a_pretrained_masked"
     answer_test_split(run_a, quiet=True)
     responses = json.loads((run_a / "responses.json").read_text())
-    chat = chat_check(run_a, responses["responses"][:10])
+    chat = chat_check(run_a, responses["responses"][:1 if args.smoke else 10])
     print(f"acceptance: {responses['stopped']} of {responses['count']} test answers ended by "
           f"<|endoftext|>; lyre chat -p: {sum(c['ok'] for c in chat)} of {len(chat)} answered and stopped "
           "without a '###' continuation", flush=True)
-    sample_file = samples(pre["run"], run_a, work)
+    sample_file = samples(pre["run"], run_a, work, 2 if args.smoke else 10)
 
     # DPO from run (a).
     from lyre.chat import get_template
@@ -337,7 +355,7 @@ def main() -> None:
     dpo = run_child({"base": str(run_a), "data": str(args.preference), "out": str(work / "e_dpo_lora8"),
                      "task": "dpo", "lora_rank": 8, "overrides": [*quick, "finetune.responses=false"],
                      "threads": args.threads},
-                    work / "e_dpo.log")
+                    work / "e_dpo.log", in_process=args.smoke)
     val, _ = read_records(work / "e_dpo_lora8" / "data" / "val.jsonl", preference=True)
     pairs, _ = encode_all(val, get_template("alpaca"), load_tokenizer(run_a / "tokenizer"), 256, "val")
     before = preference_accuracies(run_a, pairs)
@@ -349,14 +367,14 @@ def main() -> None:
     print(f"samples: {sample_file}")
     scale = {}
     for name, rank in (("full", 0), ("lora8", 8)):
-        if args.scale_steps and not args.quick:
+        if args.scale_steps and not args.smoke:
             scale[name] = run_child({"scale": True, "lora_rank": rank, "steps": args.scale_steps,
                                      "threads": args.threads}, work / f"scale-{name}.log")
             print(f"GPT-2 124M shape, batch 4 x 256, {name}: {scale[name]['trainable']:,} trainable, "
                   f"{scale[name]['ms_per_step']} ms/step, peak {scale[name]['peak_rss_mb']} MB", flush=True)
     a, b, c, d = (results[k] for k in specs)
     json_line({
-        "bench": "finetune", "machine": machine(), "threads": args.threads, "quick": args.quick,
+        "bench": "finetune", "machine": machine(), "threads": args.threads, "smoke": args.smoke,
         "pretrain_steps": steps, "pretrain_val_loss": round(pre["val_loss"], 4),
         "val_loss_pretrained_masked": round(a["val_loss"], 4),
         "val_loss_random_init_masked": round(b["val_loss"], 4),

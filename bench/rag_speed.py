@@ -20,7 +20,9 @@ Then query latency of the embedded store at 10^4 and 10^5 chunks (synthetic: ran
 600-character windows of the same books), and what opening a saved index costs against
 rebuilding its BM25 matrix from SQLite (why the matrix is persisted).
 
-    PYTHONPATH=$PWD python bench/rag_speed.py [--repeat 7] [--cold 3] [--sizes 10000,100000]
+    PYTHONPATH=$PWD python bench/rag_speed.py [--repeat 7] [--cold 3] [--sizes 10000,100000] [--smoke]
+
+--smoke: one repeat, one cold process per side, latency at 1,000 chunks (the figures mean nothing).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench._common import json_line, machine, median  # noqa: E402
+from bench._common import add_smoke_flag, json_line, machine, median  # noqa: E402
 from lyre.rag.evaluate import covered_within_budget, load_qa  # noqa: E402
 from lyre.rag.index import open_store  # noqa: E402
 from lyre.rag.retrieve import Retriever  # noqa: E402
@@ -155,13 +157,16 @@ def main() -> None:
     ap.add_argument("--cold", type=int, default=3,
                     help="fresh processes per side for the cold-start figure (0: skip)")
     ap.add_argument("--sizes", default="10000,100000", help="chunk counts for the latency part")
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.repeat, args.cold, args.sizes = 1, 1, "1000"
     if not all(p.exists() for p in CORPUS):
         sys.exit(f"needs the shared data under {SHARED}")
     qa = load_qa(QA).records
     questions = [r.question for r in qa]
     print(f"machine: {machine()}")
-    out: dict = {"bench": "rag_speed"}
+    out: dict = {"bench": "rag_speed", "smoke": args.smoke}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         # -- side by side: index (median of --repeat runs each, alternating, fresh folders) ------

@@ -1,6 +1,6 @@
 """Load test of `lyre serve`: 1, 8 and 32 concurrent streaming clients on loopback.
 
-    python bench/serve_load.py [--quick] [--int8] [--threads N] [--levels 1 8 32] [--max-tokens 64]
+    python bench/serve_load.py [--smoke] [--int8] [--threads N] [--levels 1 8 32] [--max-tokens 64]
         [--rounds 2] [--repeats 3]
 
 The server is a real `lyre serve` subprocess on 127.0.0.1 serving a GPT-2 124M-shaped model with
@@ -13,7 +13,9 @@ Reported per concurrency level: total generated tokens/s (all tokens of the leve
 time; the median of `--repeats` sweeps), p50 and p99 of request latency and of time to first
 token (TTFT) of that run. Continuous batching is
 what should make throughput grow with the number of clients: the goal is 32 clients >= 6x the
-throughput of 1. Ends with one JSON line; `concurrency32_vs_1_ratio` is that ratio.
+throughput of 1. Ends with one JSON line; `concurrency32_vs_1_ratio` is that ratio. --smoke: a
+2-layer, 64-wide model, 1 and 4 clients, 4 new tokens, one round, one sweep (the same server
+and client code in seconds; the figures mean nothing).
 """
 
 from __future__ import annotations
@@ -30,13 +32,13 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import json_line, machine
+from _common import add_smoke_flag, json_line, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 GPT2_DIR = Path("/work/shared/data/gpt2")
 
 
-def build_run(run_dir: Path, gpt2_dir: Path | None, block_size: int = 1024) -> str:
+def build_run(run_dir: Path, gpt2_dir: Path | None, block_size: int = 1024, smoke: bool = False) -> str:
     """Write a run directory holding a GPT-2 124M-shaped random model; returns the tokenizer."""
     import torch
 
@@ -52,7 +54,8 @@ def build_run(run_dir: Path, gpt2_dir: Path | None, block_size: int = 1024) -> s
         spec = "bpe:8192"
         tokenizer = build_tokenizer(spec, [BUNDLED_ILIAD.read_text(encoding="utf-8")])
     torch.manual_seed(0)
-    config = RunConfig(model=GPTConfig(vocab_size=tokenizer.vocab_size, block_size=block_size),
+    small = dict(n_layer=2, n_head=2, n_embd=64) if smoke else {}  # else GPT-2 124M's shape
+    config = RunConfig(model=GPTConfig(vocab_size=tokenizer.vocab_size, block_size=block_size, **small),
                        data=DataConfig(tokenizer=spec))
     model = GPT(config.model)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +150,6 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="16 new tokens, one round: a smoke run")
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=32)
@@ -162,13 +164,14 @@ def main() -> None:
     ap.add_argument("--context-overflow", choices=("stop", "slide"), default="stop",
                     help="lyre serve --context-overflow; with slide and a small --block-size, "
                          "requests generate past the context")
+    add_smoke_flag(ap)
     args = ap.parse_args()
-    if args.quick:
-        args.max_tokens, args.rounds, args.repeats = 16, 1, 1
+    if args.smoke:
+        args.max_tokens, args.rounds, args.repeats, args.levels, args.threads = 4, 1, 1, [1, 4], 1
 
     with tempfile.TemporaryDirectory(prefix="lyre-serve-bench-") as tmp:
         run_dir = args.run_dir or Path(tmp) / "bench"
-        spec = "given" if args.run_dir else build_run(run_dir, args.gpt2_dir, args.block_size)
+        spec = "given" if args.run_dir else build_run(run_dir, args.gpt2_dir, args.block_size, args.smoke)
         from lyre.serve.server import free_port
 
         port = free_port()
@@ -203,13 +206,14 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
     weights = "int8" if args.int8 else "fp32"
-    record = {"bench": "serve_load", "model": f"gpt2-124M-shape, random weights, {weights}, cpu",
+    shape = "2-layer 64-wide (smoke)" if args.smoke else "gpt2-124M-shape"
+    record = {"bench": "serve_load", "model": f"{shape}, random weights, {weights}, cpu",
               "tokenizer": spec, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
               "rounds": args.rounds, "repeats": args.repeats, "temperature": args.temperature,
               "server_threads": args.threads, "block_size": args.block_size,
               "context_overflow": args.context_overflow,
               "levels": results,
-              "server_steps": health["steps"], "machine": machine()}
+              "server_steps": health["steps"], "machine": machine(), "smoke": args.smoke}
     base = results.get("1", {}).get("tokens_per_s")
     for clients, r in results.items():
         if clients != "1" and base:

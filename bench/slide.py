@@ -1,6 +1,6 @@
 """Generation past the context (`overflow="slide"`): rows re-prefilled together vs one by one.
 
-    python bench/slide.py [--quick] [--block-size 64] [--new-tokens 8] [--batch 1 32] [--repeats 2]
+    python bench/slide.py [--smoke] [--block-size 64] [--new-tokens 8] [--batch 1 32] [--repeats 2]
 
 Once a row has block_size tokens, every new token is predicted from exactly the last block_size
 tokens (nanoGPT's `idx[:, -block_size:]`), so each step re-prefills the row's window of
@@ -14,6 +14,7 @@ of --block-size tokens; prompts of block_size - 1 random tokens, so every new to
 first slides; batch 1 and batch 32 rows. Systems are interleaved in every repeat; the best
 repeat is reported. Ends with one JSON line: `batched_vs_per_row_ratio` (tokens/s at the largest
 batch, batched / per-row) and each system's `b32_vs_b1_ratio` (how batching pays while sliding).
+--smoke: a 2-layer, 64-wide model, context 16, batch 1 and 4, 3 tokens, 1 repeat.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import argparse
 import time
 
 import torch
-from _common import json_line, machine
+from _common import add_smoke_flag, json_line, machine
 
 from lyre.engine import Batch, Engine, SamplingConfig
 from lyre.model import GPT, GPTConfig
@@ -52,25 +53,27 @@ def run(engine: Engine, batch_cls: type[Batch], prompts: list[list[int]], n_new:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run: batch 1 and 4, 3 tokens, 1 repeat")
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    add_smoke_flag(ap)
     args = ap.parse_args()
-    if args.quick:
-        args.batch, args.new_tokens, args.repeats = [1, 4], 3, 1
+    shape = dict(vocab_size=50257)  # GPT-2 124M's
+    if args.smoke:
+        args.batch, args.new_tokens, args.repeats, args.block_size = [1, 4], 3, 1, 16
+        shape = dict(vocab_size=512, n_layer=2, n_head=2, n_embd=64)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = prepare_for_inference(GPT(GPTConfig(vocab_size=50257, block_size=args.block_size)).eval())
+    model = prepare_for_inference(GPT(GPTConfig(**shape, block_size=args.block_size)).eval())
     engine = Engine(model)
     systems = {"batched": Batch, "per-row": PerRowSlideBatch}
     gen = torch.Generator().manual_seed(0)
     results: dict[str, dict] = {}
     for b in args.batch:
-        prompts = torch.randint(0, 50257, (b, args.block_size - 1), generator=gen).tolist()
+        prompts = torch.randint(0, shape["vocab_size"], (b, args.block_size - 1), generator=gen).tolist()
         best: dict[str, float] = {}
         tokens: dict[str, list] = {}
         for _ in range(args.repeats):
@@ -83,7 +86,7 @@ def main() -> None:
         results[f"b{b}"] = {name: round(b * args.new_tokens / s, 3) for name, s in best.items()}
     top, low = f"b{max(args.batch)}", f"b{min(args.batch)}"
     record = {"bench": "slide", "block_size": args.block_size, "new_tokens": args.new_tokens,
-              "tok_s": results, "machine": machine(),
+              "tok_s": results, "machine": machine(), "smoke": args.smoke,
               "batched_vs_per_row_ratio": round(results[top]["batched"] / results[top]["per-row"], 3)}
     for name in systems:
         record[f"{name}_{top}_vs_{low}_ratio"] = round(results[top][name] / results[low][name], 3)

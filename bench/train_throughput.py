@@ -2,6 +2,7 @@
 
     python bench/train_throughput.py [--shape small|gpt2-124m] [--batch B] [--block T]
         [--vocab V] [--steps 3] [--rounds 5] [--warmup 2] [--threads N] [--eager] [--compile]
+        [--smoke]
 
 Both sides get the identical model: the GPT-2 options of lyre's GPT (learned positions,
 LayerNorm, GELU tanh, biases, tied head, no dropout) and a GPT2LMHeadModel of the same shape
@@ -41,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from _common import json_line, machine, median
+from _common import add_smoke_flag, json_line, machine, median
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lyre.config import DataConfig, RunConfig, TrainConfig
@@ -55,6 +56,8 @@ SHAPES = {
     "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=8192, batch=8),
     # GPT-2 124M itself (slow on CPU: tens of seconds per step on 2 cores).
     "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257, batch=4),
+    # --smoke: the same code at a size that takes milliseconds per step.
+    "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=256, batch=2),
 }
 
 
@@ -172,7 +175,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true",
                         help="also time lyre with train.compile=true (torch.compile, inductor)")
     parser.add_argument("--seed", type=int, default=1337)
+    add_smoke_flag(parser)
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.shape, args.steps, args.rounds, args.warmup, args.threads = "tiny", 1, 2, 1, 1
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -193,9 +199,10 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = trainer.config.train
         contenders: dict[str, object] = {}
         # HF copies lyre's initial weights before anyone trains.
-        contenders["hf_sdpa"] = HFStep(build_hf(trainer.model, "sdpa"), trainer.train_tokens, cfg)
+        tokens = trainer.task.train_tokens  # the task holds the data since the trainer took tasks
+        contenders["hf_sdpa"] = HFStep(build_hf(trainer.model, "sdpa"), tokens, cfg)
         if args.eager:
-            contenders["hf_eager"] = HFStep(build_hf(trainer.model, "eager"), trainer.train_tokens, cfg)
+            contenders["hf_eager"] = HFStep(build_hf(trainer.model, "eager"), tokens, cfg)
         if args.compile:
             twin = lyre_trainer(shape, data_dir, Path(tmp) / "run-compiled", args.seed, compile=True)
             contenders["lyre_compiled"] = LyreStep(twin)
@@ -255,6 +262,7 @@ def measure(contenders: dict, shape: dict, shape_name: str, args) -> dict:
         "threads": torch.get_num_threads(),
         "first_step_loss_diff": float(f"{loss_diff:.1e}"),
         "cpu_time_ratio": round(paired(cpu_rates, "lyre"), 3),
+        "smoke": args.smoke,
     }
     if "hf_eager" in contenders:
         record["hf_eager_tok_s"] = round(median(rates["hf_eager"]))

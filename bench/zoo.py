@@ -1,7 +1,7 @@
 """The road in numbers: bigram, RNN, LSTM, GRU and the GPT on the Iliad, same data, same
 wall-clock budget, same threads; then the encoder-decoder on the toy dates task.
 
-    python bench/zoo.py [--budget 90] [--threads 1] [--out DIR] [--figures DIR] [--no-seq2seq]
+    python bench/zoo.py [--budget 90] [--threads 1] [--out DIR] [--figures DIR] [--no-seq2seq] [--smoke]
 
 Part 1, language models. Every family trains from its bundled preset (bigram: iliad-char with
 arch=bigram, lr 1e-2, no weight decay) on one prepared copy of the Iliad (char tokenizer, the
@@ -25,7 +25,9 @@ Part 2, the original Transformer: the seq2seq-dates preset (lyre/toy.py's date r
 pairs, 1,000 held out) trained to its max_iters; wall-clock time and exact-match accuracy on all
 held-out pairs, greedy and beam 4. The bar (issue 15): >= 99% within a few CPU minutes.
 
-Ends with one JSON line: val loss per family at equal time, and the seq2seq figures.
+Ends with one JSON line: val loss per family at equal time, and the seq2seq figures. --smoke:
+half a second per family on the Iliad's first 100 KB, 4-window evals, 20-character samples, the seq2seq model
+trained 4 steps on 2,000 pairs and scored on 8, figures in a temporary folder (the figures mean nothing).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import json_line, machine
+from _common import add_smoke_flag, json_line, machine
 
 from lyre.config import BUNDLED_ILIAD, load_config
 from lyre.data import iter_eval_windows, load_split, prepare
@@ -62,12 +64,13 @@ CALIBRATE_S = 5.0  # seconds of steps that measure a family's speed
 EVALS = 8  # val-loss points per run (for the loss-vs-time plot)
 
 
-def train_for(name: str, data_dir: Path, run_dir: Path, budget: float, threads: int) -> dict:
+def train_for(name: str, data_dir: Path, run_dir: Path, budget: float, threads: int,
+              sample_chars: int = 200, eval_windows: int = 32) -> dict:
     """Train one family for `budget` seconds of steps; its curve, final loss and speed."""
     preset, extra = FAMILIES[name]
     config = load_config(preset, [*extra, f"data.data_dir={json.dumps(str(data_dir))}",
                                   f"train.threads={threads}", 'train.device="cpu"',
-                                  "train.eval_windows=32", "train.max_iters=1000000"])
+                                  f"train.eval_windows={eval_windows}", "train.max_iters=1000000"])
     RunDir(run_dir).start_fresh(force=True)
     trainer = Trainer(config, run_dir, progress=False)
     torch.set_num_threads(threads)  # the Trainer set it too; the evaluations below run outside it
@@ -91,7 +94,7 @@ def train_for(name: str, data_dir: Path, run_dir: Path, budget: float, threads: 
     trainer.tracker.close()
     final = task.evaluate(model, exact=True)
     sample = generate(model, task_tokenizer(run_dir), PROMPT,
-                      SamplingConfig(max_new_tokens=200, temperature=0.8, seed=0), device="cpu")
+                      SamplingConfig(max_new_tokens=sample_chars, temperature=0.8, seed=0), device="cpu")
     return {
         "val_loss": final["val_loss"], "params": model.num_parameters(), "steps": steps,
         "train_s": trained, "wall_s": wall, "tokens_per_s": steps * tokens_per_step / trained, "curve": curve,
@@ -122,14 +125,16 @@ def loss_by_position(model, tokens: np.ndarray, block_size: int) -> np.ndarray:
     return (total / count.clamp(min=1)).numpy()
 
 
-def seq2seq_part(out: Path, threads: int) -> dict:
+def seq2seq_part(out: Path, threads: int, smoke: bool = False) -> dict:
     from lyre.pairs import validation_pairs
     from lyre.runs import load_run
     from lyre.train import train
     from lyre.translate import evaluate_pairs
 
     run_dir = out / "seq2seq-dates"
-    config = load_config("seq2seq-dates", [f"train.threads={threads}"])
+    quick = ['data.corpus=["toy:dates:2000"]', "train.max_iters=4", "train.eval_interval=4",
+             "train.warmup_iters=1", "train.eval_windows=4"] if smoke else []
+    config = load_config("seq2seq-dates", [f"train.threads={threads}", *quick])
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # its plain log lines
         result = train(config, run_dir, force=True, progress=False, plot=False)
@@ -137,6 +142,7 @@ def seq2seq_part(out: Path, threads: int) -> dict:
     torch.set_num_threads(threads)
     run = load_run(run_dir, "last", "cpu")
     pairs, _ = validation_pairs(run)
+    pairs = pairs[:8] if smoke else pairs
     greedy = evaluate_pairs(run.model, run.tokenizer, pairs)
     t = time.perf_counter()
     beam = evaluate_pairs(run.model, run.tokenizer, pairs, beam=4)
@@ -199,7 +205,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp dir)")
     parser.add_argument("--figures", type=Path, default=Path("bench/out"), help="where the plots go")
     parser.add_argument("--no-seq2seq", action="store_true", help="skip part 2")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        scratch = tempfile.TemporaryDirectory(prefix="lyre-zoo-smoke-")  # removed at exit
+        args.budget, args.figures = 0.5, Path(scratch.name) / "figures"
     names = [n for n in args.families.split(",") if n]
     unknown = set(names) - set(FAMILIES)
     if unknown:
@@ -210,12 +220,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="lyre-zoo-") as tmp:
         out = args.out or Path(tmp)
         data_dir = out / "iliad-data"
+        corpus = BUNDLED_ILIAD
+        if args.smoke:  # a small val split: the exact evaluations are quick
+            corpus = out / "iliad-100k.txt"
+            corpus.write_text(BUNDLED_ILIAD.read_text(encoding="utf-8")[:100_000], encoding="utf-8")
         if not (data_dir / "meta.json").exists():
-            prepare([BUNDLED_ILIAD], "char", data_dir, val_fraction=0.1, force=True)
+            prepare([corpus], "char", data_dir, val_fraction=0.1, force=True)
         val = load_split(data_dir, "val")
         results, positions = {}, {}
         for name in names:
-            r = train_for(name, data_dir, out / name, args.budget, args.threads)
+            r = train_for(name, data_dir, out / name, args.budget, args.threads,
+                          *((20, 4) if args.smoke else (200, 32)))
             positions[name] = loss_by_position(r.pop("model"), val, r["block_size"])
             results[name] = r
             print(f"{name:6s} val {r['val_loss']:.4f} | {r['params']:>9,} params | {r['steps']:>5} steps in "
@@ -229,13 +244,13 @@ def main() -> int:
         for name, losses in positions.items():
             print(f"{name:6s} loss by position: 0: {losses[0]:.3f}  1: {losses[1]:.3f}  4: {losses[4]:.3f}  "
                   f"16: {losses[16]:.3f}  32: {losses[32]:.3f}  63: {losses[-1]:.3f}")
-        s2s = None if args.no_seq2seq else seq2seq_part(out, args.threads)
+        s2s = None if args.no_seq2seq else seq2seq_part(out, args.threads, args.smoke)
         if s2s:
             print(f"seq2seq-dates: {s2s['steps']} steps in {s2s['train_s']:.1f}s ({s2s['params']:,} params), "
                   f"exact match on {s2s['pairs']} held-out pairs: greedy {100 * s2s['exact_match_greedy']:.2f}%, "
                   f"beam 4 {100 * s2s['exact_match_beam4']:.2f}%", flush=True)
     record = {
-        "bench": "zoo", "budget_s": args.budget, "threads": args.threads,
+        "bench": "zoo", "budget_s": args.budget, "threads": args.threads, "smoke": args.smoke,
         "val_loss": {n: round(r["val_loss"], 4) for n, r in results.items()},
         "params": {n: r["params"] for n, r in results.items()},
         "tokens_per_s": {n: round(r["tokens_per_s"]) for n, r in results.items()},

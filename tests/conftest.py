@@ -8,6 +8,7 @@ shared read-only; a test that changes a run works on `copy_run(...)` of it.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import shutil
 from pathlib import Path
 
@@ -139,3 +140,47 @@ def run(run_dir):
     from lyre.runs import load_run
 
     return load_run(run_dir, device="cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# The `slow` marker: tests that start other processes or outside programs (a Python process per
+# bench, torchrun, `lyre serve`/`lyre train` in a subprocess, Chromium, PostgreSQL, a fuzzer).
+# `make test-fast` (pytest -m "not slow") leaves them out for quick feedback; `make test` and CI
+# run everything. Marked here, by module, fixture or what the test calls, so that a new test of
+# that kind is marked without anyone remembering to.
+
+SLOW_MODULES = {
+    "test_bench_smoke",  # every bench/*.py --smoke in its own process
+    "test_distributed", "test_finetune_distributed", "test_classify_distributed",  # torchrun
+    "test_serve_fuzz",  # schemathesis against a live server
+}
+SLOW_FIXTURES = {"browser", "pg_url", "make_pg"}  # Chromium; a PostgreSQL server
+SLOW_TESTS = {  # by name, with why: the longest of the rest (`pytest --durations`)
+    "test_acceptance_spam_from_the_sms_data",  # fine-tunes on the whole SMS file: most of a minute
+    "test_weights_and_biases_logs_offline",  # wandb starts its own service process
+}
+SPAWNS = ("subprocess.", "Popen(", "sys.executable", "torchrun")
+
+
+def _starts_a_process(function) -> bool:
+    """Whether a test function, or a helper of its own module that it calls, starts a process."""
+    def source(f) -> str:
+        try:
+            return inspect.getsource(f).replace(f.__doc__ or "\0", "")  # what it does, not its words
+        except (OSError, TypeError):
+            return ""
+
+    module = inspect.getmodule(function)
+    helpers = [getattr(module, name, None) for name in function.__code__.co_names]
+    own = [h for h in helpers if inspect.isfunction(h) and inspect.getmodule(h) is module]
+    return any(marker in source(f) for f in (function, *own) for marker in SPAWNS)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        function = getattr(item, "function", None)
+        if (item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES
+                or item.originalname in SLOW_TESTS
+                or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+                or (function is not None and _starts_a_process(function))):
+            item.add_marker(pytest.mark.slow)
