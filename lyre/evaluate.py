@@ -251,8 +251,8 @@ def evaluate_saved_run(run_dir: str | Path, data: str | Path | None = None, *,
     run_dir = Path(run_dir)
     if RunDir(run_dir).kind() == "classify":
         raise LyreError(f"{run_dir} is a classifier: its accuracy, F1 and loss per split are in "
-                        f"{RunDir(run_dir).path / 'classification.json'} (written as it trained); label "
-                        f"texts with `lyre classify {run_dir} --file FILE`")
+                        f"{RunDir(run_dir).path / 'classification.json'} (written as it trained); use "
+                        f"`lyre classify {run_dir} --file FILE` to label texts")
     if data is not None and not Path(data).is_file():  # before the model loads
         raise LyreError(f"evaluation data {data} not found")
     return evaluate_loaded_run(load_run(run_dir, checkpoint, device), data, stride=stride,
