@@ -9,7 +9,7 @@ The data is the book's (chapter 6): ../shared/data/sms_spam.tsv balanced by unde
 the 149, and is scored once on the 300; the test split is never looked at before.
 
   base     a small GPT (4 layers, 4 heads, 128 dims, context 128) pretrained here with
-           `lyre.train.train` on the public-domain texts in ../shared/data (the Iliad, Tiny
+           `lyre.train.trainer.train` on the public-domain texts in ../shared/data (the Iliad, Tiny
            Shakespeare, Sherlock Holmes, The Verdict, the instruction data), a byte-level BPE
            tokenizer learned from them; cached in WORK/base-* (gitignored) and reused
   (a) pretrained     fine-tuned from that base: every weight trains, AdamW lr 3e-4 cosine to
@@ -52,15 +52,15 @@ from pathlib import Path
 import torch
 from _common import add_smoke_flag, json_line, machine
 
-from lyre import checkpoint as ckpt
 from lyre.classify.config import ClassifyConfig
 from lyre.classify.data import load_dataset
 from lyre.classify.finetune import finetune_classifier
-from lyre.config import load_config
+from lyre.core.config import load_config
+from lyre.core.rundir import RunDir
 from lyre.finetune.config import FinetuneConfig
 from lyre.model import build_model
-from lyre.rundir import RunDir
-from lyre.train import train
+from lyre.train import checkpoint as ckpt
+from lyre.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"

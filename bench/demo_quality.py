@@ -11,7 +11,7 @@ Trains, back to back on this machine with the same torch thread count:
 
 Both read the same prepared data (char tokenizer, the Iliad's last 10% as val), so the two
 val losses are the same measurement: the exact mean cross-entropy over the whole val split
-(sliding windows, stride = block_size). Times are the wall-clock of `lyre.train.train()` (the
+(sliding windows, stride = block_size). Times are the wall-clock of `lyre.train.trainer.train()` (the
 training steps, the periodic evals and checkpoints and the final exact eval; data preparation is
 done once beforehand and shared). CPU time of the process is printed beside it: on a busy
 machine it is the steadier number. With --repeats R > 1 the pair runs R times in alternating
@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 from _common import add_smoke_flag, json_line, machine
 
-from lyre.config import BUNDLED_ILIAD, list_presets, load_config
-from lyre.data import prepare
-from lyre.train import train
+from lyre.core.config import BUNDLED_ILIAD, list_presets, load_config
+from lyre.data.corpus import prepare
+from lyre.train.trainer import train
 
 NANOGPT_PRESET = list_presets()["shakespeare-char-cpu"]
 LYRE_PRESET = list_presets()["iliad-char"]

@@ -4,7 +4,7 @@
 
 Alternate the two trees a few times and compare the best of each: a shared machine drifts, so
 only interleaved runs compare. A GPT-2 124M-shaped model (random weights, fp32, CPU) prepared
-for inference the way the tree does it (lyre.speed.prepare_for_inference where it exists; older
+for inference the way the tree does it (lyre.generate.speed.prepare_for_inference where it exists; older
 trees packed the weights inside Engine), a 128-token prompt, 33 new tokens, greedy, batch 1
 and 8. Prints one JSON line: prefill seconds and milliseconds per decode step (best of
 --repeats). No peer inside: the other tree is the peer. --smoke: a 2-layer, 64-wide model,
@@ -39,12 +39,12 @@ def main() -> None:
     torch.manual_seed(0)
     model = GPT(GPTConfig(**shape)).eval()
     try:
-        from lyre.speed import prepare_for_inference
-    except ImportError:  # a tree from before lyre.speed: Engine packs the weights itself
+        from lyre.generate.speed import prepare_for_inference
+    except ImportError:  # a tree from before lyre.generate.speed: Engine packs the weights itself
         tree = "engine-packs"
     else:
         prepare_for_inference(model)
-        tree = "lyre.speed"
+        tree = "lyre.generate.speed"
     engine = Engine(model)
     gen = torch.Generator().manual_seed(0)
     out: dict = {"bench": "engine_steps", "tree": tree, "threads": torch.get_num_threads(), "smoke": args.smoke}

@@ -93,7 +93,7 @@ def child(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     from lyre.finetune.command import finetune
-    from lyre.lora import count_parameters
+    from lyre.finetune.lora import count_parameters
 
     t0 = time.perf_counter()
     result = finetune(spec["base"], spec["data"], spec["out"], task=spec.get("task"),
@@ -122,8 +122,8 @@ def scale_child(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     from train_throughput import SHAPES, lyre_trainer, write_data
 
-    from lyre.lora import LoRAConfig, apply_lora, count_parameters
-    from lyre.train import Trainer
+    from lyre.finetune.lora import LoRAConfig, apply_lora, count_parameters
+    from lyre.train.trainer import Trainer
 
     shape = {**SHAPES["gpt2-124m"], "block_size": 256, "batch": 4}
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,9 +178,9 @@ def random_init_copy(pretrained: Path, out: Path) -> Path:
     """The pretrained run's tokenizer and shape with freshly initialised weights."""
     import torch
 
-    from lyre import checkpoint as ckpt
-    from lyre.config import config_from_json
+    from lyre.core.config import config_from_json
     from lyre.model import build_model
+    from lyre.train import checkpoint as ckpt
 
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(pretrained, out, ignore=shutil.ignore_patterns("checkpoints", "data"))
@@ -213,8 +213,8 @@ def preference_accuracies(run: Path, pairs) -> float:
     """Fraction of pairs with log p(chosen) > log p(rejected) under the run's model."""
     import torch
 
-    from lyre.runs import load_run
-    from lyre.tasks.dpo import answer_logprobs, pair_batch
+    from lyre.finetune.dpo import answer_logprobs, pair_batch
+    from lyre.generate.runs import load_run
 
     model = load_run(run, "best", "cpu", for_inference=False).model
     wins = 0.0
@@ -228,10 +228,10 @@ def preference_accuracies(run: Path, pairs) -> float:
 
 
 def samples(base: Path, tuned: Path, work: Path, n: int = 10) -> Path:
-    from lyre.chat import get_template
+    from lyre.chat.templates import get_template
     from lyre.finetune.records import read_records
     from lyre.finetune.responses import generate_responses
-    from lyre.runs import load_run
+    from lyre.generate.runs import load_run
 
     test, _ = read_records(tuned / "data" / "test.jsonl")
     test = test[:n]
@@ -347,7 +347,7 @@ def main() -> None:
     sample_file = samples(pre["run"], run_a, work, 2 if args.smoke else 10)
 
     # DPO from run (a).
-    from lyre.chat import get_template
+    from lyre.chat.templates import get_template
     from lyre.finetune.encode import encode_all
     from lyre.finetune.records import read_records
     from lyre.tokenizers import load_tokenizer

@@ -11,7 +11,7 @@ them all alike; the best repeat is reported (and the median, to show the noise).
 Reported per system: tokens/s end to end (prefill included), time to first token, decode
 tokens/s, and at batch 1 the achieved GB/s of weight reads (a decode step reads every weight
 once: memory-bandwidth bound). Variants (--variants): engine (what load_run prepares on a CPU,
-lyre.speed: oneDNN-packed Linear weights), engine-transposed (the fallback: weights stored [in, out]),
+lyre.generate.speed: oneDNN-packed Linear weights), engine-transposed (the fallback: weights stored [in, out]),
 engine-linear (nn.Linear's [out, in] layout kept), engine-fp16 (fp16 copies of the weights for
 few-row products, `--fp16`), engine-int8 (dynamic int8 Linear weights, `--int8`),
 engine-bf16 (bf16 weights), nocache (recompute everything every step, logits of every position
@@ -37,9 +37,9 @@ import torch.nn as nn
 from _common import add_smoke_flag
 
 from lyre.engine import Engine, SamplingConfig, generate_without_cache
+from lyre.generate.speed import HalfCopyLinear, prepare_for_inference, use_cpu_decode_layout
 from lyre.model import GPT, GPTConfig
 from lyre.model.gpt import RMSNorm
-from lyre.speed import HalfCopyLinear, prepare_for_inference, use_cpu_decode_layout
 
 DEFAULT_VARIANTS = ("engine", "engine-transposed", "engine-linear", "engine-fp16", "engine-int8", "nocache", "hf")
 
@@ -58,7 +58,7 @@ def build_models(variants: list[str], shape: dict) -> dict[str, nn.Module]:
     models = {"engine-linear": ours}
     if "hf" in variants:
         models["hf"] = to_transformers(ours)
-    # Each variant as load_run(..., weights=...) prepares it (lyre.speed.prepare_for_inference).
+    # Each variant as load_run(..., weights=...) prepares it (lyre.generate.speed.prepare_for_inference).
     if "engine-int8" in variants:
         models["engine-int8"] = prepare_for_inference(copy.deepcopy(ours), "int8")
     if "engine-fp16" in variants:

@@ -9,14 +9,14 @@ Both contenders, in one run on one GPU:
 * bf16 autocast, TF32 for what stays in fp32, attention through PyTorch SDPA (flash kernels),
   AdamW(fused=True) with weight decay on matrices only, gradient clipping at 1.0, and
   torch.compile on both sides (--no-compile: both eager);
-* the same random windows, drawn with lyre.data.get_batch and copied from pinned memory.
+* the same random windows, drawn with lyre.data.corpus.get_batch and copied from pinned memory.
 lyre runs its real training loop step, `Trainer.train_step` of a Trainer built the way
 `lyre train` builds one (compile by default on CUDA, TF32, pinned non-blocking batches); HF runs
 the equivalent step for GPT2LMHeadModel. After --warmup untimed steps each (compilation), they
 take turns, --steps timed steps each per round for --rounds rounds; the median is reported.
 
-MFU = tokens/s x training FLOPs per token (lyre.info: 6 N + 12 L T d, the same count for both
-models: they are the same network) / the GPU's peak dense bf16 FLOP/s (lyre.mfu's table; set
+MFU = tokens/s x training FLOPs per token (lyre.train.info: 6 N + 12 L T d, the same count for both
+models: they are the same network) / the GPU's peak dense bf16 FLOP/s (lyre.train.mfu's table; set
 LYRE_PEAK_FLOPS for a GPU it does not list). Goal: lyre >= 50% MFU on an H100/H200-class GPU,
 and faster than transformers.
 
@@ -40,14 +40,14 @@ import numpy as np
 import torch
 from _common import add_smoke_flag, json_line, machine, median
 
-from lyre.config import DataConfig, RunConfig, TrainConfig
-from lyre.data import get_batch
-from lyre.devices import autocast_context
-from lyre.info import model_cost
-from lyre.mfu import device_name, mfu, peak_flops
+from lyre.core.config import DataConfig, RunConfig, TrainConfig
+from lyre.core.devices import autocast_context
+from lyre.data.corpus import get_batch
 from lyre.model import GPTConfig
 from lyre.tokenizers import build_tokenizer
-from lyre.train import Trainer
+from lyre.train.info import model_cost
+from lyre.train.mfu import device_name, mfu, peak_flops
+from lyre.train.trainer import Trainer
 
 
 def synthetic_data(root: Path, vocab: int, n_tokens: int, seed: int) -> Path:

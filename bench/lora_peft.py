@@ -9,7 +9,7 @@ same layers (default: attention c_attn + c_proj and MLP c_fc + c_proj), B = 0 at
 the first losses must agree. Each side trains only its adapters with fused AdamW, the same
 hyperparameters and parameter groups, and clips gradients to 1.0, on the same torch threads.
 
-* lyre: `lyre.lora.apply_lora` on the model, then the real `lyre.train.Trainer` and its
+* lyre: `lyre.finetune.lora.apply_lora` on the model, then the real `lyre.train.trainer.Trainer` and its
   `train_step` (what `lyre finetune --lora-rank R` runs), over random tokens.
 * PEFT: `peft.get_peft_model(GPT2LMHeadModel, LoraConfig(...))`, the same step written out with
   `torch.optim.AdamW(fused=True)` over the trainable parameters (what HF's Trainer would build).
@@ -33,8 +33,8 @@ import transformers
 from _common import add_smoke_flag, json_line, machine, median
 from train_throughput import SHAPES, build_hf, lyre_trainer, write_data
 
-from lyre.data import get_batch
-from lyre.lora import LoRAConfig, apply_lora, count_parameters
+from lyre.data.corpus import get_batch
+from lyre.finetune.lora import LoRAConfig, apply_lora, count_parameters
 
 
 class PeftStep:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         lora = LoRAConfig(rank=args.rank, alpha=2.0 * args.rank, targets=args.targets.split(","))
         model = base.model
         names = apply_lora(model, lora)
-        from lyre.train import Trainer
+        from lyre.train.trainer import Trainer
 
         trainer = Trainer(base.config, Path(tmp) / "lora", model=model, progress=False)
         cfg = trainer.config.train

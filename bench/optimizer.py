@@ -28,9 +28,9 @@ from pathlib import Path
 
 from _common import add_smoke_flag, json_line, machine
 
-from lyre.config import BUNDLED_ILIAD, load_config
-from lyre.data import prepare
-from lyre.train import Trainer, train
+from lyre.core.config import BUNDLED_ILIAD, load_config
+from lyre.data.corpus import prepare
+from lyre.train.trainer import Trainer, train
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = ("shakespeare-char-cpu", "iliad-char")

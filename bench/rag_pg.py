@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._common import add_smoke_flag, json_line, machine  # noqa: E402
-from lyre.config import BUNDLED_ILIAD  # noqa: E402
+from lyre.core.config import BUNDLED_ILIAD  # noqa: E402
 from lyre.rag.types import Chunk  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"

@@ -26,8 +26,8 @@ import torch
 from _common import add_smoke_flag, json_line, machine
 
 from lyre.engine import Batch, Engine, SamplingConfig
+from lyre.generate.speed import prepare_for_inference
 from lyre.model import GPT, GPTConfig
-from lyre.speed import prepare_for_inference
 
 
 class PerRowSlideBatch(Batch):

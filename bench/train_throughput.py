@@ -7,11 +7,11 @@
 Both sides get the identical model: the GPT-2 options of lyre's GPT (learned positions,
 LayerNorm, GELU tanh, biases, tied head, no dropout) and a GPT2LMHeadModel of the same shape
 holding a copy of the SAME initial weights (Conv1D keeps [in, out], so those are transposed).
-Both draw the same random windows of the same token file with `lyre.data.get_batch` from
+Both draw the same random windows of the same token file with `lyre.data.corpus.get_batch` from
 equally seeded generators, run AdamW with the same hyperparameters and parameter groups (weight
 decay on matrices only) and clip gradients to 1.0, on the same number of torch threads.
 
-* lyre: a real `lyre.train.Trainer` (over a data directory of random tokens) and its
+* lyre: a real `lyre.train.trainer.Trainer` (over a data directory of random tokens) and its
   `train_step`, exactly what `lyre train` runs: optimizer from `make_optimizer`, fp32 on the CPU,
   torch.compile as train.compile's default says (off on the CPU; --compile adds a compiled run).
 * HF: the same step written for GPT2LMHeadModel (labels shifted by us, passed as
@@ -45,10 +45,10 @@ import transformers
 from _common import add_smoke_flag, json_line, machine, median
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lyre.config import DataConfig, RunConfig, TrainConfig
-from lyre.data import get_batch
+from lyre.core.config import DataConfig, RunConfig, TrainConfig
+from lyre.data.corpus import get_batch
 from lyre.model import GPT, GPTConfig
-from lyre.train import Trainer
+from lyre.train.trainer import Trainer
 
 SHAPES = {
     # A small GPT-2 (nanoGPT's shakespeare-char shape) with the bpe:8192 vocabulary; a step takes

@@ -21,7 +21,7 @@ Figures: val loss against training seconds for all five (zoo-val-vs-time.png), a
 context: the val loss at each position of the window (position p has p tokens of context) for
 every family (zoo-loss-by-position.png).
 
-Part 2, the original Transformer: the seq2seq-dates preset (lyre/toy.py's date rewriting, 20,000
+Part 2, the original Transformer: the seq2seq-dates preset (lyre/data/toy.py's date rewriting, 20,000
 pairs, 1,000 held out) trained to its max_iters; wall-clock time and exact-match accuracy on all
 held-out pairs, greedy and beam 4. The bar (issue 15): >= 99% within a few CPU minutes.
 
@@ -46,11 +46,11 @@ import torch
 import torch.nn.functional as F
 from _common import add_smoke_flag, json_line, machine
 
-from lyre.config import BUNDLED_ILIAD, load_config
-from lyre.data import iter_eval_windows, load_split, prepare
-from lyre.generate import SamplingConfig, generate
-from lyre.rundir import RunDir
-from lyre.train import Trainer
+from lyre.core.config import BUNDLED_ILIAD, load_config
+from lyre.core.rundir import RunDir
+from lyre.data.corpus import iter_eval_windows, load_split, prepare
+from lyre.generate.simple import SamplingConfig, generate
+from lyre.train.trainer import Trainer
 
 FAMILIES = {  # name -> (preset, overrides)
     "bigram": ("iliad-char", ["arch=bigram", "train.lr=1e-2", "train.weight_decay=0.0"]),
@@ -126,10 +126,10 @@ def loss_by_position(model, tokens: np.ndarray, block_size: int) -> np.ndarray:
 
 
 def seq2seq_part(out: Path, threads: int, smoke: bool = False) -> dict:
-    from lyre.pairs import validation_pairs
-    from lyre.runs import load_run
-    from lyre.train import train
-    from lyre.translate import evaluate_pairs
+    from lyre.data.pairs import validation_pairs
+    from lyre.generate.runs import load_run
+    from lyre.train.trainer import train
+    from lyre.zoo.translate import evaluate_pairs
 
     run_dir = out / "seq2seq-dates"
     quick = ['data.corpus=["toy:dates:2000"]', "train.max_iters=4", "train.eval_interval=4",

@@ -3,8 +3,8 @@
 The public API, one import away:
 
     from lyre import GPT, GPTConfig, RunConfig, load_config, load_run, SamplingConfig
-    from lyre.train import train          # lyre.train and lyre.generate are modules;
-    from lyre.generate import generate    # their main functions live inside them
+    from lyre.train.trainer import train          # lyre.train.trainer and lyre.generate.simple are modules;
+    from lyre.generate.simple import generate    # their main functions live inside them
 
 The names below are imported on first use (PEP 562), not with the package: `import lyre` stays
 cheap, so a command that needs no torch (`lyre --help`, `lyre rag index`) does not pay the
@@ -20,18 +20,18 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "DataConfig": "lyre.config", "RunConfig": "lyre.config", "TrainConfig": "lyre.config",
-    "load_config": "lyre.config",
+    "DataConfig": "lyre.core.config", "RunConfig": "lyre.core.config", "TrainConfig": "lyre.core.config",
+    "load_config": "lyre.core.config",
     "Completion": "lyre.engine", "Engine": "lyre.engine",
-    "LyreError": "lyre.errors",
-    "evaluate_run": "lyre.evaluate", "evaluate_text": "lyre.evaluate",
-    "SamplingConfig": "lyre.generate",
+    "LyreError": "lyre.core.errors",
+    "evaluate_run": "lyre.eval.loss", "evaluate_text": "lyre.eval.loss",
+    "SamplingConfig": "lyre.generate.simple",
     "export_hf": "lyre.hf", "from_pretrained": "lyre.hf", "import_hf": "lyre.hf",
     "GPT": "lyre.model", "BigramLM": "lyre.model", "GPTConfig": "lyre.model",
     "build_model": "lyre.model",
-    "load_run": "lyre.runs",
+    "load_run": "lyre.generate.runs",
     "build_tokenizer": "lyre.tokenizers", "load_tokenizer": "lyre.tokenizers",
-    "Trainer": "lyre.train", "TrainResult": "lyre.train",
+    "Trainer": "lyre.train.trainer", "TrainResult": "lyre.train.trainer",
 }
 
 __all__ = list(_EXPORTS)
@@ -51,13 +51,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and editors see (names used through __all__)
-    from lyre.config import DataConfig, RunConfig, TrainConfig, load_config  # noqa: F401
+    from lyre.core.config import DataConfig, RunConfig, TrainConfig, load_config  # noqa: F401
+    from lyre.core.errors import LyreError  # noqa: F401
     from lyre.engine import Completion, Engine  # noqa: F401
-    from lyre.errors import LyreError  # noqa: F401
-    from lyre.evaluate import evaluate_run, evaluate_text  # noqa: F401
-    from lyre.generate import SamplingConfig  # noqa: F401
+    from lyre.eval.loss import evaluate_run, evaluate_text  # noqa: F401
+    from lyre.generate.runs import load_run  # noqa: F401
+    from lyre.generate.simple import SamplingConfig  # noqa: F401
     from lyre.hf import export_hf, from_pretrained, import_hf  # noqa: F401
     from lyre.model import GPT, BigramLM, GPTConfig, build_model  # noqa: F401
-    from lyre.runs import load_run  # noqa: F401
     from lyre.tokenizers import build_tokenizer, load_tokenizer  # noqa: F401
-    from lyre.train import Trainer, TrainResult  # noqa: F401
+    from lyre.train.trainer import Trainer, TrainResult  # noqa: F401

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from lyre.config import BUNDLED_ILIAD, load_config
+from lyre.core.config import BUNDLED_ILIAD, load_config
 
 BASE_TOML = """\
 [model]
@@ -70,7 +70,7 @@ def write_tsv(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 def tiny_base(root: Path) -> Path:
     """The shared base run under `root`, trained on first use."""
-    from lyre.train import train
+    from lyre.train.trainer import train
 
     run_dir = root / "lyre-classify" / "base"
     if (run_dir / "checkpoints").is_dir():

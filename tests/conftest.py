@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lyre.config import BUNDLED_ILIAD, RunConfig, load_config
+from lyre.core.config import BUNDLED_ILIAD, RunConfig, load_config
 
 # One layer, two heads of 8 dims, a context of 16 characters, batches of 4 windows.
 TINY_TOML = """\
@@ -82,7 +82,7 @@ def trained_run(tmp_path_factory, tiny_config) -> Path:
 
     Shared by many tests: read it, never change it (use copy_run).
     """
-    from lyre.train import train
+    from lyre.train.trainer import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_config(), run_dir, progress=False, plot=True)
@@ -137,7 +137,7 @@ def run_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(run_dir):
     """That run loaded, once per module (a module may change its tokenizer or settings)."""
-    from lyre.runs import load_run
+    from lyre.generate.runs import load_run
 
     return load_run(run_dir, device="cpu")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from lyre.config import BUNDLED_ILIAD, load_config
+from lyre.core.config import BUNDLED_ILIAD, load_config
 
 TOML = """\
 [model]
@@ -42,7 +42,7 @@ seed = 7
 
 def tiny_served_run(base: Path) -> Path:
     """The path of the shared tiny run under `base`, training it on first use."""
-    from lyre.train import train
+    from lyre.train.trainer import train
 
     root = base / "lyre-serve-run"
     run_dir = root / "tiny-chat"

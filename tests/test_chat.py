@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from serve_util import with_template
 
-from lyre.chat import (
+from lyre.chat.repl import LineReader, history_path, one_answer, run_repl
+from lyre.chat.templates import (
     TEMPLATES,
     AnswerTrimmer,
     ChatSession,
@@ -25,9 +26,8 @@ from lyre.chat import (
     get_template,
     template_name_for_run,
 )
-from lyre.errors import LyreError
-from lyre.repl import LineReader, history_path, one_answer, run_repl
-from lyre.runs import load_run
+from lyre.core.errors import LyreError
+from lyre.generate.runs import load_run
 from lyre.tokenizers import load_tokenizer
 from lyre.tokenizers.char import CharTokenizer, replace_unknown
 
@@ -257,8 +257,8 @@ seed = 3
 @pytest.fixture(scope="module")
 def char_run_dir(tmp_path_factory):
     """A tiny char-level run on an Iliad excerpt: no 'é', no '>', but '?' in its vocabulary."""
-    from lyre.config import BUNDLED_ILIAD, load_config
-    from lyre.train import train
+    from lyre.core.config import BUNDLED_ILIAD, load_config
+    from lyre.train.trainer import train
 
     root = tmp_path_factory.mktemp("char-run")
     text = BUNDLED_ILIAD.read_text(encoding="utf-8")

@@ -14,17 +14,17 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
-import lyre.checkpoint as ckpt
-from lyre.checkpoint import (
+import lyre.train.checkpoint as ckpt
+from lyre.core.errors import LyreError
+from lyre.core.io import atomic_write_text
+from lyre.core.rng import capture_rng_state, restore_rng_state
+from lyre.train.checkpoint import (
     checkpoint_exists,
     latest_checkpoint,
     load_checkpoint,
     load_model_state,
     save_checkpoint,
 )
-from lyre.errors import LyreError
-from lyre.io import atomic_write_text
-from lyre.rng import capture_rng_state, restore_rng_state
 
 VOCAB, DIM = 11, 8
 
@@ -427,12 +427,12 @@ def test_one_owner_for_writes_rng_safetensors_reading_and_the_cache():
         assert not hasattr(ckpt, name), name
     root = Path(lyre.__file__).parent
     sources = {str(p.relative_to(root)): p.read_text(encoding="utf-8") for p in root.rglob("*.py")}
-    assert [name for name, text in sources.items() if "safe_open(" in text] == ["io.py"]
-    assert [name for name, text in sources.items() if "XDG_CACHE_HOME" in text] == ["io.py"]
+    assert [name for name, text in sources.items() if "safe_open(" in text] == ["core/io.py"]
+    assert [name for name, text in sources.items() if "XDG_CACHE_HOME" in text] == ["core/io.py"]
 
 
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
-    from lyre.io import cache_dir
+    from lyre.core.io import cache_dir
 
     monkeypatch.setenv("LYRE_CACHE", str(tmp_path / "mine"))
     assert cache_dir() == tmp_path / "mine"
@@ -447,7 +447,7 @@ def test_run_files_are_joined_through_rundir():
     import lyre
 
     root = Path(lyre.__file__).parent
-    elsewhere = ("rundir.py", "hf/", "classify/", "finetune/", "cli/pretrain.py", "cli/finetune.py")
+    elsewhere = ("core/rundir.py", "hf/", "classify/", "finetune/", "cli/pretrain.py", "cli/finetune.py")
     spelled = [str(p.relative_to(root)) for p in root.rglob("*.py")
                if '"config.json"' in p.read_text(encoding="utf-8")]
     assert [name for name in spelled if not name.startswith(elsewhere)] == []

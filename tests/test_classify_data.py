@@ -18,7 +18,7 @@ from lyre.classify.data import (
     split,
     write_split,
 )
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.finetune.config import FinetuneConfig
 
 SMS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sms_spam.tsv"

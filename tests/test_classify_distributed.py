@@ -11,8 +11,8 @@ from pathlib import Path
 
 from classify_util import spam_rows, tiny_base, write_tsv
 
-from lyre import checkpoint as ckpt
 from lyre.classify.finetune import finetune_classifier
+from lyre.train import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
 

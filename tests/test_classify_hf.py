@@ -15,7 +15,7 @@ from lyre.classify.finetune import finetune_classifier
 from lyre.classify.model import score
 from lyre.classify.predict import load_classifier
 from lyre.cli import main
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 
 transformers = pytest.importorskip("transformers")
 

@@ -162,7 +162,7 @@ def test_a_draining_classifier_refuses_new_texts(run):
 
 def test_load_served_picks_the_classifier(run):
     from lyre.classify.predict import Classifier
-    from lyre.errors import LyreError
+    from lyre.core.errors import LyreError
     from lyre.serve import load_served
 
     clf = load_served(run, device="cpu")

@@ -16,7 +16,7 @@ import pytest
 from cli_util import assert_one_line_error, run_cli
 
 from lyre.cli import build_parser, main
-from lyre.config import load_config
+from lyre.core.config import load_config
 from lyre.model.gpt import GPT
 
 PROMPT = "Sing, O goddess, the anger of Achilles"  # every character is in the tiny vocabulary

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import lyre
-from lyre.config import (
+from lyre.core.config import (
     PRESETS_DIR,
     RunConfig,
     config_from_json,
@@ -15,7 +15,7 @@ from lyre.config import (
     resolve_preset,
     save_config,
 )
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET_FILES = sorted(PRESETS_DIR.glob("*.toml"))

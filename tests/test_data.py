@@ -1,4 +1,4 @@
-"""Tests for lyre.data: prepare, loading, training batches and exact evaluation (CPU, fast)."""
+"""Tests for lyre.data.corpus: prepare, loading, training batches and exact evaluation (CPU, fast)."""
 
 import hashlib
 import json
@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lyre import data
-from lyre.data import (
+from lyre.core.errors import LyreError
+from lyre.data import corpus as data
+from lyre.data.corpus import (
     count_eval_tokens,
     evaluate_loss,
     get_batch,
@@ -21,7 +22,6 @@ from lyre.data import (
     load_split,
     prepare,
 )
-from lyre.errors import LyreError
 from lyre.tokenizers import load_tokenizer
 
 SHARED_ILIAD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "iliad.txt"
@@ -497,8 +497,8 @@ def test_bpe_chunks_do_not_change_tokens(tmp_path, spec, chunk_bytes):
 def test_char_tokens_prepared_before_endoftext_are_prepared_again(tmp_path):
     """A run's data/ prepared by a char tokenizer without <|endoftext|> (meta.json without
     eot_id) is not reused by a fresh run: its tokenizer could not be fine-tuned."""
-    from lyre.config import load_config
-    from lyre.tasks.lm import prepared_from
+    from lyre.core.config import load_config
+    from lyre.train.tasks.lm import prepared_from
 
     src = write(tmp_path / "corpus.txt", ASCII_TEXT)
     config = load_config(None, [f"data.corpus=['{src}']", "data.tokenizer=char"])

@@ -20,17 +20,17 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lyre import distributed
-from lyre.checkpoint import load_model_state
 from lyre.cli import main
-from lyre.config import load_config
-from lyre.data import get_batch
-from lyre.errors import LyreError
-from lyre.mfu import lookup_peak, mfu
+from lyre.core.config import load_config
+from lyre.core.errors import LyreError
+from lyre.data.corpus import get_batch
 from lyre.model import GPT
-from lyre.train import train
+from lyre.train import distributed
+from lyre.train.checkpoint import load_model_state
+from lyre.train.mfu import lookup_peak, mfu
+from lyre.train.trainer import train
 
-train_module = importlib.import_module("lyre.train")  # `lyre.train` is also the function
+train_module = importlib.import_module("lyre.train.trainer")  # `lyre.train.trainer` is also the function
 REPO = Path(__file__).resolve().parents[1]
 # Steps 1-3 of a 6-step schedule: warmup 1, cosine decay over 6 steps, eval at the end.
 PART = ["train.max_iters=3", "train.lr_decay_iters=6", "train.warmup_iters=1"]
@@ -40,7 +40,7 @@ FAULT = textwrap.dedent("""\
     import os
     if os.environ.get("RANK") == "1" and os.environ.get("LYRE_TEST_FAULT"):
         import importlib
-        _train = importlib.import_module("lyre.train")
+        _train = importlib.import_module("lyre.train.trainer")
         _step = _train.Trainer.train_step
 
         def train_step(self):

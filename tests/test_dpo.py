@@ -13,10 +13,10 @@ import torch
 from finetune_util import base_run, preference_records, write_json
 
 from lyre.finetune.config import FinetuneConfig
+from lyre.finetune.dpo import DPOTask, dpo_loss, pair_batch, preference_accuracy
 from lyre.finetune.encode import Pair
-from lyre.lora import LoRAConfig, adapters_disabled, apply_lora
+from lyre.finetune.lora import LoRAConfig, adapters_disabled, apply_lora
 from lyre.model import GPT, GPTConfig
-from lyre.tasks.dpo import DPOTask, dpo_loss, pair_batch, preference_accuracy
 
 
 def stub_prepared(pairs, beta):
@@ -92,7 +92,7 @@ def test_training_raises_held_out_preference_accuracy(tmp_path_factory, tmp_path
     assert held_out and not any(p + r.chosen in trained for p, r in
                                 zip(held_out, result.prepared.splits.val, strict=True))
     # the run loads for chat like any other (DPO + LoRA: base + adapter)
-    from lyre.runs import load_run
+    from lyre.generate.runs import load_run
 
     load_run(tmp_path / "run", "best", "cpu")
 
@@ -100,8 +100,8 @@ def test_training_raises_held_out_preference_accuracy(tmp_path_factory, tmp_path
 @pytest.mark.parametrize("lora", [True, False])
 def test_exact_resume(tmp_path_factory, tmp_path, lora):
     """N + resume + N == 2N, also for a full fine-tune whose reference is found again."""
-    from lyre import checkpoint as ckpt
     from lyre.finetune.command import finetune
+    from lyre.train import checkpoint as ckpt
 
     data = write_json(tmp_path / "pref.json", preference_records(40))
     base = base_run(tmp_path_factory)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lyre.cli import main
+from lyre.core.errors import LyreError
 from lyre.engine import (
     Engine,
     SamplingConfig,
@@ -17,10 +18,8 @@ from lyre.engine import (
     generate_without_cache,
     warp_logits,
 )
-from lyre.errors import LyreError
-from lyre.generate import generate, generate_tokens, stream
-from lyre.model import GPT, BigramConfig, BigramLM, GPTConfig, KVCache
-from lyre.speed import (
+from lyre.generate.simple import generate, generate_tokens, stream
+from lyre.generate.speed import (
     HalfCopyLinear,
     OneDNNLinear,
     add_fp16_copies,
@@ -28,6 +27,7 @@ from lyre.speed import (
     prepare_for_inference,
     quantize_int8,
 )
+from lyre.model import GPT, BigramConfig, BigramLM, GPTConfig, KVCache
 from lyre.tokenizers import build_tokenizer
 from lyre.tokenizers.char import CharTokenizer
 
@@ -305,9 +305,9 @@ def test_engine_does_not_move_the_model():
 
 
 def test_cpu_layout_keeps_values_ties_and_outputs(monkeypatch):
-    import lyre.speed
+    import lyre.generate.speed
 
-    monkeypatch.setattr(lyre.speed, "onednn_linear_works", lambda: False)  # the fallback
+    monkeypatch.setattr(lyre.generate.speed, "onednn_linear_works", lambda: False)  # the fallback
     model, ref = tiny_gpt("learned"), tiny_gpt("learned")
     prepare_for_inference(model)  # without oneDNN: Linear weights stored transposed in memory
     assert model.transformer.h[0].attn.c_attn.weight.stride() == (1, 96)  # [96, 32] stored [32, 96]

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from lyre.cli import main
-from lyre.errors import LyreError
-from lyre.evaluate import evaluate_run, evaluate_text, evaluate_tokens
+from lyre.core.errors import LyreError
+from lyre.eval.loss import evaluate_run, evaluate_text, evaluate_tokens
+from lyre.generate.runs import load_run
 from lyre.model import GPT, GPTConfig
-from lyre.runs import load_run
 from lyre.tokenizers.char import CharTokenizer
 
 
@@ -29,7 +29,7 @@ def heldout(tmp_path_factory, tiny_corpus):
 @pytest.fixture(scope="module")
 def bpe_run(tmp_path_factory, tiny_config):
     """A tiny run with a byte-level BPE tokenizer, to compare with the char run."""
-    from lyre.train import train
+    from lyre.train.trainer import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny-bpe"
     train(tiny_config("data.tokenizer=bpe:300", "train.max_iters=10"), run_dir, progress=False, plot=False)

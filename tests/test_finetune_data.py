@@ -8,8 +8,8 @@ import json
 import pytest
 from finetune_util import base_run, colour_records, write_json, write_jsonl
 
-from lyre.chat import ChatTemplate, get_template
-from lyre.errors import LyreError
+from lyre.chat.templates import ChatTemplate, get_template
+from lyre.core.errors import LyreError
 from lyre.finetune.encode import answer_text, encode_all, encode_pair, encode_sequences, require_eot
 from lyre.finetune.records import Record, read_records, split_records, to_record
 from lyre.tokenizers import load_tokenizer

@@ -11,12 +11,12 @@ import pytest
 import torch
 from finetune_util import base_run, colour_records, write_json
 
-from lyre import checkpoint as ckpt
-from lyre.chat import template_name_for_run
+from lyre.chat.templates import template_name_for_run
 from lyre.cli import main
 from lyre.finetune.command import finetune
 from lyre.finetune.encode import Example
-from lyre.tasks.sft import IGNORE, EpochOrder, pad_batch
+from lyre.finetune.sft import IGNORE, EpochOrder, pad_batch
+from lyre.train import checkpoint as ckpt
 
 FAST = ["lr=1e-2", "batch_size=16"]
 
@@ -123,8 +123,8 @@ def test_unfrozen_blocks_train_only_the_last_ones(tmp_path_factory, tmp_path, da
 
 
 def test_a_hugging_face_directory_as_base(tmp_path_factory, tmp_path, data):
+    from lyre.generate.runs import load_run
     from lyre.hf import export_hf
-    from lyre.runs import load_run
 
     hf = export_hf(base_run(tmp_path_factory), tmp_path / "hf")
     finetune(hf, data, tmp_path / "full", progress=False, plot=False, quiet=True,
@@ -156,7 +156,7 @@ def test_train_on_prompt_changes_what_is_learned_not_what_is_scored(tmp_path_fac
 def test_lyre_serve_uses_the_runs_template(sft_run):
     import httpx
 
-    from lyre.runs import load_run
+    from lyre.generate.runs import load_run
     from lyre.serve import ServeSettings
     from lyre.serve.server import start_background
 

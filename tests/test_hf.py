@@ -25,11 +25,12 @@ from transformers import (  # noqa: E402
     GPT2LMHeadModel,
 )
 
-from lyre import checkpoint as ckpt  # noqa: E402
+from lyre.train import checkpoint as ckpt  # noqa: E402
 from lyre.cli import main  # noqa: E402
-from lyre.config import RunConfig, save_config  # noqa: E402
-from lyre.errors import LyreError  # noqa: E402
-from lyre.generate import SamplingConfig, generate_tokens  # noqa: E402
+from lyre.core.config import RunConfig, save_config  # noqa: E402
+from lyre.core.errors import LyreError  # noqa: E402
+from lyre.generate.runs import load_run  # noqa: E402
+from lyre.generate.simple import SamplingConfig, generate_tokens  # noqa: E402
 from lyre.hf import (  # noqa: E402
     export_hf,
     from_pretrained,
@@ -38,9 +39,8 @@ from lyre.hf import (  # noqa: E402
 )
 from lyre.model.baselines import BigramConfig  # noqa: E402
 from lyre.model.gpt import GPT, GPTConfig  # noqa: E402
-from lyre.runs import load_run  # noqa: E402
 from lyre.tokenizers import CharTokenizer, build_tokenizer, load_tokenizer  # noqa: E402
-from lyre.train import train  # noqa: E402
+from lyre.train.trainer import train  # noqa: E402
 
 GPT2_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gpt2"
 NO_GPT2 = f"OpenAI's GPT-2 files not found in {GPT2_DATA} (shared data absent); the stand-in ran"

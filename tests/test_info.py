@@ -2,8 +2,8 @@
 
 import pytest
 
-from lyre.info import count_parameters, model_cost
 from lyre.model import GPT, GPTConfig
+from lyre.train.info import count_parameters, model_cost
 
 
 def test_gpt2_124m_parameter_count():

@@ -14,8 +14,8 @@ import pytest
 from finetune_util import base_run
 
 from lyre.cli import main
-from lyre.errors import LyreError
-from lyre.judge import JudgeSettings, judge, judge_file, parse_score
+from lyre.core.errors import LyreError
+from lyre.eval.judge import JudgeSettings, judge, judge_file, parse_score
 
 
 def test_parse_score():
@@ -190,7 +190,7 @@ def test_a_tiny_lyre_serve_as_the_judge(tmp_path_factory, tmp_path):
     """A real OpenAI-compatible server: the tiny run's replies are not numbers, and every one
     of them is accounted for and saved; a judge that scored nothing is an error, not a mean of
     n/a (issue 19.13)."""
-    from lyre.runs import load_run
+    from lyre.generate.runs import load_run
     from lyre.serve import ServeSettings
     from lyre.serve.server import start_background
 

@@ -136,13 +136,13 @@ def test_a_broken_contract_is_reported(tmp_path, capsys, monkeypatch):
 
 
 def test_train_and_generate_are_modules_of_the_package():
-    """`lyre.train` and `lyre.generate` name modules, not functions re-exported over them."""
+    """`lyre.train.trainer` and `lyre.generate.simple` name modules, not functions re-exported over them."""
     import inspect
 
     import lyre
-    import lyre.generate as generate_module
-    import lyre.train as train_module
+    import lyre.generate.simple as generate_module
+    import lyre.train.trainer as train_module
 
     assert inspect.ismodule(train_module) and inspect.ismodule(generate_module)
-    assert inspect.ismodule(lyre.train) and inspect.ismodule(lyre.generate)
+    assert inspect.ismodule(lyre.train.trainer) and inspect.ismodule(lyre.generate.simple)
     assert callable(train_module.train) and callable(generate_module.generate)

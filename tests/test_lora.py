@@ -9,9 +9,8 @@ import pytest
 import torch
 from finetune_util import base_run, colour_records, write_json
 
-from lyre import checkpoint as ckpt
-from lyre.errors import LyreError
-from lyre.lora import (
+from lyre.core.errors import LyreError
+from lyre.finetune.lora import (
     LoRAConfig,
     LoRALinear,
     adapter_state_dict,
@@ -25,6 +24,7 @@ from lyre.lora import (
     save_adapter,
 )
 from lyre.model import GPT, GPTConfig
+from lyre.train import checkpoint as ckpt
 
 
 def tiny_gpt(seed: int = 0, **kw) -> GPT:
@@ -156,7 +156,7 @@ def lora_run(tmp_path_factory):
 
 def test_lora_run_stores_adapters_and_loads_base_plus_adapter(lora_run):
     from lyre.finetune.base import load_weights
-    from lyre.runs import load_run
+    from lyre.generate.runs import load_run
 
     state = ckpt.load_model_state(lora_run, "last")
     assert state and all(k.endswith(("lora_A", "lora_B")) for k in state)
@@ -173,7 +173,7 @@ def test_lora_run_stores_adapters_and_loads_base_plus_adapter(lora_run):
 
 
 def test_a_changed_or_missing_base_is_detected(lora_run, tmp_path):
-    from lyre.runs import load_run
+    from lyre.generate.runs import load_run
 
     run = tmp_path / "run"
     shutil.copytree(lora_run, run)
@@ -196,7 +196,7 @@ def test_peft_loads_the_exported_adapter_with_the_same_logits(lora_run, tmp_path
     peft = pytest.importorskip("peft")
     transformers = pytest.importorskip("transformers")
     from lyre.cli import main
-    from lyre.runs import load_run
+    from lyre.generate.runs import load_run
 
     assert main(["export-hf", str(lora_run), "--out", str(tmp_path / "merged"), "--checkpoint", "last",
                  "--peft-adapter", str(tmp_path / "adapter")]) == 0

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.model import GPT, BigramConfig, BigramLM, GPTConfig, KVCache, reference_attention
 from lyre.model.contract import Cache, LanguageModel, capabilities
 

@@ -1,4 +1,4 @@
-"""lyre/openai_client.py: the one OpenAI-compatible client (issue 19.9) and its retry policy.
+"""lyre/core/openai_client.py: the one OpenAI-compatible client (issue 19.9) and its retry policy.
 
 Scripted answers through httpx.MockTransport (no sockets, no sleeping: the sleeps are recorded),
 and one real closed port for the connection error's one line.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from lyre.errors import LyreError
-from lyre.openai_client import EndpointError, OpenAIClient, RetryPolicy, api_root
+from lyre.core.errors import LyreError
+from lyre.core.openai_client import EndpointError, OpenAIClient, RetryPolicy, api_root
 
 
 def scripted(*answers):

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lyre.config import TrainConfig
-from lyre.errors import LyreError
+from lyre.core.config import TrainConfig
+from lyre.core.errors import LyreError
 from lyre.model import GPT, GPTConfig
-from lyre.optim import (
+from lyre.train.optim import (
     Muon,
     build_optimizer,
     check_optimizer_config,
@@ -21,7 +21,7 @@ from lyre.optim import (
     set_learning_rate,
     split_parameters,
 )
-from lyre.train import train
+from lyre.train.trainer import train
 
 CPU = torch.device("cpu")
 

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from serve_util import tiny_served_run
 from test_web import ARTIFACTS, browser  # noqa: F401  (the browser fixture)
 
-from lyre.runs import load_run
+from lyre.generate.runs import load_run
 from lyre.serve import ServeSettings
 from lyre.serve.app import create_app
 from lyre.serve.server import start_background

@@ -15,7 +15,7 @@ import re
 import pytest
 from rag_fakes import FixedRetriever, ScriptedLLM, ScriptedServer, make_hits
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.rag import prompts as P
 from lyre.rag.answer_eval import evaluate_answers, exact_match, f1_score, normalize_answer
 from lyre.rag.callbacks import CallbackHandler, JSONLTracer, ProgressPrinter

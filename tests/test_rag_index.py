@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.rag.index import index_paths, list_sources, open_store, remove_source
 from lyre.rag.splitter import SplitConfig
 from lyre.rag.store import EmbeddedStore

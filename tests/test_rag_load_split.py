@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.rag.loaders import SkipFile, discover, html_to_text, load_documents, load_file
 from lyre.rag.splitter import RecursiveSplitter, SplitConfig, split_documents
 from lyre.rag.types import Document

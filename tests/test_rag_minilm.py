@@ -13,7 +13,7 @@ import socket
 import numpy as np
 import pytest
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.rag import embedders
 from lyre.rag.embedders import (
     MiniLMEmbedder,

@@ -16,7 +16,7 @@ import json
 import numpy as np
 import pytest
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.rag.types import Chunk
 from tests.rag_store_contract import CONTRACT
 
@@ -336,7 +336,7 @@ def test_lexical_ranking_weighs_rare_words_above_common_ones(make_pg):
 
 def test_a_failed_run_leaves_postgres_as_it_was(pg_url, make_pg, tmp_path):
     """Issue 19.15 on PostgreSQL: a failed first index is dropped, a failed update rolled back."""
-    from lyre.errors import LyreError
+    from lyre.core.errors import LyreError
     from lyre.rag.index import index_documents, index_paths
 
     binary = tmp_path / "binary"

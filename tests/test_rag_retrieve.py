@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.rag.embedders import OpenAIEmbedder, RunEmbedder, make_embedder
 from lyre.rag.evaluate import (
     QARecord,

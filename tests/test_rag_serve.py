@@ -20,9 +20,9 @@ import pytest
 from serve_util import sse_events
 
 from lyre.cli import main
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
+from lyre.generate.runs import load_run
 from lyre.rag.chains import CHAIN_TYPES, ask
-from lyre.runs import load_run
 from lyre.serve import ServeSettings
 from lyre.serve.server import start_background
 
@@ -148,7 +148,7 @@ def test_tokenize_counts_prompts_and_templated_messages(server, run):
     assert r["count"] == len(run.tokenizer.encode("Hector")) and r["max_model_len"] == 256
     m = httpx.post(server.url + "/v1/tokenize", timeout=30, json={
         "model": MODEL, "messages": [{"role": "user", "content": "Hector"}]}).json()
-    from lyre.chat import get_template
+    from lyre.chat.templates import get_template
 
     rendered = get_template("plain").render([{"role": "user", "content": "Hector"}])  # "Hector\n"
     assert m["count"] == len(run.tokenizer.encode(rendered))
@@ -269,7 +269,7 @@ def test_the_served_embeddings_can_build_and_search_an_index(server, tmp_path):
 
 @pytest.fixture(scope="module")
 def char_run(tmp_path_factory, tiny_config):
-    from lyre.train import train
+    from lyre.train.trainer import train
 
     run_dir = tmp_path_factory.mktemp("char-run") / "char"
     train(tiny_config("model.block_size=128", "train.max_iters=4", "train.eval_interval=4"),

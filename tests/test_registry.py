@@ -11,9 +11,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lyre.cli import main
-from lyre.config import load_config
-from lyre.errors import LyreError
-from lyre.generate import SamplingConfig, generate
+from lyre.core.config import load_config
+from lyre.core.errors import LyreError
+from lyre.generate.runs import load_run
+from lyre.generate.simple import SamplingConfig, generate
 from lyre.model import (
     Capabilities,
     ModelFamily,
@@ -24,8 +25,7 @@ from lyre.model import (
     register_family,
     unregister_family,
 )
-from lyre.runs import load_run
-from lyre.train import train
+from lyre.train.trainer import train
 
 # ---- the whole new family: a config, a model, one registration ------------------------------
 

@@ -26,7 +26,7 @@ import torch
 from serve_util import NO_CHROMIUM, chromium_path, sse_events, wait_health, with_template
 
 from lyre.engine import Engine
-from lyre.runs import load_run
+from lyre.generate.runs import load_run
 from lyre.serve import ServeSettings, create_app
 from lyre.serve.scheduler import Scheduler, SchedulerSettings
 from lyre.serve.server import free_port, start_background
@@ -149,7 +149,7 @@ def test_chat_with_template_and_api_key(keyed, run):
                                      max_tokens=6, temperature=0)
     assert r.choices[0].finish_reason in ("stop", "length")
     # The alpaca prompt is what the model saw.
-    from lyre.chat import get_template
+    from lyre.chat.templates import get_template
 
     prompt = get_template("alpaca").render([{"role": "user", "content": "Name a hero."}])
     assert r.usage.prompt_tokens == len(run.tokenizer.encode(prompt))
@@ -691,7 +691,7 @@ def test_chat_top_logprobs_are_the_models_alternatives(client, run):
         assert values == sorted(values, reverse=True)
         assert item.logprob == pytest.approx(values[0], abs=1e-6)  # greedy: the most likely
         assert all(bytes(t.bytes).decode("utf-8", "replace") == t.token for t in tops)
-    from lyre.chat import get_template
+    from lyre.chat.templates import get_template
 
     prompt = get_template("plain").render([{"role": "user", "content": "Hi"}])
     expected = torch.topk(_last_logprobs(run, prompt), 20)
@@ -947,11 +947,11 @@ def test_an_unknown_character_is_reported_in_the_message_that_holds_it(trained_r
 
 
 def test_the_chat_page_starts_from_lyres_sampling_defaults(run):
-    """The page's controls start where `lyre chat` does (lyre.sampling_defaults), not at values
+    """The page's controls start where `lyre chat` does (lyre.core.sampling_defaults), not at values
     of its own (issue 18: its top-k was 50, the CLI's 200)."""
     from fastapi.testclient import TestClient
 
-    from lyre import sampling_defaults as D
+    from lyre.core import sampling_defaults as D
 
     with TestClient(create_app(run, ServeSettings(model_name="tiny"))) as tc:
         page = tc.get("/").text

@@ -22,7 +22,7 @@ MAX_EXAMPLES = 25
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    from lyre.runs import load_run
+    from lyre.generate.runs import load_run
     from lyre.serve import ServeSettings
     from lyre.serve.server import start_background
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from gpt2_fixture import gpt2_files
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.tokenizers import (
     EOT,
     BPETokenizer,

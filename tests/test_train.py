@@ -21,15 +21,15 @@ import pytest
 import torch
 from cli_util import records
 
-from lyre import checkpoint as ckpt
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.model.gpt import GPT
-from lyre.train import train
+from lyre.train import checkpoint as ckpt
+from lyre.train.trainer import train
 
-lm_task = importlib.import_module("lyre.tasks.lm")
+lm_task = importlib.import_module("lyre.train.tasks.lm")
 
-# `lyre.train` is also the name of the function that lyre/__init__.py re-exports.
-train_module = importlib.import_module("lyre.train")
+# `lyre.train.trainer` is also the name of the function that lyre/__init__.py re-exports.
+train_module = importlib.import_module("lyre.train.trainer")
 
 REPO = Path(__file__).resolve().parents[1]
 # 12 steps with evaluations at 4 and 8 and a final one at 12; every step logged.
@@ -278,7 +278,7 @@ def test_resume_a_finished_run_says_how_to_continue(copy_run, trained_run):
     run_dir = copy_run(trained_run)
     with pytest.raises(LyreError, match=r"already finished at step 20.*max_iters"):
         train(None, run_dir, resume=True, progress=False, plot=False)
-    from lyre.config import config_from_json
+    from lyre.core.config import config_from_json
 
     config = config_from_json(run_dir / "config.json")
     config.train.max_iters = 23
@@ -394,11 +394,11 @@ def test_eval_interval_larger_than_max_iters(tmp_path, tiny_config):
 def test_checks_and_process_set_up_run_once_per_run(tmp_path, tiny_config, monkeypatch):
     """train() checks the settings and joins the processes once, and hands them to the Trainer
     (issue 19.10: they ran twice); the trainer's state starts in __init__, not on the class."""
-    import lyre.distributed
-    import lyre.train as training
+    import lyre.train.distributed
+    import lyre.train.trainer as training
 
     calls = {"check": 0, "setup": 0}
-    check, setup = training.check_train_config, lyre.distributed.setup
+    check, setup = training.check_train_config, lyre.train.distributed.setup
 
     def counted(name, fn):
         def wrapper(*args, **kwargs):
@@ -407,7 +407,7 @@ def test_checks_and_process_set_up_run_once_per_run(tmp_path, tiny_config, monke
         return wrapper
 
     monkeypatch.setattr(training, "check_train_config", counted("check", check))
-    monkeypatch.setattr(lyre.distributed, "setup", counted("setup", setup))
+    monkeypatch.setattr(lyre.train.distributed, "setup", counted("setup", setup))
     train(tiny_config("train.max_iters=1", "train.eval_interval=1"), tmp_path / "run", progress=False,
           plot=False)
     assert calls == {"check": 1, "setup": 1}
@@ -472,13 +472,13 @@ def test_out_path_that_is_a_file(tmp_path, tiny_config):
 
 def test_should_stop_is_part_of_every_task():
     """The Trainer asks task.should_stop() directly: the Task protocol declares it and every task
-    of lyre.tasks has it (issue 19.10: it was read with getattr)."""
+    of lyre.train.tasks has it (issue 19.10: it was read with getattr)."""
     from lyre.classify.task import ClassificationTask
-    from lyre.tasks import Task
-    from lyre.tasks.dpo import DPOTask
-    from lyre.tasks.lm import LanguageModelingTask
-    from lyre.tasks.seq2seq import Seq2SeqTask
-    from lyre.tasks.sft import SFTTask
+    from lyre.finetune.dpo import DPOTask
+    from lyre.finetune.sft import SFTTask
+    from lyre.train.tasks import Task
+    from lyre.train.tasks.lm import LanguageModelingTask
+    from lyre.train.tasks.seq2seq import Seq2SeqTask
 
     assert "should_stop" in vars(Task)
     for task in (LanguageModelingTask, Seq2SeqTask, SFTTask, DPOTask, ClassificationTask):

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from lyre import checkpoint as ckpt
 from lyre.cli import main
-from lyre.config import load_config
-from lyre.runs import load_run
-from lyre.train import train
+from lyre.core.config import load_config
+from lyre.generate.runs import load_run
+from lyre.train import checkpoint as ckpt
+from lyre.train.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,7 +151,7 @@ def test_top_level_chat_template_loads_and_resumes(tmp_path, trained_run):
     (run_dir / "config.json").write_text(json.dumps(raw))
     run = load_run(run_dir)
     assert run.config.chat_template == "chatml"
-    from lyre.chat import template_name_for_run
+    from lyre.chat.templates import template_name_for_run
 
     assert template_name_for_run(run_dir) == "chatml"
     config = load_config(run_dir / "config.json", ["train.max_iters=22"])

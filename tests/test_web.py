@@ -49,7 +49,7 @@ def browser(tmp_path_factory):
 def server(tmp_path_factory):
     from test_serve import _background_app, _slow_server
 
-    from lyre.runs import load_run
+    from lyre.generate.runs import load_run
 
     run = load_run(tiny_served_run(tmp_path_factory.getbasetemp()), device="cpu")
     # A short pause per decode step, so the answer visibly streams in.

@@ -9,12 +9,12 @@ import pytest
 import torch
 from cli_util import assert_one_line_error, records, run_cli
 
-from lyre import checkpoint as ckpt
-from lyre.config import load_config
-from lyre.errors import LyreError
+from lyre.core.config import load_config
+from lyre.core.errors import LyreError
 from lyre.model import build_model
 from lyre.model.recurrent import LSTMConfig, RecurrentLM
-from lyre.train import train
+from lyre.train import checkpoint as ckpt
+from lyre.train.trainer import train
 
 ARCHS = ["rnn", "lstm", "gru"]
 SHORT = ("train.max_iters=8", "train.eval_interval=4")
@@ -189,7 +189,7 @@ def test_cli_several_samples_and_chat(capsys, recurrent_runs):
 def test_serve_completes_with_a_recurrent_run(recurrent_runs):
     from fastapi.testclient import TestClient
 
-    from lyre.runs import load_run
+    from lyre.generate.runs import load_run
     from lyre.serve import ServeSettings, create_app
 
     app = create_app(load_run(recurrent_runs["rnn"], device="cpu"), ServeSettings(model_name="rnn"))

@@ -13,15 +13,15 @@ import torch
 import torch.nn.functional as F
 from cli_util import assert_one_line_error, records, run_cli
 
-from lyre import checkpoint as ckpt
-from lyre.config import load_config
-from lyre.errors import LyreError
+from lyre.core.config import load_config
+from lyre.core.errors import LyreError
+from lyre.data.pairs import read_pairs
+from lyre.data.toy import toy_pairs
 from lyre.model import build_model
 from lyre.model.seq2seq import Seq2SeqConfig
-from lyre.pairs import read_pairs
-from lyre.toy import toy_pairs
-from lyre.train import train
-from lyre.translate import beam_search, greedy_decode
+from lyre.train import checkpoint as ckpt
+from lyre.train.trainer import train
+from lyre.zoo.translate import beam_search, greedy_decode
 
 TINY_TOML = """\
 [model]

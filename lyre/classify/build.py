@@ -11,14 +11,14 @@ from pathlib import Path
 
 import torch
 
-from lyre import checkpoint as ckpt
 from lyre.classify.config import classify_section
 from lyre.classify.model import SequenceClassifier, set_trainable
-from lyre.config import RunConfig, config_from_json
-from lyre.errors import LyreError
+from lyre.core.config import RunConfig, config_from_json
+from lyre.core.errors import LyreError
 from lyre.finetune import base as base_mod
-from lyre.lora import checkpoint_adapters_only, merge_lora
+from lyre.finetune.lora import checkpoint_adapters_only, merge_lora
 from lyre.model import build_model
+from lyre.train import checkpoint as ckpt
 
 
 def build_classifier(config: RunConfig, *, base_dir: Path | None = None,

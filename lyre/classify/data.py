@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lyre.errors import LyreError
-from lyre.io import atomic_write_text
+from lyre.core.errors import LyreError
+from lyre.core.io import atomic_write_text
 
 TEXT_KEYS = ("text", "sentence", "message", "content", "sms", "review", "document", "body",
              "input")

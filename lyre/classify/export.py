@@ -22,12 +22,12 @@ import json
 from pathlib import Path
 
 from lyre.classify.build import load_classifier_model
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
+from lyre.core.io import atomic_write_bytes, atomic_write_text, prepare_output_dir
 from lyre.hf.configs import export_target, hf_config
 from lyre.hf.files import SAFETENSORS, safetensors_bytes
 from lyre.hf.tokenizer import hf_tokenizer_files
 from lyre.hf.weights import lyre_to_hf_weights
-from lyre.io import atomic_write_bytes, atomic_write_text, prepare_output_dir
 from lyre.tokenizers import load_tokenizer
 from lyre.tokenizers.base import EOT
 

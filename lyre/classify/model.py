@@ -18,7 +18,7 @@ Pooling chooses the vector the head reads:
     last+mean    the last real token and the mean over the real tokens, side by side (2 x C)
 
 What trains (classify.trainable): the head only; the last N blocks and the final norm (the
-book's choice, N=1); everything; or LoRA adapters in the base (lyre.lora) and the head.
+book's choice, N=1); everything; or LoRA adapters in the base (lyre.finetune.lora) and the head.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 
 
 def hidden_states(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
@@ -114,7 +114,7 @@ def set_trainable(model: SequenceClassifier, mode: str, blocks: int = 1,
     head    the head alone: the base is a fixed feature extractor
     blocks  the head, the last `blocks` transformer blocks and the final norm
     all     everything (an untied, unused LM head excepted)
-    lora    the head and LoRA adapters put into the base (`lora`: a lyre.lora.LoRAConfig)
+    lora    the head and LoRA adapters put into the base (`lora`: a lyre.finetune.lora.LoRAConfig)
     """
     base = model.base
     base.requires_grad_(mode == "all")
@@ -131,7 +131,7 @@ def set_trainable(model: SequenceClassifier, mode: str, blocks: int = 1,
         if head is not None and head.weight is not base.transformer.wte.weight:
             head.requires_grad_(False)  # never used by a classifier; DDP rejects unused params
     elif mode == "lora":
-        from lyre.lora import LoRAConfig, apply_lora
+        from lyre.finetune.lora import LoRAConfig, apply_lora
 
         apply_lora(base, lora if lora is not None else LoRAConfig())
     model.head.requires_grad_(True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lyre.errors import LyreError
-from lyre.plot import read_metrics
+from lyre.core.errors import LyreError
+from lyre.train.plot import read_metrics
 
 
 def plot_classifier(run_dir: str | Path, out: str | Path | None = None) -> Path:

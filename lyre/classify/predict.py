@@ -20,7 +20,7 @@ import torch
 from lyre.classify.build import load_classifier_model
 from lyre.classify.encode import encode_text, run_token_limit
 from lyre.classify.model import score
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.tokenizers import load_tokenizer
 
 
@@ -43,7 +43,7 @@ class Classifier:
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best",
                  device: str | torch.device = "auto") -> None:
-        from lyre.devices import resolve_device
+        from lyre.core.devices import resolve_device
 
         self.run_dir = Path(run_dir)
         device = resolve_device(str(device))

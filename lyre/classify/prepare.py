@@ -11,7 +11,7 @@ The run's config:
                  book's), epochs (5), the base run and the sha256 of its weights
                  (lyre.finetune.config, shared with the other fine-tuning tasks)
     [classify]   the labels, pooling, what trains (lyre.classify.config)
-    [lora]       with --lora-rank R (lyre.lora)
+    [lora]       with --lora-rank R (lyre.finetune.lora)
 
 The data is read, balanced and split here (lyre.classify.data), so a bad file fails before the
 run directory is touched; the Trainer's task writes the run's copies at its set-up.
@@ -26,8 +26,10 @@ from pathlib import Path
 from lyre.classify.config import ClassifyConfig, classify_section
 from lyre.classify.data import Dataset, load_dataset, read_split, write_split
 from lyre.classify.encode import encode_examples, token_limit
-from lyre.config import RunConfig, TrainConfig, load_config
-from lyre.errors import LyreError
+from lyre.core.config import RunConfig, TrainConfig, load_config
+from lyre.core.errors import LyreError
+from lyre.core.io import remove_path, write_json
+from lyre.core.rundir import RunDir
 from lyre.finetune import base as base_mod
 from lyre.finetune.config import FinetuneConfig
 from lyre.finetune.prepare import (
@@ -37,8 +39,6 @@ from lyre.finetune.prepare import (
     resolve_base,
     steps_per_epoch,
 )
-from lyre.io import remove_path, write_json
-from lyre.rundir import RunDir
 from lyre.tokenizers import load_tokenizer
 
 TASK = "classify"
@@ -95,7 +95,7 @@ class PreparedClassifier:
 def fresh_config(base: Base, lora_rank: int, data: Path, overrides: list[str],
                  scratch: Path, out: Path) -> RunConfig:
     """The run's config: the base's model and tokenizer, classification defaults, then --set."""
-    from lyre.lora import LoRAConfig
+    from lyre.finetune.lora import LoRAConfig
 
     base_raw = base.config.to_dict()
     train = {**asdict(TrainConfig()), "max_iters": 0, **TRAIN_DEFAULTS,

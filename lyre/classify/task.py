@@ -1,7 +1,7 @@
 """Classification as a fine-tuning task: learn the label of each text (spam or not, sentiment,
 topic, ...). FINETUNE_TASK is the `--task classify` entry of lyre.finetune.tasks: the one driver
 (lyre.finetune.command) runs it with this package's hooks (prepare, the final report and plot);
-ClassificationTask is its trainer task (the lyre.tasks.Task protocol).
+ClassificationTask is its trainer task (the lyre.train.tasks.Task protocol).
 
 What to learn comes prepared (lyre.classify.prepare: the config with its labels, the data read,
 balanced and split). At set-up the task writes the run's copies of the splits,
@@ -41,14 +41,14 @@ from lyre.classify.prepare import (
     PreparedClassifier,
     prepare_classifier,
 )
-from lyre.config import RunConfig
-from lyre.errors import LyreError
+from lyre.core.config import RunConfig
+from lyre.core.errors import LyreError
+from lyre.core.io import write_json
+from lyre.core.rundir import RunDir
+from lyre.finetune.lora import count_parameters
 from lyre.finetune.tasks import FinetuneTask
-from lyre.io import write_json
-from lyre.lora import count_parameters
-from lyre.rundir import RunDir
-from lyre.tasks.epochs import EpochOrder
 from lyre.tokenizers import load_tokenizer
+from lyre.train.tasks.epochs import EpochOrder
 
 
 class ClassificationTask:

@@ -24,10 +24,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lyre import ranks
 from lyre.cli import assistant, finetune, interop, pretrain, sample, zoo
 from lyre.cli.flags import Parser
-from lyre.errors import LyreError
+from lyre.core import ranks
+from lyre.core.errors import LyreError
 
 EXIT_USAGE = 2
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lyre: error: {where}{e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as e:
-        code = getattr(e, "exit_code", 130)  # lyre.train.Stopped: 143 after SIGTERM, said so already
+        code = getattr(e, "exit_code", 130)  # lyre.train.trainer.Stopped: 143 after SIGTERM, said so already
         if code == 130 and ranks.is_main_process():  # under torchrun, rank 0 speaks for the run
             print("\nlyre: interrupted", file=sys.stderr)
         return code

@@ -12,7 +12,7 @@ from lyre.cli.flags import (
     add_threads_flag,
     apply_threads,
 )
-from lyre.sampling_defaults import DEFAULT_MAX_NEW_TOKENS
+from lyre.core.sampling_defaults import DEFAULT_MAX_NEW_TOKENS
 
 
 def register(sub) -> None:
@@ -77,8 +77,9 @@ def _add_serve(sub) -> None:
 
 
 def cmd_chat(args) -> None:
-    from lyre import chat, repl
-    from lyre.runs import load_run
+    from lyre.chat import repl
+    from lyre.chat import templates as chat
+    from lyre.generate.runs import load_run
     from lyre.tokenizers.char import replace_unknown
 
     settings = chat.ChatSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,

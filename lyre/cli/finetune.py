@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from lyre.cli.flags import Parser, add_checkpoint_flags
-from lyre.errors import LyreError
-from lyre.ranks import is_main_process
+from lyre.core.errors import LyreError
+from lyre.core.ranks import is_main_process
 
 
 def register(sub) -> None:
@@ -123,8 +123,8 @@ def cmd_finetune(args) -> None:
     settings = dict(task=args.task, template=args.template, lora_rank=args.lora_rank,
                     overrides=args.overrides, resume=bool(args.resume), force=args.force)
     if args.nproc:
-        from lyre import distributed
-        from lyre.train import check_train_config
+        from lyre.train import distributed
+        from lyre.train.trainer import check_train_config
 
         config = finetune_config(args.base, args.data, out, **settings)
         distributed.launch_command(args.nproc, args.argv, config, check_train_config)
@@ -135,7 +135,7 @@ def cmd_finetune(args) -> None:
 
 
 def cmd_judge(args) -> None:
-    from lyre.judge import JudgeSettings, judge_file
+    from lyre.eval.judge import JudgeSettings, judge_file
 
     settings = JudgeSettings(base_url=args.base_url, model=args.model,
                              api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),

@@ -22,8 +22,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_sampling_flags(p, max_new_tokens: int) -> None:
-    """The sampling controls of `sample` and `chat`; defaults from lyre.sampling_defaults."""
-    from lyre import sampling_defaults as S
+    """The sampling controls of `sample` and `chat`; defaults from lyre.core.sampling_defaults."""
+    from lyre.core import sampling_defaults as S
 
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
                    help=f"tokens to generate (default {max_new_tokens})")
@@ -53,7 +53,7 @@ def add_threads_flag(p) -> None:
 
 def apply_threads(threads: int) -> None:
     """--threads: torch's CPU threads for the rest of this command (0 leaves torch's choice)."""
-    from lyre.errors import LyreError
+    from lyre.core.errors import LyreError
 
     if threads < 0:
         raise LyreError(f"--threads must be >= 0; got {threads}")

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from lyre.cli.finetune import cmd_finetune
-from lyre.errors import LyreError
-from lyre.ranks import is_main_process
+from lyre.core.errors import LyreError
+from lyre.core.ranks import is_main_process
 
 
 def register(sub) -> None:
@@ -83,7 +83,7 @@ def _add_plot(sub) -> None:
 
 
 def cmd_prepare(args) -> None:
-    from lyre.data import prepare
+    from lyre.data.corpus import prepare
 
     meta = prepare(args.corpus, args.tokenizer, args.out, val_fraction=args.val_fraction, force=args.force)
     print(f"wrote {args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
@@ -91,9 +91,9 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from lyre.config import load_config, resolve_preset
-    from lyre.rundir import RunDir
-    from lyre.train import train
+    from lyre.core.config import load_config, resolve_preset
+    from lyre.core.rundir import RunDir
+    from lyre.train.trainer import train
 
     args.overrides += [f"train.{name}=true" for name in ("tensorboard", "wandb") if getattr(args, name)]
     if args.resume and RunDir(args.resume).kind() not in ("lm", "seq2seq"):
@@ -113,8 +113,8 @@ def cmd_train(args) -> None:
         preset = resolve_preset(args.config) if args.config else _default_preset()
         config = load_config(preset, args.overrides)
     if args.nproc:
-        from lyre import distributed
-        from lyre.train import check_train_config
+        from lyre.train import distributed
+        from lyre.train.trainer import check_train_config
 
         distributed.launch_command(args.nproc, args.argv, config, check_train_config)
         return
@@ -133,7 +133,7 @@ def cmd_train(args) -> None:
 def _default_preset() -> Path:
     """The bundled demo preset: the library defaults are GPT-2 124M, far too big to train on a
     CPU by accident."""
-    from lyre.config import DEFAULT_PRESET, list_presets
+    from lyre.core.config import DEFAULT_PRESET, list_presets
 
     preset = list_presets().get(DEFAULT_PRESET)
     if preset is None:
@@ -144,8 +144,8 @@ def _default_preset() -> Path:
 
 
 def cmd_info(args) -> None:
-    from lyre.config import load_config
-    from lyre.info import format_cost, vocab_size_of
+    from lyre.core.config import load_config
+    from lyre.train.info import format_cost, vocab_size_of
 
     path = None if args.config is None else Path(args.config)
     if path is not None and path.is_dir():
@@ -160,7 +160,7 @@ def cmd_info(args) -> None:
 
 
 def cmd_presets(args) -> None:
-    from lyre.config import PRESETS_DIR, list_presets
+    from lyre.core.config import PRESETS_DIR, list_presets
 
     presets = list_presets()
     width = max(map(len, presets), default=0)
@@ -172,6 +172,6 @@ def cmd_presets(args) -> None:
 
 
 def cmd_plot(args) -> None:
-    from lyre.plot import plot_run
+    from lyre.train.plot import plot_run
 
     print(f"wrote {plot_run(args.run_dir, args.out)}")

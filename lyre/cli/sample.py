@@ -12,7 +12,7 @@ from lyre.cli.flags import (
     add_replace_unknown_flag,
     add_sampling_flags,
 )
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 
 
 def register(sub) -> None:
@@ -63,11 +63,11 @@ def _add_eval(sub) -> None:
 
 def cmd_sample(args) -> None:
     from lyre.engine import Engine, SamplingConfig
-    from lyre.generate import prompt_ids
+    from lyre.generate.runs import load_run
+    from lyre.generate.simple import prompt_ids
     from lyre.model import capabilities
-    from lyre.runs import load_run
     from lyre.tokenizers.char import replace_unknown
-    from lyre.translate import translate_prompt
+    from lyre.zoo.translate import translate_prompt
 
     params = SamplingConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -113,7 +113,7 @@ def read_prompt(args) -> str:
 def cmd_eval(args) -> None:
     import json
 
-    from lyre.evaluate import evaluate_saved_run
+    from lyre.eval.loss import evaluate_saved_run
 
     e = evaluate_saved_run(args.run_dir, args.data, stride=args.stride, batch_size=args.batch_size,
                            checkpoint=args.checkpoint, device=args.device)

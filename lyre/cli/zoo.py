@@ -10,7 +10,7 @@ from lyre.cli.flags import (
     add_threads_flag,
     apply_threads,
 )
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 
 
 def register(sub) -> None:
@@ -48,9 +48,9 @@ def _add_attention(sub) -> None:
 
 
 def cmd_translate(args) -> None:
-    from lyre.runs import load_run
+    from lyre.generate.runs import load_run
     from lyre.tokenizers.char import replace_unknown
-    from lyre.translate import translate
+    from lyre.zoo.translate import translate
 
     apply_threads(args.threads)
     texts = args.text if args.text is not None else read_lines(args.file)
@@ -74,6 +74,6 @@ def read_lines(path: Path) -> list[str]:
 
 
 def cmd_attention(args) -> None:
-    from lyre.attention_maps import draw_run
+    from lyre.zoo.attention import draw_run
 
     print(f"wrote {draw_run(args.run_dir, args.prompt, args.out, kind=args.kind, checkpoint=args.checkpoint, device=args.device)}")

@@ -9,7 +9,7 @@ Read in this order, one concept per module:
     batch.py     Batch: rows decoding together, prefills shared, continuous batching
     engine.py    Engine (generate, stream, new_batch), Stream, and the no-cache reference
 
-The CPU speed paths (oneDNN packing, fp16 copies, int8) live apart in lyre/speed.py.
+The CPU speed paths (oneDNN packing, fp16 copies, int8) live apart in lyre/generate/speed.py.
 """
 
 from lyre.engine.batch import Batch, eval_mode, prefill_groups

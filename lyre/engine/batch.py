@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
+from lyre.core.errors import LyreError
 from lyre.engine.cache import copy_row, decode_view, new_storage, prefill_view, storage_bytes
 from lyre.engine.rows import Row
 from lyre.engine.sampling import SamplingConfig, check_int, sample_rows
-from lyre.errors import LyreError
 
 if TYPE_CHECKING:
     from lyre.engine.engine import Engine

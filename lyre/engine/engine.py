@@ -1,5 +1,5 @@
 """The engine: generation for one model and tokenizer. Every place that generates text
-(`lyre sample`, chat, the server, lyre.generate) goes through it.
+(`lyre sample`, chat, the server, lyre.generate.simple) goes through it.
 
     engine = Engine(model, tokenizer)
     engine.generate(prompts, SamplingConfig(...))   # batched; Completion per sample
@@ -9,7 +9,7 @@
 `Engine(model)` leaves the caller's model as it is: its classes, weights and train/eval flags.
 It runs the model under torch.inference_mode with dropout off only while generating (batch.py's
 `eval_mode`). Faster CPU weights (oneDNN packing, fp16 copies, int8) are applied once at load
-time by lyre.speed.prepare_for_inference, which load_run and the CLI call, never here.
+time by lyre.generate.speed.prepare_for_inference, which load_run and the CLI call, never here.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from collections.abc import Sequence as Seq
 import torch
 import torch.nn as nn
 
+from lyre.core.errors import LyreError
 from lyre.engine.batch import Batch, eval_mode
 from lyre.engine.rows import Completion, Row
 from lyre.engine.sampling import SamplingConfig, check_int
 from lyre.engine.text import TextStream
-from lyre.errors import LyreError
 from lyre.model.contract import capabilities
 
 UNBOUNDED = 1 << 30  # the context length of a model without one
@@ -48,7 +48,7 @@ class Engine:
         able = capabilities(model)
         if not able.decoder_only:
             raise LyreError(f"model.arch={model.config.arch} is an encoder-decoder: it translates a "
-                            "source (lyre translate, lyre.translate) rather than continuing a prompt")
+                            "source (lyre translate, lyre.zoo.translate) rather than continuing a prompt")
         # A model whose generation state does not grow with the text (a recurrent one) has no
         # context limit here: its rows never slide, only max_new_tokens or a stop ends them.
         self.block_size: int = UNBOUNDED if able.unbounded_context else model.config.block_size

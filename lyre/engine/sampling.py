@@ -4,7 +4,7 @@ The knobs mean what they mean in Hugging Face transformers and are applied in it
 repetition penalty, then temperature, then top-k, then top-p (a test compares them with
 transformers' logits processors).
 
-The DEFAULT_* values come from lyre/sampling_defaults.py, the one place they live (it has no
+The DEFAULT_* values come from lyre/core/sampling_defaults.py, the one place they live (it has no
 torch, so the command line reads them cheaply); they are re-exported here.
 """
 
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lyre.errors import LyreError
-from lyre.sampling_defaults import (  # re-exported: lyre.engine.DEFAULT_*
+from lyre.core.errors import LyreError
+from lyre.core.sampling_defaults import (  # re-exported: lyre.engine.DEFAULT_*
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_REPETITION_PENALTY,
     DEFAULT_TEMPERATURE,

@@ -6,7 +6,7 @@
 
 The one driver of every fine-tuning task (lyre.finetune.tasks). Preparation (lyre.finetune.prepare,
 or the task's own `prepare` hook) checks everything before the run directory is touched.
-Training is lyre.train.train with the task's trainer task, so checkpoints, exact resume,
+Training is lyre.train.trainer.train with the task's trainer task, so checkpoints, exact resume,
 metrics.jsonl, the loss plot, progress bars, Ctrl-C/SIGTERM and torchrun behave as in
 pretraining. At the end, on rank 0: what was trained (trainable parameters, for LoRA the
 adapter's size), then the task's `finish` hook (a classifier's report and plot), by default
@@ -22,18 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lyre import checkpoint as ckpt
-from lyre.config import RunConfig
-from lyre.devices import autocast_context, resolve_device
-from lyre.errors import LyreError
+from lyre.core.config import RunConfig
+from lyre.core.devices import autocast_context, resolve_device
+from lyre.core.errors import LyreError
+from lyre.core.io import make_temp_dir
+from lyre.core.ranks import is_main_process
+from lyre.core.rundir import RunDir
 from lyre.finetune.base import base_dir_of
 from lyre.finetune.prepare import prepare
 from lyre.finetune.responses import RESPONSES_FILE, generate_responses, write_responses
 from lyre.finetune.tasks import FinetuneTask, get_task
-from lyre.io import make_temp_dir
-from lyre.ranks import is_main_process
-from lyre.rundir import RunDir
-from lyre.train import TrainResult, train
+from lyre.train import checkpoint as ckpt
+from lyre.train.trainer import TrainResult, train
 
 
 @dataclass
@@ -163,8 +163,8 @@ def finetune(base: str | Path | None = None, data: str | Path | None = None,
 
 def answer_test_split(out: str | Path, *, records: list | None = None, quiet: bool = False) -> Path:
     """Answer the run's test split (or `records`) with its best checkpoint: RUN/responses.json."""
-    from lyre.chat import get_template, template_name_for_run
-    from lyre.runs import load_run
+    from lyre.chat.templates import get_template, template_name_for_run
+    from lyre.generate.runs import load_run
 
     out = Path(out)
     run = load_run(out, "best", "auto")

@@ -7,7 +7,7 @@ on exactly the text they will show it. So every training sequence is
   + tokenizer.encode(answer)                                  the assistant's answer
   + [<|endoftext|>]                                           so that generation stops there
 
-`template.render` (lyre.chat) is the function chat and serve call; nothing else lays out a
+`template.render` (lyre.chat.templates) is the function chat and serve call; nothing else lays out a
 prompt. The mask is True on the answer and its <|endoftext|>: the tokens the model learns to
 write (train_on_prompt learns the prompt's tokens too). A conversation with several assistant
 turns gives one sequence per turn, each a prompt exactly as chat shows it at that turn.
@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lyre.chat import ChatTemplate
-from lyre.errors import LyreError
+from lyre.chat.templates import ChatTemplate
+from lyre.core.errors import LyreError
 from lyre.finetune.records import Problems, Record
 
 

@@ -9,7 +9,7 @@ template, and builds the run's config:
                  smaller --set max_iters caps it; eval_interval, warmup and log_interval scale
                  with the steps unless set
     [finetune]   task, data, split, base pointer (lyre.finetune.config)
-    [lora]       when --lora-rank > 0 (lyre.lora)
+    [lora]       when --lora-rank > 0 (lyre.finetune.lora)
     chat_template  the template the data was rendered with: chat and serve use it
 
 The returned `Prepared` writes the run's own files when the Trainer sets the task up (the data
@@ -28,29 +28,29 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from lyre import checkpoint as ckpt
-from lyre.chat import ChatTemplate, get_template
-from lyre.config import RunConfig, TrainConfig, config_from_json, load_config
-from lyre.errors import LyreError
+from lyre.chat.templates import ChatTemplate, get_template
+from lyre.core.config import RunConfig, TrainConfig, config_from_json, load_config
+from lyre.core.errors import LyreError
+from lyre.core.io import remove_path, write_json
+from lyre.core.ranks import world_size
+from lyre.core.rundir import RunDir
 from lyre.finetune import base as base_mod
 from lyre.finetune.config import FinetuneConfig
 from lyre.finetune.encode import require_eot
-from lyre.finetune.records import Splits, split_records, write_records
-from lyre.finetune.tasks import FinetuneTask, get_task
-from lyre.io import remove_path, write_json
-from lyre.lora import (
+from lyre.finetune.lora import (
     LoRAConfig,
     apply_lora,
     checkpoint_adapters_only,
     count_parameters,
     resolve_targets,
 )
+from lyre.finetune.records import Splits, split_records, write_records
+from lyre.finetune.tasks import FinetuneTask, get_task
 from lyre.model import build_model
-from lyre.ranks import world_size
-from lyre.rundir import RunDir
 from lyre.tokenizers import Tokenizer, load_tokenizer
 from lyre.tokenizers.char import replace_unknown, replace_unknown_in
-from lyre.train import check_train_config
+from lyre.train import checkpoint as ckpt
+from lyre.train.trainer import check_train_config
 
 DEFAULT_TEMPLATE = "alpaca"
 SPLITS = ("train", "val", "test")

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lyre.errors import LyreError
-from lyre.io import atomic_write_text
+from lyre.core.errors import LyreError
+from lyre.core.io import atomic_write_text
 
 ROLES = ("system", "developer", "user", "assistant")
 

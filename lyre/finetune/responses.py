@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
+from lyre.core.io import atomic_write_text
 from lyre.finetune.encode import encode_prompt
-from lyre.io import atomic_write_text
 
 RESPONSES_FILE = "responses.json"
 
@@ -23,7 +23,7 @@ RESPONSES_FILE = "responses.json"
 def generate_responses(run, template, records, *, max_new_tokens: int = 256,
                        max_batch: int = 16) -> list[dict[str, Any]]:
     """One entry per record: {"prompt", "messages", "reference", "response", "finish_reason",
-    "stopped"}; `run` is a lyre.runs.LoadedRun."""
+    "stopped"}; `run` is a lyre.generate.runs.LoadedRun."""
     from lyre.engine import Engine, SamplingConfig
 
     engine = Engine(run.model, run.tokenizer, run.device)
@@ -60,7 +60,7 @@ def write_responses(path: Path, entries: list[dict[str, Any]], meta: dict[str, A
 def read_responses(path: str | Path) -> list[dict[str, Any]]:
     """Entries with a prompt, a reference and a response: RUN/responses.json, a file like it,
     or the book's layout (a list of {"instruction", "input", "output", "model_response"})."""
-    from lyre.io import read_json
+    from lyre.core.io import read_json
 
     path = Path(path)
     if path.is_dir():

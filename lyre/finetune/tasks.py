@@ -1,7 +1,7 @@
 """The fine-tuning tasks `lyre finetune --task NAME` chooses from: one small table.
 
 A task says how to read its data file, how to turn records into what its trainer task draws
-(token sequences with a loss mask, preference pairs, ...), which trainer task (lyre.tasks)
+(token sequences with a loss mask, preference pairs, ...), which trainer task (lyre.train.tasks)
 learns from them, and the training defaults that suit it. Everything else (the base model,
 LoRA, splits, the run directory, resume, the Trainer itself, the driver lyre.finetune.command)
 is shared, in lyre.finetune.
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.finetune import encode as enc
 from lyre.finetune import records as rec
 
@@ -31,7 +31,7 @@ from lyre.finetune import records as rec
 class FinetuneTask:
     name: str
     description: str
-    # (prepared, autocast) -> a lyre.tasks Task
+    # (prepared, autocast) -> a lyre.train.tasks Task
     make: Callable[[Any, Any], Any]
     # The generative pipeline's (lyre.finetune.prepare) data hooks:
     # path -> (records, problems): the records must have .to_json() and .where
@@ -43,7 +43,7 @@ class FinetuneTask:
     responses: bool = True  # answer the test split's prompts at the end (responses.json)
     reference: bool = False  # needs the base model beside the trained one (DPO's reference)
     # An epoch is this many full batches when the task's order drops the last partial batch
-    # (lyre.tasks.epochs.EpochOrder(drop_last=True)), else rounded up: finetune.prepare.steps_per_epoch.
+    # (lyre.train.tasks.epochs.EpochOrder(drop_last=True)), else rounded up: finetune.prepare.steps_per_epoch.
     drop_last: bool = False
     # Hooks of a task with its own pipeline pieces (None: the generative ones of lyre.finetune):
     # prepare(base=, data=, out=, template=, lora_rank=, overrides=, resume=, scratch=) -> prepared
@@ -55,13 +55,13 @@ class FinetuneTask:
 
 
 def _make_sft(prepared, autocast):
-    from lyre.tasks.sft import SFTTask
+    from lyre.finetune.sft import SFTTask
 
     return SFTTask(prepared, autocast)
 
 
 def _make_dpo(prepared, autocast):
-    from lyre.tasks.dpo import DPOTask
+    from lyre.finetune.dpo import DPOTask
 
     return DPOTask(prepared, autocast)
 

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.model.gpt import GPTConfig
 
 # Activations: Hugging Face name -> lyre name. Every tanh-approximate GELU is lyre's gelu; the

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from safetensors.torch import save as safetensors_save
 
-from lyre.errors import LyreError, first_line
-from lyre.io import read_safetensors
+from lyre.core.errors import LyreError, first_line
+from lyre.core.io import read_safetensors
 
 Tensors = dict[str, torch.Tensor]
 

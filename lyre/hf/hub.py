@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from lyre import checkpoint as ckpt
-from lyre.config import DataConfig, RunConfig, TrainConfig, save_config
-from lyre.errors import LyreError
+from lyre.core.config import DataConfig, RunConfig, TrainConfig, save_config
+from lyre.core.errors import LyreError
+from lyre.core.io import atomic_write_bytes, atomic_write_text, cache_dir, prepare_output_dir
 from lyre.hf.configs import export_target, hf_config
 from lyre.hf.files import (
     BIN,
@@ -35,7 +35,7 @@ from lyre.hf.tokenizer import (
     tokenizer_spec,
 )
 from lyre.hf.weights import hf_to_lyre_model, lyre_to_hf_weights
-from lyre.io import atomic_write_bytes, atomic_write_text, cache_dir, prepare_output_dir
+from lyre.train import checkpoint as ckpt
 
 # What a hub download fetches (pickled weights only when a repo has no safetensors).
 HUB_FILES = [
@@ -148,8 +148,8 @@ def from_pretrained(
     local directory. With `run_dir`, the import is also written there as a run directory (for
     fine-tuning); without it, the model lives in memory only.
     """
-    from lyre.devices import resolve_device
-    from lyre.runs import LoadedRun, load_run
+    from lyre.core.devices import resolve_device
+    from lyre.generate.runs import LoadedRun, load_run
 
     src = resolve_source(name_or_dir, revision)
     if run_dir is not None:
@@ -160,7 +160,7 @@ def from_pretrained(
     tokenizer = import_tokenizer(src, tok_dir)
     config = RunConfig(model=cfg, data=DataConfig(tokenizer=tokenizer_spec(tokenizer, tok_dir)))
     device = resolve_device(str(device))
-    from lyre.speed import prepare_for_inference  # as load_run does: ready to generate
+    from lyre.generate.speed import prepare_for_inference  # as load_run does: ready to generate
 
     return LoadedRun(src, config, tokenizer, prepare_for_inference(model.to(device)), "hf", device)
 
@@ -209,8 +209,8 @@ def export_hf(
     exported merged; `peft_adapter` also writes its adapter in PEFT's format to that directory,
     with the base model in DIR/base (lyre.finetune.export).
     """
-    from lyre.rundir import RunDir
-    from lyre.runs import load_run
+    from lyre.core.rundir import RunDir
+    from lyre.generate.runs import load_run
 
     kind = RunDir(run_dir).kind()
     if kind in EXPORTERS:  # e.g. a classifier: GPT2ForSequenceClassification

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lyre.errors import LyreError, first_line
+from lyre.core.errors import LyreError, first_line
 from lyre.hf.files import read_json
 from lyre.tokenizers import (
     EOT,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.hf.configs import hf_to_lyre_config
 from lyre.hf.files import Tensors, load_hf_weights, read_hf_config
 from lyre.model.gpt import GPT, GPTConfig

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.model.gpt import KVCache
 
 

@@ -85,8 +85,8 @@ class Capabilities:
 
     uses_kv_cache: bool = True  # the engine allocates a KVCache and passes it to forward
     decoder_only: bool = True  # next-token prediction over one sequence; False: an
-    #                            encoder-decoder, trained on pairs (lyre.tasks.seq2seq) and
-    #                            decoded by lyre.translate instead of the engine
+    #                            encoder-decoder, trained on pairs (lyre.train.tasks.seq2seq) and
+    #                            decoded by lyre.zoo.translate instead of the engine
     unbounded_context: bool = False  # generation may run past block_size: its state does not
     #                                  grow with the text (a recurrent model)
     own_state: bool = False  # the model allocates its own generation state (not a KVCache):

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 
 POSITION_KINDS = ("learned", "sinusoidal", "rope", "none")
 NORM_KINDS = ("layernorm", "rmsnorm")

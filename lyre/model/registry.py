@@ -22,7 +22,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.model.contract import Capabilities, capabilities
 
 ENTRY_POINT_GROUP = "lyre.model_families"

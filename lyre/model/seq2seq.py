@@ -14,7 +14,7 @@ output projection (the paper shares all three over a joint vocabulary).
 The vocabulary is the tokenizer's plus three special ids at its end: PAD (fills short rows of a
 batch; masked out of attention and the loss), BOS (starts every decoder input) and EOS (ends
 every source and target; generation stops on it). Training is teacher forcing: the decoder reads
-BOS + target and is scored on target + EOS. Generation (lyre/translate.py: greedy and beam
+BOS + target and is scored on target + EOS. Generation (lyre/zoo/translate.py: greedy and beam
 search) encodes the source once, then feeds one token at a time with a `Seq2SeqCache` holding
 each layer's cross-attention keys and values (computed once from the memory) and its growing
 self-attention keys and values.
@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.model.gpt import sinusoidal_table
 
 N_SPECIAL = 3  # PAD, BOS, EOS: the last three ids of the vocabulary
@@ -196,8 +196,8 @@ class DecoderLayer(nn.Module):
 
 
 class Seq2SeqTransformer(nn.Module):
-    uses_kv_cache = False  # the LM engine does not drive it: lyre/translate.py does
-    decoder_only = False  # a source and a target: trained by lyre.tasks.seq2seq
+    uses_kv_cache = False  # the LM engine does not drive it: lyre/zoo/translate.py does
+    decoder_only = False  # a source and a target: trained by lyre.train.tasks.seq2seq
 
     def __init__(self, config: Seq2SeqConfig) -> None:
         super().__init__()

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.rag.index import open_index
 from lyre.rag.types import Store
 
@@ -72,8 +72,8 @@ class ModelChoice:
         if self.run and self.url:
             raise LyreError("give --model RUN or --llm-url URL, not both")
         if self.run:
+            from lyre.generate.runs import load_run
             from lyre.rag.llm import EngineLLM
-            from lyre.runs import load_run
 
             run = load_run(self.run, self.checkpoint, self.device)
             return EngineLLM(run, template=self.template, temperature=self.temperature)

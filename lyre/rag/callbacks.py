@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 
 EVENTS = (
     "on_chain_start", "on_chain_end", "on_chain_error",

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.rag import prompts as P
 from lyre.rag.callbacks import Callbacks, Run, as_callbacks
 from lyre.rag.types import Chunk, Hit

@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.rag.splitter import SplitConfig  # light: no numpy, no torch
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lyre.errors import LyreError
-from lyre.io import cache_dir
+from lyre.core.errors import LyreError
+from lyre.core.io import cache_dir
 from lyre.rag.types import Embedder
 
 
@@ -45,7 +45,7 @@ class OpenAIEmbedder:
     def __init__(self, base_url: str, model: str, api_key: str | None = None,
                  batch_size: int = 64, timeout: float = 60.0, dim: int | None = None,
                  retry=None) -> None:
-        from lyre.openai_client import RetryPolicy, api_root
+        from lyre.core.openai_client import RetryPolicy, api_root
 
         if not base_url.startswith(("http://", "https://")):
             raise LyreError(f"the embedder's URL must be an http:// or https:// URL; got {base_url!r}")
@@ -65,7 +65,7 @@ class OpenAIEmbedder:
         return self._dim
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        from lyre.openai_client import EndpointError, OpenAIClient
+        from lyre.core.openai_client import EndpointError, OpenAIClient
 
         def vectors_of(reply) -> list:
             return [d["embedding"] for d in sorted(reply["data"], key=lambda d: d["index"])]
@@ -192,7 +192,7 @@ class RunEmbedder:
     """Mean-pooled final hidden states of a lyre run (a GPT), L2-normalised."""
 
     def __init__(self, run_dir: str | Path, batch_size: int = 16, device: str = "cpu") -> None:
-        from lyre.runs import load_run
+        from lyre.generate.runs import load_run
 
         self.run = load_run(run_dir, device=device)
         model = self.run.model

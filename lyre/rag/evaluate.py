@@ -27,7 +27,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.rag.retrieve import Retriever, fill_budget
 from lyre.rag.types import Chunk, Hit
 

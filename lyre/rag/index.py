@@ -23,7 +23,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.rag.lexical import LexicalConfig
 from lyre.rag.loaders import (
     SkipFile,

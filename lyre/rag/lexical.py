@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 
 WORD = re.compile(r"\w+")
 

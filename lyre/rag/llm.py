@@ -29,8 +29,8 @@ from typing import Protocol
 
 import httpx
 
-from lyre.errors import LyreError
-from lyre.openai_client import EndpointError, OpenAIClient, RetryPolicy
+from lyre.core.errors import LyreError
+from lyre.core.openai_client import EndpointError, OpenAIClient, RetryPolicy
 
 TokenFn = Callable[[str], None]
 NoticeFn = Callable[[str], None]
@@ -83,7 +83,7 @@ class RunPrompts:
     RAG route (through its scheduler) add how the model is run."""
 
     def __init__(self, run, template: str | None = None, notice: NoticeFn | None = None) -> None:
-        from lyre.chat import get_template, template_name_for_run
+        from lyre.chat.templates import get_template, template_name_for_run
 
         self.run = run
         self.name = Path(run.run_dir).name
@@ -145,7 +145,7 @@ class EngineLLM(RunPrompts):
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = 0,
                  notice: NoticeFn | None = None) -> None:
         from lyre.engine import Engine
-        from lyre.runs import load_run
+        from lyre.generate.runs import load_run
 
         if isinstance(run, str | Path):
             run = load_run(run)
@@ -155,7 +155,7 @@ class EngineLLM(RunPrompts):
 
     def complete(self, prompt: str, max_tokens: int, stop: list[str] | None = None,
                  on_token: TokenFn | None = None) -> str:
-        from lyre.chat import AnswerTrimmer
+        from lyre.chat.templates import AnswerTrimmer
 
         ids = self.prompt_ids(prompt, max_tokens)
         params = self.sampling(max_tokens, stop, self.temperature, self.top_k, self.top_p, self.seed)
@@ -235,7 +235,7 @@ class OpenAILLM:
         overhead = self._template_overhead()
         self.context_window = int(window) - overhead
 
-    # ---- HTTP plumbing (lyre/openai_client.py: the one client and its retry policy) -------
+    # ---- HTTP plumbing (lyre/core/openai_client.py: the one client and its retry policy) -------
 
     def _request(self, method: str, url: str, **kw) -> httpx.Response:
         try:

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.rag.types import Document
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst"}

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.rag import prompts as P
 from lyre.rag.callbacks import Run, as_callbacks
 from lyre.rag.chains import (

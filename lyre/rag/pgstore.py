@@ -40,7 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.rag.types import Chunk, Hit
 
 TEXT_CONFIG = "english"  # PostgreSQL's text search configuration for the lexical side

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.rag.lexical import query_weights
 from lyre.rag.types import Chunk, Embedder, Hit, Store
 

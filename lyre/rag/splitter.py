@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import accumulate
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.rag.types import Chunk, Document
 
 Span = tuple[int, int]

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 import lyre.rag.bm25_files as bm25_files
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.rag.bm25_files import SavedMatrix
 from lyre.rag.lexical import Analyzer, BM25Index, LexicalConfig, query_weights, top_k
 from lyre.rag.types import Chunk, Hit

@@ -26,12 +26,12 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI, Security
 from fastapi.security import HTTPBearer
 
-from lyre.chat import get_template, template_name_for_run
+from lyre.chat.templates import get_template, template_name_for_run
 from lyre.classify.predict import Classifier, load_classifier
+from lyre.core.errors import LyreError
+from lyre.core.rundir import RunDir
 from lyre.engine import Engine
-from lyre.errors import LyreError
-from lyre.rundir import RunDir
-from lyre.runs import LoadedRun, load_run
+from lyre.generate.runs import LoadedRun, load_run
 from lyre.serve.errors import install_error_handlers
 from lyre.serve.metrics import ServeMetrics
 from lyre.serve.middleware import AccessMiddleware, APIKeyMiddleware, BodyLimitMiddleware
@@ -56,7 +56,7 @@ CLASSIFY_DESCRIPTION = (
 def load_served(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
                 weights: str = "fp32") -> LoadedRun | Classifier:
     """What `lyre serve RUN_DIR` serves: the classifier of a classifier run (lyre.classify's
-    loader, the one `lyre classify` uses), else the language model (lyre.runs.load_run)."""
+    loader, the one `lyre classify` uses), else the language model (lyre.generate.runs.load_run)."""
     if RunDir(run_dir).kind() == "classify":
         return load_classifier(run_dir, checkpoint, device)
     return load_run(run_dir, checkpoint, device, weights=weights)
@@ -64,7 +64,7 @@ def load_served(run_dir: str | Path, checkpoint: str = "best", device: str = "au
 
 def create_app(run: LoadedRun | Classifier, settings: ServeSettings | None = None, *,
                scheduler: Scheduler | None = None) -> FastAPI:
-    """The app serving `run`: a lyre.runs.LoadedRun, or a lyre.classify.predict.Classifier."""
+    """The app serving `run`: a lyre.generate.runs.LoadedRun, or a lyre.classify.predict.Classifier."""
     settings = settings or ServeSettings()
     if isinstance(run, Classifier):
         if settings.rag_index:

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.serve.validation import describe
 
 log = logging.getLogger("lyre.serve")

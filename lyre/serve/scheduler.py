@@ -25,8 +25,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from lyre.core.errors import LyreError
 from lyre.engine import Batch, Engine, Row, SamplingConfig
-from lyre.errors import LyreError
 from lyre.serve.errors import APIError
 from lyre.serve.logprobs import TokenLogprob, new_logprobs
 

@@ -33,8 +33,8 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from lyre.classify.predict import Classifier
-from lyre.errors import LyreError
-from lyre.runs import LoadedRun
+from lyre.core.errors import LyreError
+from lyre.generate.runs import LoadedRun
 from lyre.serve.app import ServeSettings, create_app
 from lyre.serve.state import ClassifierState, Served
 

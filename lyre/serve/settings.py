@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lyre.chat import get_template
-from lyre.errors import LyreError
+from lyre.chat.templates import get_template
+from lyre.core.errors import LyreError
 
 
 @dataclass

@@ -20,10 +20,10 @@ from typing import Protocol
 
 from fastapi import Request
 
-from lyre.chat import ChatTemplate
+from lyre.chat.templates import ChatTemplate
 from lyre.classify.predict import Classifier, Prediction
+from lyre.core.errors import LyreError
 from lyre.engine import SamplingConfig, sampling
-from lyre.errors import LyreError
 from lyre.serve import schemas as S
 from lyre.serve.errors import APIError
 from lyre.serve.metrics import ServeMetrics

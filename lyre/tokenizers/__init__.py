@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.tokenizers.base import EOT, Tokenizer, read_meta, require_texts
 from lyre.tokenizers.bpe import BPETokenizer
 from lyre.tokenizers.char import CharTokenizer

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 
 EOT = "<|endoftext|>"
 META_FILE = "tokenizer.json"

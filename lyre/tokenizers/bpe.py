@@ -21,7 +21,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.tokenizers.base import EOT, Tokenizer, require_texts, write_meta
 
 BPE_FILE = "bpe.json"

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.tokenizers.base import EOT, Tokenizer, require_texts, write_meta
 
 

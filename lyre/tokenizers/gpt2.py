@@ -21,7 +21,7 @@ from pathlib import Path
 
 import tiktoken
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.tokenizers.base import EOT, Tokenizer, write_meta
 from lyre.tokenizers.bpe import UNICODE_TO_BYTE
 

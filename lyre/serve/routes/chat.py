@@ -9,8 +9,8 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from lyre.chat import AnswerTrimmer, check_messages
-from lyre.errors import LyreError
+from lyre.chat.templates import AnswerTrimmer, check_messages
+from lyre.core.errors import LyreError
 from lyre.serve import schemas as S
 from lyre.serve.errors import APIError
 from lyre.serve.logprobs import chat_logprobs

@@ -26,7 +26,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from lyre.errors import LyreError
+from lyre.core.errors import LyreError
 from lyre.serve import schemas as S
 from lyre.serve.errors import APIError
 from lyre.serve.state import ServeState

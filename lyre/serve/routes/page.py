@@ -9,7 +9,7 @@ ReDoc's bundle loads its logo from a CDN, whatever the page says.
 classifier (`classify_router`); create_app includes the one that fits. Both are templates: their
 `{{name}}` fields are filled here (HTML-escaped), not fetched later, so they are right even before
 the user has typed an API key that /v1/models would need:
-  - the chat page's sampling controls start at lyre's defaults (lyre.sampling_defaults, the
+  - the chat page's sampling controls start at lyre's defaults (lyre.core.sampling_defaults, the
     values `lyre chat` uses), and `<body data-rag="on">` when the server answers from documents
     (`lyre serve RUN --rag IDX`) enables its "use my documents" switch (API clients read the
     same fact from /v1/models: `rag`);
@@ -29,7 +29,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from lyre import sampling_defaults as D
+from lyre.core import sampling_defaults as D
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 DOCS_ASSETS = "/docs-assets"  # where the Swagger UI files are mounted

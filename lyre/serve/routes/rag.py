@@ -29,8 +29,8 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from lyre.chat import AnswerTrimmer
-from lyre.errors import LyreError
+from lyre.chat.templates import AnswerTrimmer
+from lyre.core.errors import LyreError
 from lyre.rag.llm import RunPrompts
 from lyre.serve import schemas as S
 from lyre.serve.errors import APIError

@@ -1,0 +1,1 @@
+"""Chat: prompt templates and fitting a conversation to the context (templates.py), the terminal REPL (repl.py)."""

@@ -1,0 +1,24 @@
+"""Using a trained run: load it (runs.py: config + tokenizer + weights), make the CPU faster
+where asked (speed.py), and the simple entry points over the engine (simple.py).
+
+    from lyre.generate.simple import generate, stream, SamplingConfig   # the public face
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+_FACE = {"generate": "lyre.generate.simple.simple", "stream": "lyre.generate.simple.simple",
+         "SamplingConfig": "lyre.generate.simple.simple"}
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: `import lyre.generate.simple.runs` stays light
+    if name in _FACE:
+        import importlib
+
+        return getattr(importlib.import_module(_FACE[name]), name)
+    raise AttributeError(f"module 'lyre.generate.simple' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from lyre.generate.simple.simple import SamplingConfig, generate, stream  # noqa: F401
