@@ -55,11 +55,11 @@ from _common import add_smoke_flag, json_line, machine
 from lyre.classify.config import ClassifyConfig
 from lyre.classify.data import load_dataset
 from lyre.classify.finetune import finetune_classifier
-from lyre.core.config import load_config
-from lyre.core.rundir import RunDir
 from lyre.finetune.config import FinetuneConfig
 from lyre.model import build_model
-from lyre.train import checkpoint as ckpt
+from lyre.run import checkpoint as ckpt
+from lyre.run.config import load_config
+from lyre.run.rundir import RunDir
 from lyre.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]

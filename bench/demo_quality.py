@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 from _common import add_smoke_flag, json_line, machine
 
-from lyre.core.config import BUNDLED_ILIAD, list_presets, load_config
 from lyre.data.corpus import prepare
+from lyre.run.config import BUNDLED_ILIAD, list_presets, load_config
 from lyre.train.trainer import train
 
 NANOGPT_PRESET = list_presets()["shakespeare-char-cpu"]

@@ -178,9 +178,9 @@ def random_init_copy(pretrained: Path, out: Path) -> Path:
     """The pretrained run's tokenizer and shape with freshly initialised weights."""
     import torch
 
-    from lyre.core.config import config_from_json
     from lyre.model import build_model
-    from lyre.train import checkpoint as ckpt
+    from lyre.run import checkpoint as ckpt
+    from lyre.run.config import config_from_json
 
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(pretrained, out, ignore=shutil.ignore_patterns("checkpoints", "data"))

@@ -40,10 +40,10 @@ import numpy as np
 import torch
 from _common import add_smoke_flag, json_line, machine, median
 
-from lyre.core.config import DataConfig, RunConfig, TrainConfig
 from lyre.core.devices import autocast_context
 from lyre.data.corpus import get_batch
 from lyre.model import GPTConfig
+from lyre.run.config import DataConfig, RunConfig, TrainConfig
 from lyre.tokenizers import build_tokenizer
 from lyre.train.info import model_cost
 from lyre.train.mfu import device_name, mfu, peak_flops

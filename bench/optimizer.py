@@ -28,8 +28,8 @@ from pathlib import Path
 
 from _common import add_smoke_flag, json_line, machine
 
-from lyre.core.config import BUNDLED_ILIAD, load_config
 from lyre.data.corpus import prepare
+from lyre.run.config import BUNDLED_ILIAD, load_config
 from lyre.train.trainer import Trainer, train
 
 REPO = Path(__file__).resolve().parents[1]

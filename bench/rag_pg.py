@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._common import add_smoke_flag, json_line, machine  # noqa: E402
-from lyre.core.config import BUNDLED_ILIAD  # noqa: E402
 from lyre.rag.types import Chunk  # noqa: E402
+from lyre.run.config import BUNDLED_ILIAD  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 BOOKS = [SHARED / "rag" / "sherlock_holmes_pg1661.txt", SHARED / "iliad.txt"]

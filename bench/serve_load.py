@@ -42,10 +42,10 @@ def build_run(run_dir: Path, gpt2_dir: Path | None, block_size: int = 1024, smok
     """Write a run directory holding a GPT-2 124M-shaped random model; returns the tokenizer."""
     import torch
 
-    from lyre.core.config import BUNDLED_ILIAD, DataConfig, RunConfig, save_config
     from lyre.model import GPT, GPTConfig
+    from lyre.run.checkpoint import save_checkpoint
+    from lyre.run.config import BUNDLED_ILIAD, DataConfig, RunConfig, save_config
     from lyre.tokenizers import build_tokenizer, load_tokenizer
-    from lyre.train.checkpoint import save_checkpoint
 
     if gpt2_dir is not None and (gpt2_dir / "encoder.json").is_file():
         spec = f"gpt2:{gpt2_dir}"
@@ -67,7 +67,7 @@ def build_run(run_dir: Path, gpt2_dir: Path | None, block_size: int = 1024, smok
 
 def prompts(n: int, tokens: int) -> list[str]:
     """n different prompts of about `tokens` GPT-2 tokens each (slices of the Iliad)."""
-    from lyre.core.config import BUNDLED_ILIAD
+    from lyre.run.config import BUNDLED_ILIAD
 
     words = BUNDLED_ILIAD.read_text(encoding="utf-8").split()
     size = int(tokens * 0.75)  # ~0.75 words per token

@@ -45,9 +45,9 @@ import transformers
 from _common import add_smoke_flag, json_line, machine, median
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lyre.core.config import DataConfig, RunConfig, TrainConfig
 from lyre.data.corpus import get_batch
 from lyre.model import GPT, GPTConfig
+from lyre.run.config import DataConfig, RunConfig, TrainConfig
 from lyre.train.trainer import Trainer
 
 SHAPES = {

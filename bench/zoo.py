@@ -46,10 +46,10 @@ import torch
 import torch.nn.functional as F
 from _common import add_smoke_flag, json_line, machine
 
-from lyre.core.config import BUNDLED_ILIAD, load_config
-from lyre.core.rundir import RunDir
 from lyre.data.corpus import iter_eval_windows, load_split, prepare
 from lyre.generate.simple import SamplingConfig, generate
+from lyre.run.config import BUNDLED_ILIAD, load_config
+from lyre.run.rundir import RunDir
 from lyre.train.trainer import Trainer
 
 FAMILIES = {  # name -> (preset, overrides)

@@ -20,8 +20,8 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "DataConfig": "lyre.core.config", "RunConfig": "lyre.core.config", "TrainConfig": "lyre.core.config",
-    "load_config": "lyre.core.config",
+    "DataConfig": "lyre.run.config", "RunConfig": "lyre.run.config", "TrainConfig": "lyre.run.config",
+    "load_config": "lyre.run.config",
     "Completion": "lyre.engine", "Engine": "lyre.engine",
     "LyreError": "lyre.core.errors",
     "evaluate_run": "lyre.eval.loss", "evaluate_text": "lyre.eval.loss",
@@ -51,7 +51,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and editors see (names used through __all__)
-    from lyre.core.config import DataConfig, RunConfig, TrainConfig, load_config  # noqa: F401
     from lyre.core.errors import LyreError  # noqa: F401
     from lyre.engine import Completion, Engine  # noqa: F401
     from lyre.eval.loss import evaluate_run, evaluate_text  # noqa: F401
@@ -59,5 +58,6 @@ if TYPE_CHECKING:  # what type checkers and editors see (names used through __al
     from lyre.generate.simple import SamplingConfig  # noqa: F401
     from lyre.hf import export_hf, from_pretrained, import_hf  # noqa: F401
     from lyre.model import GPT, BigramLM, GPTConfig, build_model  # noqa: F401
+    from lyre.run.config import DataConfig, RunConfig, TrainConfig, load_config  # noqa: F401
     from lyre.tokenizers import build_tokenizer, load_tokenizer  # noqa: F401
     from lyre.train.trainer import Trainer, TrainResult  # noqa: F401

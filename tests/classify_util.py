@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from lyre.core.config import BUNDLED_ILIAD, load_config
+from lyre.run.config import BUNDLED_ILIAD, load_config
 
 BASE_TOML = """\
 [model]

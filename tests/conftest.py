@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lyre.core.config import BUNDLED_ILIAD, RunConfig, load_config
+from lyre.run.config import BUNDLED_ILIAD, RunConfig, load_config
 
 # One layer, two heads of 8 dims, a context of 16 characters, batches of 4 windows.
 TINY_TOML = """\

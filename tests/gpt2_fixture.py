@@ -49,7 +49,7 @@ def _learned_merges(n: int) -> list[tuple[str, str]]:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=256 + n, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    from lyre.core.config import BUNDLED_ILIAD
+    from lyre.run.config import BUNDLED_ILIAD
 
     tok.train_from_iterator([BUNDLED_ILIAD.read_text(encoding="utf-8")[:TEXT_CHARS]], trainer)
     merges = json.loads(tok.to_str())["model"]["merges"]

@@ -91,7 +91,7 @@ def write_data(root: Path) -> dict[str, Path]:
     from classify_util import spam_rows, write_tsv
     from finetune_util import colour_records, preference_records, write_json
 
-    from lyre.core.config import BUNDLED_ILIAD
+    from lyre.run.config import BUNDLED_ILIAD
 
     root.mkdir(parents=True, exist_ok=True)
     text = BUNDLED_ILIAD.read_text(encoding="utf-8")

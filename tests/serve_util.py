@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from lyre.core.config import BUNDLED_ILIAD, load_config
+from lyre.run.config import BUNDLED_ILIAD, load_config
 
 TOML = """\
 [model]

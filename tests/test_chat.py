@@ -257,7 +257,7 @@ seed = 3
 @pytest.fixture(scope="module")
 def char_run_dir(tmp_path_factory):
     """A tiny char-level run on an Iliad excerpt: no 'é', no '>', but '?' in its vocabulary."""
-    from lyre.core.config import BUNDLED_ILIAD, load_config
+    from lyre.run.config import BUNDLED_ILIAD, load_config
     from lyre.train.trainer import train
 
     root = tmp_path_factory.mktemp("char-run")

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
-import lyre.train.checkpoint as ckpt
+import lyre.run.checkpoint as ckpt
 from lyre.core.errors import LyreError
 from lyre.core.io import atomic_write_text
 from lyre.core.rng import capture_rng_state, restore_rng_state
-from lyre.train.checkpoint import (
+from lyre.run.checkpoint import (
     checkpoint_exists,
     latest_checkpoint,
     load_checkpoint,

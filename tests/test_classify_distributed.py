@@ -12,7 +12,7 @@ from pathlib import Path
 from classify_util import spam_rows, tiny_base, write_tsv
 
 from lyre.classify.finetune import finetune_classifier
-from lyre.train import checkpoint as ckpt
+from lyre.run import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,10 +16,10 @@ from lyre.classify.metrics import classification_report, format_report
 from lyre.classify.model import SequenceClassifier, pad_batch, score, set_trainable
 from lyre.classify.predict import load_classifier
 from lyre.cli import main
-from lyre.core.config import load_config
 from lyre.core.errors import LyreError
 from lyre.finetune.lora import LoRAConfig
 from lyre.model import build_model
+from lyre.run.config import load_config
 
 SMS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sms_spam.tsv"
 SPAM = "Congratulations! voucher waiting, reply 04567891234 now"
@@ -376,7 +376,7 @@ def test_cli_takes_options_between_the_run_and_its_texts(classifier, capsys):
 
 def test_a_classifier_is_kind_classify_and_picks_on_val_accuracy(classifier):
     """RunDir.kind() names the run (19.1); the checkpoint says which metric `best` holds (19.7)."""
-    from lyre.core.rundir import RunDir
+    from lyre.run.rundir import RunDir
 
     assert RunDir(classifier).kind() == "classify" and not RunDir(classifier).uses_lora()
     state = json.loads((classifier / "checkpoints" / "best" / "state.json").read_text())["state"]
@@ -385,7 +385,7 @@ def test_a_classifier_is_kind_classify_and_picks_on_val_accuracy(classifier):
 
 
 def test_info_reads_a_classifier_run_in_a_fresh_process(classifier):
-    """Every section is declared by lyre.core.config: a process that never imported lyre.classify
+    """Every section is declared by lyre.run.config: a process that never imported lyre.classify
     reads the run's config.json (19.1)."""
     import os
     import subprocess

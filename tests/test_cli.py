@@ -16,8 +16,8 @@ import pytest
 from cli_util import assert_one_line_error, run_cli
 
 from lyre.cli import build_parser, main
-from lyre.core.config import load_config
 from lyre.model.gpt import GPT
+from lyre.run.config import load_config
 
 PROMPT = "Sing, O goddess, the anger of Achilles"  # every character is in the tiny vocabulary
 

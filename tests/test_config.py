@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 import lyre
-from lyre.core.config import (
+from lyre.core.errors import LyreError
+from lyre.run.config import (
     PRESETS_DIR,
     RunConfig,
     config_from_json,
@@ -15,7 +16,6 @@ from lyre.core.config import (
     resolve_preset,
     save_config,
 )
-from lyre.core.errors import LyreError
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET_FILES = sorted(PRESETS_DIR.glob("*.toml"))

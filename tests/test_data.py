@@ -497,7 +497,7 @@ def test_bpe_chunks_do_not_change_tokens(tmp_path, spec, chunk_bytes):
 def test_char_tokens_prepared_before_endoftext_are_prepared_again(tmp_path):
     """A run's data/ prepared by a char tokenizer without <|endoftext|> (meta.json without
     eot_id) is not reused by a fresh run: its tokenizer could not be fine-tuned."""
-    from lyre.core.config import load_config
+    from lyre.run.config import load_config
     from lyre.train.tasks.lm import prepared_from
 
     src = write(tmp_path / "corpus.txt", ASCII_TEXT)

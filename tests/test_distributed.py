@@ -21,12 +21,12 @@ import torch
 from safetensors import safe_open
 
 from lyre.cli import main
-from lyre.core.config import load_config
 from lyre.core.errors import LyreError
 from lyre.data.corpus import get_batch
 from lyre.model import GPT
+from lyre.run.checkpoint import load_model_state
+from lyre.run.config import load_config
 from lyre.train import distributed
-from lyre.train.checkpoint import load_model_state
 from lyre.train.mfu import lookup_peak, mfu
 from lyre.train.trainer import train
 

@@ -101,7 +101,7 @@ def test_training_raises_held_out_preference_accuracy(tmp_path_factory, tmp_path
 def test_exact_resume(tmp_path_factory, tmp_path, lora):
     """N + resume + N == 2N, also for a full fine-tune whose reference is found again."""
     from lyre.finetune.command import finetune
-    from lyre.train import checkpoint as ckpt
+    from lyre.run import checkpoint as ckpt
 
     data = write_json(tmp_path / "pref.json", preference_records(40))
     base = base_run(tmp_path_factory)

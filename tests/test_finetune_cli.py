@@ -117,7 +117,7 @@ def test_strip_nproc_once():
 
 
 def _lyre(*argv) -> subprocess.CompletedProcess:
-    """`python -m lyre ARGV` in a fresh process: only what lyre.core.config itself declares is known."""
+    """`python -m lyre ARGV` in a fresh process: only what lyre.run.config itself declares is known."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     return subprocess.run([sys.executable, "-m", "lyre", *map(str, argv)], env=env,
@@ -127,7 +127,7 @@ def _lyre(*argv) -> subprocess.CompletedProcess:
 def test_a_lora_run_reads_everywhere_and_says_what_it_did(base, data, tmp_path, capsys):
     """`lyre info RUN` in a fresh process on a LoRA SFT run (19.1); the header says the steps
     were capped; the adapter line names the base's directory (19.18); the run's kind (19.1)."""
-    from lyre.core.rundir import RunDir
+    from lyre.run.rundir import RunDir
 
     out = tmp_path / "lora"
     assert main(["finetune", str(base), "--data", str(data), "--out", str(out), "--no-progress",

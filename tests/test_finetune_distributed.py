@@ -12,7 +12,7 @@ from pathlib import Path
 from finetune_util import base_run, colour_records, write_json
 
 from lyre.finetune.command import finetune
-from lyre.train import checkpoint as ckpt
+from lyre.run import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ from lyre.cli import main
 from lyre.finetune.command import finetune
 from lyre.finetune.encode import Example
 from lyre.finetune.sft import IGNORE, EpochOrder, pad_batch
-from lyre.train import checkpoint as ckpt
+from lyre.run import checkpoint as ckpt
 
 FAST = ["lr=1e-2", "batch_size=16"]
 

@@ -25,9 +25,7 @@ from transformers import (  # noqa: E402
     GPT2LMHeadModel,
 )
 
-from lyre.train import checkpoint as ckpt  # noqa: E402
 from lyre.cli import main  # noqa: E402
-from lyre.core.config import RunConfig, save_config  # noqa: E402
 from lyre.core.errors import LyreError  # noqa: E402
 from lyre.generate.runs import load_run  # noqa: E402
 from lyre.generate.simple import SamplingConfig, generate_tokens  # noqa: E402
@@ -39,6 +37,8 @@ from lyre.hf import (  # noqa: E402
 )
 from lyre.model.baselines import BigramConfig  # noqa: E402
 from lyre.model.gpt import GPT, GPTConfig  # noqa: E402
+from lyre.run import checkpoint as ckpt  # noqa: E402
+from lyre.run.config import RunConfig, save_config  # noqa: E402
 from lyre.tokenizers import CharTokenizer, build_tokenizer, load_tokenizer  # noqa: E402
 from lyre.train.trainer import train  # noqa: E402
 

@@ -146,3 +146,17 @@ def test_train_and_generate_are_modules_of_the_package():
     assert inspect.ismodule(train_module) and inspect.ismodule(generate_module)
     assert inspect.ismodule(lyre.train.trainer) and inspect.ismodule(lyre.generate.simple)
     assert callable(train_module.train) and callable(generate_module.generate)
+
+
+def test_every_package_has_its_layer():
+    """The layers contract names every top-level package of lyre: a new package is placed in
+    the architecture (pyproject.toml's layers, docs/architecture.md) before it can be imported."""
+    import tomllib
+
+    config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    contract = next(c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers")
+    layered = {name.strip() for layer in contract["layers"] for name in layer.split("|")}
+    packages = {f"lyre.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert packages == layered
+    flat = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert flat == [], f"modules outside the packages: {flat}"

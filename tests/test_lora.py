@@ -24,7 +24,7 @@ from lyre.finetune.lora import (
     save_adapter,
 )
 from lyre.model import GPT, GPTConfig
-from lyre.train import checkpoint as ckpt
+from lyre.run import checkpoint as ckpt
 
 
 def tiny_gpt(seed: int = 0, **kw) -> GPT:

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lyre.core.config import TrainConfig
 from lyre.core.errors import LyreError
 from lyre.model import GPT, GPTConfig
+from lyre.run.config import TrainConfig
 from lyre.train.optim import (
     Muon,
     build_optimizer,

@@ -11,7 +11,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lyre.cli import main
-from lyre.core.config import load_config
 from lyre.core.errors import LyreError
 from lyre.generate.runs import load_run
 from lyre.generate.simple import SamplingConfig, generate
@@ -25,6 +24,7 @@ from lyre.model import (
     register_family,
     unregister_family,
 )
+from lyre.run.config import load_config
 from lyre.train.trainer import train
 
 # ---- the whole new family: a config, a model, one registration ------------------------------

@@ -23,7 +23,7 @@ from cli_util import records
 
 from lyre.core.errors import LyreError
 from lyre.model.gpt import GPT
-from lyre.train import checkpoint as ckpt
+from lyre.run import checkpoint as ckpt
 from lyre.train.trainer import train
 
 lm_task = importlib.import_module("lyre.train.tasks.lm")
@@ -278,7 +278,7 @@ def test_resume_a_finished_run_says_how_to_continue(copy_run, trained_run):
     run_dir = copy_run(trained_run)
     with pytest.raises(LyreError, match=r"already finished at step 20.*max_iters"):
         train(None, run_dir, resume=True, progress=False, plot=False)
-    from lyre.core.config import config_from_json
+    from lyre.run.config import config_from_json
 
     config = config_from_json(run_dir / "config.json")
     config.train.max_iters = 23

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from lyre.cli import main
-from lyre.core.config import load_config
 from lyre.generate.runs import load_run
-from lyre.train import checkpoint as ckpt
+from lyre.run import checkpoint as ckpt
+from lyre.run.config import load_config
 from lyre.train.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ from cli_util import assert_one_line_error, run_cli
 from PIL import Image
 from test_zoo_seq2seq import TINY_TOML
 
-from lyre.core.config import load_config
 from lyre.generate.runs import load_run
+from lyre.run.config import load_config
 from lyre.train.trainer import train
 from lyre.zoo.attention import draw_maps, gpt_maps, grid_pixels, seq2seq_maps
 

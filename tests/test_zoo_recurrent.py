@@ -9,11 +9,11 @@ import pytest
 import torch
 from cli_util import assert_one_line_error, records, run_cli
 
-from lyre.core.config import load_config
 from lyre.core.errors import LyreError
 from lyre.model import build_model
 from lyre.model.recurrent import LSTMConfig, RecurrentLM
-from lyre.train import checkpoint as ckpt
+from lyre.run import checkpoint as ckpt
+from lyre.run.config import load_config
 from lyre.train.trainer import train
 
 ARCHS = ["rnn", "lstm", "gru"]

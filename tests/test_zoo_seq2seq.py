@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from cli_util import assert_one_line_error, records, run_cli
 
-from lyre.core.config import load_config
 from lyre.core.errors import LyreError
 from lyre.data.pairs import read_pairs
 from lyre.data.toy import toy_pairs
 from lyre.model import build_model
 from lyre.model.seq2seq import Seq2SeqConfig
-from lyre.train import checkpoint as ckpt
+from lyre.run import checkpoint as ckpt
+from lyre.run.config import load_config
 from lyre.train.trainer import train
 from lyre.zoo.translate import beam_search, greedy_decode
 

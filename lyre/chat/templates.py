@@ -130,7 +130,7 @@ def get_template(name: str) -> ChatTemplate:
 
 def template_name_for_run(run_dir: str | Path) -> str:
     """The run's `chat_template` (chat.json, then config.json), or `plain` for a base model."""
-    from lyre.core.rundir import RunDir
+    from lyre.run.rundir import RunDir
 
     name = RunDir(run_dir).chat_template()
     if name is None:

@@ -13,12 +13,12 @@ import torch
 
 from lyre.classify.config import classify_section
 from lyre.classify.model import SequenceClassifier, set_trainable
-from lyre.core.config import RunConfig, config_from_json
 from lyre.core.errors import LyreError
 from lyre.finetune import base as base_mod
 from lyre.finetune.lora import checkpoint_adapters_only, merge_lora
 from lyre.model import build_model
-from lyre.train import checkpoint as ckpt
+from lyre.run import checkpoint as ckpt
+from lyre.run.config import RunConfig, config_from_json
 
 
 def build_classifier(config: RunConfig, *, base_dir: Path | None = None,

@@ -1,10 +1,10 @@
 """The `[classify]` section of a classifier run's config.json: its labels, data and head.
 
-Declared by lyre.core.config itself (OPTIONAL_SECTIONS), so every reader of config.json accepts it
+Declared by lyre.run.config itself (OPTIONAL_SECTIONS), so every reader of config.json accepts it
 and `--set classify.pooling=mean` (or `pooling=mean`) changes it like any other field. A run
 with this section is a classifier run (RunDir.kind() == "classify"): `lyre classify` and the
 classification route of `lyre serve` need it, the text-generating commands refuse it.
-Torch-free, and lyre.core.config imports it: RunConfig is named for type checking only.
+Torch-free, and lyre.run.config imports it: RunConfig is named for type checking only.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from lyre.core.errors import LyreError
 
 if TYPE_CHECKING:
-    from lyre.core.config import RunConfig
+    from lyre.run.config import RunConfig
 
 POOLINGS = ("last_nonpad", "last", "mean", "last+mean")
 TRAINABLE = ("head", "blocks", "all", "lora")

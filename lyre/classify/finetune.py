@@ -25,8 +25,8 @@ from lyre.classify.encode import encode_examples, run_token_limit
 from lyre.classify.metrics import classification_report, format_report
 from lyre.classify.model import score
 from lyre.classify.prepare import SPLITS
-from lyre.core.rundir import RunDir
 from lyre.finetune.command import FinetuneResult, finetune
+from lyre.run.rundir import RunDir
 from lyre.tokenizers import load_tokenizer
 
 REPORT_FILE = "classification.json"

@@ -26,10 +26,8 @@ from pathlib import Path
 from lyre.classify.config import ClassifyConfig, classify_section
 from lyre.classify.data import Dataset, load_dataset, read_split, write_split
 from lyre.classify.encode import encode_examples, token_limit
-from lyre.core.config import RunConfig, TrainConfig, load_config
 from lyre.core.errors import LyreError
 from lyre.core.io import remove_path, write_json
-from lyre.core.rundir import RunDir
 from lyre.finetune import base as base_mod
 from lyre.finetune.config import FinetuneConfig
 from lyre.finetune.prepare import (
@@ -39,6 +37,8 @@ from lyre.finetune.prepare import (
     resolve_base,
     steps_per_epoch,
 )
+from lyre.run.config import RunConfig, TrainConfig, load_config
+from lyre.run.rundir import RunDir
 from lyre.tokenizers import load_tokenizer
 
 TASK = "classify"

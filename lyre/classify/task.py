@@ -41,12 +41,12 @@ from lyre.classify.prepare import (
     PreparedClassifier,
     prepare_classifier,
 )
-from lyre.core.config import RunConfig
 from lyre.core.errors import LyreError
 from lyre.core.io import write_json
-from lyre.core.rundir import RunDir
 from lyre.finetune.lora import count_parameters
 from lyre.finetune.tasks import FinetuneTask
+from lyre.run.config import RunConfig
+from lyre.run.rundir import RunDir
 from lyre.tokenizers import load_tokenizer
 from lyre.train.tasks.epochs import EpochOrder
 

@@ -45,8 +45,8 @@ def cmd_import_hf(args) -> None:
 
 
 def cmd_export_hf(args) -> None:
-    from lyre.core.rundir import RunDir
     from lyre.hf import export_hf
+    from lyre.run.rundir import RunDir
 
     out = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint, force=args.force,
                     peft_adapter=args.peft_adapter)

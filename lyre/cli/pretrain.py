@@ -91,8 +91,8 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from lyre.core.config import load_config, resolve_preset
-    from lyre.core.rundir import RunDir
+    from lyre.run.config import load_config, resolve_preset
+    from lyre.run.rundir import RunDir
     from lyre.train.trainer import train
 
     args.overrides += [f"train.{name}=true" for name in ("tensorboard", "wandb") if getattr(args, name)]
@@ -133,7 +133,7 @@ def cmd_train(args) -> None:
 def _default_preset() -> Path:
     """The bundled demo preset: the library defaults are GPT-2 124M, far too big to train on a
     CPU by accident."""
-    from lyre.core.config import DEFAULT_PRESET, list_presets
+    from lyre.run.config import DEFAULT_PRESET, list_presets
 
     preset = list_presets().get(DEFAULT_PRESET)
     if preset is None:
@@ -144,7 +144,7 @@ def _default_preset() -> Path:
 
 
 def cmd_info(args) -> None:
-    from lyre.core.config import load_config
+    from lyre.run.config import load_config
     from lyre.train.info import format_cost, vocab_size_of
 
     path = None if args.config is None else Path(args.config)
@@ -160,7 +160,7 @@ def cmd_info(args) -> None:
 
 
 def cmd_presets(args) -> None:
-    from lyre.core.config import PRESETS_DIR, list_presets
+    from lyre.run.config import PRESETS_DIR, list_presets
 
     presets = list_presets()
     width = max(map(len, presets), default=0)

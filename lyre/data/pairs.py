@@ -21,8 +21,8 @@ import torch
 
 from lyre.core.errors import LyreError
 from lyre.core.io import read_json_object
-from lyre.core.rundir import RunDir
 from lyre.data.toy import parse_spec, toy_pairs
+from lyre.run.rundir import RunDir
 
 PAIR_SUFFIXES = (".tsv", ".jsonl")
 PAIRS_KIND = "pairs"  # meta.json "kind" of a directory of prepared pairs (lyre.train.tasks.seq2seq)

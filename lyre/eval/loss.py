@@ -35,8 +35,8 @@ import torch
 import torch.nn as nn
 
 from lyre.core.errors import LyreError
-from lyre.core.rundir import RunDir
 from lyre.data.corpus import evaluate_loss
+from lyre.run.rundir import RunDir
 from lyre.tokenizers import Tokenizer
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from lyre.core.config import RunConfig, config_from_json
 from lyre.core.errors import LyreError
 from lyre.core.io import read_json_object, remove_path
 from lyre.finetune.config import FinetuneConfig
 from lyre.finetune.lora import apply_lora, checkpoint_adapters_only, merge_lora
-from lyre.train import checkpoint as ckpt
+from lyre.run import checkpoint as ckpt
+from lyre.run.config import RunConfig, config_from_json
 
 MAX_DEPTH = 8  # base of a base of ...: a loop in the pointers must not recurse forever
 

@@ -22,17 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lyre.core.config import RunConfig
 from lyre.core.devices import autocast_context, resolve_device
 from lyre.core.errors import LyreError
 from lyre.core.io import make_temp_dir
 from lyre.core.ranks import is_main_process
-from lyre.core.rundir import RunDir
 from lyre.finetune.base import base_dir_of
 from lyre.finetune.prepare import prepare
 from lyre.finetune.responses import RESPONSES_FILE, generate_responses, write_responses
 from lyre.finetune.tasks import FinetuneTask, get_task
-from lyre.train import checkpoint as ckpt
+from lyre.run import checkpoint as ckpt
+from lyre.run.config import RunConfig
+from lyre.run.rundir import RunDir
 from lyre.train.trainer import TrainResult, train
 
 

@@ -1,8 +1,8 @@
 """The `[finetune]` section of a fine-tuned run's config.json: what it was tuned from and on.
 
-Declared by lyre.core.config itself (OPTIONAL_SECTIONS), so `--set finetune.epochs=3` (or `epochs=3`)
+Declared by lyre.run.config itself (OPTIONAL_SECTIONS), so `--set finetune.epochs=3` (or `epochs=3`)
 works like any other field and every reader of config.json accepts the section, in any process.
-Torch-free and importing nothing of lyre but errors: lyre.core.config imports it.
+Torch-free and importing nothing of lyre but errors: lyre.run.config imports it.
 """
 
 from __future__ import annotations

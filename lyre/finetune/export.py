@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lyre.core.config import config_from_json
 from lyre.core.errors import LyreError
 from lyre.finetune import base as base_mod
 from lyre.finetune.lora import peft_adapter
 from lyre.hf.configs import export_target
 from lyre.model import build_model
-from lyre.train import checkpoint as ckpt
+from lyre.run import checkpoint as ckpt
+from lyre.run.config import config_from_json
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The `[lora]` section of a fine-tuned run: the shape of its adapters (torch-free).
 
-Kept apart from lyre.finetune.lora (the adapters themselves, which need torch) so that lyre.core.config can
+Kept apart from lyre.finetune.lora (the adapters themselves, which need torch) so that lyre.run.config can
 declare the section without importing torch's layers; lyre.finetune.lora re-exports LoRAConfig.
 """
 

@@ -29,11 +29,9 @@ import torch
 import torch.nn as nn
 
 from lyre.chat.templates import ChatTemplate, get_template
-from lyre.core.config import RunConfig, TrainConfig, config_from_json, load_config
 from lyre.core.errors import LyreError
 from lyre.core.io import remove_path, write_json
 from lyre.core.ranks import world_size
-from lyre.core.rundir import RunDir
 from lyre.finetune import base as base_mod
 from lyre.finetune.config import FinetuneConfig
 from lyre.finetune.encode import require_eot
@@ -47,9 +45,11 @@ from lyre.finetune.lora import (
 from lyre.finetune.records import Splits, split_records, write_records
 from lyre.finetune.tasks import FinetuneTask, get_task
 from lyre.model import build_model
+from lyre.run import checkpoint as ckpt
+from lyre.run.config import RunConfig, TrainConfig, config_from_json, load_config
+from lyre.run.rundir import RunDir
 from lyre.tokenizers import Tokenizer, load_tokenizer
 from lyre.tokenizers.char import replace_unknown, replace_unknown_in
-from lyre.train import checkpoint as ckpt
 from lyre.train.trainer import check_train_config
 
 DEFAULT_TEMPLATE = "alpaca"

@@ -9,13 +9,13 @@ import torch
 import torch.nn as nn
 
 from lyre.classify.config import is_classifier
-from lyre.core.config import RunConfig, config_from_json
 from lyre.core.errors import LyreError
-from lyre.core.rundir import RunDir
 from lyre.finetune.base import load_weights
 from lyre.model import build_model
+from lyre.run import checkpoint as ckpt
+from lyre.run.config import RunConfig, config_from_json
+from lyre.run.rundir import RunDir
 from lyre.tokenizers import Tokenizer, load_tokenizer
-from lyre.train import checkpoint as ckpt
 
 
 @dataclass

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from lyre.core.config import DataConfig, RunConfig, TrainConfig, save_config
 from lyre.core.errors import LyreError
 from lyre.core.io import atomic_write_bytes, atomic_write_text, cache_dir, prepare_output_dir
 from lyre.hf.configs import export_target, hf_config
@@ -35,7 +34,8 @@ from lyre.hf.tokenizer import (
     tokenizer_spec,
 )
 from lyre.hf.weights import hf_to_lyre_model, lyre_to_hf_weights
-from lyre.train import checkpoint as ckpt
+from lyre.run import checkpoint as ckpt
+from lyre.run.config import DataConfig, RunConfig, TrainConfig, save_config
 
 # What a hub download fetches (pickled weights only when a repo has no safetensors).
 HUB_FILES = [
@@ -209,8 +209,8 @@ def export_hf(
     exported merged; `peft_adapter` also writes its adapter in PEFT's format to that directory,
     with the base model in DIR/base (lyre.finetune.export).
     """
-    from lyre.core.rundir import RunDir
     from lyre.generate.runs import load_run
+    from lyre.run.rundir import RunDir
 
     kind = RunDir(run_dir).kind()
     if kind in EXPORTERS:  # e.g. a classifier: GPT2ForSequenceClassification

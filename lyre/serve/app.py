@@ -29,9 +29,9 @@ from fastapi.security import HTTPBearer
 from lyre.chat.templates import get_template, template_name_for_run
 from lyre.classify.predict import Classifier, load_classifier
 from lyre.core.errors import LyreError
-from lyre.core.rundir import RunDir
 from lyre.engine import Engine
 from lyre.generate.runs import LoadedRun, load_run
+from lyre.run.rundir import RunDir
 from lyre.serve.errors import install_error_handlers
 from lyre.serve.metrics import ServeMetrics
 from lyre.serve.middleware import AccessMiddleware, APIKeyMiddleware, BodyLimitMiddleware

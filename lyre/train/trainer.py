@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from lyre.core.config import RunConfig
 from lyre.core.devices import autocast_context, compute_dtype, resolve_device, should_compile
 from lyre.core.errors import LyreError
 from lyre.core.rng import capture_rng_state, restore_rng_state
-from lyre.core.rundir import RunDir
 from lyre.core.signals import StopOnSignal, Stopped, signal_name
-from lyre.train import checkpoint as ckpt
+from lyre.run import checkpoint as ckpt
+from lyre.run.config import RunConfig
+from lyre.run.rundir import RunDir
 from lyre.train import distributed
 from lyre.train.info import model_cost
 from lyre.train.mfu import mfu, peak_flops

@@ -16,12 +16,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from lyre.core.config import RunConfig, config_from_json
 from lyre.core.errors import LyreError
-from lyre.core.rundir import RunDir
 from lyre.data.corpus import evaluate_loss, file_sha256, get_batch, load_meta, load_split, prepare
 from lyre.model import build_model
-from lyre.train import checkpoint as ckpt
+from lyre.run import checkpoint as ckpt
+from lyre.run.config import RunConfig, config_from_json
+from lyre.run.rundir import RunDir
 
 
 class LanguageModelingTask:

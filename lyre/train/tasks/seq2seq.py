@@ -23,10 +23,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from lyre.core.config import RunConfig
 from lyre.core.errors import LyreError
 from lyre.core.io import atomic_write_text, write_json
-from lyre.core.rundir import RunDir
 from lyre.data.pairs import (
     PAIRS_KIND,
     Pair,
@@ -38,6 +36,8 @@ from lyre.data.pairs import (
     read_pairs,
 )
 from lyre.model.seq2seq import N_SPECIAL
+from lyre.run.config import RunConfig
+from lyre.run.rundir import RunDir
 from lyre.tokenizers import build_tokenizer, load_tokenizer
 from lyre.zoo.translate import greedy_decode, pair_loss
 

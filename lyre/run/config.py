@@ -153,7 +153,7 @@ SECTIONS: dict[str, type] = {"model": GPTConfig, "data": DataConfig, "train": Tr
 TOP_LEVEL = ("chat_template",)
 # The sections a run may carry besides the three: declared here, not registered as a side effect
 # of importing their stage, so any process reads any run's config.json. Each dataclass lives in a
-# torch-free module of its stage (nothing there imports lyre.core.config back).
+# torch-free module of its stage (nothing there imports lyre.run.config back).
 OPTIONAL_SECTIONS: dict[str, type] = {
     "finetune": FinetuneConfig,  # sft, dpo and classify runs: the task, data, base pointer
     "lora": LoRAConfig,  # adapters instead of full weights

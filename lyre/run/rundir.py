@@ -1,8 +1,8 @@
 """The run directory: one owner for where everything of a run lives.
 
-    RUN/config.json       the resolved RunConfig (lyre.core.config), optional sections included
+    RUN/config.json       the resolved RunConfig (lyre.run.config), optional sections included
     RUN/tokenizer/        the saved tokenizer
-    RUN/checkpoints/      last/, best/ (lyre.train.checkpoint)
+    RUN/checkpoints/      last/, best/ (lyre.run.checkpoint)
     RUN/metrics.jsonl     one JSON object per log or evaluation line
     RUN/loss.png          the loss plot
     RUN/data/             tokens prepared from the corpus on first use (kept by --force)
@@ -19,10 +19,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from lyre.core.config import RunConfig, config_from_json, save_config
 from lyre.core.errors import LyreError
 from lyre.core.io import prepare_output_dir, read_json_object, remove_path
-from lyre.train import checkpoint as ckpt
+from lyre.run import checkpoint as ckpt
+from lyre.run.config import RunConfig, config_from_json, save_config
 
 # What a fresh run writes, and what --force clears; data/ stays (reused if it is the same corpus).
 OUTPUTS = ("checkpoints", "metrics.jsonl", "loss.png", "config.json", "tokenizer", "tensorboard",
@@ -77,7 +77,7 @@ class RunDir:
         return config_from_json(self.config_path)
 
     def kind(self) -> str:
-        """What the run is: one of lyre.core.config.RUN_KINDS ("lm", "seq2seq", "sft", "dpo",
+        """What the run is: one of lyre.run.config.RUN_KINDS ("lm", "seq2seq", "sft", "dpo",
         "classify"), read from its config.json. The one place that tells runs apart."""
         return self.read_config().kind
 
