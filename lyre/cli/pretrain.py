@@ -108,7 +108,7 @@ def cmd_train(args) -> None:
         if ignored:
             raise LyreError(f"--resume continues the run's saved config in place; drop {', '.join(ignored)} "
                             "(change fields with --set)")
-        config = load_config(args.resume / "config.json", args.overrides)
+        config = load_config(RunDir(args.resume).config_path, args.overrides)
     else:
         preset = resolve_preset(args.config) if args.config else _default_preset()
         config = load_config(preset, args.overrides)
@@ -145,11 +145,12 @@ def _default_preset() -> Path:
 
 def cmd_info(args) -> None:
     from lyre.run.config import load_config
+    from lyre.run.rundir import RunDir
     from lyre.train.info import format_cost, vocab_size_of
 
     path = None if args.config is None else Path(args.config)
     if path is not None and path.is_dir():
-        path = path / "config.json"  # a run directory
+        path = RunDir(path).config_path  # a run directory
     config = load_config(path, args.overrides)  # a preset's name or a TOML/JSON file
     from_preset = path is None or path.suffix != ".json"
     if from_preset and not any(o.split("=")[0].endswith("vocab_size") for o in args.overrides):
