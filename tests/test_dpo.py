@@ -74,6 +74,39 @@ def test_untrained_policy_scores_chance_and_margins_count_ties_half():
 
 
 @pytest.mark.parametrize("lora", [True, False])
+def test_evaluation_runs_the_reference_once_and_scores_the_same(lora):
+    """An evaluation's reference log-probabilities are kept from the first one (the reference
+    never trains): later evaluations run the policy only and report exactly what a task
+    computing everything afresh reports (19.19)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=20))
+    reference = None
+    if lora:
+        apply_lora(model, LoRAConfig(rank=2, targets=["attn", "mlp"]))
+    else:
+        import copy
+
+        reference = copy.deepcopy(model).requires_grad_(False).eval()
+    pairs = PAIRS * 5  # 10 pairs: two batches of 8 and 2
+    task = DPOTask(stub_prepared(pairs, 0.3))
+    task.attach(model, reference)
+    runs = []
+    real = task.reference
+    task.reference = lambda: (runs.append(1), real())[1]
+    first = task.evaluate(model, exact=False)
+    assert len(runs) == 4  # train and val, two batches each
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    task.loss(model, pair_batch(pairs[:4], 0, "cpu")).backward()
+    optimizer.step()
+    runs.clear()
+    second = task.evaluate(model, exact=False)
+    assert runs == [] and second != first  # the policy moved; the reference was not run again
+    fresh = DPOTask(stub_prepared(pairs, 0.3))
+    fresh.attach(model, reference)
+    assert fresh.evaluate(model, exact=False) == second
+
+
+@pytest.mark.parametrize("lora", [True, False])
 def test_training_raises_held_out_preference_accuracy(tmp_path_factory, tmp_path, lora):
     from lyre.finetune.command import finetune
 

@@ -168,3 +168,64 @@ def test_lyre_serve_uses_the_runs_template(sft_run):
                 "messages": [{"role": "user", "content": entry["prompt"]}]}
         choice = httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=60).json()["choices"][0]
     assert choice["message"]["content"] == entry["response"] and choice["finish_reason"] == "stop"
+
+
+# ---- the end of a run (19.19, fine-tuning time) ---------------------------------------------
+
+
+def test_the_test_split_is_answered_on_the_runs_threads(tmp_path_factory, tmp_path, data,
+                                                         monkeypatch):
+    """train.threads holds for the answers after training too, not only for the loop: on a
+    shared machine torch's default (a thread per core) made them 8-14x slower (docs/log.md)."""
+    import lyre.finetune.command as command
+
+    seen = []
+    real = command.generate_responses
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(command, "generate_responses", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        finetune(base_run(tmp_path_factory), data, tmp_path / "run", progress=False, plot=False,
+                 quiet=True, overrides=["max_iters=2", "threads=1", "finetune.response_tokens=3"])
+        assert seen == [1] and torch.get_num_threads() == 2  # the caller's setting is back
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_run_threads_zero_leaves_torchs_setting():
+    from lyre.finetune.command import run_threads
+
+    before = torch.get_num_threads()
+    with run_threads(0):
+        assert torch.get_num_threads() == before
+    with run_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_answers_decode_together_and_match_one_at_a_time(sft_run):
+    """The default batch (as many rows as 1 GiB of KV cache holds, at most 64) answers exactly
+    as one prompt at a time, greedily; a smaller budget means fewer rows."""
+    from lyre.chat.templates import get_template
+    from lyre.engine import Engine
+    from lyre.finetune.responses import MAX_ROWS, answer_rows, generate_responses
+    from lyre.finetune.tasks import get_task
+    from lyre.generate.runs import load_run
+
+    out, _ = sft_run
+    run = load_run(out, "best", "cpu")
+    records = get_task("sft").read(out / "data" / "test.jsonl")[0]
+    template = get_template("alpaca")
+    together = generate_responses(run, template, records, max_new_tokens=12)
+    alone = generate_responses(run, template, records, max_new_tokens=12, max_batch=1)
+    assert together == alone and len(together) == 10
+    engine = Engine(run.model, run.tokenizer, run.device)
+    per_row = engine.new_batch(1, max_length=100).reserve()
+    assert answer_rows(engine, 100) == MAX_ROWS  # a tiny model: the cap, not the budget
+    assert answer_rows(engine, 100, budget=3 * per_row + 1) == 3
+    assert answer_rows(engine, 100, budget=1) == 1

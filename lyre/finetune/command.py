@@ -10,7 +10,8 @@ Training is lyre.train.trainer.train with the task's trainer task, so checkpoint
 metrics.jsonl, the loss plot, progress bars, Ctrl-C/SIGTERM and torchrun behave as in
 pretraining. At the end, on rank 0: what was trained (trainable parameters, for LoRA the
 adapter's size), then the task's `finish` hook (a classifier's report and plot), by default
-the answers to the test split in RUN/responses.json.
+the answers to the test split in RUN/responses.json. That end's work runs on the run's
+train.threads, as the training loop did (`run_threads`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from lyre.core.devices import autocast_context, resolve_device
 from lyre.core.errors import LyreError
@@ -154,11 +159,33 @@ def finetune(base: str | Path | None = None, data: str | Path | None = None,
             f"{base_dir_of(out, ft)} (checkpoint {ft.base_checkpoint}): keep it there", quiet)
     if result.step < prepared.config.train.max_iters and not result.stopped_early:
         return done  # stopped on request (stop_at): no best model to report on yet
-    if spec.finish is not None:
-        spec.finish(done, quiet, plot)
-    elif prepared.finetune.responses and spec.responses and prepared.splits.test:
-        done.responses = answer_test_split(out, records=prepared.splits.test, quiet=quiet)
+    with run_threads(prepared.config.train.threads):
+        if spec.finish is not None:
+            spec.finish(done, quiet, plot)
+        elif prepared.finetune.responses and spec.responses and prepared.splits.test:
+            done.responses = answer_test_split(out, records=prepared.splits.test, quiet=quiet)
     return done
+
+
+@contextmanager
+def run_threads(threads: int) -> Iterator[None]:
+    """torch's CPU threads set to the run's train.threads (0: left as they are) for the work
+    after training, as lyre.train.trainer.train sets them for the loop only.
+
+    Without it the classifier's report and the test split's answers ran on torch's default
+    (one thread per core) after a run asked for one: on a shared 2-core machine a second
+    thread mostly waits for a descheduled peer, and that end took 8-14x longer than on the
+    run's one thread (docs/log.md, "19: fine-tuning time").
+    """
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def answer_test_split(out: str | Path, *, records: list | None = None, quiet: bool = False) -> Path:

@@ -14,7 +14,9 @@ fine-tune keeps a frozen copy. The reference is always evaluated without dropout
 
 Logged on the val pairs: the DPO loss, the reward margin r(y_w) - r(y_l), and the preference
 accuracy, the fraction of pairs whose margin is positive (ties count half: the untrained policy
-equals its reference and scores 0.5).
+equals its reference and scores 0.5). The reference never trains and an evaluation scores the
+same batches every time, so their reference log-probabilities are computed once, at the first
+evaluation, and kept: each later evaluation runs the policy only (half the forward passes).
 """
 
 from __future__ import annotations
@@ -89,20 +91,21 @@ class DPOTask:
         self.early = EarlyStop(ft.early_stop)
         self.model: nn.Module | None = None
         self.reference_model: nn.Module | None = None
+        self._kept: dict[tuple[str, int], torch.Tensor] = {}  # evaluation's reference log-probs
 
     def setup(self, config, run, *, resume: bool, dist: Any) -> None:
         self.config = config
         dist.main_first(lambda: self.prepared.write_run_files(run, resume), others=False)
 
     def build_model(self, config) -> nn.Module:
-        self.model = self.prepared.build_model(config)
+        self.model, self._kept = self.prepared.build_model(config), {}
         if not has_lora(self.model):  # full fine-tuning: the reference is a frozen copy
             self.reference_model = copy.deepcopy(self.model).requires_grad_(False).eval()
         return self.model
 
     def attach(self, model: nn.Module, reference: nn.Module | None = None) -> None:
         """Use `model` (and a reference, unless it has LoRA) without build_model: tests, notebooks."""
-        self.model, self.reference_model = model, reference
+        self.model, self.reference_model, self._kept = model, reference, {}
 
     @contextmanager
     def reference(self):
@@ -119,11 +122,19 @@ class DPOTask:
         finally:
             self.model.train(was_training)
 
-    def _logprobs(self, forward: nn.Module, x: torch.Tensor, y: torch.Tensor):
-        """(policy, reference) log-probabilities [pairs, 2] of a pair batch [pairs, 2, T]."""
+    def _logprobs(self, forward: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  keep: tuple[str, int] | None = None):
+        """(policy, reference) log-probabilities [pairs, 2] of a pair batch [pairs, 2, T].
+
+        `keep` names a batch that is scored again later (an evaluation's): its reference
+        log-probabilities are computed the first time and reused after, unchanged."""
         flat_x, flat_y = x.view(-1, x.size(-1)), y.view(-1, y.size(-1))
-        with torch.no_grad(), self.reference() as reference:
-            ref = answer_logprobs(reference, flat_x, flat_y).view(-1, 2)
+        ref = self._kept.get(keep) if keep is not None else None
+        if ref is None:
+            with torch.no_grad(), self.reference() as reference:
+                ref = answer_logprobs(reference, flat_x, flat_y).view(-1, 2)
+            if keep is not None:
+                self._kept[keep] = ref
         return answer_logprobs(forward, flat_x, flat_y).view(-1, 2), ref
 
     def draw(self, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,8 +145,11 @@ class DPOTask:
         policy, ref = self._logprobs(forward, x, y)
         return dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], self.beta)[0]
 
-    def score(self, model: nn.Module, pairs) -> dict[str, float]:
-        """DPO loss, mean reward margin and preference accuracy over `pairs` (no gradients)."""
+    def score(self, model: nn.Module, pairs, split: str | None = None) -> dict[str, float]:
+        """DPO loss, mean reward margin and preference accuracy over `pairs` (no gradients).
+
+        `split` names `pairs` as a fixed list scored at every evaluation ("train", "val"): the
+        reference's log-probabilities of its batches are then kept (see the module)."""
         device = next(model.parameters()).device
         losses, margins = [], []
         was_training = model.training
@@ -144,7 +158,8 @@ class DPOTask:
             with torch.no_grad(), self.autocast:
                 for start in range(0, len(pairs), self.eval_batch_size):
                     chunk = pairs[start:start + self.eval_batch_size]
-                    policy, ref = self._logprobs(model, *pair_batch(chunk, self.pad_id, device))
+                    keep = (split, start) if split is not None else None
+                    policy, ref = self._logprobs(model, *pair_batch(chunk, self.pad_id, device), keep)
                     loss, margin = dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], self.beta)
                     losses.append(loss.item() * len(chunk))
                     margins.append(margin.float())
@@ -155,11 +170,11 @@ class DPOTask:
                 "preference_accuracy": preference_accuracy(margin)}
 
     def evaluate(self, model: nn.Module, exact: bool) -> dict[str, Any]:
-        train = self.score(model, self.train_pairs[:max(16, len(self.val_pairs))])
+        train = self.score(model, self.train_pairs[:max(16, len(self.val_pairs))], "train")
         epoch = self.order.epoch + self.order.position / max(self.order.n, 1)
         if not self.val_pairs:
             return {"train_loss": train["loss"], "val_loss": train["loss"], "epoch": epoch}
-        val = self.score(model, self.val_pairs)
+        val = self.score(model, self.val_pairs, "val")
         self.early.update(val["loss"])
         return {"train_loss": train["loss"], "val_loss": val["loss"],
                 "val_reward_margin": val["reward_margin"],
