@@ -184,3 +184,13 @@ def pytest_collection_modifyitems(config, items) -> None:
                 or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
                 or (function is not None and _starts_a_process(function))):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _no_retry_waits_in_rag_tests(request, monkeypatch):
+    """The RAG tests check what an unreachable or failing endpoint does, not how long the one
+    retry policy waits between tries (tests/test_openai_client.py checks that): no sleeping."""
+    if request.module.__name__.startswith("test_rag_"):
+        from lyre.core.openai_client import RetryPolicy
+
+        monkeypatch.setattr(RetryPolicy, "delay", lambda self, attempt: 0.0)
