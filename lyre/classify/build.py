@@ -18,7 +18,8 @@ from lyre.finetune import base as base_mod
 from lyre.finetune.lora import checkpoint_adapters_only, merge_lora
 from lyre.model import build_model
 from lyre.run import checkpoint as ckpt
-from lyre.run.config import RunConfig, config_from_json
+from lyre.run.config import RunConfig
+from lyre.run.rundir import RunDir
 
 
 def build_classifier(config: RunConfig, *, base_dir: Path | None = None,
@@ -46,10 +47,10 @@ def load_classifier_model(run_dir: str | Path, checkpoint: str = "best",
     """(config, model in eval mode, checkpoint name) of a classifier run; `best` falls back to
     the latest checkpoint. A run that is not a classifier is a LyreError that says what it is."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
+    if not RunDir(run_dir).config_path.is_file():
         what = "does not exist" if not run_dir.exists() else "is not a run directory (no config.json)"
         raise LyreError(f"{run_dir} {what}")
-    config = config_from_json(run_dir / "config.json")
+    config = RunDir(run_dir).read_config()
     classify_section(config, run_dir)
     name = checkpoint
     if not ckpt.checkpoint_exists(run_dir, name):

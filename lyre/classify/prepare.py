@@ -155,7 +155,7 @@ def prepare_classifier(*, base: str | Path | None, data: str | Path | None, out:
     overrides = list(overrides or [])
     notes: list[str] = []
     if resume:
-        config = load_config(out / "config.json", overrides)
+        config = load_config(RunDir(out).config_path, overrides)
         classify_section(config, out)
         check_config(config)
         ft = config.extras["finetune"]

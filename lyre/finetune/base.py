@@ -21,13 +21,14 @@ from lyre.core.io import read_json_object, remove_path
 from lyre.finetune.config import FinetuneConfig
 from lyre.finetune.lora import apply_lora, checkpoint_adapters_only, merge_lora
 from lyre.run import checkpoint as ckpt
-from lyre.run.config import RunConfig, config_from_json
+from lyre.run.config import RunConfig
+from lyre.run.rundir import RunDir
 
 MAX_DEPTH = 8  # base of a base of ...: a loop in the pointers must not recurse forever
 
 
 def is_lyre_run(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / ckpt.CHECKPOINTS).is_dir()
+    return RunDir(path).config_path.is_file() and (path / ckpt.CHECKPOINTS).is_dir()
 
 
 def is_hf_model_dir(path: Path) -> bool:
@@ -102,7 +103,7 @@ def load_weights(model: nn.Module, run_dir: str | Path, checkpoint: str,
     when `merge` (plain Linear layers again), else left as LoRALinear layers.
     """
     run_dir = Path(run_dir)
-    config = config or config_from_json(run_dir / "config.json")
+    config = config or RunDir(run_dir).read_config()
     lora = config.extras.get("lora")
     if lora is None:
         ckpt.load_checkpoint(run_dir, checkpoint, model=model, map_location="cpu")

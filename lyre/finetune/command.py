@@ -72,7 +72,7 @@ def task_of(out: Path, task: str | None, resume: bool) -> FinetuneTask:
     """The task a run trains: --task (sft by default), or the run's own when resuming."""
     if not resume:
         return get_task(task or "sft")
-    if not (out / "config.json").is_file():
+    if not RunDir(out).config_path.is_file():
         raise LyreError(f"no fine-tuning run in {out} to resume (no config.json)")
     kind = RunDir(out).kind()
     if kind in ("lm", "seq2seq"):

@@ -31,7 +31,7 @@ from lyre.finetune.lora import peft_adapter
 from lyre.hf.configs import export_target
 from lyre.model import build_model
 from lyre.run import checkpoint as ckpt
-from lyre.run.config import config_from_json
+from lyre.run.rundir import RunDir
 
 
 @dataclass
@@ -49,7 +49,7 @@ def peft_adapter_files(run_dir: str | Path, out_dir: str | Path, checkpoint: str
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise LyreError(f"run directory {run_dir} does not exist")
-    config = config_from_json(run_dir / "config.json")
+    config = RunDir(run_dir).read_config()
     lora = config.extras.get("lora")
     if lora is None:
         raise LyreError(f"{run_dir} is not a LoRA run (no [lora] in its config), so it has no adapter "

@@ -46,7 +46,7 @@ from lyre.finetune.records import Splits, split_records, write_records
 from lyre.finetune.tasks import FinetuneTask, get_task
 from lyre.model import build_model
 from lyre.run import checkpoint as ckpt
-from lyre.run.config import RunConfig, TrainConfig, config_from_json, load_config
+from lyre.run.config import RunConfig, TrainConfig, load_config
 from lyre.run.rundir import RunDir
 from lyre.tokenizers import Tokenizer, load_tokenizer
 from lyre.tokenizers.char import replace_unknown, replace_unknown_in
@@ -153,7 +153,7 @@ def resolve_base(source: str | Path, scratch: Path) -> Base:
     path = Path(source)
     if base_mod.is_lyre_run(path):
         name = base_mod.pick_checkpoint(path)
-        config = config_from_json(path / "config.json")
+        config = RunDir(path).read_config()
         ckpt.load_model_state(path, name)  # a truncated or corrupt base fails now, not mid-setup
         if "lora" in config.extras:
             base_mod.check_base(path, config.extras["finetune"])  # say now if its base is gone
@@ -163,7 +163,7 @@ def resolve_base(source: str | Path, scratch: Path) -> Base:
 
         run_dir = import_hf(path, scratch / "base")
         return Base(str(source), run_dir, "last", base_mod.checkpoint_sha256(run_dir, "last"),
-                    config_from_json(run_dir / "config.json"), hf=True)
+                    RunDir(run_dir).read_config(), hf=True)
     if not path.exists():
         raise LyreError(f"base {path} not found; BASE is a lyre run directory or a Hugging Face "
                         "model directory")
@@ -327,7 +327,7 @@ def prepare(*, base: str | Path | None, data: str | Path | None, out: Path, task
     overrides = list(overrides or [])
     notes: list[str] = []
     if resume:
-        config = load_config(out / "config.json", overrides)
+        config = load_config(RunDir(out).config_path, overrides)
         if "finetune" not in config.extras:
             raise LyreError(f"{out} is not a fine-tuning run; continue it with `lyre train --resume {out}`")
         ft = config.extras["finetune"]
