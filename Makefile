@@ -41,9 +41,10 @@ test: install
 	$(BIN)/python -m pytest -rs
 
 # Quick feedback while working: everything but the tests marked slow (processes, torchrun,
-# Chromium, PostgreSQL, the bench smoke runs; tests/conftest.py). `make test` runs them all.
+# Chromium, PostgreSQL, the bench smoke runs, tests that wait on purpose; tests/conftest.py), on
+# every core (pytest-xdist). `make test` runs them all, in one process.
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n auto
 
 # Every bench/*.py --smoke (tiny sizes, seconds each): the benches still run.
 bench-smoke: install

@@ -7,6 +7,7 @@ shared read-only; a test that changes a run works on `copy_run(...)` of it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import shutil
@@ -158,22 +159,34 @@ SLOW_FIXTURES = {"browser", "pg_url", "make_pg"}  # Chromium; a PostgreSQL serve
 SLOW_TESTS = {  # by name, with why: the longest of the rest (`pytest --durations`)
     "test_acceptance_spam_from_the_sms_data",  # fine-tunes on the whole SMS file: most of a minute
     "test_weights_and_biases_logs_offline",  # wandb starts its own service process
+    # these wait on purpose (a model slowed down to fill a queue, an endpoint that times out)
+    "test_full_queue_gets_429_with_retry_after", "test_metrics_show_queue_depth_and_active_rows",
+    "test_requests_that_never_arrive_get_408_and_are_closed",
+    "test_exact_scores_non_numbers_retries_and_failures",
+    "test_an_endpoint_that_is_down_slow_or_refusing_is_one_error",
+    "test_the_run_answers_in_the_assistant_role_and_stops",  # trains an SFT run until it answers
+    "test_gpt2_tokenizer_imports_and_exports",  # GPT-2's 50,257-token vocabulary, in and out twice
 }
 SPAWNS = ("subprocess.", "Popen(", "sys.executable", "torchrun")
 
 
+@functools.cache
+def _spawns(f) -> bool:
+    """Whether the source of `f` (without its docstring) starts a process. Cached: parametrized
+    tests and shared helpers are read once, which keeps collection quick."""
+    try:
+        code = inspect.getsource(f).replace(f.__doc__ or "\0", "")  # what it does, not its words
+    except (OSError, TypeError):
+        return False
+    return any(marker in code for marker in SPAWNS)
+
+
 def _starts_a_process(function) -> bool:
     """Whether a test function, or a helper of its own module that it calls, starts a process."""
-    def source(f) -> str:
-        try:
-            return inspect.getsource(f).replace(f.__doc__ or "\0", "")  # what it does, not its words
-        except (OSError, TypeError):
-            return ""
-
     module = inspect.getmodule(function)
     helpers = [getattr(module, name, None) for name in function.__code__.co_names]
     own = [h for h in helpers if inspect.isfunction(h) and inspect.getmodule(h) is module]
-    return any(marker in source(f) for f in (function, *own) for marker in SPAWNS)
+    return any(_spawns(f) for f in (function, *own))
 
 
 def pytest_collection_modifyitems(config, items) -> None:
