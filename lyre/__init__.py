@@ -3,8 +3,8 @@
 The public API, one import away:
 
     from lyre import GPT, GPTConfig, RunConfig, load_config, load_run, SamplingConfig
-    from lyre.train.trainer import train          # lyre.train.trainer and lyre.generate.simple are modules;
-    from lyre.generate.simple import generate    # their main functions live inside them
+    from lyre.train import train                  # the packages' faces: lyre.train.trainer.train
+    from lyre.generate import generate            # and lyre.generate.simple.generate
 
 The names below are imported on first use (PEP 562), not with the package: `import lyre` stays
 cheap, so a command that needs no torch (`lyre --help`, `lyre rag index`) does not pay the

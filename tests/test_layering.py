@@ -148,6 +148,32 @@ def test_train_and_generate_are_modules_of_the_package():
     assert callable(train_module.train) and callable(generate_module.generate)
 
 
+def test_every_face_name_resolves_in_a_fresh_process():
+    """The documented Python API: every name that `lyre` and the packages' faces (lyre.train,
+    lyre.generate, lyre.rag, lyre.classify) export lazily imports, in a process that imported
+    nothing else first (a wrong module path there only shows on first use)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib\n"
+        "bad = []\n"
+        "for face in ('lyre', 'lyre.train', 'lyre.generate', 'lyre.rag', 'lyre.classify'):\n"
+        "    module = importlib.import_module(face)\n"
+        "    names = getattr(module, '__all__', None) or list(getattr(module, '_FACE', {}))\n"
+        "    assert names, face\n"
+        "    for name in names:\n"
+        "        try:\n"
+        "            getattr(module, name)\n"
+        "        except Exception as e:\n"
+        "            bad.append(f'{face}.{name}: {e}')\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_every_package_has_its_layer():
     """The layers contract names every top-level package of lyre: a new package is placed in
     the architecture (pyproject.toml's layers, docs/architecture.md) before it can be imported."""

@@ -21,7 +21,8 @@ so a resumed run draws exactly the batches the uninterrupted run would have draw
 task. `best_metric` and `higher_is_better` choose the `best` checkpoint.
 
 Tasks: "lm" (lyre.train.tasks.lm, next-token prediction on a corpus; the pretraining default),
-"seq2seq" (lyre.train.tasks.seq2seq, (source, target) pairs for an encoder-decoder). `default_task`
+"seq2seq" (lyre.train.tasks.seq2seq, (source, target) pairs for an encoder-decoder); both draw
+their batches at random from one seeded generator (lyre.train.tasks.random_draws). `default_task`
 picks by the model family's `decoder_only` capability.
 """
 

@@ -9,7 +9,6 @@ scores windows of both splits; `exact` scores every val token once (lyre.data.co
 from __future__ import annotations
 
 import math
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +21,15 @@ from lyre.model import build_model
 from lyre.run import checkpoint as ckpt
 from lyre.run.config import RunConfig, config_from_json
 from lyre.run.rundir import RunDir
+from lyre.train.tasks.random_draws import RandomDrawTask
 
 
-class LanguageModelingTask:
+class LanguageModelingTask(RandomDrawTask):
     name = "lm"
-    best_metric = "val_loss"
-    higher_is_better = False
-
-    def __init__(self, autocast: AbstractContextManager | None = None) -> None:
-        self.autocast = autocast or nullcontext()
-        self.batches = torch.Generator()
 
     def setup(self, config: RunConfig, run: RunDir, *, resume: bool, dist: Any) -> None:
         self.config = config
-        self.batches.manual_seed(config.train.seed)
+        self.seed_draws(config.train.seed)
         data_dir = dist.main_first(lambda: data_dir_for(config, run, resume))
         self.meta = load_meta(data_dir)
         self.train_tokens = load_split(data_dir, "train")
@@ -68,18 +62,6 @@ class LanguageModelingTask:
             "val_perplexity": math.exp(min(val["loss"], 50.0)),
             "val_exact": windows is None,
         }
-
-    def generators(self) -> dict[str, torch.Generator]:
-        return {"batches": self.batches}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}  # the windows are random draws: the generator is the whole sampling state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def should_stop(self) -> str | None:
-        return None  # trains to max_iters
 
     def _check_length(self) -> None:
         need = self.config.model.block_size + 1

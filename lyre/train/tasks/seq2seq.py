@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +38,16 @@ from lyre.model.seq2seq import N_SPECIAL
 from lyre.run.config import RunConfig
 from lyre.run.rundir import RunDir
 from lyre.tokenizers import build_tokenizer, load_tokenizer
+from lyre.train.tasks.random_draws import RandomDrawTask
 from lyre.zoo.translate import greedy_decode, pair_loss
 
 
-class Seq2SeqTask:
+class Seq2SeqTask(RandomDrawTask):
     name = "seq2seq"
-    best_metric = "val_loss"
-    higher_is_better = False
-
-    def __init__(self, autocast: AbstractContextManager | None = None) -> None:
-        self.autocast = autocast or nullcontext()
-        self.batches = torch.Generator()
 
     def setup(self, config: RunConfig, run: RunDir, *, resume: bool, dist: Any) -> None:
         self.config = config
-        self.batches.manual_seed(config.train.seed)
+        self.seed_draws(config.train.seed)
         data_dir = dist.main_first(lambda: pairs_dir_for(config, run, resume))
         self.tokenizer = load_tokenizer(data_dir / "tokenizer")
         self.train_pairs = load_pairs(data_dir / "train.jsonl")
@@ -105,18 +99,6 @@ class Seq2SeqTask:
             "val_pairs": len(val),
             "val_exact": n is None,
         }
-
-    def generators(self) -> dict[str, torch.Generator]:
-        return {"batches": self.batches}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}  # random draws: the generator is the whole sampling state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def should_stop(self) -> str | None:
-        return None  # trains to max_iters
 
 
 # ----------------------------------------------------------------------------------------------
