@@ -11,7 +11,7 @@ IDX is an index folder, or a PostgreSQL URL `postgresql://user@host/db#NAME`; `-
 with `--index NAME` (or IDX = NAME) says the same. The model is a lyre run in this process
 (`--model RUN`) or any OpenAI-compatible server (`--llm-url URL --llm-model NAME`).
 
-Like lyre/cli.py, a thin layer: each command parses flags and calls lyre.rag functions. Heavy
+Like the rest of lyre/cli/, a thin layer: each command parses flags and calls lyre.rag functions. Heavy
 imports (torch, numpy, psycopg) happen inside the commands, so `lyre --help` stays fast.
 """
 
