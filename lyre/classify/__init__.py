@@ -26,8 +26,7 @@ modules, such as the config section) does not pull in the trainer.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lyre.core.lazy import lazy_exports
 
 _EXPORTS = {
     "ClassifyConfig": "lyre.classify.config",
@@ -45,7 +44,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'lyre.classify' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -1,1 +1,3 @@
-"""The ground floor: errors, files, random state, devices, signals, the run config and the run directory. Nothing here imports the layers above."""
+"""The ground floor: errors, files, random state, devices, signals, ranks, sampling defaults, the
+OpenAI-compatible HTTP client and the lazy public faces of packages. Nothing here imports the
+layers above."""

@@ -6,18 +6,14 @@ where asked (speed.py), and the simple entry points over the engine (simple.py).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-_FACE = {"generate": "lyre.generate.simple", "stream": "lyre.generate.simple",
-         "SamplingConfig": "lyre.generate.simple"}
+from lyre.core.lazy import lazy_exports
 
-
-def __getattr__(name: str) -> Any:  # PEP 562: `import lyre.generate.runs` stays light
-    if name in _FACE:
-        import importlib
-
-        return getattr(importlib.import_module(_FACE[name]), name)
-    raise AttributeError(f"module 'lyre.generate' has no attribute {name!r}")
+_EXPORTS = {"generate": "lyre.generate.simple", "stream": "lyre.generate.simple",
+            "SamplingConfig": "lyre.generate.simple"}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)  # `import lyre.generate.runs` stays light
 
 
 if TYPE_CHECKING:

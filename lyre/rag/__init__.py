@@ -29,7 +29,7 @@ The names below are imported on first use, so `import lyre.rag` (and `lyre --hel
 light: numpy, torch, httpx and psycopg load only when something needs them.
 """
 
-from importlib import import_module
+from lyre.core.lazy import lazy_exports
 
 _PUBLIC = {
     "Document": "types", "Chunk": "types", "Hit": "types",
@@ -47,7 +47,4 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(import_module(f"lyre.rag.{_PUBLIC[name]}"), name)
-    raise AttributeError(f"module 'lyre.rag' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, {name: f"lyre.rag.{module}" for name, module in _PUBLIC.items()})

@@ -6,18 +6,14 @@ progress and metrics, optimizers, FLOPs and MFU, loss plots.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-_FACE = {"train": "lyre.train.trainer", "Trainer": "lyre.train.trainer",
-         "TrainResult": "lyre.train.trainer"}
+from lyre.core.lazy import lazy_exports
 
-
-def __getattr__(name: str) -> Any:  # PEP 562: `import lyre.train.tracking` stays light
-    if name in _FACE:
-        import importlib
-
-        return getattr(importlib.import_module(_FACE[name]), name)
-    raise AttributeError(f"module 'lyre.train' has no attribute {name!r}")
+_EXPORTS = {"train": "lyre.train.trainer", "Trainer": "lyre.train.trainer",
+            "TrainResult": "lyre.train.trainer"}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)  # `import lyre.train.tracking` stays light
 
 
 if TYPE_CHECKING:
