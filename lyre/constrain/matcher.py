@@ -18,11 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from lyre.constrain.compile import Compiled
-
-_BITS = torch.arange(32, dtype=torch.int32)
 
 
 class RowMatcher:
@@ -64,22 +63,24 @@ class RowMatcher:
         self._forced = self.matcher.compute_ff_tokens() if ok and not self.stopped else []
         return ok
 
-    def fill(self, bitmask: torch.Tensor, index: int) -> None:
-        """Write the allowed-token bits into row `index` of an int32 [n, words] CPU tensor (what
-        llguidance.torch.fill_next_token_bitmask does; that module imports torch.compile, 2 s)."""
-        row = bitmask[index]
-        self.matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
+    def fill(self, words: np.ndarray) -> None:
+        """Write the allowed-token bits into `words`, a C-contiguous int32 array of
+        ceil(vocab / 32) words (llguidance's bitmask: bit b of word w is token 32 * w + b)."""
+        self.matcher.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
 
 
 def allowed_masks(matchers: Sequence[RowMatcher], vocab_size: int, device: torch.device) -> torch.Tensor:
     """bool [n, vocab_size]: True where row i's grammar allows token t. Ids the tokenizer does not
     have (a model vocabulary padded past the tokenizer's) are never allowed."""
     n, known = len(matchers), matchers[0].vocab_size
-    bitmask = torch.full((n, (known + 31) // 32), -1, dtype=torch.int32)
+    bitmask = np.empty((n, (known + 31) // 32), dtype=np.int32)
     for i, m in enumerate(matchers):
-        m.fill(bitmask, i)
-    # Unpack 32 bits per int32 word: bit b of word w is token 32 * w + b.
-    bits = ((bitmask.unsqueeze(-1) >> _BITS) & 1).reshape(n, -1)[:, :known].bool()
-    if vocab_size > known:
-        bits = torch.cat([bits, bits.new_zeros(n, vocab_size - known)], dim=1)
-    return bits[:, :vocab_size].to(device)
+        m.fill(bitmask[i])
+    # One bit per token, in token order: the words are little-endian, so bytes then bits in
+    # little-endian order give tokens 0, 1, 2, ...
+    little = bitmask.astype("<i4", copy=False)  # (a no-op on little-endian machines)
+    bits = np.unpackbits(little.view(np.uint8), axis=1, count=known, bitorder="little")
+    allowed = np.zeros((n, vocab_size), dtype=bool)
+    width = min(known, vocab_size)
+    allowed[:, :width] = bits[:, :width]
+    return torch.from_numpy(allowed).to(device)

@@ -186,10 +186,13 @@ def mask_constrained(logits: torch.Tensor, rows: Seq[Row]) -> torch.Tensor:
     from lyre.constrain.matcher import allowed_masks  # llguidance only where it is used
 
     allowed = allowed_masks([rows[i].matcher for i in picked], logits.size(-1), logits.device)
-    for k, i in enumerate(picked):
-        if not allowed[k].any():  # a dead end (nothing the vocabulary has can go on): end the row
-            allowed[k, rows[i].matcher.eos] = True
-            rows[i].matcher.dead_end = True
+    for k, any_allowed in enumerate(allowed.any(dim=1).tolist()):
+        if not any_allowed:  # a dead end (nothing the vocabulary has can go on): end the row
+            matcher = rows[picked[k]].matcher
+            allowed[k, matcher.eos] = True
+            matcher.dead_end = True
+    if len(picked) == len(rows):
+        return logits.masked_fill(~allowed, float("-inf"))
     logits = logits.clone()
     index = torch.tensor(picked, device=logits.device)
     logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
