@@ -257,3 +257,24 @@ def test_constraint_flags_are_mutually_exclusive(char_run, capsys):
     with pytest.raises(SystemExit) as e:
         main(["sample", str(char_run[0]), "--regex", "a", "--choice", "a,b"])
     assert e.value.code == 2
+
+
+def test_gbnf_grammar(engines):
+    gbnf = 'root ::= "say " answer\nanswer ::= "yes" | "no"'
+    for engine in engines.values():
+        completions = engine.generate("a", SamplingConfig(max_new_tokens=20, temperature=1.0, num_samples=4, seed=1,
+                                                          constraint=Constraint.grammar(gbnf, "gbnf")))
+        assert {c.text for c in completions} <= {"say yes", "say no"}
+
+
+def test_special_tokens_are_never_spelled_by_a_grammar(engines):
+    """A grammar asking for the text "<|endoftext|>" gets it as ordinary tokens: the special
+    token (which would end the row) is allowed only where the grammar may end."""
+    for tok in ("bpe", "gpt2"):
+        if tok not in engines:
+            continue
+        engine = engines[tok]
+        (c,) = engine.generate("a", SamplingConfig(max_new_tokens=40, temperature=1.0, seed=0,
+                                                   constraint=Constraint.choice(["<|endoftext|> done"])))
+        assert c.text == "<|endoftext|> done" and c.finish_reason == "stop"
+        assert engine.tokenizer.eot_id not in c.tokens
