@@ -278,3 +278,12 @@ def test_special_tokens_are_never_spelled_by_a_grammar(engines):
                                                    constraint=Constraint.choice(["<|endoftext|> done"])))
         assert c.text == "<|endoftext|> done" and c.finish_reason == "stop"
         assert engine.tokenizer.eot_id not in c.tokens
+
+
+def test_model_vocabulary_padded_past_the_tokenizer(engines):
+    """A model whose vocabulary is padded (GPT-2's 50,304) never gets ids the tokenizer lacks."""
+    tok = engines["bpe"].tokenizer
+    engine = Engine(tiny_gpt(tok.vocab_size + 13), tok)
+    completions = engine.generate("a", SamplingConfig(max_new_tokens=60, temperature=1.0, num_samples=6, seed=2,
+                                                      constraint=CONSTRAINTS["regex"]))
+    assert all(valid("regex", c.text) and max(c.tokens) < tok.vocab_size for c in completions)
