@@ -162,14 +162,13 @@ def sample_rows(logits: torch.Tensor, rows: Seq[Row]) -> tuple[list[int], list[t
             if processed is logits:
                 processed = logits.clone()
             processed[i] = apply_repetition_penalty(processed[i], row.seen, row.params.repetition_penalty)
+    forced = [row.matcher.next_forced() if row.matcher is not None else None for row in rows]
     if all(row.params.temperature == 0 for row in rows):
         tokens = processed.argmax(dim=-1).tolist()  # the fast path: one op for the whole batch
-    else:
-        tokens = [_sample_one(processed[i], row) for i, row in enumerate(rows)]
-    for i, row in enumerate(rows):
-        forced = row.matcher.next_forced() if row.matcher is not None else None
-        if forced is not None:
-            tokens[i] = forced
+        tokens = [t if f is None else f for t, f in zip(tokens, forced, strict=True)]
+    else:  # a forced token (fast-forward) is taken as it is: no sampling, no random draw
+        tokens = [_sample_one(processed[i], row) if forced[i] is None else forced[i]
+                  for i, row in enumerate(rows)]
     logprobs: list[tuple | None] = [None] * len(rows)
     for i, row in enumerate(rows):
         if row.params.logprobs:
