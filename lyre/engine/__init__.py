@@ -10,6 +10,9 @@ Read in this order, one concept per module:
     engine.py    Engine (generate, stream, new_batch), Stream, and the no-cache reference
 
 The CPU speed paths (oneDNN packing, fp16 copies, int8) live apart in lyre/generate/speed.py.
+Constrained decoding (SamplingConfig.constraint: JSON schema, regex, choice, grammar) lives in
+lyre/constrain/; the engine only masks a row's logits with it (sampling.py: mask_constrained)
+and advances it by each token (rows.py: Row.accept).
 """
 
 from lyre.engine.batch import Batch, eval_mode, prefill_groups
