@@ -222,9 +222,10 @@ def tool_call_grammar(tools: Sequence[Tool], *, required: bool, parallel: bool =
         if text_schema is not None:
             lines.append(f"answer: %json {dumps(text_schema)}")
         else:
-            # Free text that does not open a block (a block is the other alternative).
+            # Free text that never opens a block: once "<tool_call>" is written, only a
+            # call may follow (llguidance's lexemes take & and ~: "and", "not").
             lines.append("answer: TEXT")
-            lines.append("TEXT: /(?s:.+)/")
+            lines.append(f"TEXT: /(?s:.+)/ & ~/(?s:.*){re.escape(CALL_OPEN)}(?s:.*)/")
     return "\n".join(lines) + "\n"
 
 
