@@ -20,6 +20,7 @@ from collections.abc import Sequence as Seq
 import torch
 import torch.nn as nn
 
+from lyre.constrain import check_constraint
 from lyre.core.errors import LyreError
 from lyre.engine.batch import Batch, eval_mode
 from lyre.engine.rows import Completion, Row
@@ -154,6 +155,10 @@ class Engine:
                 raise LyreError(f"stop_token_ids: {i} is not a token id in 0..{self.vocab_size - 1}")
         if params.stop and self.tokenizer is None:
             raise LyreError("stop strings need a tokenizer to decode text; pass one to the Engine")
+        if params.constraint is not None:
+            if self.tokenizer is None:
+                raise LyreError("a constraint needs the tokenizer (token bytes); pass one to the Engine")
+            check_constraint(params.constraint, self.tokenizer)  # compiled once, then cached
         return params
 
     def new_row(self, prompt: list[int], params: SamplingConfig, sample: int = 0, tag=None) -> Row:
@@ -172,7 +177,14 @@ class Engine:
             seen = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
             seen[torch.tensor(prompt, device=self.device)] = True
         token_bytes = self.tokenizer.token_bytes if self.tokenizer is not None else None
-        return Row(prompt, params, stop_ids, TextStream(token_bytes, params.stop), generator, seen, tag)
+        matcher = None
+        if params.constraint is not None:
+            from lyre.constrain.compile import compile_constraint  # llguidance: only where used
+            from lyre.constrain.matcher import RowMatcher
+
+            matcher = RowMatcher(compile_constraint(params.constraint, self.tokenizer))
+        text = TextStream(token_bytes, params.stop)
+        return Row(prompt, params, stop_ids, text, generator, seen, tag, matcher)
 
     def _prompt_list(self, prompts) -> list[str | Seq[int]]:
         if isinstance(prompts, str):

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from lyre.engine.sampling import SamplingConfig
 from lyre.engine.text import TextStream
+
+if TYPE_CHECKING:
+    from lyre.constrain.matcher import RowMatcher
 
 
 @dataclass
@@ -19,6 +23,10 @@ class Completion:
     finish_reason: "stop" (stop token or string) or "length" (max_new_tokens or the context).
     stop_reason: the stop string or stop token id that ended it. logprobs: log p of each token
     under the model's own distribution (before temperature, top-k/p and penalties).
+    With a constraint (SamplingConfig.constraint): constraint_unfinished is True when the text
+    does not complete the grammar (it ran out of max_new_tokens or context, or a stop string
+    cut it); forced_tokens counts the tokens the grammar forced (fast-forward, not sampled);
+    constraint_error says why the grammar could not go on (rare: a dead end or a parser limit).
     """
 
     text: str
@@ -28,6 +36,9 @@ class Completion:
     logprobs: list[float] | None = None
     prompt_tokens: int = 0
     top_logprobs: list[list[tuple[int, float]]] | None = None  # (id, log p) alternatives per token
+    constraint_unfinished: bool = False
+    forced_tokens: int = 0
+    constraint_error: str | None = None
 
 
 class Row:
@@ -46,6 +57,7 @@ class Row:
         generator: torch.Generator,
         seen: torch.Tensor | None,
         tag=None,
+        matcher: RowMatcher | None = None,
     ) -> None:
         self.prompt = prompt
         self.params = params
@@ -58,6 +70,7 @@ class Row:
         self.generator = generator
         self.seen = seen  # bool [V]: tokens of prompt + output, for the repetition penalty
         self.cache_len = 0  # positions of this row held in the KV cache
+        self.matcher = matcher  # the constraint's state (lyre/constrain/matcher.py), or None
         self._stop_ids = stop_ids
         self._text = text
 
@@ -75,7 +88,11 @@ class Row:
         return self._text.take()
 
     def completion(self) -> Completion:
+        m = self.matcher
         return Completion(
+            constraint_unfinished=m is not None and not m.accepting,
+            forced_tokens=m.forced_count if m is not None else 0,
+            constraint_error=_constraint_error(m),
             text=self._text.text,
             tokens=list(self.tokens),
             finish_reason=self.finish_reason or "length",
@@ -87,8 +104,8 @@ class Row:
 
     def accept(self, token: int, logprob: tuple | None, block_size: int) -> None:
         """Record a sampled token and decide whether the row is done."""
-        if token in self._stop_ids:
-            self.finish("stop", token)
+        if token in self._stop_ids or (self.matcher is not None and token == self.matcher.eos):
+            self.finish("stop", token)  # a constrained row ends with EOS only where its grammar may
             return
         self.tokens.append(token)
         if self.logprobs is not None:  # logprob: token_logprobs' (log p, top alternatives)
@@ -99,6 +116,8 @@ class Row:
             self.seen[token] = True
         if self._text.push(token):
             self.finish("stop", self._text.stopped_by)
+        elif self.matcher is not None and (not self.matcher.accept(token) or self.matcher.stopped):
+            self.finish("stop", self.matcher.eos)  # the grammar is complete: nothing may follow
         elif len(self.tokens) >= self.params.max_new_tokens:
             self.finish("length")
         elif self.params.overflow == "stop" and len(self.prompt) + len(self.tokens) >= block_size:
@@ -108,3 +127,11 @@ class Row:
         self.finish_reason, self.stop_reason = reason, stop_reason
         if self._text.close():  # flushing a cut character can complete a stop string
             self.finish_reason, self.stop_reason = "stop", self._text.stopped_by
+
+
+def _constraint_error(matcher: RowMatcher | None) -> str | None:
+    if matcher is None:
+        return None
+    if matcher.dead_end:
+        return "no token of the vocabulary can continue the constrained text"
+    return matcher.error or None

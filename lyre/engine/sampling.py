@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lyre.constrain import Constraint
 from lyre.core.errors import LyreError
 from lyre.core.sampling_defaults import (  # re-exported: lyre.engine.DEFAULT_*
     DEFAULT_MAX_NEW_TOKENS,
@@ -52,6 +53,7 @@ class SamplingConfig:
     logprobs: bool = False  # also return log p(token) of every generated token
     top_logprobs: int = 0  # with logprobs: also the k most likely tokens at each step
     overflow: str = "slide"  # at the context limit: "slide" the window or "stop" ("length")
+    constraint: Constraint | None = None  # the output must match it (docs/structured.md)
 
     def validate(self) -> SamplingConfig:
         """Raise LyreError naming the first bad parameter; normalise `stop` to a tuple."""
@@ -68,6 +70,8 @@ class SamplingConfig:
         if not isinstance(self.logprobs, bool):
             raise LyreError(f"logprobs must be True or False; got {self.logprobs!r}")
         check_int("top_logprobs", self.top_logprobs, 0, None)
+        if self.constraint is not None and not isinstance(self.constraint, Constraint):
+            raise LyreError(f"constraint must be a lyre.constrain.Constraint; got {self.constraint!r}")
         self.stop = _check_stop_strings(self.stop)
         if self.stop_token_ids is not None:
             if isinstance(self.stop_token_ids, str | bytes) or not isinstance(self.stop_token_ids, Seq):
@@ -146,23 +150,50 @@ def token_logprobs(logits: torch.Tensor, token: int, top: int) -> tuple[float, l
 
 
 def sample_rows(logits: torch.Tensor, rows: Seq[Row]) -> tuple[list[int], list[tuple | None]]:
-    """Next token of every row from logits [n, V]; each row uses its own params and generator."""
+    """Next token of every row from logits [n, V]; each row uses its own params and generator.
+
+    A constrained row takes the token its grammar forces (fast-forward), or samples among the
+    tokens its grammar allows: the others' logits are -inf before any other processing.
+    """
     logits = logits.float()
-    processed = logits
+    processed = mask_constrained(logits, rows)
     for i, row in enumerate(rows):
         if row.params.repetition_penalty != 1.0:
             if processed is logits:
                 processed = logits.clone()
-            processed[i] = apply_repetition_penalty(logits[i], row.seen, row.params.repetition_penalty)
+            processed[i] = apply_repetition_penalty(processed[i], row.seen, row.params.repetition_penalty)
     if all(row.params.temperature == 0 for row in rows):
         tokens = processed.argmax(dim=-1).tolist()  # the fast path: one op for the whole batch
     else:
         tokens = [_sample_one(processed[i], row) for i, row in enumerate(rows)]
+    for i, row in enumerate(rows):
+        forced = row.matcher.next_forced() if row.matcher is not None else None
+        if forced is not None:
+            tokens[i] = forced
     logprobs: list[tuple | None] = [None] * len(rows)
     for i, row in enumerate(rows):
         if row.params.logprobs:
             logprobs[i] = token_logprobs(logits[i], tokens[i], row.params.top_logprobs)
     return tokens, logprobs
+
+
+def mask_constrained(logits: torch.Tensor, rows: Seq[Row]) -> torch.Tensor:
+    """`logits` with -inf where a constrained row's grammar forbids the token (a copy if any
+    row is constrained). Rows with a forced token skip the mask: they will not sample."""
+    picked = [i for i, row in enumerate(rows) if row.matcher is not None and row.matcher.next_forced() is None]
+    if not picked:
+        return logits
+    from lyre.constrain.matcher import allowed_masks  # llguidance only where it is used
+
+    allowed = allowed_masks([rows[i].matcher for i in picked], logits.size(-1), logits.device)
+    for k, i in enumerate(picked):
+        if not allowed[k].any():  # a dead end (nothing the vocabulary has can go on): end the row
+            allowed[k, rows[i].matcher.eos] = True
+            rows[i].matcher.dead_end = True
+    logits = logits.clone()
+    index = torch.tensor(picked, device=logits.device)
+    logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
+    return logits
 
 
 def _sample_one(logits: torch.Tensor, row: Row) -> int:
