@@ -154,7 +154,7 @@ class ServeState:
             logprobs=logprobs,
             top_logprobs=top_logprobs if logprobs else 0,
             overflow=self.settings.overflow,
-            **({"constraint": constraint} if constraint is not None else {}),  # TEMP until part A
+            constraint=constraint,
         )
         try:
             return self.scheduler.engine.check_params(params)
