@@ -23,6 +23,7 @@ _EXPORTS = {
     "DataConfig": "lyre.run.config", "RunConfig": "lyre.run.config", "TrainConfig": "lyre.run.config",
     "load_config": "lyre.run.config",
     "Completion": "lyre.engine", "Engine": "lyre.engine",
+    "Constraint": "lyre.constrain", "ConstraintError": "lyre.constrain",
     "LyreError": "lyre.core.errors",
     "evaluate_run": "lyre.eval.loss", "evaluate_text": "lyre.eval.loss",
     "SamplingConfig": "lyre.generate.simple",
@@ -51,6 +52,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and editors see (names used through __all__)
+    from lyre.constrain import Constraint, ConstraintError  # noqa: F401
     from lyre.core.errors import LyreError  # noqa: F401
     from lyre.engine import Completion, Engine  # noqa: F401
     from lyre.eval.loss import evaluate_run, evaluate_text  # noqa: F401

@@ -148,6 +148,8 @@ def _turn(session: ChatSession, line: str, say) -> None:
     if session.last_finish_reason == "length":
         say(f"[notice] stopped at max_new_tokens={session.settings.max_new_tokens} "
             "or the end of the context (/set max_new_tokens N)\n")
+        if session.last_constraint_unfinished:
+            say("[notice] the answer does not complete its constraint (--json-schema/--regex/...)\n")
 
 
 def _command(session: ChatSession, line: str, say) -> bool:
@@ -203,4 +205,7 @@ def one_answer(session: ChatSession, prompt: str, stdout=None, stderr=None) -> s
     answer = session.answer(turn, write)
     stdout.write("\n")
     stdout.flush()
+    if session.last_constraint_unfinished:
+        stderr.write(f"[notice] the answer does not complete its constraint (finish_reason "
+                     f"{session.last_finish_reason}: raise --max-new-tokens)\n")
     return answer

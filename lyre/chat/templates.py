@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lyre.chat.tools import Tool, lower_messages
+from lyre.constrain import Constraint, check_constraint
 from lyre.core.errors import LyreError
 from lyre.engine.sampling import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -335,7 +336,7 @@ class ChatSession:
     """One conversation with one model, through the engine. Used by the REPL and by `-p`."""
 
     def __init__(self, run, template: ChatTemplate, settings: ChatSettings | None = None,
-                 system: str | None = None) -> None:
+                 system: str | None = None, constraint: Constraint | None = None) -> None:
         from lyre.engine import Engine
 
         self.settings = settings or ChatSettings()
@@ -348,6 +349,10 @@ class ChatSession:
         self.set_system(system)
         self.last_finish_reason: str | None = None
         self.last_new_tokens = 0
+        self.last_constraint_unfinished = False
+        self.constraint = constraint  # every answer must match it (docs/structured.md)
+        if constraint is not None:
+            check_constraint(constraint, self.tokenizer)  # a bad one fails before the first turn
 
     def set_system(self, text: str | None) -> None:
         """Set (or with None/"" remove) the system message; its characters are checked now."""
@@ -399,6 +404,7 @@ class ChatSession:
             repetition_penalty=s.repetition_penalty, seed=s.seed, stop=template.stop,
             # A chat answer ends at the context's end; a base model's text slides on.
             overflow="slide" if template.name == "plain" else "stop",
+            constraint=self.constraint,
         )
         stream = self.engine.stream(turn.ids, params)
         trimmer = AnswerTrimmer(template.strip_answer)
@@ -412,6 +418,7 @@ class ChatSession:
         result = stream.completion
         self.last_finish_reason = result.finish_reason
         self.last_new_tokens = len(result.tokens)
+        self.last_constraint_unfinished = result.constraint_unfinished
         answer = "".join(pieces)
         self.conversation.turns = turn.turns + [{"role": "user", "content": turn.user_text},
                                                 {"role": "assistant", "content": answer}]

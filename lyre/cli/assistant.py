@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from lyre.cli.flags import (
+    add_constraint_flags,
     add_model_flags,
     add_replace_unknown_flag,
     add_sampling_flags,
     add_threads_flag,
     apply_threads,
+    constraint_from_args,
 )
 from lyre.core.sampling_defaults import DEFAULT_MAX_NEW_TOKENS
 
@@ -34,6 +36,7 @@ def _add_chat(sub) -> None:
                    help="file of the lines you typed, for the arrow keys and Ctrl-R (default: "
                         "$LYRE_HISTORY, else ~/.local/state/lyre/chat_history; '' keeps none)")
     add_sampling_flags(p, max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
+    add_constraint_flags(p)
     add_replace_unknown_flag(p)
     add_model_flags(p)
     p.set_defaults(func=cmd_chat)
@@ -86,11 +89,12 @@ def cmd_chat(args) -> None:
                             repetition_penalty=args.repetition_penalty,
                             max_new_tokens=args.max_new_tokens, seed=args.seed)
     settings.validate()
+    constraint = constraint_from_args(args)  # every answer of the chat follows it
     template = chat.get_template(args.template or chat.template_name_for_run(args.run_dir))
     run = load_run(args.run_dir, args.checkpoint, args.device, weights=args.weights)
     if args.replace_unknown:
         replace_unknown(run.tokenizer)
-    session = chat.ChatSession(run, template, settings, system=args.system)
+    session = chat.ChatSession(run, template, settings, system=args.system, constraint=constraint)
     if args.one_prompt is not None:
         repl.one_answer(session, args.one_prompt)
     else:

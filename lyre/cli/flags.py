@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from lyre.core.errors import LyreError
 
 
 class Parser(argparse.ArgumentParser):
@@ -53,8 +56,6 @@ def add_threads_flag(p) -> None:
 
 def apply_threads(threads: int) -> None:
     """--threads: torch's CPU threads for the rest of this command (0 leaves torch's choice)."""
-    from lyre.core.errors import LyreError
-
     if threads < 0:
         raise LyreError(f"--threads must be >= 0; got {threads}")
     if threads:
@@ -78,3 +79,50 @@ def add_checkpoint_flags(p) -> None:
     """Which checkpoint of a run, on which device: every verb that loads a run."""
     p.add_argument("--checkpoint", default="best", help="best or last (default best)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+
+
+def add_constraint_flags(p) -> None:
+    """`--json-schema/--regex/--choice/--grammar` of `sample` and `chat` (docs/structured.md)."""
+    g = p.add_argument_group("constrained output (docs/structured.md); at most one of").add_mutually_exclusive_group()
+    g.add_argument("--json-schema", type=Path, metavar="FILE",
+                   help="the output is JSON valid under the JSON schema in FILE ({} : any JSON object)")
+    g.add_argument("--regex", metavar="PATTERN", help="the output matches the regular expression")
+    g.add_argument("--choice", metavar="A,B,...", help="the output is exactly one of these strings")
+    g.add_argument("--grammar", type=Path, metavar="FILE",
+                   help="the output follows the grammar in FILE: Lark (llguidance's dialect), "
+                        "or GBNF when FILE ends in .gbnf")
+
+
+def constraint_from_args(args):
+    """The Constraint the constraint flags ask for, or None; a LyreError for a bad file."""
+    import json
+
+    from lyre.constrain import Constraint
+
+    if args.regex is not None:
+        return Constraint.regex(args.regex)
+    if args.choice is not None:
+        options = [o for o in args.choice.split(",") if o]
+        return Constraint.choice(options)
+    if args.json_schema is not None:
+        text = _read_text(args.json_schema, "--json-schema")
+        try:
+            schema = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LyreError(f"--json-schema {args.json_schema} is not valid JSON ({e})") from None
+        if not isinstance(schema, dict):
+            raise LyreError(f"--json-schema {args.json_schema} must hold a JSON object (a schema)")
+        return Constraint.json(schema)
+    if args.grammar is not None:
+        syntax = "gbnf" if args.grammar.suffix == ".gbnf" else "lark"
+        return Constraint.grammar(_read_text(args.grammar, "--grammar"), syntax)
+    return None
+
+
+def _read_text(path: Path, flag: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LyreError(f"{flag} file {path} not found") from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as e:
+        raise LyreError(f"{flag} file {path} cannot be read as UTF-8 text ({type(e).__name__})") from None

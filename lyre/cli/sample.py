@@ -8,9 +8,11 @@ from pathlib import Path
 
 from lyre.cli.flags import (
     add_checkpoint_flags,
+    add_constraint_flags,
     add_model_flags,
     add_replace_unknown_flag,
     add_sampling_flags,
+    constraint_from_args,
 )
 from lyre.core.errors import LyreError
 
@@ -36,6 +38,7 @@ def _add_sample(sub) -> None:
                    help="at the context limit: slide the window (default) or stop")
     p.add_argument("--num-samples", type=int, default=1,
                    help="how many samples, all from one prefill in one batch (default 1)")
+    add_constraint_flags(p)
     add_replace_unknown_flag(p)
     add_model_flags(p)
     p.set_defaults(func=cmd_sample)
@@ -73,6 +76,7 @@ def cmd_sample(args) -> None:
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop,
         num_samples=args.num_samples, seed=args.seed, overflow=args.overflow,
+        constraint=constraint_from_args(args),
     ).validate()  # bad flags fail before the model is loaded
     run = load_run(args.run_dir, args.checkpoint, args.device, weights=args.weights)
     if args.replace_unknown:
@@ -89,14 +93,24 @@ def cmd_sample(args) -> None:
     shown = prompt or ""
     if args.num_samples == 1:
         sys.stdout.write(shown)
-        for piece in engine.stream(ids, params):
+        stream = engine.stream(ids, params)
+        for piece in stream:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
+        unfinished_notice(stream.completion)
         return
     for i, completion in enumerate(engine.generate([ids], params)):
         print(f"--- sample {i + 1} ---")
         print(shown + completion.text)
+        unfinished_notice(completion)
+
+
+def unfinished_notice(completion) -> None:
+    """Say so when a constrained output stopped before its grammar was complete."""
+    if completion.constraint_unfinished:
+        why = completion.constraint_error or f"finish_reason {completion.finish_reason}: raise --max-new-tokens"
+        print(f"[notice] the output does not complete its constraint ({why})", file=sys.stderr)
 
 
 def read_prompt(args) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from llguidance.torch import allocate_token_bitmask, fill_next_token_bitmask
 
 from lyre.constrain.compile import Compiled
 
@@ -66,14 +65,17 @@ class RowMatcher:
         return ok
 
     def fill(self, bitmask: torch.Tensor, index: int) -> None:
-        fill_next_token_bitmask(self.matcher, bitmask, index)
+        """Write the allowed-token bits into row `index` of an int32 [n, words] CPU tensor (what
+        llguidance.torch.fill_next_token_bitmask does; that module imports torch.compile, 2 s)."""
+        row = bitmask[index]
+        self.matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
 
 
 def allowed_masks(matchers: Sequence[RowMatcher], vocab_size: int, device: torch.device) -> torch.Tensor:
     """bool [n, vocab_size]: True where row i's grammar allows token t. Ids the tokenizer does not
     have (a model vocabulary padded past the tokenizer's) are never allowed."""
     n, known = len(matchers), matchers[0].vocab_size
-    bitmask = allocate_token_bitmask(n, known)
+    bitmask = torch.full((n, (known + 31) // 32), -1, dtype=torch.int32)
     for i, m in enumerate(matchers):
         m.fill(bitmask, i)
     # Unpack 32 bits per int32 word: bit b of word w is token 32 * w + b.

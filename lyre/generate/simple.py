@@ -18,10 +18,11 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 
+from lyre.constrain import Constraint
 from lyre.engine import Completion, Engine, SamplingConfig, Stream
 
 __all__ = [
-    "Completion", "Engine", "SamplingConfig", "Stream", "crop_prompt", "generate",
+    "Completion", "Constraint", "Engine", "SamplingConfig", "Stream", "crop_prompt", "generate",
     "generate_tokens", "prompt_ids", "stream",
 ]
 
@@ -48,8 +49,13 @@ def stream(
     prompt: str | Sequence[int],
     cfg: SamplingConfig | None = None,
     device: torch.device | str | None = None,
+    *,
+    constraint: Constraint | None = None,
 ) -> Stream:
-    """Text pieces of one continuation of `prompt` as they are produced (see Engine.stream)."""
+    """Text pieces of one continuation of `prompt` as they are produced (see Engine.stream).
+    `constraint` (JSON schema, regex, choice, grammar: docs/structured.md) overrides cfg's."""
+    if constraint is not None:
+        cfg = replace(cfg or SamplingConfig(), constraint=constraint)
     return Engine(model, tokenizer, device).stream(prompt, cfg)
 
 
@@ -59,9 +65,12 @@ def generate(
     prompt: str | Sequence[int],
     cfg: SamplingConfig | None = None,
     device: torch.device | str | None = None,
+    *,
+    constraint: Constraint | None = None,
 ) -> str:
-    """The whole continuation of `prompt` as one string."""
-    return "".join(stream(model, tokenizer, prompt, cfg, device))
+    """The whole continuation of `prompt` as one string, e.g. JSON valid under a schema with
+    `constraint=Constraint.json(schema)` (docs/structured.md)."""
+    return "".join(stream(model, tokenizer, prompt, cfg, device, constraint=constraint))
 
 
 def generate_tokens(

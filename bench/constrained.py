@@ -1,0 +1,298 @@
+"""Constrained decoding (docs/structured.md): validity, cost, and outlines side by side.
+
+    python bench/constrained.py [--run RUN_DIR] [--iters N] [--threads T] [--smoke]
+
+Validity: 5 JSON schemas (nested objects, enums, arrays with minItems/maxItems, integer ranges,
+string patterns) x --samples samples at temperature 1.0, constrained vs the same sampling
+unconstrained (stopped at a newline), from the demo model (a char model of the iliad-char shape,
+trained here for --iters steps on the Iliad plus example JSON lines unless --run is given) and a
+BPE model of the same shape and corpus. Valid = json.loads + jsonschema.validate.
+Cost: constrained tokens/s / unconstrained tokens/s at batch 1 and 8 (`constraint_overhead_ratio`,
+goal >= 0.9) for the demo shape and a GPT-2 124M shape (random weights, GPT-2's tokenizer from
+/work/shared/data/gpt2 or --gpt2).
+Peer: that GPT-2-shaped model exported with `lyre export-hf` and run by outlines (+ transformers)
+on the same schema, batch 1: lyre tokens/s / outlines tokens/s = `outlines_speed_ratio`.
+--smoke: untrained tiny models, 4 samples, a 2-layer GPT-2-shaped model (figures mean nothing).
+Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _common import add_smoke_flag, json_line, machine
+
+from lyre.constrain import Constraint
+from lyre.engine import Engine, SamplingConfig
+from lyre.model import GPT, GPTConfig
+from lyre.run.config import BUNDLED_ILIAD
+from lyre.tokenizers import GPT2Tokenizer, build_tokenizer
+
+GPT2_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2"
+
+SCHEMAS = {
+    "nested": {"type": "object", "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 10},
+        "home": {"type": "object", "properties": {
+            "city": {"type": "string", "minLength": 1, "maxLength": 10},
+            "ships": {"type": "integer", "minimum": 0, "maximum": 99}},
+            "required": ["city", "ships"], "additionalProperties": False}},
+        "required": ["name", "home"], "additionalProperties": False},
+    "enums": {"type": "object", "properties": {
+        "side": {"enum": ["achaean", "trojan", "god"]},
+        "mood": {"type": "string", "enum": ["wrath", "grief", "joy"]}},
+        "required": ["side", "mood"], "additionalProperties": False},
+    "array": {"type": "object", "properties": {
+        "gifts": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 6},
+                  "minItems": 2, "maxItems": 4}},
+        "required": ["gifts"], "additionalProperties": False},
+    "ranges": {"type": "object", "properties": {
+        "day": {"type": "integer", "minimum": 1, "maximum": 31},
+        "slain": {"type": "integer", "minimum": -5, "maximum": 500}},
+        "required": ["day", "slain"], "additionalProperties": False},
+    "patterns": {"type": "object", "properties": {
+        "code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{3}$"},
+        "tag": {"type": "string", "pattern": "^[a-z]{2,5}$"}},
+        "required": ["code", "tag"], "additionalProperties": False},
+}
+COST_SCHEMA = "nested"
+
+
+def example(name: str, rng: random.Random) -> dict:
+    """A random instance of SCHEMAS[name]: the training lines that teach the models JSON."""
+    word = lambda n: "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(1, n)))  # noqa: E731
+    if name == "nested":
+        return {"name": word(10).title(), "home": {"city": word(10).title(), "ships": rng.randint(0, 99)}}
+    if name == "enums":
+        return {"side": rng.choice(["achaean", "trojan", "god"]), "mood": rng.choice(["wrath", "grief", "joy"])}
+    if name == "array":
+        return {"gifts": [word(6) for _ in range(rng.randint(2, 4))]}
+    if name == "ranges":
+        return {"day": rng.randint(1, 31), "slain": rng.randint(-5, 500)}
+    code = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(3)) + f"-{rng.randint(0, 999):03d}"
+    return {"code": code, "tag": word(5) if len(word(5)) >= 2 else "ab"}
+
+
+def corpus_text(chars: int, lines: int) -> str:
+    """The Iliad's start plus `lines` JSON lines of every schema, interleaved by paragraph."""
+    rng = random.Random(0)
+    iliad = BUNDLED_ILIAD.read_text(encoding="utf-8")
+    iliad = iliad[iliad.index("Sing, O goddess"):][:chars].split("\n\n")
+    out = []
+    for i in range(lines):
+        if i < len(iliad):
+            out.append(iliad[i])
+        out.append(json.dumps(example(list(SCHEMAS)[i % len(SCHEMAS)], rng)))
+    return "\n".join(out) + "\n0123456789{}[]-_\n"
+
+
+def is_valid(text: str, schema: dict) -> bool:
+    import jsonschema
+
+    try:
+        jsonschema.validate(json.loads(text), schema)
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True
+
+
+# ---- models ----------------------------------------------------------------------------------
+
+
+def train_run(tmp: Path, name: str, tokenizer: str, model_toml: str, corpus: str, iters: int) -> Path:
+    from lyre.run.config import load_config
+    from lyre.train.trainer import train
+
+    corpus_file = tmp / f"{name}.txt"
+    corpus_file.write_text(corpus, encoding="utf-8")
+    toml = tmp / f"{name}.toml"
+    toml.write_text(f"{model_toml}\n[data]\ncorpus = [{json.dumps(corpus_file.as_posix())}]\n"
+                    f"tokenizer = {json.dumps(tokenizer)}\n[train]\nbatch_size = 12\nmax_iters = {iters}\n"
+                    f"lr = 2e-3\nmin_lr = 0.0\nwarmup_iters = {min(50, iters // 4)}\neval_interval = {iters}\n"
+                    "eval_windows = 8\ndevice = \"cpu\"\nthreads = 1\n", encoding="utf-8")
+    run_dir = tmp / name
+    train(load_config(toml), run_dir, progress=False, plot=False)
+    return run_dir
+
+
+DEMO_MODEL = """[model]
+n_layer = 2
+n_head = 6
+n_embd = 192
+block_size = 256
+mlp_ratio = 3.0
+dropout = 0.0
+bias = false
+pos = "rope"
+norm = "rmsnorm"
+act = "relu2"
+tie_embeddings = true
+"""
+GPT2_MODEL = """[model]
+n_layer = {n_layer}
+n_head = {n_head}
+n_embd = {n_embd}
+block_size = 256
+dropout = 0.0
+bias = true
+pos = "learned"
+norm = "layernorm"
+act = "gelu"
+"""
+
+
+def load_engine(run_dir: Path) -> Engine:
+    from lyre.generate.runs import load_run
+
+    run = load_run(run_dir, device="cpu")
+    return Engine(run.model, run.tokenizer)
+
+
+def smoke_engine(tokenizer) -> Engine:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=256, n_layer=1, n_head=2, n_embd=32))
+    return Engine(model.eval(), tokenizer)
+
+
+# ---- measurements ----------------------------------------------------------------------------
+
+
+def validity(engine: Engine, samples: int, max_new: int) -> dict:
+    """Valid rate per schema, constrained and free, at temperature 1.0."""
+    out = {}
+    prompt = engine.encode("\n")
+    for name, schema in SCHEMAS.items():
+        base = dict(max_new_tokens=max_new, temperature=1.0, num_samples=samples, seed=1)
+        con = engine.generate([prompt], SamplingConfig(**base, constraint=Constraint.json(schema)))
+        free = engine.generate([prompt], SamplingConfig(**base, stop=["\n"]))
+        out[name] = {"constrained": sum(is_valid(c.text, schema) for c in con) / samples,
+                     "unconstrained": sum(is_valid(c.text, schema) for c in free) / samples,
+                     "constrained_unfinished": sum(c.constraint_unfinished for c in con)}
+    return out
+
+
+def tokens_per_second(engine: Engine, batch: int, constraint: Constraint | None, max_new: int,
+                      repeats: int) -> tuple[float, int]:
+    """Best tokens/s of `batch` rows from one prompt; a free run makes exactly max_new tokens."""
+    prompt = engine.encode("\n")
+    params = SamplingConfig(max_new_tokens=max_new, temperature=1.0, num_samples=batch, seed=3,
+                            constraint=constraint, stop_token_ids=None if constraint else [])
+    engine.generate([prompt], params)  # warm-up (and compile the constraint: cached from here)
+    best, tokens = 0.0, 0
+    for r in range(repeats):
+        params.seed = 10 + r
+        t0 = time.perf_counter()
+        done = engine.generate([prompt], params, max_batch=batch)
+        seconds = time.perf_counter() - t0
+        n = sum(len(c.tokens) for c in done)
+        if n / seconds > best:
+            best, tokens = n / seconds, n
+    return best, tokens
+
+
+def overhead(engine: Engine, repeats: int, max_new: int) -> dict:
+    """constrained tok/s / unconstrained tok/s, batch 1 and 8, on the COST_SCHEMA."""
+    out = {}
+    constraint = Constraint.json(SCHEMAS[COST_SCHEMA])
+    for batch in (1, 8):
+        con, n = tokens_per_second(engine, batch, constraint, max_new, repeats)
+        # The free run makes as many tokens per row as the constrained one did on average.
+        free, _ = tokens_per_second(engine, batch, None, max(1, n // batch), repeats)
+        out[f"batch{batch}"] = {"constrained_tok_s": round(con, 1), "unconstrained_tok_s": round(free, 1),
+                                "constraint_overhead_ratio": round(con / free, 3)}
+    return out
+
+
+def outlines_peer(run_dir: Path, engine: Engine, tmp: Path, max_new: int, repeats: int) -> dict:
+    """The same model exported to Hugging Face format, generated by outlines on the same schema
+    (batch 1, temperature 1.0), against lyre's constrained batch-1 tokens/s."""
+    try:
+        import outlines
+        from outlines.types import JsonSchema
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as e:
+        return {"outlines_skipped": f"outlines/transformers not installed ({e})"}
+    from lyre.hf import export_hf
+
+    hf_dir = export_hf(run_dir, tmp / "hf", force=True)
+    hf_model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    hf_tok = AutoTokenizer.from_pretrained(hf_dir)
+    model = outlines.from_transformers(hf_model, hf_tok)
+    schema = SCHEMAS[COST_SCHEMA]
+    t0 = time.perf_counter()
+    # No free whitespace, as lyre compiles JSON (compact, one space after "," and ":").
+    generator = outlines.Generator(model, JsonSchema(json.dumps(schema), whitespace_pattern=" ?"))
+    compile_s = time.perf_counter() - t0
+    best, valid, runs = 0.0, 0, 0
+    for r in range(repeats + 1):  # the first call warms up
+        torch.manual_seed(r)
+        t0 = time.perf_counter()
+        text = generator("\n", max_new_tokens=max_new, do_sample=True, temperature=1.0)
+        seconds = time.perf_counter() - t0
+        if r:
+            n = len(hf_tok(text)["input_ids"])
+            best = max(best, n / seconds)
+            valid += is_valid(text, schema)
+            runs += 1
+    ours, _ = tokens_per_second(engine, 1, Constraint.json(schema), max_new, repeats)
+    return {"outlines_tok_s": round(best, 1), "lyre_tok_s": round(ours, 1),
+            "outlines_valid_rate": valid / runs, "outlines_compile_s": round(compile_s, 2),
+            "outlines_speed_ratio": round(ours / best, 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", type=Path, default=None, help="the demo char run (default: train one here)")
+    ap.add_argument("--iters", type=int, default=600, help="training steps of the demo and BPE models")
+    ap.add_argument("--samples", type=int, default=40, help="samples per schema (default 40)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs, best kept (default 3)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--gpt2", type=Path, default=GPT2_DIR, help="GPT-2 tokenizer files (encoder.json, vocab.bpe)")
+    add_smoke_flag(ap)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    samples, repeats, max_new = (2, 1, 100) if args.smoke else (args.samples, args.repeats, 120)
+    record: dict = {"bench": "constrained", "smoke": args.smoke, "machine": machine()}
+    with tempfile.TemporaryDirectory(prefix="lyre-bench-constrained-") as tmp_name:
+        tmp = Path(tmp_name)
+        corpus = corpus_text(2_000 if args.smoke else 60_000, 40 if args.smoke else 3000)
+        t0 = time.perf_counter()
+        if args.smoke:
+            char = smoke_engine(build_tokenizer("char", [corpus]))
+            bpe = smoke_engine(build_tokenizer("bpe:300", [corpus]))
+        else:
+            char_run = args.run or train_run(tmp, "demo-char", "char", DEMO_MODEL, corpus, args.iters)
+            char = load_engine(char_run)
+            bpe = load_engine(train_run(tmp, "demo-bpe", "bpe:512", DEMO_MODEL, corpus, args.iters))
+        record["train_s"] = round(time.perf_counter() - t0, 1)
+        record["validity"] = {"demo_char": validity(char, samples, max_new),
+                              "bpe": validity(bpe, samples, max_new)}
+        for model_name, v in record["validity"].items():
+            record[f"{model_name}_constrained_valid_rate"] = sum(s["constrained"] for s in v.values()) / len(v)
+            record[f"{model_name}_unconstrained_valid_rate"] = sum(s["unconstrained"] for s in v.values()) / len(v)
+        record["cost"] = {"demo_char": overhead(char, repeats, max_new)}
+        if (args.gpt2 / "encoder.json").is_file():
+            shape = dict(n_layer=2, n_head=2, n_embd=64) if args.smoke else dict(n_layer=12, n_head=12, n_embd=768)
+            gpt2_run = train_run(tmp, "gpt2-shape", f"gpt2:{args.gpt2}", GPT2_MODEL.format(**shape),
+                                 corpus_text(60_000, 100), 1)  # one step: random weights, a run to export
+            gpt2 = load_engine(gpt2_run)
+            record["cost"]["gpt2_124m_shape" if not args.smoke else "gpt2_tiny_shape"] = overhead(gpt2, repeats, 60)
+            record["peer"] = outlines_peer(gpt2_run, gpt2, tmp, 60, repeats)
+        else:
+            record["peer"] = {"outlines_skipped": f"GPT-2 tokenizer files not found in {args.gpt2}"}
+    ratios = [c[b]["constraint_overhead_ratio"] for c in record["cost"].values() for b in c]
+    record["constraint_overhead_ratio"] = min(ratios)  # the worst case of every shape and batch
+    record["outlines_speed_ratio"] = record["peer"].get("outlines_speed_ratio")
+    print(json.dumps(record, indent=1), file=sys.stderr)
+    json_line(record)
+
+
+if __name__ == "__main__":
+    main()
