@@ -379,3 +379,21 @@ def test_bad_completion_constraint_is_400(server):
         r = httpx.post(server.url + "/v1/completions",
                        json={"model": "tiny", "prompt": "x", "stream": True, **extra}, timeout=60)
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_a_char_model_without_json_characters_says_so(trained_run):
+    """The tiny Iliad char run knows no '{', '<' or digits: tools are a clear 400 (before any
+    output, streamed too); a constraint its vocabulary can write (a choice of words) works."""
+    from lyre.generate.runs import load_run
+
+    char_run = load_run(trained_run, device="cpu")
+    with start_background(char_run, ServeSettings(model_name="iliad")) as srv:
+        def post(extra):
+            return httpx.post(srv.url + "/v1/chat/completions", timeout=60, json={
+                "model": "iliad", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+                **extra})
+
+        r = post({"tools": [ADD], "stream": True})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+        r = post({"structured_outputs": {"choice": ["arms", "man"]}})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] in ("arms", "man")

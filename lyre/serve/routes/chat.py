@@ -102,7 +102,15 @@ def _prompt_ids(serve: ServeState, req: S.ChatCompletionRequest, plan: Plan) -> 
         prompt = serve.template.render(messages, plan.tools)
     except LyreError as e:
         raise APIError(400, str(e), param="messages") from None
-    ids = serve.encode_text(prompt, "messages") if prompt else []
+    try:
+        ids = serve.encode_text(prompt, "messages") if prompt else []
+    except APIError as e:
+        if not plan.tools:
+            raise
+        # The messages alone were checked above: it is the tool list this model cannot read.
+        raise APIError(400, f"tools: this model's vocabulary cannot spell the tool list ({e.message}); "
+                       "a model trained on text without JSON's characters cannot be given tools",
+                       param="tools", code="invalid_prompt") from None
     if not ids:
         if serve.tokenizer.eot_id is None:
             raise APIError(400, "the messages are empty and this model has no start token",
