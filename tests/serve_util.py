@@ -20,7 +20,7 @@ TOML = """\
 n_layer = 1
 n_head = 2
 n_embd = 32
-block_size = 256
+block_size = {block_size}
 dropout = 0.0
 
 [data]
@@ -40,11 +40,12 @@ seed = 7
 """
 
 
-def tiny_served_run(base: Path) -> Path:
-    """The path of the shared tiny run under `base`, training it on first use."""
+def tiny_served_run(base: Path, block_size: int = 256) -> Path:
+    """The path of the shared tiny run under `base`, training it on first use (another
+    `block_size`, e.g. room for a tool list in the prompt: another run)."""
     from lyre.train.trainer import train
 
-    root = base / "lyre-serve-run"
+    root = base / ("lyre-serve-run" if block_size == 256 else f"lyre-serve-run-{block_size}")
     run_dir = root / "tiny-chat"
     if (run_dir / "checkpoints").is_dir():
         return run_dir
@@ -52,9 +53,10 @@ def tiny_served_run(base: Path) -> Path:
     text = BUNDLED_ILIAD.read_text(encoding="utf-8")
     start = text.index("Sing, O goddess")
     corpus = root / "corpus.txt"
-    corpus.write_text(text[start : start + 8000] + "\nhéllo wörld ✓ 🎵 ", encoding="utf-8")
+    size = 8000 if block_size == 256 else block_size * 24  # the val split must hold a window
+    corpus.write_text(text[start : start + size] + "\nhéllo wörld ✓ 🎵 ", encoding="utf-8")
     toml = root / "tiny.toml"
-    toml.write_text(TOML.format(corpus=corpus.as_posix()), encoding="utf-8")
+    toml.write_text(TOML.format(corpus=corpus.as_posix(), block_size=block_size), encoding="utf-8")
     train(load_config(toml), run_dir, progress=False, plot=False)
     return run_dir
 

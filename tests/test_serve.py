@@ -618,7 +618,8 @@ def test_error_messages_name_the_field_and_the_limit(server, body, message, para
 
 CHAT_MESSAGES = [
     ({"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]},
-     "messages[0].role: must be 'system', 'developer', 'user' or 'assistant'; got \"wizard\"", "messages[0].role"),
+     "messages[0].role: must be 'system', 'developer', 'user', 'assistant' or 'tool'; got \"wizard\"",
+     "messages[0].role"),
     ({"model": "tiny", "messages": [{"role": "user", "content": 5}]},
      'messages[0].content: must be a string or a list of {"type": "text", "text": "..."} parts; got 5',
      "messages[0].content"),

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lyre.chat.tools import Tool, lower_messages
 from lyre.constrain import Constraint, check_constraint
 from lyre.core.errors import LyreError
 from lyre.engine.sampling import (
@@ -43,6 +44,9 @@ ALPACA_PREAMBLE = (
 )
 
 
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
 @dataclass(frozen=True)
 class ChatTemplate:
     """How a list of {"role", "content"} messages becomes the prompt text of one model."""
@@ -52,13 +56,20 @@ class ChatTemplate:
     render_fn: Callable[[Sequence[dict]], str]
     stop: tuple[str, ...] = ()  # strings that end an assistant turn (cut from the answer)
     strip_answer: bool = True  # strip surrounding whitespace from the answer
+    default_system: str | None = None  # the system text of a conversation without one
 
-    def render(self, messages: Sequence[dict]) -> str:
-        """The prompt: every message, then the opening of the assistant's next turn."""
+    def render(self, messages: Sequence[dict], tools: Sequence[Tool] = ()) -> str:
+        """The prompt: every message, then the opening of the assistant's next turn.
+
+        With `tools`, their list joins the system part; assistant messages may carry
+        `tool_calls` and role "tool" messages hold their results (lyre.chat.tools: one format,
+        <tool_call> / <tool_response> blocks, for every template).
+        """
         for m in messages:
-            if m.get("role") not in ("system", "developer", "user", "assistant"):
-                raise LyreError(f"unknown message role {m.get('role')!r}; use system, user or assistant")
-        return self.render_fn(messages)
+            if m.get("role") not in ROLES:
+                raise LyreError(f"unknown message role {m.get('role')!r}; use system, user, "
+                                "assistant or tool")
+        return self.render_fn(lower_messages(messages, tools, self.default_system))
 
 
 def _system_text(messages: Sequence[dict]) -> str | None:
@@ -83,11 +94,13 @@ def _render_alpaca(messages: Sequence[dict]) -> str:
             text += f"\n\n### Instruction:\n{m['content']}"
         elif m["role"] == "assistant":
             text += f"\n\n### Response:\n{m['content']}"
+        elif m["role"] == "tool":
+            text += f"\n\n### Tool:\n{m['content']}"
     return text + "\n\n### Response:\n"
 
 
 def _render_chatml(messages: Sequence[dict]) -> str:
-    text = ""
+    text = ""  # a tool turn is <|im_start|>tool
     for m in messages:
         role = "system" if m["role"] == "developer" else m["role"]
         text += f"<|im_start|>{role}\n{m['content']}<|im_end|>\n"
@@ -102,6 +115,8 @@ def _render_simple(messages: Sequence[dict]) -> str:
             text += f"User: {m['content']}\n"
         elif m["role"] == "assistant":
             text += f"Assistant: {m['content']}\n"
+        elif m["role"] == "tool":
+            text += f"Tool: {m['content']}\n"
     return text + "Assistant:"
 
 
@@ -111,11 +126,12 @@ TEMPLATES: dict[str, ChatTemplate] = {
         ChatTemplate("plain", "base model: the conversation is one text, a turn per line, "
                      "that the model continues", _render_plain),
         ChatTemplate("alpaca", "Alpaca-style ### Instruction / ### Response (LLMs-from-scratch ch07)",
-                     _render_alpaca, stop=("### Instruction:", "### Response:", "### Input:")),
+                     _render_alpaca, stop=("### Instruction:", "### Response:", "### Input:", "### Tool:"),
+                     default_system=ALPACA_PREAMBLE),
         ChatTemplate("chatml", "<|im_start|>role ... <|im_end|> turns",
                      _render_chatml, stop=("<|im_end|>", "<|im_start|>")),
         ChatTemplate("simple", "User: ... / Assistant: ... lines",
-                     _render_simple, stop=("\nUser:", "\nAssistant:")),
+                     _render_simple, stop=("\nUser:", "\nAssistant:", "\nTool:")),
     )
 }
 

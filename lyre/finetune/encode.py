@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lyre.chat.templates import ChatTemplate
+from lyre.chat.tools import Tool, assistant_text
 from lyre.core.errors import LyreError
 from lyre.finetune.records import Problems, Record
 
@@ -55,18 +56,25 @@ class EncodeReport:
     problems: Problems | None = None  # skipped, with reasons
 
 
-def answer_text(template: ChatTemplate, messages: Sequence[dict], i: int) -> str:
+def answer_text(template: ChatTemplate, messages: Sequence[dict], i: int,
+                tools: Sequence[Tool] = ()) -> str:
     """The text that follows `template.render(messages[:i])` when message i is the answer: the
-    content plus whatever whitespace the template puts before it (" " after "Assistant:")."""
-    prompt = template.render(messages[:i])
-    after = template.render(messages[: i + 1])
-    content = messages[i]["content"]
+    content (and its <tool_call> blocks) plus whatever whitespace the template puts before it
+    (" " after "Assistant:")."""
+    prompt = template.render(messages[:i], tools)
+    after = template.render(messages[: i + 1], tools)
+    content = assistant_text(messages[i])
     rest = after[len(prompt):] if after.startswith(prompt) else None
     lead = rest.find(content) if rest is not None else -1
     if lead < 0 or rest[:lead].strip():
         raise LyreError(f"chat template {template.name!r} does not lay out an answer right after its "
                         "prompt, so it cannot be used for fine-tuning; choose another --template")
     return rest[:lead] + content
+
+
+def record_tools(record: Record) -> list[Tool]:
+    """The record's declared tools, rendered into the system part as chat and serve do."""
+    return [Tool.from_openai(t) for t in record.tools]
 
 
 def require_eot(tokenizer) -> int:
@@ -92,12 +100,13 @@ def _encode(tokenizer, text: str) -> list[int]:
 def encode_sequences(record: Record, template: ChatTemplate, tokenizer) -> list[Example]:
     """One sequence per assistant turn of a conversation (see the module docstring)."""
     eot = require_eot(tokenizer)
+    tools = record_tools(record)
     out = []
     for i, m in enumerate(record.messages):
         if m["role"] != "assistant":
             continue
-        prompt = _encode(tokenizer, template.render(record.messages[:i]))
-        answer = _encode(tokenizer, answer_text(template, record.messages, i)) + [eot]
+        prompt = _encode(tokenizer, template.render(record.messages[:i], tools))
+        answer = _encode(tokenizer, answer_text(template, record.messages, i, tools)) + [eot]
         out.append(Example(prompt + answer, [False] * len(prompt) + [True] * len(answer)))
     return out
 

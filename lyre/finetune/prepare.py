@@ -34,7 +34,7 @@ from lyre.core.io import remove_path, write_json
 from lyre.core.ranks import world_size
 from lyre.finetune import base as base_mod
 from lyre.finetune.config import FinetuneConfig
-from lyre.finetune.encode import require_eot
+from lyre.finetune.encode import record_tools, require_eot
 from lyre.finetune.lora import (
     LoRAConfig,
     apply_lora,
@@ -415,7 +415,7 @@ def _texts(splits: Splits, template: ChatTemplate):
     """All text the data gives the tokenizer: conversations as the template lays them out."""
     for records in (splits.train, splits.val, splits.test):
         for r in records:
-            yield template.render(r.messages) + (r.chosen or "") + (r.rejected or "")
+            yield template.render(r.messages, record_tools(r)) + (r.chosen or "") + (r.rejected or "")
 
 
 def _base_template(config: RunConfig) -> str | None:

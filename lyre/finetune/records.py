@@ -4,6 +4,9 @@ Accepted layouts, one record per JSON object, in a JSON array (`.json`) or one p
 
     Alpaca            {"instruction", "input" (optional), "output"}
     chat              {"messages": [{"role": "system" | "user" | "assistant", "content"}, ...]}
+                      with tool use as OpenAI writes it: an optional "tools" list, assistant
+                      messages with "tool_calls" (content may be null), {"role": "tool",
+                      "tool_call_id", "content"} results (rendered by lyre.chat.tools)
     prompt/completion {"prompt", "completion"}
     preference (DPO)  any of the prompts above with {"chosen", "rejected"} answers
                       ({"instruction", "input", "chosen", "rejected"}, {"prompt", ...}, ...)
@@ -28,7 +31,7 @@ from typing import Any
 from lyre.core.errors import LyreError
 from lyre.core.io import atomic_write_text
 
-ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 @dataclass
@@ -39,6 +42,7 @@ class Record:
     where: str = ""  # "line 12" or "record 12", for messages about it
     chosen: str | None = None
     rejected: str | None = None
+    tools: list[dict] = field(default_factory=list)  # OpenAI tool definitions, in the system part
 
     @property
     def is_preference(self) -> bool:
@@ -57,6 +61,8 @@ class Record:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"messages": self.messages}
+        if self.tools:
+            out["tools"] = self.tools
         if self.is_preference:
             out.update(chosen=self.chosen, rejected=self.rejected)
         return out
@@ -188,12 +194,43 @@ def _messages(raw: dict) -> list[dict]:
         if isinstance(content, list):  # OpenAI's content parts: keep the text ones
             content = "".join(p.get("text", "") for p in content
                               if isinstance(p, dict) and p.get("type") == "text")
+        calls = m.get("tool_calls") if role == "assistant" else None
+        if content is None and calls:
+            content = ""
         if not isinstance(content, str):
             raise ValueError(f"messages[{i}].content is not a string")
-        if role == "assistant" and not content.strip():
+        if role == "assistant" and not content.strip() and not calls:
             raise ValueError("empty assistant message")
-        out.append({"role": "system" if role == "developer" else role, "content": content})
+        message = {"role": "system" if role == "developer" else role, "content": content}
+        if calls:
+            message["tool_calls"] = _tool_calls(calls, i)
+        if role == "tool" and m.get("tool_call_id") is not None:
+            message["tool_call_id"] = str(m["tool_call_id"])
+        out.append(message)
     return out
+
+
+def _tool_calls(calls: Any, i: int) -> list[dict]:
+    """An assistant message's calls, checked the way lyre.chat.tools will render them."""
+    from lyre.chat.tools import call_of
+
+    if not isinstance(calls, list):
+        raise ValueError(f"messages[{i}].tool_calls is not a list")
+    for j, call in enumerate(calls):
+        try:
+            call_of(call)
+        except (LyreError, KeyError, TypeError, AttributeError):
+            raise ValueError(f"messages[{i}].tool_calls[{j}] is not a call with a name and "
+                             "JSON-object arguments") from None
+    return calls
+
+
+def _tools(raw: dict) -> list[dict]:
+    tools = raw.get("tools") or []
+    if not isinstance(tools, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("function", t).get("name"), str) for t in tools):
+        raise ValueError("'tools' is not a list of function definitions")
+    return tools
 
 
 def _prompt(raw: dict) -> list[dict]:
@@ -222,7 +259,7 @@ def to_record(raw: Any, *, preference: bool = False) -> Record:
             raise ValueError("no assistant message to learn")
         if messages[-1]["role"] != "assistant":
             raise ValueError("the last message must be the assistant's")
-        return Record(messages)
+        return Record(messages, tools=_tools(raw))
     if "instruction" in raw:
         return Record([{"role": "user", "content": _alpaca_prompt(raw)},
                        {"role": "assistant", "content": _text(raw, "output")}])

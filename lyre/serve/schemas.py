@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from lyre.engine import MAX_NEW_TOKENS
 from lyre.engine.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
@@ -33,6 +33,24 @@ class _Strict(BaseModel):
 
 class StreamOptions(_Strict):
     include_usage: bool = Field(False, description="Send a last chunk holding `usage` before [DONE].")
+
+
+MAX_CONSTRAINT_CHARS = 100_000  # a regex or grammar; schemas are bounded by the body size
+MAX_CHOICES = 256
+MAX_TOOLS = 64
+
+ChoiceList = Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS * 4)]],
+                       Field(min_length=1, max_length=MAX_CHOICES)]
+
+
+class StructuredOutputs(_Strict):
+    """vLLM's `structured_outputs` extra: exactly one of these."""
+
+    json_: dict | bool | None = Field(None, alias="json", description="A JSON schema.")
+    regex: Annotated[str, Field(min_length=1, max_length=MAX_CONSTRAINT_CHARS)] | None = None
+    choice: ChoiceList | None = Field(None, description="The output is exactly one of these strings.")
+    grammar: Annotated[str, Field(min_length=1, max_length=MAX_CONSTRAINT_CHARS)] | None = Field(
+        None, description="A Lark grammar (llguidance's dialect) or GBNF (rules written `::=`).")
 
 
 StopText = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
@@ -74,6 +92,16 @@ class _SamplingFields(_Strict):
         None, ge=0.01, le=10.0,
         description="lyre extra (Hugging Face meaning): >1 discourages repeating earlier tokens.",
     )
+    # vLLM's constrained-decoding extras: `structured_outputs` (vLLM >= 0.10) and the older
+    # guided_* fields it replaced; at most one constraint per request (lyre.serve.structured).
+    structured_outputs: StructuredOutputs | None = Field(
+        None, description="vLLM extra: constrain the output to one of json / regex / choice / grammar.")
+    guided_json: dict | None = Field(None, description="vLLM's older name of structured_outputs.json.")
+    guided_regex: Annotated[str, Field(min_length=1, max_length=MAX_CONSTRAINT_CHARS)] | None = Field(
+        None, description="vLLM's older name of structured_outputs.regex.")
+    guided_choice: ChoiceList | None = Field(None, description="vLLM's older name of structured_outputs.choice.")
+    guided_grammar: Annotated[str, Field(min_length=1, max_length=MAX_CONSTRAINT_CHARS)] | None = Field(
+        None, description="vLLM's older name of structured_outputs.grammar.")
 
 
 class CompletionRequest(_SamplingFields):
@@ -102,10 +130,30 @@ class TextPart(_Strict):
     text: str = Field(max_length=1_000_000)
 
 
+ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class FunctionCall(_Strict):
+    name: ToolName
+    arguments: str = Field(max_length=1_000_000, description="The arguments, a JSON object as text.")
+
+
+class ToolCall(_Strict):
+    """A call an assistant message made (in a request's history, or in a response)."""
+
+    id: str = Field(max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Annotated[str, Field(max_length=1_000_000)] | list[TextPart] | None = None
     name: str | None = Field(None, max_length=64)
+    tool_calls: Annotated[list[ToolCall], Field(max_length=MAX_TOOLS)] | None = Field(
+        None, description="assistant: the calls it made (content may then be null).")
+    tool_call_id: str | None = Field(None, max_length=256,
+                                     description="tool: the id of the call this is the result of.")
 
     def text(self) -> str:
         if self.content is None:
@@ -115,8 +163,38 @@ class ChatMessage(_Strict):
         return "".join(part.text for part in self.content)
 
 
+class JSONSchemaFormat(_Strict):
+    name: str = Field("response", max_length=64)
+    description: str | None = Field(None, max_length=10_000)
+    schema_: dict | None = Field(None, alias="schema", description="The JSON Schema of the answer.")
+    strict: bool | None = Field(None, description="true: objects allow no properties beyond "
+                                                  "theirs (additionalProperties: false).")
+
+
 class ResponseFormat(_Strict):
-    type: Literal["text"] = Field(description="Only plain text is supported.")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = Field(None, description='With type "json_schema".')
+
+
+class FunctionDefinition(_Strict):
+    name: ToolName
+    description: str | None = Field(None, max_length=100_000)
+    parameters: dict | None = Field(None, description="A JSON Schema of the arguments object.")
+    strict: bool | None = None
+
+
+class ToolDefinition(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: str = Field(max_length=64)
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -134,6 +212,11 @@ class ChatCompletionRequest(_SamplingFields):
         description="With `logprobs: true`: also the 0..20 most likely tokens at each step.",
     )
     response_format: ResponseFormat | None = None
+    tools: Annotated[list[ToolDefinition], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description='"auto" (the default with tools), "none", "required" or '
+                          '{"type": "function", "function": {"name": ...}}.')
+    parallel_tool_calls: bool | None = Field(None, description="false: at most one call per answer.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,13 +275,14 @@ class ChoiceLogprobs(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -211,16 +295,38 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
 
 
+class FunctionDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    """A piece of a streamed call: the first has `id`, `type` and `function.name`, the next
+    ones `function.arguments` fragments; all have the call's `index`."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionDelta
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+    @field_serializer("tool_calls")
+    def _tool_calls(self, calls: list[ToolCallDelta] | None):
+        # Fields a delta does not carry are left out, as OpenAI streams them: clients that
+        # concatenate fragments must not meet a null.
+        return None if calls is None else [c.model_dump(exclude_none=True) for c in calls]
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -235,6 +341,21 @@ class ChatCompletionChunk(BaseModel):
     system_fingerprint: str | None = None
 
 
+class Capabilities(BaseModel):
+    """What a generating model accepts (neither OpenAI's nor vLLM's /v1/models says this;
+    Ollama's /api/show lists "capabilities" such as "tools"): every lyre language model takes
+    them all, since constrained decoding needs nothing of the model."""
+
+    tools: bool = Field(True, description="chat: `tools`, `tool_choice`, `parallel_tool_calls`.")
+    tool_choice: list[str] = ["auto", "none", "required", "function"]
+    response_format: list[str] = ["text", "json_object", "json_schema"]
+    structured_outputs: list[str] = Field(
+        ["json", "regex", "choice", "grammar"],
+        description="Keys of the `structured_outputs` extra (chat and completions); the older "
+                    "guided_json / guided_regex / guided_choice / guided_grammar fields too.")
+    grammar_syntaxes: list[str] = ["lark", "gbnf"]
+
+
 class Model(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -244,6 +365,8 @@ class Model(BaseModel):
     chat_template: str = Field(description="lyre extra: the prompt template of chat requests.")
     rag: bool = Field(False, description="lyre extra: POST /v1/rag/answer answers from an index "
                                          "(`lyre serve RUN --rag IDX`).")
+    capabilities: Capabilities | None = Field(
+        None, description="lyre extra: the structured-output and tool fields this model honours.")
 
 
 class ModelList(BaseModel):

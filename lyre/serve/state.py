@@ -22,6 +22,7 @@ from fastapi import Request
 
 from lyre.chat.templates import ChatTemplate
 from lyre.classify.predict import Classifier, Prediction
+from lyre.constrain import Constraint
 from lyre.core.errors import LyreError
 from lyre.engine import SamplingConfig, sampling
 from lyre.serve import schemas as S
@@ -77,7 +78,8 @@ class ServeState:
 
     def model_card(self) -> S.Model:
         return S.Model(id=self.model_name, created=self.created, context_length=self.block_size,
-                       chat_template=self.template.name, rag=bool(self.settings.rag_index))
+                       chat_template=self.template.name, rag=bool(self.settings.rag_index),
+                       capabilities=S.Capabilities())
 
     # ---- checks that both generation routes make ---------------------------------------------
 
@@ -133,7 +135,8 @@ class ServeState:
         return room if requested is None else min(requested, room)
 
     def sampling(self, req: S._SamplingFields, max_new_tokens: int, stop: list[str],
-                 logprobs: bool, top_logprobs: int = 0) -> SamplingConfig:
+                 logprobs: bool, top_logprobs: int = 0,
+                 constraint: Constraint | None = None) -> SamplingConfig:
         temperature = sampling.DEFAULT_TEMPERATURE if req.temperature is None else req.temperature
         if temperature < GREEDY_BELOW:  # the limit T -> 0 is greedy; dividing by ~0 gives inf
             temperature = 0.0
@@ -151,6 +154,7 @@ class ServeState:
             logprobs=logprobs,
             top_logprobs=top_logprobs if logprobs else 0,
             overflow=self.settings.overflow,
+            constraint=constraint,
         )
         try:
             return self.scheduler.engine.check_params(params)

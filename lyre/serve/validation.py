@@ -27,6 +27,7 @@ SHAPES = {
     "prompt": "a string, a list of strings, a list of token ids or a list of token id lists",
     "stop": "a string or a list of strings",
     "messages[].content": 'a string or a list of {"type": "text", "text": "..."} parts',
+    "tool_choice": '"none", "auto", "required" or {"type": "function", "function": {"name": "..."}}',
 }
 # What the items of a list field are called in "at most N ...".
 NOUNS = {"stop": "sequences", "prompt": "prompts", "messages": "messages"}
@@ -151,7 +152,7 @@ def _tag_accepts(tag: str, value: Any, deep: bool = True) -> bool:
         if not isinstance(value, list):
             return False
         return not deep or not value or _tag_accepts(tag[5:-1], value[0])
-    if tag.endswith("str"):
+    if tag.endswith("str") or tag.startswith("literal["):  # literal['auto', ...]: a string
         return isinstance(value, str)
     if tag.endswith("int"):
         return isinstance(value, int) and not isinstance(value, bool)

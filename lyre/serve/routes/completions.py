@@ -15,6 +15,7 @@ from lyre.serve.logprobs import completion_logprobs
 from lyre.serve.scheduler import Done, Job, Piece
 from lyre.serve.state import ServeState
 from lyre.serve.streaming import CLIENT_CLOSED, ClientGone, Generation, SSEResponse, usage
+from lyre.serve.structured import compile_plan, completion_plan
 
 router = APIRouter(tags=["openai"])
 
@@ -32,15 +33,18 @@ async def completions(req: S.CompletionRequest, request: Request):
     if req.logit_bias:
         raise APIError(400, "logit_bias is not supported", param="logit_bias",
                        code="unsupported_parameter")
+    plan = completion_plan(req)
     prompts = await asyncio.to_thread(serve.encode_prompts, req.prompt)
     for ids in prompts:
         serve.check_prompt(ids, "prompt")
     if len(prompts) * n > S.MAX_N:
         raise APIError(400, f"prompts x n must be at most {S.MAX_N}", param="n")
+    await compile_plan(plan, serve.tokenizer)
     want_logprobs = req.logprobs is not None
     jobs = [Job(prompt=ids, first_index=i * n,
                 params=serve.sampling(req, serve.max_new_tokens(req.max_tokens, len(ids)),
-                                      serve.stops(req), want_logprobs, req.logprobs or 0))
+                                      serve.stops(req), want_logprobs, req.logprobs or 0,
+                                      plan.constraint))
             for i, ids in enumerate(prompts)]
     gen = Generation(serve.scheduler, jobs, serve.first_token_timer(request, "/v1/completions"))
     await gen.submit()
