@@ -188,6 +188,20 @@ def test_bad_constraints_raise_one_line_errors(engines, constraint, param, words
         check_constraint(constraint, engine.tokenizer)
 
 
+def test_json_on_a_vocabulary_without_braces_is_refused(trained_run):
+    """The Iliad has no '{': JSON cannot start. llguidance's first mask still lets a token through
+    (the matcher then refuses it), so the check tries the allowed tokens: an error before any
+    output, never a reply that breaks its schema."""
+    from lyre.generate.runs import load_run
+
+    run = load_run(trained_run, device="cpu")
+    assert "{" not in "".join(run.tokenizer.decode([i]) for i in range(run.tokenizer.vocab_size))
+    with pytest.raises(ConstraintError, match="accepts no text") as e:
+        check_constraint(Constraint.json({"type": "object"}), run.tokenizer)
+    assert e.value.param == "response_format"
+    check_constraint(Constraint.regex("[a-z]+"), run.tokenizer)  # what it can write compiles
+
+
 def test_constraint_values_are_checked():
     with pytest.raises(LyreError):
         SamplingConfig(constraint="json").validate()

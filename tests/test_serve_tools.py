@@ -395,5 +395,8 @@ def test_a_char_model_without_json_characters_says_so(trained_run):
 
         r = post({"tools": [ADD], "stream": True})
         assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+        # JSON needs a '{' this vocabulary lacks: a 400 naming the field, not 200 with bad text
+        r = post({"response_format": {"type": "json_object"}, "stream": True})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
         r = post({"structured_outputs": {"choice": ["arms", "man"]}})
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] in ("arms", "man")

@@ -86,6 +86,7 @@ def cmd_sample(args) -> None:
         print(translate_prompt(run.model, run.tokenizer, prompt))
         return
     engine = Engine(run.model, run.tokenizer, run.device)
+    engine.check_params(params)  # a constraint this vocabulary cannot write: one line, before any output
     ids, dropped = prompt_ids(engine, prompt)
     if dropped:
         print(f"[notice] prompt cropped: its first {dropped} tokens do not fit the context of "

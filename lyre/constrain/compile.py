@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from threading import Lock
 
+import numpy as np
 from llguidance import LLMatcher, LLParserLimits, LLTokenizer
 from llguidance.gbnf_to_lark import any_to_lark
 
@@ -113,11 +114,22 @@ def _build(constraint: Constraint, llt: LLTokenizer) -> LLMatcher:
     matcher = LLMatcher(llt, grammar, log_level=0, limits=limits)
     if matcher.is_error():
         raise ConstraintError(f"invalid {_NAMES[constraint.kind]}: {_one_line(matcher.get_error())}", param)
-    allowed = matcher.compute_bitmask()  # a matcher in error allows only EOS
-    if matcher.is_error() or (not matcher.is_accepting() and not any(allowed)):
+    if matcher.is_error() or not (matcher.is_accepting() or _can_start(matcher, llt)):
         raise ConstraintError(f"the {_NAMES[constraint.kind]} accepts no text this model's "
                               f"vocabulary can write", param)
     return matcher
+
+
+def _can_start(matcher: LLMatcher, llt: LLTokenizer, tries: int = 64) -> bool:
+    """Whether some token can begin the text. The mask alone is not proof: when the grammar
+    forces bytes that no token spells (a `{` for a char vocabulary without one), the mask can
+    still let a token through that the matcher then refuses. So try the allowed tokens."""
+    if matcher.compute_ff_tokens():
+        return True
+    words = np.frombuffer(matcher.compute_bitmask(), dtype="<u4")
+    bits = np.unpackbits(words.view(np.uint8), bitorder="little")[: llt.vocab_size]
+    candidates = [int(t) for t in np.flatnonzero(bits) if t != llt.eos_token][:tries]
+    return any(matcher.validate_tokens([t]) == 1 for t in candidates)
 
 
 _NAMES = {"json": "JSON schema", "regex": "regex", "choice": "choice list",

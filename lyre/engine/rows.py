@@ -107,6 +107,10 @@ class Row:
         if token in self._stop_ids or (self.matcher is not None and token == self.matcher.eos):
             self.finish("stop", token)  # a constrained row ends with EOS only where its grammar may
             return
+        if self.matcher is not None and not self.matcher.accept(token):
+            self.matcher.dead_end = True  # the mask let a token through that the grammar refuses:
+            self.finish("stop", self.matcher.eos)  # end here, without it, rather than write it
+            return
         self.tokens.append(token)
         if self.logprobs is not None:  # logprob: token_logprobs' (log p, top alternatives)
             self.logprobs.append(logprob[0])
@@ -116,7 +120,7 @@ class Row:
             self.seen[token] = True
         if self._text.push(token):
             self.finish("stop", self._text.stopped_by)
-        elif self.matcher is not None and (not self.matcher.accept(token) or self.matcher.stopped):
+        elif self.matcher is not None and self.matcher.stopped:
             self.finish("stop", self.matcher.eos)  # the grammar is complete: nothing may follow
         elif len(self.tokens) >= self.params.max_new_tokens:
             self.finish("length")
