@@ -246,6 +246,35 @@ def test_generate_and_the_cli_agree(char_run, tmp_path, capsys):
     assert capsys.readouterr().out.strip() in ("yes", "no")
 
 
+def test_the_server_writes_what_generate_writes(char_run):
+    """The one engine behind every door: greedy constrained completions over HTTP (vLLM's
+    `structured_outputs`) are the texts generate() gives for the same prompt and constraint.
+    (Short constraints: the server stops at the context, generate() slides by default.)"""
+    import httpx
+
+    from lyre.generate import generate
+    from lyre.serve.server import start_background
+    from lyre.serve.settings import ServeSettings
+
+    _, run = char_run
+    cases = [({"regex": "[a-z]{3} [0-9]{2}"}, Constraint.regex("[a-z]{3} [0-9]{2}")),
+             ({"choice": ["red", "green"]}, Constraint.choice(["red", "green"])),
+             ({"json": {"type": "object", "properties": {"age": {"type": "integer", "maximum": 99}},
+                        "required": ["age"], "additionalProperties": False}},
+              Constraint.json({"type": "object", "properties": {"age": {"type": "integer", "maximum": 99}},
+                               "required": ["age"], "additionalProperties": False}))]
+    cfg = SamplingConfig(max_new_tokens=40, temperature=0.0)
+    with start_background(run, ServeSettings(model_name="tiny")) as srv:
+        for extra, constraint in cases:
+            text = generate(run.model, run.tokenizer, "a", cfg, constraint=constraint)
+            r = httpx.post(srv.url + "/v1/completions", timeout=120, json={
+                "model": "tiny", "prompt": "a", "max_tokens": 40, "temperature": 0,
+                "structured_outputs": extra})
+            assert r.status_code == 200, r.text
+            choice = r.json()["choices"][0]
+            assert choice["text"] == text and choice["finish_reason"] == "stop", (extra, text)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--json-schema", "missing.json"], "not found"),
     (["--json-schema", "bad.json"], "not valid JSON"),
