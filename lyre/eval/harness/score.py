@@ -1,0 +1,137 @@
+"""Log-likelihood of a continuation after a context, batched: what multiple choice is scored by.
+
+Exactly as lm-eval-harness's Hugging Face model (lm_eval/models/huggingface.py) computes it, so
+that lyre's scores equal lm-eval's on the same model exported with `lyre export-hf`:
+
+1. **Tokenize the pair as one string** (`encode_pair`). Trailing whitespace of the context moves
+   to the front of the continuation; then the whole string context + continuation is encoded
+   and split at the length of the context's own encoding. Encoding the continuation alone would
+   tokenize " Paris" differently at the seam for some tokenizers; the split keeps the model's
+   view of the text identical to a single pass over it. An empty context is the
+   <|endoftext|> token (lm-eval's prefix token for a tokenizer without a BOS).
+2. **Left-truncate** to the model's context: the input is the last block_size + 1 tokens of
+   context + continuation, minus the final token (nothing predicts after it).
+3. **Sum the log-probabilities** of the continuation tokens under the model's log-softmax at the
+   positions just before each of them.
+
+Batching (`loglikelihoods`): requests are sorted longest first (similar lengths share a batch
+and little padding is wasted), right-padded, and run `batch_size` at a time; causal attention
+keeps the padding out of the real positions. Only the continuation positions go through the
+LM head and the softmax: the vocabulary projection is the costliest matmul of a small model,
+and the context positions' logits are never used. Results come back in request order, so the
+scores are deterministic whatever the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lyre.core.errors import LyreError
+from lyre.engine import eval_mode
+from lyre.model.contract import capabilities
+
+
+@dataclass(frozen=True)
+class Request:
+    """One (context, continuation) pair as token ids, after encode_pair."""
+
+    context: tuple[int, ...]
+    continuation: tuple[int, ...]
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> Request:
+    """Context and continuation ids, split where lm-eval splits them (see the module docstring)."""
+    if context == "":  # lm-eval: <|endoftext|> as the context, unless the continuation starts with it
+        cont = tokenizer.encode(continuation)
+        if tokenizer.eot_id is None:
+            raise LyreError("an empty context needs the <|endoftext|> token, which this tokenizer lacks")
+        if cont and cont[0] == tokenizer.eot_id:
+            return Request(tuple(cont[:1]), tuple(cont[1:]))
+        return Request((tokenizer.eot_id,), tuple(cont))
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tokenizer.encode(context + continuation)
+    n = len(tokenizer.encode(context)) if context else 0
+    return Request(tuple(whole[:n]), tuple(whole[n:]))
+
+
+def max_length(model: nn.Module) -> int | None:
+    """The longest input the model takes; None for a model without a context limit."""
+    return None if capabilities(model).unbounded_context else model.config.block_size
+
+
+def loglikelihoods(
+    model: nn.Module,
+    requests: Sequence[Request],
+    *,
+    batch_size: int = 16,
+    device: torch.device | str | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[tuple[float, int]]:
+    """(summed log-likelihood, continuation tokens) of each request, in request order.
+
+    `on_batch(n)` is called after each forward pass with the requests it scored (progress bars).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise LyreError(f"batch_size must be a positive integer; got {batch_size!r}")
+    device = device if device is not None else next(model.parameters()).device
+    limit = max_length(model)
+    rows = []  # (input ids, continuation ids) after truncation
+    for r in requests:
+        if not r.continuation:
+            raise LyreError("a choice encodes to no tokens; every continuation needs at least one")
+        ids = list(r.context + r.continuation)
+        if limit is not None:
+            ids = ids[-(limit + 1):]
+        cont = list(r.continuation)[-(len(ids) - 1):]  # a continuation longer than the context limit
+        rows.append((ids[:-1], cont))
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # stable: ties keep their order
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+    with eval_mode(model), torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            for i, score in zip(chunk, _score_batch(model, [rows[i] for i in chunk], device), strict=True):
+                out[i] = (score, len(rows[i][1]))
+            if on_batch is not None:
+                on_batch(len(chunk))
+    return out
+
+
+def _score_batch(model: nn.Module, rows: list[tuple[list[int], list[int]]], device) -> list[float]:
+    """Summed continuation log-probs of right-padded rows in one forward pass."""
+    width = max(len(ids) for ids, _ in rows)
+    inputs = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, (ids, _) in enumerate(rows):
+        inputs[b, : len(ids)] = torch.tensor(ids)
+    # Which positions predict a continuation token: the last len(cont) real positions of a row.
+    batch_index, positions, targets = [], [], []
+    for b, (ids, cont) in enumerate(rows):
+        first = len(ids) - len(cont)
+        batch_index += [b] * len(cont)
+        positions += range(first, len(ids))
+        targets += cont
+    logits = _logits_at(model, inputs.to(device), torch.tensor(batch_index, device=device),
+                        torch.tensor(positions, device=device))
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    picked = logprobs.gather(1, torch.tensor(targets, device=device).unsqueeze(1)).squeeze(1).cpu()
+    sums, at = [], 0
+    for _, cont in rows:
+        sums.append(float(picked[at : at + len(cont)].sum()))
+        at += len(cont)
+    return sums
+
+
+def _logits_at(model: nn.Module, inputs: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Logits [N, V] at (rows[i], positions[i]): through the LM head only there when the model
+    has one (GPT), else from every position's logits (any model of the contract)."""
+    head = getattr(model, "lm_head", None)
+    if isinstance(head, nn.Module) and hasattr(model, "hidden"):
+        return head(model.hidden(inputs)[rows, positions])
+    logits, _ = model(inputs)
+    return logits[rows, positions]
