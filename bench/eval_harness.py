@@ -63,6 +63,7 @@ tokenizer = "{tokenizer}"
 batch_size = 1
 max_iters = 1
 eval_interval = 1000
+eval_windows = 1
 final_eval = false
 device = "cpu"
 """

@@ -325,3 +325,20 @@ def test_a_seq2seq_run_is_told_the_harness_does_not_apply(loaded, task_file):
     run = LoadedRun(Path("seq2seq-run"), loaded.config, loaded.tokenizer, model, "best", torch.device("cpu"))
     with pytest.raises(LyreError, match="does not apply"):
         evaluate_task(run, task_file)
+
+
+def test_context_run_once_equals_the_full_pass(loaded, task_file, monkeypatch):
+    """The choices of an example share its context through a KV cache (score._score_shared); the
+    plain padded full pass gives the same log-likelihoods."""
+    from lyre.eval.harness import score
+
+    examples = load_task(task_file).examples
+    requests = [encode_pair(loaded.tokenizer, e.context, " " + c) for e in examples for c in e.choices]
+    shared_groups = [g for ctx, g in score._by_context(requests).items()
+                     if score._can_share(loaded.model, ctx, [requests[i] for i in g], 48)]
+    assert shared_groups  # the fixture's task has examples that fit the context
+    shared = score.loglikelihoods(loaded.model, requests, batch_size=4)
+    monkeypatch.setattr(score, "_can_share", lambda *a: False)
+    full = score.loglikelihoods(loaded.model, requests, batch_size=4)
+    assert [t for _, t in shared] == [t for _, t in full]
+    assert np.allclose([s for s, _ in shared], [s for s, _ in full], atol=1e-5)

@@ -14,12 +14,18 @@ that lyre's scores equal lm-eval's on the same model exported with `lyre export-
 3. **Sum the log-probabilities** of the continuation tokens under the model's log-softmax at the
    positions just before each of them.
 
-Batching (`loglikelihoods`): requests are sorted longest first (similar lengths share a batch
-and little padding is wasted), right-padded, and run `batch_size` at a time; causal attention
-keeps the padding out of the real positions. Only the continuation positions go through the
-LM head and the softmax: the vocabulary projection is the costliest matmul of a small model,
-and the context positions' logits are never used. Results come back in request order, so the
-scores are deterministic whatever the batch size.
+Batching (`loglikelihoods`): the choices of one example share their context, so on a GPT (a
+KV-cached model) the context runs once into a KV cache and the choices run on top of it, one row
+each (`_score_shared`): for HellaSwag-like tasks (a long context, short endings) that is a
+fraction of the tokens lm-eval runs. Requests that cannot share (a lone continuation, a
+left-truncated pair, a model without a KV cache) are sorted longest first (similar lengths share
+a batch and little padding is wasted), right-padded, and run `batch_size` at a time; causal
+attention keeps the padding out of the real positions. Only the continuation positions go
+through the LM head and the softmax: the vocabulary projection is the costliest matmul of a
+small model, and the context positions' logits are never used. Results come back in request
+order, so the scores are deterministic whatever the batch size. (Float sums in another order
+than lm-eval's full pass differ in the last bits, ~1e-6; the choices agree unless two choices
+tie to that precision.)
 """
 
 from __future__ import annotations
@@ -91,16 +97,84 @@ def loglikelihoods(
             ids = ids[-(limit + 1):]
         cont = list(r.continuation)[-(len(ids) - 1):]  # a continuation longer than the context limit
         rows.append((ids[:-1], cont))
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # stable: ties keep their order
     out: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+    plain = []  # requests scored by the padded full-sequence batches
     with eval_mode(model), torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        for context, members in _by_context(requests).items():
+            if _can_share(model, context, [requests[i] for i in members], limit):
+                conts = [list(requests[i].continuation) for i in members]
+                for i, score in zip(members, _score_shared(model, list(context), conts, device), strict=True):
+                    out[i] = (score, len(rows[i][1]))
+                if on_batch is not None:
+                    on_batch(len(members))
+            else:
+                plain += members
+        plain.sort(key=lambda i: -len(rows[i][0]))  # stable: ties keep their order
+        for start in range(0, len(plain), batch_size):
+            chunk = plain[start : start + batch_size]
             for i, score in zip(chunk, _score_batch(model, [rows[i] for i in chunk], device), strict=True):
                 out[i] = (score, len(rows[i][1]))
             if on_batch is not None:
                 on_batch(len(chunk))
     return out
+
+
+def _by_context(requests: Sequence[Request]) -> dict[tuple[int, ...], list[int]]:
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(r.context, []).append(i)
+    return groups
+
+
+def _can_share(model: nn.Module, context: tuple[int, ...], group: list[Request], limit: int | None) -> bool:
+    """Whether a group of requests with one context can run the context once (a KV-cached GPT,
+    two or more continuations, nothing left-truncated: truncation would change the prefix)."""
+    if not (getattr(model, "uses_kv_cache", False) and isinstance(getattr(model, "lm_head", None), nn.Module)):
+        return False
+    if len(group) < 2 or limit is None:
+        return False
+    return all(len(context) + len(r.continuation) <= limit + 1 for r in group)
+
+
+def _score_shared(model: nn.Module, context: list[int], continuations: list[list[int]], device) -> list[float]:
+    """The summed log-probs of several continuations of one context, the context run once.
+
+    The context goes through the model once into a KV cache; its last position predicts every
+    continuation's first token. The cache is then copied to one row per continuation and the
+    continuations (all but their last token) run on top of it, right-padded: what a full pass
+    over context + continuation computes, without repeating the context for every choice.
+    """
+    from lyre.model.gpt import KVCache
+
+    dtype = next(model.parameters()).dtype
+    width = max(len(c) for c in continuations) - 1  # continuation tokens fed as input
+    n_ctx = len(context)
+    cache = KVCache(model.config, 1, n_ctx, device, dtype)
+    last = model.hidden(torch.tensor([context], device=device), cache)[0, -1:]
+    first = F.log_softmax(model.lm_head(last).float(), dim=-1)[0].cpu()
+    sums = [float(first[c[0]]) for c in continuations]
+    if width == 0:
+        return sums
+    rows = KVCache(model.config, len(continuations), n_ctx + width, device, dtype)
+    rows.keys[:, :, :, :n_ctx] = cache.keys[:, :1]
+    rows.values[:, :, :, :n_ctx] = cache.values[:, :1]
+    rows.length = n_ctx
+    inputs = torch.zeros((len(continuations), width), dtype=torch.long)
+    batch_index, positions, targets = [], [], []
+    for b, c in enumerate(continuations):
+        inputs[b, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
+        batch_index += [b] * (len(c) - 1)
+        positions += range(len(c) - 1)
+        targets += c[1:]
+    if not targets:
+        return sums
+    hidden = model.hidden(inputs.to(device), rows)
+    logits = model.lm_head(hidden[torch.tensor(batch_index, device=device), torch.tensor(positions, device=device)])
+    picked = F.log_softmax(logits.float(), dim=-1).gather(
+        1, torch.tensor(targets, device=device).unsqueeze(1)).squeeze(1).cpu()
+    for b, score in zip(batch_index, picked.tolist(), strict=True):
+        sums[b] += score
+    return sums
 
 
 def _score_batch(model: nn.Module, rows: list[tuple[list[int], list[int]]], device) -> list[float]:
