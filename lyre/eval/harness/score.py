@@ -99,16 +99,22 @@ def loglikelihoods(
         rows.append((ids[:-1], cont))
     out: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
     plain = []  # requests scored by the padded full-sequence batches
+    shared = []  # (context, member indices) of groups whose context runs once
+    for context, members in _by_context(requests).items():
+        if _can_share(model, context, [requests[i] for i in members], limit):
+            shared.append((context, members))
+        else:
+            plain += members
+    shared.sort(key=lambda g: -len(g[0]))  # similar context lengths share a batch
     with eval_mode(model), torch.inference_mode():
-        for context, members in _by_context(requests).items():
-            if _can_share(model, context, [requests[i] for i in members], limit):
-                conts = [list(requests[i].continuation) for i in members]
-                for i, score in zip(members, _score_shared(model, list(context), conts, device), strict=True):
+        for groups in _chunks(shared, requests, batch_size, limit):
+            conts = [[list(requests[i].continuation) for i in members] for _, members in groups]
+            scores = _score_shared(model, [list(c) for c, _ in groups], conts, device)
+            for (_, members), group_scores in zip(groups, scores, strict=True):
+                for i, score in zip(members, group_scores, strict=True):
                     out[i] = (score, len(rows[i][1]))
-                if on_batch is not None:
-                    on_batch(len(members))
-            else:
-                plain += members
+            if on_batch is not None:
+                on_batch(sum(len(m) for _, m in groups))
         plain.sort(key=lambda i: -len(rows[i][0]))  # stable: ties keep their order
         for start in range(0, len(plain), batch_size):
             chunk = plain[start : start + batch_size]
@@ -126,6 +132,20 @@ def _by_context(requests: Sequence[Request]) -> dict[tuple[int, ...], list[int]]
     return groups
 
 
+def _chunks(shared: list, requests: Sequence[Request], batch_size: int, limit: int) -> list[list]:
+    """Groups in batches of at most batch_size contexts, each batch's padded context plus its
+    longest continuation within the model's context (the cache rows hold both)."""
+    chunks, chunk, ctx, cont = [], [], 0, 0
+    for context, members in shared:
+        longest = max(len(requests[i].continuation) for i in members) - 1
+        if chunk and (len(chunk) == batch_size or max(ctx, len(context)) + max(cont, longest) > limit):
+            chunks.append(chunk)
+            chunk, ctx, cont = [], 0, 0
+        chunk.append((context, members))
+        ctx, cont = max(ctx, len(context)), max(cont, longest)
+    return chunks + ([chunk] if chunk else [])
+
+
 def _can_share(model: nn.Module, context: tuple[int, ...], group: list[Request], limit: int | None) -> bool:
     """Whether a group of requests with one context can run the context once (a KV-cached GPT,
     two or more continuations, nothing left-truncated: truncation would change the prefix)."""
@@ -136,44 +156,59 @@ def _can_share(model: nn.Module, context: tuple[int, ...], group: list[Request],
     return all(len(context) + len(r.continuation) <= limit + 1 for r in group)
 
 
-def _score_shared(model: nn.Module, context: list[int], continuations: list[list[int]], device) -> list[float]:
-    """The summed log-probs of several continuations of one context, the context run once.
+def _score_shared(model: nn.Module, contexts: list[list[int]], continuations: list[list[list[int]]],
+                  device) -> list[list[float]]:
+    """Summed log-probs of several continuations of each context, every context run once.
 
-    The context goes through the model once into a KV cache; its last position predicts every
-    continuation's first token. The cache is then copied to one row per continuation and the
-    continuations (all but their last token) run on top of it, right-padded: what a full pass
-    over context + continuation computes, without repeating the context for every choice.
+    1. The contexts (right-padded) go through the model once into a KV cache; each context's
+       last position predicts the first token of all its continuations.
+    2. Every continuation gets a row whose cache holds its context's keys and values; the
+       continuations (all but their last token) run on top, right-padded. Row r's tokens take
+       positions len(context) + j, and see their own context (keys 0..len(context)-1, the
+       padding after it masked) and their own earlier tokens.
+
+    The result is what a full pass over context + continuation computes, without repeating a
+    context for each of its choices.
     """
     from lyre.model.gpt import KVCache
 
     dtype = next(model.parameters()).dtype
-    width = max(len(c) for c in continuations) - 1  # continuation tokens fed as input
-    n_ctx = len(context)
-    cache = KVCache(model.config, 1, n_ctx, device, dtype)
-    last = model.hidden(torch.tensor([context], device=device), cache)[0, -1:]
-    first = F.log_softmax(model.lm_head(last).float(), dim=-1)[0].cpu()
-    sums = [float(first[c[0]]) for c in continuations]
+    lengths = [len(c) for c in contexts]
+    width_ctx = max(lengths)
+    cache = KVCache(model.config, len(contexts), width_ctx, device, dtype)
+    hidden = model.hidden(_padded(contexts, width_ctx).to(device), cache)
+    last = hidden[torch.arange(len(contexts), device=device), torch.tensor(lengths, device=device) - 1]
+    first = F.log_softmax(model.lm_head(last).float(), dim=-1).cpu()
+    sums = [[float(first[g, c[0]]) for c in conts] for g, conts in enumerate(continuations)]
+    flat = [(g, k, c) for g, conts in enumerate(continuations) for k, c in enumerate(conts)]
+    width = max(len(c) for _, _, c in flat) - 1  # continuation tokens fed as input
     if width == 0:
         return sums
-    rows = KVCache(model.config, len(continuations), n_ctx + width, device, dtype)
-    rows.keys[:, :, :, :n_ctx] = cache.keys[:, :1]
-    rows.values[:, :, :, :n_ctx] = cache.values[:, :1]
-    rows.length = n_ctx
-    inputs = torch.zeros((len(continuations), width), dtype=torch.long)
+    owner = torch.tensor([g for g, _, _ in flat], device=device)
+    rows = KVCache(model.config, len(flat), width_ctx + width, device, dtype)
+    rows.keys[:, :, :, :width_ctx] = cache.keys[:, owner]
+    rows.values[:, :, :, :width_ctx] = cache.values[:, owner]
+    rows.length = width_ctx
+    start = torch.tensor(lengths, device=device)[owner]  # [R] each row's context length
+    j = torch.arange(width, device=device)
+    rows.positions = start[:, None] + j[None, :]  # [R, W]
+    key = torch.arange(width_ctx + width, device=device)
+    sees_context = key[None, None, :] < start[:, None, None]  # [R, 1, S] its own context
+    sees_own = (key[None, :] >= width_ctx) & (key[None, :] - width_ctx <= j[:, None])  # [W, S] causal
+    rows.attn_mask = (sees_context | sees_own[None]).unsqueeze(1)  # [R, 1, W, S]
+    inputs = _padded([c[:-1] for _, _, c in flat], width)
+    hidden = model.hidden(inputs.to(device), rows)
     batch_index, positions, targets = [], [], []
-    for b, c in enumerate(continuations):
-        inputs[b, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
-        batch_index += [b] * (len(c) - 1)
+    for r, (_, _, c) in enumerate(flat):
+        batch_index += [r] * (len(c) - 1)
         positions += range(len(c) - 1)
         targets += c[1:]
-    if not targets:
-        return sums
-    hidden = model.hidden(inputs.to(device), rows)
     logits = model.lm_head(hidden[torch.tensor(batch_index, device=device), torch.tensor(positions, device=device)])
     picked = F.log_softmax(logits.float(), dim=-1).gather(
-        1, torch.tensor(targets, device=device).unsqueeze(1)).squeeze(1).cpu()
-    for b, score in zip(batch_index, picked.tolist(), strict=True):
-        sums[b] += score
+        1, torch.tensor(targets, device=device).unsqueeze(1)).squeeze(1).cpu().tolist()
+    for r, score in zip(batch_index, picked, strict=True):
+        g, k, _ = flat[r]
+        sums[g][k] += score
     return sums
 
 
@@ -209,3 +244,10 @@ def _logits_at(model: nn.Module, inputs: torch.Tensor, rows: torch.Tensor, posit
         return head(model.hidden(inputs)[rows, positions])
     logits, _ = model(inputs)
     return logits[rows, positions]
+
+
+def _padded(seqs: list[list[int]], width: int) -> torch.Tensor:
+    out = torch.zeros((len(seqs), width), dtype=torch.long)
+    for b, ids in enumerate(seqs):
+        out[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
