@@ -84,7 +84,8 @@ def evaluate_task(
     """Score `run` (a run directory or a LoadedRun of lyre.generate.runs) on a task file or NAME.
 
     shots: demonstrations before each example (drawn from the same file, seeded); limit: only
-    the first N examples; batch_size: (context, choice) pairs per forward pass; skip_bad: count
+    the first N examples; batch_size: contexts (their choices on top) or, where they cannot
+    share, (context, choice) pairs per forward pass; skip_bad: count
     and skip bad lines instead of refusing the file; layout: read a HellaSwag/ARC/MMLU file.
     """
     from lyre.engine.sampling import check_int
