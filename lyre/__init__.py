@@ -26,6 +26,7 @@ _EXPORTS = {
     "Completion": "lyre.engine", "Engine": "lyre.engine",
     "LyreError": "lyre.core.errors",
     "evaluate_run": "lyre.eval.loss", "evaluate_text": "lyre.eval.loss",
+    "evaluate_task": "lyre.eval.harness",
     "SamplingConfig": "lyre.generate.simple",
     "export_hf": "lyre.hf", "from_pretrained": "lyre.hf", "import_hf": "lyre.hf",
     "GPT": "lyre.model", "BigramLM": "lyre.model", "GPTConfig": "lyre.model",
@@ -48,6 +49,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what type checkers and editors see (names used through __all__)
     from lyre.core.errors import LyreError  # noqa: F401
     from lyre.engine import Completion, Engine  # noqa: F401
+    from lyre.eval.harness import evaluate_task  # noqa: F401
     from lyre.eval.loss import evaluate_run, evaluate_text  # noqa: F401
     from lyre.generate.runs import load_run  # noqa: F401
     from lyre.generate.simple import SamplingConfig  # noqa: F401
