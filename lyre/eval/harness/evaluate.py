@@ -127,21 +127,12 @@ def centered(acc: float, baseline: float) -> float:
 
 
 def _multiple_choice(run, examples, contexts, batch_size: int, bar) -> TaskResult:
-    requests, owner = [], []
-    for k, (example, context) in enumerate(zip(examples, contexts, strict=True)):
-        for choice in example.choices:
-            requests.append(encode_pair(run.tokenizer, context, TARGET_DELIMITER + choice))
-            owner.append(k)
-    counts = np.bincount(owner, minlength=len(examples))  # requests per example, for the bar
-    done = [0]
-
-    def advance(n: int) -> None:  # the bar counts examples; requests finish in length order
-        done[0] += n
-        bar.n = int(np.searchsorted(np.cumsum(counts), done[0], side="right"))
-        bar.refresh()
-
+    requests = [encode_pair(run.tokenizer, context, TARGET_DELIMITER + choice)
+                for example, context in zip(examples, contexts, strict=True) for choice in example.choices]
+    bar.reset(total=len(requests))  # the bar counts (context, choice) pairs: they finish out of order
+    bar.unit = "pair"
     scores = loglikelihoods(run.model, requests, batch_size=batch_size, device=run.device,
-                            on_batch=advance if not bar.disable else None)
+                            on_batch=bar.update)
     picks, picks_norm, picks_token, hits = [], [], [], np.zeros(3)
     at = 0
     for example in examples:
