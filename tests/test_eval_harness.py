@@ -342,3 +342,20 @@ def test_context_run_once_equals_the_full_pass(loaded, task_file, monkeypatch):
     full = score.loglikelihoods(loaded.model, requests, batch_size=4)
     assert [t for _, t in shared] == [t for _, t in full]
     assert np.allclose([s for s, _ in shared], [s for s, _ in full], atol=1e-5)
+
+
+def test_a_lora_fine_tuned_run_is_scored_with_its_adapters(tmp_path_factory, tmp_path):
+    """Every decoder-only run kind loads through load_run (a LoRA run: base + adapters merged)."""
+    from finetune_util import base_run, colour_records, write_json
+
+    from lyre.finetune.command import finetune
+
+    data = write_json(tmp_path / "colours.json", colour_records(24))
+    out = tmp_path / "lora"
+    finetune(base_run(tmp_path_factory), data, out, lora_rank=4, progress=False, plot=False, quiet=True,
+             overrides=["batch_size=4", "max_iters=2"])
+    task = tmp_path / "colours.jsonl"
+    task.write_text("".join(json.dumps({"context": f"The {n} is", "choices": ["blue", "green", "red"],
+                                        "gold": i % 3}) + "\n" for i, n in enumerate(["sky", "grass", "rose"])))
+    r = evaluate_task(out, task, batch_size=2)
+    assert r.n == 3 and len(r.predictions) == 3 and r.kind == "multiple_choice"
