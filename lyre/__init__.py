@@ -27,6 +27,7 @@ _EXPORTS = {
     "Constraint": "lyre.constrain", "ConstraintError": "lyre.constrain",
     "LyreError": "lyre.core.errors",
     "evaluate_run": "lyre.eval.loss", "evaluate_text": "lyre.eval.loss",
+    "evaluate_task": "lyre.eval.harness",
     "SamplingConfig": "lyre.generate.simple",
     "export_hf": "lyre.hf", "from_pretrained": "lyre.hf", "import_hf": "lyre.hf",
     "GPT": "lyre.model", "BigramLM": "lyre.model", "GPTConfig": "lyre.model",
@@ -50,6 +51,7 @@ if TYPE_CHECKING:  # what type checkers and editors see (names used through __al
     from lyre.constrain import Constraint, ConstraintError  # noqa: F401
     from lyre.core.errors import LyreError  # noqa: F401
     from lyre.engine import Completion, Engine  # noqa: F401
+    from lyre.eval.harness import evaluate_task  # noqa: F401
     from lyre.eval.loss import evaluate_run, evaluate_text  # noqa: F401
     from lyre.generate.runs import load_run  # noqa: F401
     from lyre.generate.simple import SamplingConfig  # noqa: F401

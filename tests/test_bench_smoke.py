@@ -25,6 +25,7 @@ EXPECTED_KEYS = {
     "classify": {"test_acc", "sklearn_test_acc", "vs_sklearn_ratio"},
     "demo_quality": {"val_loss_gain", "time_ratio"},
     "engine_steps": {"b1_step_ms", "b8_step_ms"},
+    "eval_harness": {"eval_speed_ratio", "identical_scores", "lyre_examples_s", "lm_eval_examples_s"},
     "finetune": {"val_loss_pretrained_masked", "val_loss_lora8", "masked_vs_unmasked_val_loss_ratio"},
     "generate": {"results", "b1_vs_hf_ratio"},
     "gpu_train": {"lyre_tok_s", "hf_tok_s", "lyre_vs_hf_ratio"},

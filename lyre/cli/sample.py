@@ -45,12 +45,27 @@ def _add_sample(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="loss, perplexity and bits per byte on a text file",
+    p = sub.add_parser("eval", help="loss on text, or accuracy on multiple-choice/exact-match tasks",
                        description="Score a run's model on held-out text with a sliding window: loss, "
                                    "perplexity and bits per byte (comparable across tokenizers). "
                                    "Without --data, what the run held out: a fine-tuned (SFT/DPO) "
-                                   "run's validation answers, a seq2seq run's validation pairs.")
+                                   "run's validation answers, a seq2seq run's validation pairs. "
+                                   "With --task: accuracy on a local JSONL task file, scored as "
+                                   "lm-eval-harness scores it (docs/eval.md).")
     p.add_argument("run_dir", type=Path, help="run directory")
+    p.add_argument("--task", action="append", default=[], metavar="FILE|NAME",
+                   help="a task file (JSONL of {context, choices, gold} or {context, answer}) or "
+                        "a NAME in $LYRE_TASKS or ~/.cache/lyre/tasks (repeatable: with several, "
+                        "their CORE average too)")
+    p.add_argument("--shots", type=int, default=0,
+                   help="with --task: solved examples before each one, drawn from the same file "
+                        "(default 0)")
+    p.add_argument("--limit", type=int, default=None, help="with --task: only the first N examples")
+    p.add_argument("--layout", choices=("hellaswag", "arc", "mmlu"), default=None,
+                   help="with --task: the file is in this dataset's JSONL layout")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="with --task: count and skip bad lines instead of refusing the file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--data", type=Path, default=None,
                    help="UTF-8 text file to score (default: the run's own validation split); for a "
                         "fine-tuned run a .json/.jsonl instruction file scores its answers, for a "
@@ -130,6 +145,9 @@ def cmd_eval(args) -> None:
 
     from lyre.eval.loss import evaluate_saved_run
 
+    if args.task:
+        return cmd_eval_tasks(args)
+
     e = evaluate_saved_run(args.run_dir, args.data, stride=args.stride, batch_size=args.batch_size,
                            checkpoint=args.checkpoint, device=args.device)
     if args.json:
@@ -149,3 +167,37 @@ def cmd_eval(args) -> None:
               f"{r.bits_per_byte:.4f} bits/byte")
         print(f"{r.tokens:,} tokens ({r.bytes:,} bytes) of {e.data} scored with block "
               f"{r.block_size}, stride {r.stride}; {e.tokenizer} tokenizer, checkpoint {e.checkpoint}")
+
+
+def cmd_eval_tasks(args) -> None:
+    """`lyre eval RUN --task ...`: one line (or JSON object) per task, then CORE if several."""
+    import json
+
+    from lyre.eval.harness import core_score, evaluate_task
+    from lyre.generate.runs import load_run
+
+    if args.data is not None:
+        raise LyreError("--data (loss on text) and --task (accuracy on a task) are two evaluations; "
+                        "give one")
+    run = load_run(args.run_dir, args.checkpoint, args.device)
+    results = []
+    for task in args.task:
+        r = evaluate_task(run, task, shots=args.shots, limit=args.limit, batch_size=args.batch_size,
+                          skip_bad=args.skip_bad, layout=args.layout, progress=not args.no_progress)
+        results.append(r)
+        if args.json:
+            print(json.dumps(r.to_dict()), flush=True)
+            continue
+        if r.kind == "generate":
+            line = f"exact match {100 * r.acc:.2f}%"
+        else:
+            line = (f"acc {100 * r.acc:.2f}% | acc_norm {100 * r.acc_norm:.2f}% | centered "
+                    f"{100 * r.acc_centered:.2f}% (random {100 * r.random_baseline:.1f}%)")
+        skipped = f", {r.skipped} bad lines skipped" if r.skipped else ""
+        print(f"{r.task}: {line} | {r.n:,} examples, {r.shots}-shot{skipped}")
+    if len(results) > 1:
+        core = core_score(results)
+        if args.json:
+            print(json.dumps({"core": core, "tasks": [r.task for r in results]}))
+        else:
+            print(f"CORE (mean centered accuracy of {len(results)} tasks): {core:.4f}")
