@@ -149,7 +149,7 @@ def _chunks(shared: list, requests: Sequence[Request], batch_size: int, limit: i
 def _can_share(model: nn.Module, context: tuple[int, ...], group: list[Request], limit: int | None) -> bool:
     """Whether a group of requests with one context can run the context once (a KV-cached GPT,
     two or more continuations, nothing left-truncated: truncation would change the prefix)."""
-    if not (getattr(model, "uses_kv_cache", False) and isinstance(getattr(model, "lm_head", None), nn.Module)):
+    if not (capabilities(model).uses_kv_cache and isinstance(getattr(model, "lm_head", None), nn.Module)):
         return False
     if len(group) < 2 or limit is None:
         return False
