@@ -166,8 +166,9 @@ SLOW_TESTS = {  # by name, with why: the longest of the rest (`pytest --duration
     "test_an_endpoint_that_is_down_slow_or_refusing_is_one_error",
     "test_the_run_answers_in_the_assistant_role_and_stops",  # trains an SFT run until it answers
     "test_gpt2_tokenizer_imports_and_exports",  # GPT-2's 50,257-token vocabulary, in and out twice
+    "test_acc_and_acc_norm_equal_lm_eval_to_the_last_example",  # runs lm-eval-harness itself
 }
-SPAWNS = ("subprocess.", "Popen(", "sys.executable", "torchrun")
+SPAWNS = ("subprocess.", "Popen(", "sys.executable", "torchrun", "chromium_path()")  # the last: Chromium
 
 
 @functools.cache
