@@ -37,7 +37,7 @@ os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALL
 import torch  # noqa: E402
 from _common import add_smoke_flag, json_line, machine  # noqa: E402
 
-from lyre.eval.harness import evaluate_task  # noqa: E402
+from lyre.eval.harness import evaluate_task, lm_eval_task_yaml  # noqa: E402
 from lyre.generate.runs import load_run  # noqa: E402
 from lyre.hf import export_hf  # noqa: E402
 from lyre.run.config import BUNDLED_ILIAD, load_config  # noqa: E402
@@ -92,33 +92,12 @@ def make_task(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
-YAML = """\
-task: bench_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {path}
-test_split: test
-output_type: multiple_choice
-doc_to_text: context
-doc_to_choice: choices
-doc_to_target: gold
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-"""
-
-
 def run_lm_eval(hf_dir: Path, task: Path, work: Path, batch_size: int) -> tuple[dict, list, float]:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     (work / "yaml").mkdir(exist_ok=True)
-    (work / "yaml" / "bench_mc.yaml").write_text(YAML.format(path=task), encoding="utf-8")
+    (work / "yaml" / "bench_mc.yaml").write_text(lm_eval_task_yaml("bench_mc", task), encoding="utf-8")
     manager = TaskManager(include_path=str(work / "yaml"))
     start = time.perf_counter()
     res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_dir},tokenizer={hf_dir},dtype=float32",

@@ -19,6 +19,7 @@ from lyre.eval.harness import (
     convert,
     core_score,
     evaluate_task,
+    lm_eval_task_yaml,
     load_task,
     write_task,
 )
@@ -70,28 +71,6 @@ def task_file(tmp_path_factory, tiny_corpus) -> Path:
 # ---- parity with lm-eval-harness ------------------------------------------------------------
 
 
-LM_EVAL_YAML = """\
-task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {path}
-test_split: test
-output_type: multiple_choice
-doc_to_text: context
-doc_to_choice: choices
-doc_to_target: gold
-num_fewshot: 0
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-"""
-
-
 def run_lm_eval(hf_dir: Path, task: Path, work: Path, batch_size: int = 8) -> dict:
     """lm-eval's own scores on a local task file: its HF model, a task YAML over the JSONL."""
     lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -e '.[dev]')")
@@ -100,7 +79,7 @@ def run_lm_eval(hf_dir: Path, task: Path, work: Path, batch_size: int = 8) -> di
     yaml_dir = work / "yaml"
     yaml_dir.mkdir(exist_ok=True)
     name = "lyre_" + task.stem
-    (yaml_dir / f"{name}.yaml").write_text(LM_EVAL_YAML.format(name=name, path=task), encoding="utf-8")
+    (yaml_dir / f"{name}.yaml").write_text(lm_eval_task_yaml(name, task), encoding="utf-8")
     res = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={hf_dir},tokenizer={hf_dir},dtype=float32",
         tasks=[name], task_manager=TaskManager(include_path=str(yaml_dir)), batch_size=batch_size,

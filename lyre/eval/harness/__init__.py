@@ -10,9 +10,9 @@ lm-eval-harness scores them (docs/eval.md).
     evaluate_task("runs/gpt2", "hellaswag.jsonl", shots=0).acc_norm
 """
 
-from lyre.eval.harness.convert import LAYOUTS, convert, write_task
+from lyre.eval.harness.convert import LAYOUTS, convert, lm_eval_task_yaml, write_task
 from lyre.eval.harness.evaluate import TaskResult, core_score, evaluate_task
 from lyre.eval.harness.tasks import Example, Task, load_task, task_dirs
 
 __all__ = ["Example", "LAYOUTS", "Task", "TaskResult", "convert", "core_score", "evaluate_task",
-           "load_task", "task_dirs", "write_task"]
+           "lm_eval_task_yaml", "load_task", "task_dirs", "write_task"]

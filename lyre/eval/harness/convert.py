@@ -60,6 +60,18 @@ def write_task(lines: list[dict], path: str | Path) -> Path:
     return path
 
 
+def lm_eval_task_yaml(name: str, path: str | Path) -> str:
+    """An lm-eval-harness task (YAML) over a lyre task file, zero-shot, scored by acc and
+    acc_norm: put it in a folder given to lm-eval's `TaskManager(include_path=...)` to score the
+    same examples with lm-eval (how tests/test_eval_harness.py and bench/eval_harness.py check
+    parity; docs/eval.md)."""
+    metrics = "".join(f"  - metric: {m}\n    aggregation: mean\n    higher_is_better: true\n"
+                      for m in ("acc", "acc_norm"))
+    return (f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {path}\n"
+            "test_split: test\noutput_type: multiple_choice\ndoc_to_text: context\n"
+            "doc_to_choice: choices\ndoc_to_target: gold\nnum_fewshot: 0\nmetric_list:\n" + metrics)
+
+
 def _hellaswag_clean(text: str) -> str:
     text = text.strip().replace(" [title]", ". ")
     text = re.sub(r"\[.*?\]", "", text)
