@@ -4,6 +4,7 @@ kind; constrained and free rows share a batch; fast-forward; finish reasons; bad
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -156,6 +157,68 @@ def test_fast_forward_counts_forced_tokens(engines):
         (c,) = engine.generate("a", SamplingConfig(max_new_tokens=120, temperature=1.0, seed=0,
                                                    constraint=CONSTRAINTS["json"]))
         assert 0 < c.forced_tokens < len(c.tokens), tok  # keys are forced, values sampled
+
+
+def count_forwards(model) -> list[int]:
+    calls: list[int] = []
+    model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[1]))
+    return calls
+
+
+def test_jump_forward_feeds_forced_tokens_in_one_forward(engines):
+    """Forced tokens are taken at once and fed together in the next step's forward: a grammar
+    with one option needs only the prompt's forward, a schema fewer forwards than tokens."""
+    for tok, engine in engines.items():
+        model = copy.deepcopy(engine.model)
+        calls = count_forwards(model)
+        jumping = Engine(model, engine.tokenizer)
+        (c,) = jumping.generate("a", SamplingConfig(max_new_tokens=50, temperature=0.0,
+                                                    constraint=Constraint.choice(["all forced here"])))
+        assert c.text == "all forced here" and len(calls) == 1, tok
+        calls.clear()
+        (c,) = jumping.generate("a", SamplingConfig(max_new_tokens=120, temperature=1.0, seed=0,
+                                                    constraint=CONSTRAINTS["json"]))
+        assert valid("json", c.text) and len(calls) < len(c.tokens), tok
+        assert max(calls[1:]) > 1, tok  # some step fed several tokens
+
+
+@pytest.mark.parametrize("tok", ["char", "bpe", "gpt2"])
+def test_jump_forward_writes_what_one_token_per_step_writes(engines, tok):
+    """A row that reports logprobs takes forced tokens one per step (each needs its logits):
+    the same tokens either way (forced tokens draw no random number), beside free rows."""
+    if tok not in engines:
+        pytest.skip(f"GPT-2 tokenizer files not found in {GPT2_DIR}")
+    engine = engines[tok]
+    prompts = ["a", "ab", "b"]
+    for kind in ("json", "lark"):
+        one = SamplingConfig(max_new_tokens=100, temperature=1.0, seed=5, constraint=CONSTRAINTS[kind],
+                             logprobs=True)
+        jump = SamplingConfig(max_new_tokens=100, temperature=1.0, seed=5, constraint=CONSTRAINTS[kind])
+        free = SamplingConfig(max_new_tokens=20, temperature=0.0)
+        stepwise = engine.generate(prompts, [one, free, one])
+        jumped = engine.generate(prompts, [jump, free, jump])
+        assert [c.tokens for c in jumped] == [c.tokens for c in stepwise], kind
+        assert all(valid(kind, c.text) for c in jumped[::2]), kind
+
+
+def test_extend_view_matches_a_forward_without_cache():
+    """Rows of different lengths each feeding a different number of tokens in one forward get
+    the logits a plain forward over the whole sequence gives."""
+    from lyre.engine.cache import ExtendView, PrefillView
+    from lyre.model.gpt import KVCache
+
+    model = tiny_gpt(50).eval()
+    seqs = [[1, 2, 3, 4, 5, 6, 7, 8], [9, 8, 7, 6, 5]]
+    cached, fed = [5, 4], [3, 1]  # row 0: 5 cached + 3 fed at once; row 1: 4 cached + 1 fed
+    cache = KVCache(model.config, 2, 16)
+    with torch.inference_mode():
+        for slot, (seq, n) in enumerate(zip(seqs, cached, strict=True)):
+            model(torch.tensor([seq[:n]]), cache=PrefillView(cache, [slot], None))
+        ids = torch.tensor([seqs[0][5:8], seqs[1][4:5] + [0, 0]])
+        logits, _ = model(ids, cache=ExtendView(cache, cached, fed, torch.device("cpu")))
+        for i, seq in enumerate(seqs):
+            full, _ = model(torch.tensor([seq]))
+            torch.testing.assert_close(logits[i, 0], full[0, -1], atol=1e-5, rtol=1e-5)
 
 
 def test_unfinishable_grammar_ends_with_length(engines):

@@ -9,9 +9,9 @@ The engine's whole interface to constrained decoding (lyre/engine/rows.py, sampl
     matcher.stopped / matcher.accepting          # must end / may end here
 
 Fast-forward: after each accepted token, llguidance tells which tokens the grammar forces next
-(`{"name": "` after the `{` of a schema with one required key). The engine takes them one per
-step without masking or sampling; they still go through the model, in the batch's decode step,
-so the KV cache stays right (see docs/structured.md for why one per step).
+(`{"name": "` after the `{` of a schema with one required key). The engine takes them without
+masking or sampling, all at once right after the sampled token, and feeds them together in the
+next step's forward (jump-forward: lyre/engine/batch.py, `Batch._jump_forward`).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ A Batch owns one KVCache [layers, rows, heads, max_length, head_dim] for all its
 keys and values sit in slots 0..len_i - 1 of cache row i. A view tells the model, for one
 forward pass, where to write and what to attend to, and carries the ragged-batch details the
 model's signature does not have: per-row `positions`, an `attn_mask`, and `logits_at`.
+PrefillView writes whole windows, DecodeView one token per row, ExtendView a few tokens per row
+(jump-forward over the tokens a grammar forces).
 
 `storage` is None for a model without a KV cache (capabilities(model).uses_kv_cache False): it never calls
 `update`, and the views still say which logits to compute.
@@ -86,6 +88,45 @@ class DecodeView:
         else:
             keys[self.rows, :, self.slots] = k[:, :, 0]
             values[self.rows, :, self.slots] = v[:, :, 0]
+        return keys[: self.n, :, : self.span], values[: self.n, :, : self.span]
+
+    def advance(self, n: int) -> None:
+        pass
+
+
+class ExtendView:
+    """Append counts[i] positions to each of rows 0..n-1, row i from slot lengths[i]: a decode
+    step in which some rows feed several tokens at once (the tokens a grammar forced, see
+    Batch._jump_forward).
+
+    The chunks are right-padded to the longest, T. Query t of row i takes position
+    lengths[i] + t and sees keys 0..lengths[i] + t; a padded query repeats its row's last real
+    position (a valid position embedding) and its key and value are never written; `logits_at`
+    picks each row's last real token.
+    """
+
+    def __init__(self, storage: KVCache, lengths: list[int], counts: list[int], device: torch.device) -> None:
+        self.storage = storage
+        self.n = len(lengths)
+        T = max(counts)
+        start = torch.tensor(lengths, device=device).unsqueeze(1)  # [n, 1]
+        last = start + torch.tensor(counts, device=device).unsqueeze(1) - 1
+        self.positions = torch.minimum(start + torch.arange(T, device=device), last)  # [n, T]
+        self.span = int(last.max()) + 1  # slots any row may attend to after the writes
+        # What the model checks against its context: the furthest row's end is length + T.
+        self.length = self.span - T
+        self.attn_mask = (torch.arange(self.span, device=device) <= self.positions[..., None])[:, None]
+        self.logits_at = torch.tensor(counts, device=device) - 1
+        real = torch.arange(T, device=device) < torch.tensor(counts, device=device).unsqueeze(1)
+        self.real = real  # [n, T]: True where a query is a real token, not padding
+        self.rows = torch.arange(self.n, device=device).unsqueeze(1).expand(-1, T)[real]
+        self.slots = self.positions[real]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.storage.keys[layer], self.storage.values[layer]
+        # k, v: [n, H, T, D] -> the real tokens' [R, H, D], written at (row, slot) pairs.
+        keys[self.rows, :, self.slots] = k.transpose(1, 2)[self.real]
+        values[self.rows, :, self.slots] = v.transpose(1, 2)[self.real]
         return keys[: self.n, :, : self.span], values[: self.n, :, : self.span]
 
     def advance(self, n: int) -> None:

@@ -70,6 +70,7 @@ class Row:
         self.generator = generator
         self.seen = seen  # bool [V]: tokens of prompt + output, for the repetition penalty
         self.cache_len = 0  # positions of this row held in the KV cache
+        self.jumped = 0  # forced tokens taken after the last sampled one, not yet fed (Batch)
         self.matcher = matcher  # the constraint's state (lyre/constrain/matcher.py), or None
         self._stop_ids = stop_ids
         self._text = text
