@@ -40,9 +40,14 @@ READ_PRAGMAS = {"table_info", "table_xinfo", "table_list", "index_list", "index_
                 "foreign_key_list"}
 _ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
             getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
-_ACTIONS = {getattr(sqlite3, n): n.removeprefix("SQLITE_").replace("_", " ")
-            for n in dir(sqlite3) if n.startswith("SQLITE_") and n not in (
-                "SQLITE_OK", "SQLITE_DENY", "SQLITE_IGNORE") and isinstance(getattr(sqlite3, n), int)}
+# The authorizer's action codes by name, for the refusal's message.
+_ACTIONS = {getattr(sqlite3, f"SQLITE_{n}", None): n.replace("_", " ") for n in (
+    "CREATE_INDEX", "CREATE_TABLE", "CREATE_TEMP_INDEX", "CREATE_TEMP_TABLE",
+    "CREATE_TEMP_TRIGGER", "CREATE_TEMP_VIEW", "CREATE_TRIGGER", "CREATE_VIEW", "DELETE",
+    "DROP_INDEX", "DROP_TABLE", "DROP_TEMP_INDEX", "DROP_TEMP_TABLE", "DROP_TEMP_TRIGGER",
+    "DROP_TEMP_VIEW", "DROP_TRIGGER", "DROP_VIEW", "INSERT", "PRAGMA", "TRANSACTION", "UPDATE",
+    "ATTACH", "DETACH", "ALTER_TABLE", "REINDEX", "ANALYZE", "CREATE_VTABLE", "DROP_VTABLE",
+    "SAVEPOINT")}
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:
@@ -110,10 +115,11 @@ def _authorize(refused: list[str], action: int, arg1, arg2, db_name, trigger) ->
     """SQLite asks before each action of a statement being compiled: read, or nothing."""
     if action in _ALLOWED:
         return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA and arg2 is None and (arg1 or "").lower() in READ_PRAGMAS:
+    if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in READ_PRAGMAS:  # (their argument is a table)
         return sqlite3.SQLITE_OK
-    refused.append(_ACTIONS.get(action, f"action {action}")
-                   + (f" {arg1}" if action == sqlite3.SQLITE_PRAGMA and arg1 else ""))
+    what = _ACTIONS.get(action, f"action {action}")
+    refused.append(f"{what} {arg1}" if arg1 and action == sqlite3.SQLITE_PRAGMA
+                   else f"{what} (on {arg1})" if arg1 else what)
     return sqlite3.SQLITE_DENY
 
 
