@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from lyre.chat.tools import CALL_OPEN
 from lyre.chat.tools import Tool as ToolSpec
 from lyre.core.errors import LyreError
 from lyre.core.openai_client import EndpointError, OpenAIClient, RetryPolicy
@@ -155,6 +156,8 @@ class ReplyReader:
         parsed = parse_tool_calls(text, self.tools)
         calls = [Call(c.id, c.name, c.arguments_json()) for c in parsed.calls]
         content = (parsed.content or "").strip() or None
+        if content and CALL_OPEN in content:  # a block cut short (max_tokens): not an answer
+            content = content[:content.index(CALL_OPEN)].strip() or None
         return rest, Reply(content if calls else (content or ""), calls, finish_reason)
 
 

@@ -157,8 +157,8 @@ class Agent:
                 messages.append({"role": "assistant", "content": text})
                 if reply.finish_reason == "length":
                     return self._result(text, steps, "length", messages, turn,
-                                        ["the answer was cut short: the model reached its token "
-                                         "limit or the end of its context"])
+                                        ["the reply was cut short: the model reached its token "
+                                         "limit (--max-tokens) or the end of its context"])
                 return self._result(text, steps, "answer", messages, turn)
             messages.append({"role": "assistant", "content": reply.content,
                              "tool_calls": [c.message_entry() for c in reply.calls]})
