@@ -210,7 +210,7 @@ class Agent:
                 result, error = f"Error: {e}", True
             except Exception as e:  # the tool's own failure: the model hears it, the loop goes on
                 result, error = f"Error: {type(e).__name__}: {e}", True
-            run.emit("on_tool_end", result, error=error, elapsed_s=run.elapsed())
+            run.emit("on_tool_end", result, error=error, call_id=call.id, elapsed_s=run.elapsed())
         return Step(call.name, arguments, result, error, call.id, turn, round(run.elapsed(), 6))
 
 
