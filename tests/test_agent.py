@@ -98,6 +98,21 @@ def test_the_step_limit_stops_a_loop_that_never_answers():
         Agent(endpoint.model_client(), tools=calc_tools(), max_steps=0)
 
 
+def test_tool_choice_per_model_call():
+    """("required", "none"): one round of calls, then the answer, whatever the model prefers."""
+    endpoint = ScriptedEndpoint([
+        {"calls": [call("add", {"a": 1, "b": 2}, "c")]}, {"content": "3"}])
+    result = Agent(endpoint.model_client(), tools=calc_tools(),
+                   tool_choice=("required", "none")).run("1 + 2?")
+    assert [b["tool_choice"] for b in endpoint.bodies] == ["required", "none"]
+    assert result.answer == "3"
+    endpoint = ScriptedEndpoint([{"calls": [call("add", {"a": 1, "b": 2}, "c")]}, {"content": "3"}])
+    Agent(endpoint.model_client(), tools=calc_tools(), tool_choice="add").run("1 + 2?")
+    assert endpoint.bodies[0]["tool_choice"] == {"type": "function", "function": {"name": "add"}}
+    with pytest.raises(LyreError, match="tool_choice must be"):
+        Agent(endpoint.model_client(), tools=calc_tools(), tool_choice=("required", "sub"))
+
+
 @pytest.mark.parametrize("name, arguments, error", [
     ("rm_rf", {"path": "/"}, "Error: there is no tool 'rm_rf'; the tools are calculator, add"),
     ("add", {"a": "one", "b": 2}, "Error: invalid arguments for add: 'one' is not of type 'integer' (at a)"),

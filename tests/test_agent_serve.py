@@ -161,8 +161,7 @@ def test_the_repl_runs_the_loop_and_shows_the_calls(run):
 
     settings = ChatSettings(max_new_tokens=200, temperature=0.0)
     session = AgentChatSession(run, get_template("plain"), [builtin_tool("calculator")], settings,
-                               max_steps=1)
-    session.agent.tool_choice = "required"  # a random model: make it call
+                               max_steps=1, tool_choice="required")  # a random model: make it call
     out = io.StringIO()
     run_repl(session, stdin=io.StringIO("What is 6 times 7?\n/quit\n"), stdout=out)
     text = out.getvalue()

@@ -38,13 +38,15 @@ class _Shown:
 class AgentChatSession(ChatSession):
     def __init__(self, run, template: ChatTemplate, tools: Sequence[Tool],
                  settings: ChatSettings | None = None, system: str | None = None,
-                 max_steps: int = DEFAULT_MAX_STEPS) -> None:
+                 max_steps: int = DEFAULT_MAX_STEPS, tool_choice: str | Sequence[str] = "auto",
+                 ) -> None:
         super().__init__(run, template, settings, system)
         self.tools = list(tools)
         self.tool_names = [t.name for t in self.tools]
         self.llm = EngineChat(run, template=template.name)
         self.shown = _Shown()
-        self.agent = Agent(self.llm, self.tools, max_steps=max_steps, callbacks=[self.shown])
+        self.agent = Agent(self.llm, self.tools, max_steps=max_steps, callbacks=[self.shown],
+                           tool_choice=tool_choice)
         self.last_notices: list[str] = []
 
     def answer(self, turn: PreparedTurn, write: Callable[[str], None] | None = None) -> str:

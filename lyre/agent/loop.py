@@ -103,11 +103,14 @@ class Agent:
     llm: a lyre.agent.llm.ChatModel (EngineChat in process, OpenAIChat over HTTP;
     open_chat_model opens either). tools: Tool objects (`@tool` functions, builtin_tool(...)).
     callbacks: handlers or a lyre.rag.callbacks.Callbacks. system: a system message.
+    tool_choice: "auto" (the model decides), "required", "none" or a tool's name; or one per
+    model call, the last repeating: ("required", "none") makes one round of calls, then the
+    answer (a weak model that would not call by itself still runs the loop).
     """
 
     def __init__(self, llm: ChatModel, tools: Sequence[Tool] = (), *,
                  max_steps: int = DEFAULT_MAX_STEPS, callbacks: Any = None,
-                 system: str | None = None, tool_choice: str = "auto") -> None:
+                 system: str | None = None, tool_choice: str | Sequence[str] = "auto") -> None:
         if max_steps < 1:
             raise LyreError(f"--max-steps must be at least 1; got {max_steps}")
         self.llm, self.tools = llm, list(tools)
@@ -119,8 +122,13 @@ class Agent:
                 raise LyreError(f"two tools are named {t.name!r}; tool names must be unique")
             self.by_name[t.name] = t
         self.specs = [t.spec() for t in self.tools]
-        check_tool_choice(tool_choice, self.specs)
+        choices = [tool_choice] if isinstance(tool_choice, str) else list(tool_choice)
+        if not choices:
+            raise LyreError("tool_choice is an empty list; give at least one")
+        for choice in choices:
+            check_tool_choice(choice, self.specs)
         self.max_steps, self.system, self.tool_choice = max_steps, system, tool_choice
+        self.choices = choices
         self.callbacks: Callbacks = as_callbacks(callbacks)
 
     def run(self, question: str, *, history: Sequence[dict] = (),
@@ -187,7 +195,8 @@ class Agent:
                 if on_token is not None:
                     on_token(piece)
 
-            reply = self.llm.chat(messages, self.specs, self.tool_choice, token)
+            choice = self.choices[min(turn, len(self.choices)) - 1]
+            reply = self.llm.chat(messages, self.specs, choice, token)
             run.emit("on_llm_end", reply.content or "", elapsed_s=run.elapsed(),
                      tool_calls=[c.message_entry() for c in reply.calls],
                      finish_reason=reply.finish_reason)
