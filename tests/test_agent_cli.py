@@ -110,8 +110,10 @@ def test_agent_in_process_with_a_tiny_run(run_dir, tmp_path):
     """A random model forced to call (tool_choice required) until the step limit: every call
     valid, the limit said in a notice, the trace complete."""
     trace = tmp_path / "t.jsonl"
-    proc = lyre(run_dir, "What is 2 times 3?", "--tools", "calculator", "--tool-choice", "required",
-                "--max-steps", "2", "--max-tokens", "200", "--json", "--trace", trace, "--device", "cpu")
+    # RUN, options, then the question: the issue's own order (positionals after options)
+    proc = lyre(run_dir, "--tools", "calculator", "--tool-choice", "required", "--max-steps", "2",
+                "--max-tokens", "200", "--json", "--trace", trace, "--device", "cpu",
+                "What is 2 times 3?")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["model_calls"] <= 2 and out["stopped"] in ("max_steps", "length")
