@@ -87,6 +87,17 @@ def test_parallel_calls_each_get_their_tool_message_in_order():
     assert [m["tool_call_id"] for m in sent[2:]] == ["c1", "c2"]
 
 
+def test_a_call_cut_short_by_the_token_limit_is_dropped():
+    endpoint = ScriptedEndpoint([
+        {"calls": [call("add", {"a": 1, "b": 2}, "whole"), call("add", '{"a": 1, "b"', "cut")],
+         "finish": "length"},
+        {"content": "3"}])
+    result = Agent(endpoint.model_client(), tools=calc_tools()).run("1 + 2?")
+    assert [s.call_id for s in result.steps] == ["whole"] and result.answer == "3"
+    sent = endpoint.bodies[1]["messages"][1]["tool_calls"]
+    assert [c["id"] for c in sent] == ["whole"]
+
+
 def test_the_step_limit_stops_a_loop_that_never_answers():
     endpoint = ScriptedEndpoint([{"calls": [call("add", {"a": 1, "b": 1}, "again")]}],
                                 repeat_last=True)

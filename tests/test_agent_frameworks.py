@@ -39,6 +39,26 @@ def server(run):
         yield srv
 
 
+def test_lyre_agent_over_http_against_lyre_serve(server):
+    """lyre's own loop through OpenAIChat: the same server, streamed tool-call deltas put back
+    together, one round of calls then the answer."""
+    from lyre.agent import Agent, OpenAIChat, tool
+
+    @tool
+    def add(a: Literal[1, 2, 3], b: Literal[1, 2, 3]) -> int:
+        """Add two small numbers."""
+        return a + b
+
+    llm = OpenAIChat(server.url, "tiny", max_tokens=120)
+    result = Agent(llm, [add], tool_choice=("required", "none")).run("What is 1 + 2?")
+    assert result.model_calls == 2 and result.stopped in ("answer", "length")
+    assert result.steps and result.tool_errors == 0
+    for step in result.steps:
+        assert step.name == "add" and step.result == str(step.arguments["a"] + step.arguments["b"])
+    roles = [m["role"] for m in result.messages]
+    assert roles == ["user", "assistant"] + ["tool"] * len(result.steps) + ["assistant"]
+
+
 def test_langchain_create_agent_completes_a_loop_with_a_python_tool(server):
     agents = pytest.importorskip("langchain.agents", reason="langchain>=1.0 is not installed")
     from langchain.agents.middleware import wrap_model_call

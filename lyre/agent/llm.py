@@ -296,7 +296,17 @@ def _read_stream(lines, url: str, on_token: TokenFn | None) -> Reply:
     text = "".join(content).strip()
     made = [Call(c["id"] or f"call_{i}", c["name"], c["arguments"] or "{}")
             for i, c in sorted(calls.items())]
+    if finish == "length":  # the token limit cut the last call short: only whole calls count
+        made = [c for c in made if _is_json(c.arguments)]
     return Reply(text or (None if made else ""), made, finish)
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _choice(data: str, url: str) -> dict | None:

@@ -94,10 +94,9 @@ class ServedChat(RunChat):
         self.scheduler, self.loop = service.scheduler, loop
 
     def chat(self, messages, tools, tool_choice="auto", on_token=None) -> Reply:
-        try:
-            ids, params = self.request(messages, tools, tool_choice)
-        except LyreError as e:
-            raise APIError(400, str(e), param="messages") from None
+        # A LyreError here (ContextFull: the conversation outgrew the context) is the loop's
+        # to handle: a notice after the first call, a 400 (AgentService.answer) on it.
+        ids, params = self.request(messages, tools, tool_choice)
         job = Job(prompt=ids, params=params)
         job.events = queue.Queue()  # Job.emit puts into it from the event loop: thread-safe
         asyncio.run_coroutine_threadsafe(_submit(self.scheduler, job), self.loop).result()
