@@ -67,14 +67,28 @@ def test_calculator_refuses(expression, error):
     assert time.perf_counter() - started < 1.0  # refused before any large work
 
 
+# The declaration tool-use models are fine-tuned on (lyre data calculator), character for
+# character: it is part of the prompt they learned.
+CALCULATOR_DECLARATION = (
+    '{"type": "function", "function": {"name": "calculator", "description": "Evaluate an '
+    'arithmetic expression: numbers, + - * / // % ** and parentheses.", "parameters": {"type": '
+    '"object", "properties": {"expression": {"type": "string", "description": "the expression, '
+    'e.g. \\"48213 * 371\\" or \\"(2 + 3) ** 2\\""}}, "required": ["expression"]}}}')
+
+
 def test_the_calculator_tool_contract():
+    import json
+
     calc = builtin_tool("calculator")
+    assert json.dumps(calc.spec().declaration()) == CALCULATOR_DECLARATION
     assert calc.name == "calculator"
     assert calc.parameters["properties"]["expression"]["type"] == "string"
     assert calc.parameters["required"] == ["expression"]
     assert calc.invoke({"expression": "6 * 7"}) == "42"
     with pytest.raises(ToolError, match="'expression' is a required property"):
         calc.invoke({"expr": "6 * 7"})
+    with pytest.raises(TypeError):  # an extra argument: the loop answers it as an error
+        calc.invoke({"expression": "1", "x": 2})
 
 
 # ----------------------------------------------------------------------------------------------

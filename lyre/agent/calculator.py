@@ -125,6 +125,16 @@ def calculator(expression: str) -> str:
 
 
 def calculator_tool(timeout_s: float = 2.0) -> Tool:
-    from lyre.agent.tools import tool
+    """The built-in `calculator`. Its declaration is what tool-use models are fine-tuned on
+    (lyre.data.calculator's CALCULATOR_TOOL, `lyre data calculator`), character for character:
+    the tool list is part of the prompt a model learned. So it is written out here, not derived
+    by @tool, and its schema stays as trained (no "additionalProperties": a call with extra
+    arguments is answered as an error)."""
+    import inspect
 
-    return tool(calculator, timeout_s=timeout_s)
+    from lyre.agent.tools import function_schema, parse_docstring
+
+    description, arg_docs = parse_docstring(inspect.getdoc(calculator) or "")
+    parameters = function_schema(calculator, arg_docs)
+    del parameters["additionalProperties"]
+    return Tool("calculator", description, parameters, calculator, timeout_s)
