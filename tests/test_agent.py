@@ -222,7 +222,12 @@ def test_history_and_a_system_message():
     history = [{"role": "user", "content": "1+2?"}, {"role": "assistant", "content": "3"}]
     agent = Agent(endpoint.model_client(), tools=calc_tools(), system="Be brief.")
     agent.run("and again?", history=history)
-    assert endpoint.bodies[0]["messages"] == history + [{"role": "user", "content": "and again?"}]
+    assert endpoint.bodies[0]["messages"] == [{"role": "system", "content": "Be brief."}] + \
+        history + [{"role": "user", "content": "and again?"}]
+    endpoint = ScriptedEndpoint([{"content": "again 3"}])
+    own = [{"role": "system", "content": "Be terse."}] + history
+    Agent(endpoint.model_client(), system="Be brief.").run("and again?", history=own)
+    assert endpoint.bodies[0]["messages"][0] == {"role": "system", "content": "Be terse."}
     endpoint = ScriptedEndpoint([{"content": "hi"}])
     Agent(endpoint.model_client(), system="Be brief.").run("hello")
     assert endpoint.bodies[0]["messages"][0] == {"role": "system", "content": "Be brief."}

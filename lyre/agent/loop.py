@@ -133,10 +133,12 @@ class Agent:
 
     def run(self, question: str, *, history: Sequence[dict] = (),
             on_token: TokenFn | None = None) -> AgentResult:
-        """Answer `question` (after the earlier `history` messages, if any)."""
+        """Answer `question` (after the earlier `history` messages, if any; the agent's system
+        message goes first unless the history has one)."""
         if not isinstance(question, str) or not question.strip():
             raise LyreError("the question is empty")
-        messages = ([{"role": "system", "content": self.system}] if self.system and not history
+        has_system = any(m.get("role") in ("system", "developer") for m in history)
+        messages = ([{"role": "system", "content": self.system}] if self.system and not has_system
                     else []) + [dict(m) for m in history] + [{"role": "user", "content": question}]
         steps: list[Step] = []
         cb = self.callbacks
