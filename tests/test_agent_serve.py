@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Literal
 
 import pytest
 from fastapi.testclient import TestClient
@@ -154,18 +155,23 @@ def test_the_page_shows_each_call_and_result_collapsed(browser, run):  # noqa: F
 
 
 def test_the_repl_runs_the_loop_and_shows_the_calls(run):
-    from lyre.agent import builtin_tool
+    from lyre.agent import tool
     from lyre.agent.chat import AgentChatSession
     from lyre.chat.repl import run_repl
     from lyre.chat.templates import ChatSettings, get_template
 
+    @tool
+    def pick(a: Literal[1, 2, 3], b: Literal[1, 2, 3]) -> int:
+        """Add two small numbers."""  # a closed, small schema: a random model's call fits
+        return a + b
+
     settings = ChatSettings(max_new_tokens=200, temperature=0.0)
-    session = AgentChatSession(run, get_template("plain"), [builtin_tool("calculator")], settings,
+    session = AgentChatSession(run, get_template("plain"), [pick], settings,
                                max_steps=1, tool_choice="required")  # a random model: make it call
     out = io.StringIO()
     run_repl(session, stdin=io.StringIO("What is 6 times 7?\n/quit\n"), stdout=out)
     text = out.getvalue()
-    assert "tools: calculator" in text.splitlines()[0]
-    assert "[call] calculator(" in text
+    assert "tools: pick" in text.splitlines()[0]
+    assert "[call] pick(" in text
     assert "[result]" in text or "[error]" in text
     assert "[notice] no answer after 1 steps" in text or "max_new_tokens" in text
