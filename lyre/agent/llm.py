@@ -172,11 +172,13 @@ class EngineChat(RunChat):
 
         if isinstance(run, str | Path):
             run = load_run(run)
+        engine = Engine(run.model, run.tokenizer, device=run.device)
+        # The engine's context: a recurrent run has none (its state does not grow with the text).
         super().__init__(run.tokenizer, get_template(template or template_name_for_run(run.run_dir)),
-                         run.config.model.block_size, Path(run.run_dir).name,
+                         engine.block_size, Path(run.run_dir).name,
                          max_tokens=max_tokens, temperature=temperature, seed=seed)
         self.run = run
-        self.engine = Engine(run.model, run.tokenizer, device=run.device)
+        self.engine = engine
 
     def chat(self, messages: list[dict], tools: Sequence[ToolSpec], tool_choice: ToolChoice = "auto",
              on_token: TokenFn | None = None) -> Reply:
@@ -370,8 +372,10 @@ def open_chat_model(run: str | Path | None = None, *, url: str | None = None,
                     model: str | None = None, api_key: str | None = None,
                     template: str | None = None, checkpoint: str = "best", device: str = "auto",
                     max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0,
-                    seed: int | None = 0) -> EngineChat | OpenAIChat:
-    """A run directory (in process) or an OpenAI-compatible server (`url` + `model`)."""
+                    seed: int | None = 0, replace_unknown: bool = False) -> EngineChat | OpenAIChat:
+    """A run directory (in process) or an OpenAI-compatible server (`url` + `model`).
+    `replace_unknown`: a char-level run replaces characters it never saw (the tool list's `#`,
+    `{`) instead of refusing them, as --replace-unknown does for lyre chat."""
     if (run is None) == (url is None):
         raise LyreError("give a run directory, or --llm-url URL with --llm-model NAME (not both)")
     if url is not None:
@@ -380,5 +384,9 @@ def open_chat_model(run: str | Path | None = None, *, url: str | None = None,
     from lyre.generate.runs import load_run
 
     loaded = load_run(run, checkpoint, device)
+    if replace_unknown:
+        from lyre.tokenizers.char import replace_unknown as replacing
+
+        replacing(loaded.tokenizer)
     return EngineChat(loaded, template=template, max_tokens=max_tokens, temperature=temperature,
                       seed=seed)

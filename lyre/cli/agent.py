@@ -16,7 +16,12 @@ import json
 import sys
 from pathlib import Path
 
-from lyre.cli.flags import add_checkpoint_flags, add_threads_flag, apply_threads
+from lyre.cli.flags import (
+    add_checkpoint_flags,
+    add_replace_unknown_flag,
+    add_threads_flag,
+    apply_threads,
+)
 from lyre.core.errors import LyreError
 
 
@@ -80,6 +85,7 @@ def _add_agent(sub) -> None:
     g.add_argument("--api-key", default=None, help="API key for --llm-url")
     add_checkpoint_flags(p)
     add_threads_flag(p)
+    add_replace_unknown_flag(p)
     p.set_defaults(func=cmd_agent)
 
 
@@ -123,7 +129,8 @@ def cmd_agent(args) -> None:
     llm = open_chat_model(args.run_dir, url=args.llm_url, model=args.llm_model,
                           api_key=args.api_key, template=args.template,
                           checkpoint=args.checkpoint, device=args.device,
-                          max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+                          max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+                          replace_unknown=args.replace_unknown)
     agent = Agent(llm, tools, max_steps=args.max_steps, callbacks=handlers, system=args.system,
                   tool_choice=args.tool_choice)
 

@@ -151,7 +151,7 @@ class CharTokenizer(Tokenizer):
             f"character {c!r} (U+{ord(c):04X}) at position {pos} (line {line}, column {column}, "
             f"near {near!r}) is "
             f"not in this char-level model's vocabulary of {len(self.chars)} characters; to replace "
-            f"unknown characters with {self.replacement!r} pass --replace-unknown (lyre chat, "
+            f"unknown characters with {self.replacement!r} pass --replace-unknown (lyre agent, chat, "
             f"sample, serve, translate) or record it with the run: \"unk\": {json.dumps(self.replacement)} in "
             f"RUN_DIR/tokenizer/tokenizer.json"
         )
