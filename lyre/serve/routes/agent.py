@@ -20,8 +20,6 @@ mid-way is an {"error": {...}} event.
 from __future__ import annotations
 
 import asyncio
-import logging
-import queue
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -32,12 +30,11 @@ from lyre.agent.llm import Reply, RunChat
 from lyre.core.errors import LyreError
 from lyre.serve import schemas as S
 from lyre.serve.errors import APIError
-from lyre.serve.scheduler import Done, Failed, Job, Piece, Scheduler
-from lyre.serve.streaming import SSEResponse, sse_data
+from lyre.serve.scheduler import Job, Piece, Scheduler
+from lyre.serve.streaming import SSEResponse
+from lyre.serve.worker import Emit, job_events, stream_from_thread
 
 router = APIRouter(tags=["lyre"])
-log = logging.getLogger("lyre.serve")
-EVENT_TIMEOUT_S = 600.0  # a model call that produces nothing for this long has failed
 MAX_STEPS = 32
 
 
@@ -81,10 +78,6 @@ class AgentAnswer(BaseModel):
     notices: list[str]
 
 
-class _Abort(Exception):
-    """The streaming client went away: stop the loop at its next token."""
-
-
 class ServedChat(RunChat):
     """The served run as a lyre.agent chat model whose calls are jobs on the scheduler."""
 
@@ -98,32 +91,15 @@ class ServedChat(RunChat):
         # to handle: a notice after the first call, a 400 (AgentService.answer) on it.
         ids, params = self.request(messages, tools, tool_choice)
         job = Job(prompt=ids, params=params)
-        job.events = queue.Queue()  # Job.emit puts into it from the event loop: thread-safe
-        asyncio.run_coroutine_threadsafe(_submit(self.scheduler, job), self.loop).result()
         reader = self.reader(tools if tool_choice != "none" else [])
-        try:
-            while True:
-                try:
-                    event = job.events.get(timeout=EVENT_TIMEOUT_S)
-                except queue.Empty:
-                    raise APIError(500, "the model produced nothing for too long") from None
-                if isinstance(event, Piece):
-                    piece = reader.feed(event.text)
-                    if piece and on_token is not None:
-                        on_token(piece)
-                elif isinstance(event, Done):
-                    rest, reply = reader.finish(event.finish_reason)
-                    if rest and on_token is not None:
-                        on_token(rest)
-                    return reply
-                elif isinstance(event, Failed):
-                    raise APIError(event.status, event.message, code=event.code, headers=event.headers)
-        finally:
-            self.scheduler.cancel(job)  # frees the row at once when we stop early
-
-
-async def _submit(scheduler: Scheduler, job: Job) -> None:
-    scheduler.submit(job)  # on the event loop: the scheduler reads the running loop
+        for event in job_events(self.scheduler, self.loop, job):
+            if isinstance(event, Piece):
+                piece = reader.feed(event.text)
+            else:  # Done: the last one
+                piece, reply = reader.finish(event.finish_reason)
+            if piece and on_token is not None:
+                on_token(piece)
+        return reply
 
 
 class AgentService:
@@ -178,61 +154,29 @@ async def agent_answer(req: AgentRequest, request: Request):
     loop = asyncio.get_running_loop()
     if not req.stream:
         return await asyncio.to_thread(service.answer, req, loop)
-    return SSEResponse(_stream(service, req, loop))
+    return SSEResponse(stream_from_thread(lambda emit: _streamed(service, req, loop, emit),
+                                          "POST /v1/agent/answer"))
 
 
 class _Events:
-    """Calls, results and answer pieces, from the loop's thread to the response (a callbacks
-    handler whose _Abort must stop the loop, hence raise_error)."""
+    """Each call and result as a stream event (a callbacks handler: ClientLeft, raised by emit
+    once the client has gone, must stop the loop, hence raise_error)."""
 
     raise_error = True
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop, self.queue, self.gone = loop, asyncio.Queue(), False
-
-    def put(self, kind: str, value: Any) -> None:
-        if self.gone:
-            raise _Abort
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
+    def __init__(self, emit: Emit) -> None:
+        self.emit = emit
 
     def on_tool_start(self, name, arguments, **kw) -> None:
-        self.put("event", {"object": "agent.call", "call_id": kw.get("call_id"), "name": name,
-                           "arguments": arguments})
+        self.emit({"object": "agent.call", "call_id": kw.get("call_id"), "name": name,
+                   "arguments": arguments})
 
     def on_tool_end(self, output, **kw) -> None:
         # "is_error", not "error": an event with an "error" key is a failure of the stream
-        self.put("event", {"object": "agent.result", "call_id": kw.get("call_id"),
-                           "result": output, "is_error": bool(kw.get("error"))})
+        self.emit({"object": "agent.result", "call_id": kw.get("call_id"), "result": output,
+                   "is_error": bool(kw.get("error"))})
 
 
-async def _stream(service: AgentService, req: AgentRequest, loop: asyncio.AbstractEventLoop):
-    events = _Events(loop)
-
-    def finished(t: asyncio.Future) -> None:
-        if not t.cancelled():
-            t.exception()  # retrieved here, so a loop stopped by _Abort is not logged
-        events.queue.put_nowait(("end", None))
-
-    def on_token(piece: str) -> None:
-        events.put("event", {"object": "agent.delta", "text": piece})
-
-    task = asyncio.ensure_future(asyncio.to_thread(service.answer, req, loop, [events], on_token))
-    task.add_done_callback(finished)
-    try:
-        while True:
-            kind, value = await events.queue.get()
-            if kind == "event":
-                yield sse_data(value)
-                continue
-            try:
-                yield sse_data(task.result())
-            except APIError as e:
-                yield sse_data(e.body())
-            except Exception as e:  # a bug: said in the stream (the page shows it), and logged
-                log.error("unhandled error in POST /v1/agent/answer", exc_info=e)
-                yield sse_data(APIError(500, f"internal error ({type(e).__name__}); this is a bug "
-                                        "in lyre").body())
-            yield "data: [DONE]\n\n"
-            return
-    finally:
-        events.gone = True  # the client left (or we are done): the loop stops at its next token
+def _streamed(service: AgentService, req: AgentRequest, loop: asyncio.AbstractEventLoop, emit: Emit):
+    return service.answer(req, loop, [_Events(emit)],
+                          lambda piece: emit({"object": "agent.delta", "text": piece}))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -34,12 +33,12 @@ from lyre.core.errors import LyreError
 from lyre.rag.llm import RunPrompts
 from lyre.serve import schemas as S
 from lyre.serve.errors import APIError
-from lyre.serve.scheduler import Done, Failed, Job, Piece, Scheduler
-from lyre.serve.streaming import SSEResponse, sse_data
+from lyre.serve.scheduler import Job, Piece, Scheduler
+from lyre.serve.streaming import SSEResponse
+from lyre.serve.worker import job_events, stream_from_thread
 
 router = APIRouter(tags=["lyre"])
 log = logging.getLogger("lyre.serve")
-EVENT_TIMEOUT_S = 600.0  # a model call that produces nothing for this long has failed
 
 
 class HistoryTurn(BaseModel):
@@ -88,10 +87,6 @@ class RagAnswer(BaseModel):
     llm_calls: int
 
 
-class _Abort(Exception):
-    """The streaming client went away: stop the chain at its next token."""
-
-
 class ServedLLM(RunPrompts):
     """The served run as a lyre.rag LLM whose calls are jobs on the server's scheduler."""
 
@@ -103,31 +98,13 @@ class ServedLLM(RunPrompts):
     def complete(self, prompt: str, max_tokens: int, stop: list[str] | None = None,
                  on_token=None) -> str:
         job = Job(prompt=self.prompt_ids(prompt, max_tokens), params=self.sampling(max_tokens, stop))
-        job.events = queue.Queue()  # Job.emit puts into it from the event loop: thread-safe
-        asyncio.run_coroutine_threadsafe(_submit(self.scheduler, job), self.loop).result()
         trimmer, pieces = AnswerTrimmer(True), []
-        try:
-            while True:
-                try:
-                    event = job.events.get(timeout=EVENT_TIMEOUT_S)
-                except queue.Empty:
-                    raise APIError(500, "the model produced nothing for too long") from None
-                if isinstance(event, Piece):
-                    piece = trimmer.feed(event.text)
-                    if piece:
-                        pieces.append(piece)
-                        if on_token is not None:
-                            on_token(piece)
-                elif isinstance(event, Done):
-                    return "".join(pieces)
-                elif isinstance(event, Failed):
-                    raise APIError(event.status, event.message, code=event.code, headers=event.headers)
-        finally:
-            self.scheduler.cancel(job)  # frees the row at once when we stop early
-
-
-async def _submit(scheduler: Scheduler, job: Job) -> None:
-    scheduler.submit(job)  # on the event loop: the scheduler reads the running loop
+        for event in job_events(self.scheduler, self.loop, job):
+            if isinstance(event, Piece) and (piece := trimmer.feed(event.text)):
+                pieces.append(piece)
+                if on_token is not None:
+                    on_token(piece)
+        return "".join(pieces)
 
 
 class _StoreThread:
@@ -200,40 +177,8 @@ async def rag_answer(req: RagRequest, request: Request):
     rag.llm.loop = loop
     if not req.stream:
         return await asyncio.to_thread(rag.answer, req)
-    return SSEResponse(_stream(rag, req, loop))
+    return SSEResponse(stream_from_thread(
+        lambda emit: rag.answer(req, lambda piece: emit({"object": "rag.answer.delta", "text": piece})),
+        "POST /v1/rag/answer"))
 
 
-async def _stream(rag: RagService, req: RagRequest, loop: asyncio.AbstractEventLoop):
-    events: asyncio.Queue = asyncio.Queue()
-    gone = False
-
-    def on_token(piece: str) -> None:
-        if gone:
-            raise _Abort
-        loop.call_soon_threadsafe(events.put_nowait, ("delta", piece))
-
-    def finished(t: asyncio.Future) -> None:
-        if not t.cancelled():
-            t.exception()  # retrieved here, so a chain stopped by _Abort is not logged
-        events.put_nowait(("end", None))
-
-    task = asyncio.ensure_future(asyncio.to_thread(rag.answer, req, on_token))
-    task.add_done_callback(finished)
-    try:
-        while True:
-            kind, value = await events.get()
-            if kind == "delta":
-                yield sse_data({"object": "rag.answer.delta", "text": value})
-                continue
-            try:
-                yield sse_data(task.result())
-            except APIError as e:
-                yield sse_data(e.body())
-            except Exception as e:  # a bug: said in the stream (the page shows it), and logged
-                log.error("unhandled error in POST /v1/rag/answer", exc_info=e)
-                yield sse_data(APIError(500, f"internal error ({type(e).__name__}); this is a bug "
-                                        "in lyre").body())
-            yield "data: [DONE]\n\n"
-            return
-    finally:
-        gone = True  # the client left (or we are done): the chain stops at its next token
