@@ -21,36 +21,14 @@ from lyre.cli.flags import (
     add_replace_unknown_flag,
     add_threads_flag,
     apply_threads,
+    intermixed_parsing,
 )
 from lyre.core.errors import LyreError
 
 
-class _Intermixed:
-    """A parser mixin: positionals may come after options (`lyre agent RUN --tools calculator
-    "question"`). argparse alone gives a run of positionals to every positional it can at once,
-    so RUN would take the question's place; parse_known_intermixed_args reads options first."""
-
-    _intermixing = False
-
-    def parse_known_args(self, args=None, namespace=None):
-        if self._intermixing:  # parse_known_intermixed_args calls back in here
-            return super().parse_known_args(args, namespace)
-        self._intermixing = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._intermixing = False
-
-
 def register(sub) -> None:
-    # The subparsers action builds each verb's parser with its parser class (argparse's
-    # `_parser_class`); this verb's gets the intermixed parsing.
-    base = sub._parser_class
-    sub._parser_class = type("AgentParser", (_Intermixed, base), {})
-    try:
+    with intermixed_parsing(sub):  # the question may come after the options
         _add_agent(sub)
-    finally:
-        sub._parser_class = base
 
 
 def _add_agent(sub) -> None:

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from lyre.cli.flags import Parser, add_checkpoint_flags
+from lyre.cli.flags import add_checkpoint_flags, intermixed_parsing
 from lyre.core.errors import LyreError
 from lyre.core.ranks import is_main_process
 
@@ -64,32 +64,9 @@ def _add_judge(sub) -> None:
     p.set_defaults(func=cmd_judge)
 
 
-class IntermixedParser(Parser):
-    """A verb whose positionals may sit on both sides of its options (`lyre classify RUN --json
-    TEXT`): argparse's intermixed parsing, and anything left over is this verb's error, shown
-    with this verb's usage (not `lyre`'s)."""
-
-    _inner = False
-
-    def parse_known_args(self, args=None, namespace=None):
-        if self._inner:  # parse_known_intermixed_args calls back here for its two passes
-            return super().parse_known_args(args, namespace)
-        self._inner = True
-        try:
-            namespace, extras = self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._inner = False
-        if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
-        return namespace, []
-
-
 def _add_classify(sub) -> None:
-    default_class, sub._parser_class = sub._parser_class, IntermixedParser  # this verb only
-    try:
+    with intermixed_parsing(sub):  # `lyre classify RUN --json TEXT`
         _add_classify_parser(sub)
-    finally:
-        sub._parser_class = default_class
 
 
 def _add_classify_parser(sub) -> None:

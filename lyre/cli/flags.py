@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lyre.core.errors import LyreError
@@ -22,6 +24,38 @@ class Parser(argparse.ArgumentParser):
             if close:
                 message += f"; did you mean '{close[0]}'?"
         super().error(message)
+
+
+class IntermixedParser(Parser):
+    """A verb whose positionals may sit on both sides of its options (`lyre classify RUN --json
+    TEXT`, `lyre agent RUN --tools calculator "question"`): argparse's intermixed parsing (plain
+    argparse would give a run of positionals to the first positional that takes them), and
+    anything left over is this verb's error, shown with this verb's usage (not `lyre`'s)."""
+
+    _inner = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inner:  # parse_known_intermixed_args calls back here for its two passes
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            namespace, extras = self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, []
+
+
+@contextmanager
+def intermixed_parsing(sub) -> Iterator[None]:
+    """Verbs added inside get IntermixedParser: the subparsers action builds each verb's parser
+    with its parser class (argparse's `_parser_class`)."""
+    default, sub._parser_class = sub._parser_class, IntermixedParser
+    try:
+        yield
+    finally:
+        sub._parser_class = default
 
 
 def add_sampling_flags(p, max_new_tokens: int) -> None:
