@@ -35,6 +35,8 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -543,10 +545,20 @@ _worker_tokenizer: Tokenizer | None = None
 def _init_worker(tokenizer_dir: str) -> None:
     global _worker_tokenizer
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    # A main process killed outright (SIGKILL, SIGTERM) cannot stop its workers: they notice
+    # they were orphaned and leave, instead of waiting forever for work.
+    parent = os.getppid()
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     # One process per core already: the tokenizers' own thread pools would oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ["RAYON_NUM_THREADS"] = "1"
     _worker_tokenizer = load_tokenizer(tokenizer_dir)
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def encode_pieces(pieces: list[tuple[str, int, bool]], dtype: str,
