@@ -371,9 +371,7 @@ def _tail_items(sources: list[src.Source], opts: PrepareOptions, skips: src.Skip
             starts = {0: True, 1: True}
             for i, (split, text) in enumerate(parts):
                 if i >= first:
-                    item = src.Item(text, s, i, i == 0, key if i == 0 else None)
-                    item.split, item.split_first = split, starts[split]  # type: ignore[attr-defined]
-                    yield item
+                    yield src.Item(text, s, i, i == 0, key if i == 0 else None, split, starts[split])
                 starts[split] = False
             continue
         yield from src.source_items(s, source, text_field=opts.text_field,
@@ -385,7 +383,7 @@ def _tail_pieces(item: src.Item, source: src.Source, opts: PrepareOptions,
                  documents: int) -> list[tuple[str, int, bool]]:
     """An item of the tail split as pieces; <|endoftext|> goes between documents (from the
     second on), never before the first: one file is exactly its text."""
-    if hasattr(item, "split"):  # a chunk of a .txt part
+    if item.split is not None:  # a chunk of a .txt part
         eot = item.split_first and documents - (0 if item.first else 1) > 0
         return [(item.text, item.split, eot)]
     cut = src.text_cut(item.text, opts.val_fraction)

@@ -66,6 +66,8 @@ class Item:
     index: int  # position in its source's stream (records and chunks alike)
     first: bool  # True: the first piece of a document
     key: bytes | None = None  # content hash of the document, on its first piece
+    split: int | None = None  # tail split only: 0 train, 1 val (a part of a .txt document)
+    split_first: bool = False  # tail split only: the first piece of its part
 
 
 class Skips:
