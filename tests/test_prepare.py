@@ -348,6 +348,15 @@ def test_a_tokenizer_that_does_not_cover_the_text(tmp_path):
     assert "\n" not in str(e.value) and not (tmp_path / ".out.partial").exists()
 
 
+def test_an_output_inside_the_input_folder_is_not_read_back(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    write_jsonl(tmp_path / "corpus" / "a.jsonl", DOCS)
+    out = tmp_path / "corpus" / "prepared"
+    first = prepare([tmp_path / "corpus"], "char", out)
+    assert len(first["sources"]) == 1
+    assert prepare([tmp_path / "corpus"], "char", out) == first  # still up to date
+
+
 def test_bad_options(tmp_path):
     src = write_jsonl(tmp_path / "a.jsonl", DOCS[:20])
     for options, message in [({"shard_tokens": 0}, "--shard-tokens must be positive"),

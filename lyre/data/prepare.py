@@ -139,7 +139,8 @@ def prepare_corpus(inputs, out_dir: Path | str, options: PrepareOptions | None =
     opts.check()
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
-    sources = _scan_all(src.expand_inputs(inputs), opts)
+    staging = out_dir.parent / f".{out_dir.name}.partial"
+    sources = _scan_all(src.expand_inputs(inputs, exclude=[out_dir, staging]), opts)
     fingerprint = _fingerprint(sources, opts)
 
     if fmt.is_prepared(out_dir):
@@ -150,7 +151,6 @@ def prepare_corpus(inputs, out_dir: Path | str, options: PrepareOptions | None =
             raise LyreError(f"{out_dir} already holds a prepared dataset from other inputs or "
                             "options; pass --force to overwrite it")
 
-    staging = out_dir.parent / f".{out_dir.name}.partial"
     progress = _read_progress(staging, fingerprint)
     if progress is None:
         shutil.rmtree(staging, ignore_errors=True)

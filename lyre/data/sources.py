@@ -94,8 +94,10 @@ class Skips:
 # Which files
 
 
-def expand_inputs(inputs: list[Path | str] | Path | str) -> list[Path]:
-    """Files, folders (every file below, hidden ones left out) and globs, in a stable order."""
+def expand_inputs(inputs: list[Path | str] | Path | str,
+                  exclude: list[Path] | None = None) -> list[Path]:
+    """Files, folders (every file below, hidden ones left out) and globs, in a stable order;
+    nothing below `exclude` (the output directory, when it sits inside an input folder)."""
     if isinstance(inputs, str | Path):
         inputs = [inputs]
     if not inputs:
@@ -121,8 +123,12 @@ def expand_inputs(inputs: list[Path | str] | Path | str) -> list[Path]:
             paths.append(path)
         else:
             raise LyreError(f"corpus path is not a file: {path}; pass the text files themselves")
+    skip = [e.resolve() for e in exclude or []]
     seen: set[Path] = set()
-    unique = [p for p in paths if not (p.resolve() in seen or seen.add(p.resolve()))]
+    unique = [p for p in paths if not (p.resolve() in seen or seen.add(p.resolve()))
+              and not any(p.resolve().is_relative_to(e) for e in skip)]
+    if not unique:
+        raise LyreError("no corpus files left once the output directory is left out")
     return unique
 
 
