@@ -44,6 +44,7 @@ from _common import add_smoke_flag, json_line, machine
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 GPT2_DIR = SHARED / "gpt2"
+BUNDLED_ILIAD = ROOT / "lyre" / "data_files" / "iliad.txt"
 BOOKS = ["iliad.txt", "tinyshakespeare.txt", "the-verdict.txt", "rag/sherlock_holmes_pg1661.txt"]
 N_FILES = 16  # half JSONL, half parquet; a quarter of them is the small input
 POLL_S = 0.05
@@ -53,11 +54,16 @@ POLL_S = 0.05
 # The corpus: generated once, seeded, cached
 
 
+def books() -> list[Path]:
+    """The books of ../shared/data; without them (a bare GPU machine), the Iliad bundled with lyre."""
+    return [SHARED / name for name in BOOKS if (SHARED / name).is_file()] or [BUNDLED_ILIAD]
+
+
 def paragraphs() -> list[str]:
     """Every paragraph (blank-line separated, 40+ characters) of the books."""
     out: list[str] = []
-    for name in BOOKS:
-        text = (SHARED / name).read_text(encoding="utf-8", errors="replace")
+    for path in books():
+        text = path.read_text(encoding="utf-8", errors="replace")
         out += [p.strip() for p in re.split(r"\n\s*\n", text) if len(p.strip()) >= 40]
     return out
 
@@ -74,7 +80,8 @@ def documents(rng: random.Random, pool: list[str], n_bytes: int):
 def write_corpus(directory: Path, total_bytes: int, seed: int) -> list[Path]:
     """N_FILES files of total_bytes / N_FILES each, alternating JSONL and parquet; reused when a
     previous run wrote the same spec (done.json is written last)."""
-    spec = {"total_bytes": total_bytes, "seed": seed, "files": N_FILES, "books": BOOKS, "version": 1}
+    spec = {"total_bytes": total_bytes, "seed": seed, "files": N_FILES,
+            "books": [p.name for p in books()], "version": 1}
     names = [f"part-{i:03d}.{'jsonl' if i % 2 == 0 else 'parquet'}" for i in range(N_FILES)]
     done = directory / "done.json"
     if done.exists() and json.loads(done.read_text()) == spec:
