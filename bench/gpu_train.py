@@ -36,7 +36,8 @@ LYRE_PEAK_FLOPS for a GPU it does not list). Goal: lyre >= 50% MFU on an H100/H2
 and faster than transformers.
 
 --smoke: a 2-layer model in fp32 on the CPU (eager), the same code at a size that takes
-seconds (the recipe part: a 2 MB corpus, 4 steps of a tiny shape of the preset), so the script
+seconds (the recipe part: a 2 MB corpus, the char tokenizer, 4 steps of a tiny shape of the
+preset), so the script
 is checked on machines without a GPU (no figures).
 Ends with one JSON line.
 """
@@ -250,10 +251,12 @@ def recipe(args, tok_s: float | None) -> dict:
     try:
         gb = 0.002 if args.smoke else args.recipe_gb
         files = write_corpus(work / "corpus", int(gb * 1e9), args.seed)
-        if (args.gpt2_dir / "encoder.json").is_file():
+        if args.smoke:
+            tokenizer = "char"  # seconds, not the 50,257 logits of GPT-2's vocabulary
+        elif (args.gpt2_dir / "encoder.json").is_file():
             tokenizer = f"gpt2:{args.gpt2_dir}"
         else:
-            tokenizer = "bpe:50257" if not args.smoke else "char"
+            tokenizer = "bpe:50257"
             print(f"recipe:  no GPT-2 tokenizer files in {args.gpt2_dir}; tokenizer {tokenizer} instead", flush=True)
         t0 = time.perf_counter()
         out = lyre_cli("prepare", str(files[0].parent), "--tokenizer", tokenizer, "--out", str(work / "data"),
@@ -269,7 +272,8 @@ def recipe(args, tok_s: float | None) -> dict:
                      "train.final_eval=false", "train.log_interval=1" if args.smoke else "train.log_interval=10"]
         if args.smoke:
             overrides += SMOKE_SHAPE
-        print(f"recipe:  lyre train --config gpt2-124m, {steps} steps of {RECIPE_TOKENS_PER_STEP:,} tokens "
+        per_step = "a tiny shape" if args.smoke else f"{RECIPE_TOKENS_PER_STEP:,} tokens"
+        print(f"recipe:  lyre train --config gpt2-124m, {steps} steps of {per_step} "
               f"(--set {' --set '.join(overrides)})", flush=True)
         t0 = time.perf_counter()
         lyre_cli("train", "--config", "gpt2-124m", *[x for o in overrides for x in ("--set", o)],

@@ -79,17 +79,18 @@ def documents(rng: random.Random, pool: list[str], n_bytes: int):
 
 def write_corpus(directory: Path, total_bytes: int, seed: int) -> list[Path]:
     """N_FILES files of total_bytes / N_FILES each, alternating JSONL and parquet; reused when a
-    previous run wrote the same spec (done.json is written last)."""
+    previous run wrote the same spec (NAME.done.json, written last)."""
     spec = {"total_bytes": total_bytes, "seed": seed, "files": N_FILES,
             "books": [p.name for p in books()], "version": 1}
     names = [f"part-{i:03d}.{'jsonl' if i % 2 == 0 else 'parquet'}" for i in range(N_FILES)]
-    done = directory / "done.json"
+    done = directory.parent / f"{directory.name}.done.json"  # outside: the folder is an input
     if done.exists() and json.loads(done.read_text()) == spec:
         return [directory / n for n in names]
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     shutil.rmtree(directory, ignore_errors=True)
+    done.unlink(missing_ok=True)
     directory.mkdir(parents=True)
     rng, pool, doc_id = random.Random(seed), paragraphs(), 0
     t0 = time.perf_counter()
@@ -106,7 +107,7 @@ def write_corpus(directory: Path, total_bytes: int, seed: int) -> list[Path]:
             pq.write_table(table, directory / name, row_group_size=1024)
     done.write_text(json.dumps(spec))
     print(f"corpus:  wrote {doc_id:,} documents, {total_bytes / 1e9:.2f} GB in {N_FILES} files "
-          f"to {directory} ({time.perf_counter() - t0:.0f} s, cached for the next run)", flush=True)
+          f"to {directory} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return [directory / n for n in names]
 
 
