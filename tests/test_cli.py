@@ -460,9 +460,13 @@ def test_prepare_refuses_to_overwrite_without_force(capsys, tmp_path, tiny_corpu
     out_dir = tmp_path / "data"
     assert run_cli(capsys, "prepare", tiny_corpus, "--out", out_dir)[0] == 0
     before = tree_digest(out_dir)
-    assert_one_line_error(*run_cli(capsys, "prepare", tiny_corpus, "--out", out_dir)[::2], "--force")
+    code, out, _ = run_cli(capsys, "prepare", tiny_corpus, "--out", out_dir)  # the same: a no-op
+    assert code == 0 and "up to date" in out and tree_digest(out_dir) == before
+    assert_one_line_error(*run_cli(capsys, "prepare", tiny_corpus, "--out", out_dir,
+                                   "--val-fraction", "0.2")[::2], "--force")
     assert tree_digest(out_dir) == before
-    assert run_cli(capsys, "prepare", tiny_corpus, "--out", out_dir, "--force")[0] == 0
+    assert run_cli(capsys, "prepare", tiny_corpus, "--out", out_dir, "--val-fraction", "0.2",
+                   "--force")[0] == 0
 
 
 def test_train_on_a_prepared_data_dir(capsys, tmp_path, tiny_corpus, tiny_toml):

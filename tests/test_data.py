@@ -13,7 +13,9 @@ from torch import nn
 
 from lyre.core.errors import LyreError
 from lyre.data import corpus as data
+from lyre.data import prepare as prepare_module
 from lyre.data.corpus import (
+    Tokens,
     count_eval_tokens,
     evaluate_loss,
     get_batch,
@@ -55,6 +57,21 @@ def nanogpt_char_split(text: str) -> tuple[np.ndarray, np.ndarray]:
     return train, val
 
 
+def to_old_layout(out: Path) -> None:
+    """Turn a prepared directory into the layout of lyre before shards: train.bin, val.bin and a
+    meta.json (one shard per split)."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    for split in ("train", "val"):
+        (shard,) = manifest["shards"][split]
+        (out / shard["file"]).rename(out / f"{split}.bin")
+    keys = ("dtype", "vocab_size", "train_tokens", "val_tokens", "tokenizer", "val_fraction",
+            "eot_id", "document_separator")
+    meta = {k: manifest[k] for k in keys}
+    meta["sources"] = [{k: s[k] for k in ("path", "sha256", "bytes")} for s in manifest["sources"]]
+    (out / "meta.json").write_text(json.dumps(meta))
+    (out / "manifest.json").unlink()
+
+
 # ---------------------------------------------------------------------------------------------
 # prepare
 
@@ -65,12 +82,13 @@ def test_prepare_char_matches_nanogpt(tmp_path):
     meta = prepare([src], "char", out)
 
     assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
         "meta.json",
         "tokenizer",
-        "train.bin",
-        "val.bin",
+        "train_000000.bin",
+        "val_000000.bin",
     ]
-    assert meta == load_meta(out) == json.loads((out / "meta.json").read_text())
+    assert meta == load_meta(out) == json.loads((out / "manifest.json").read_text())
     assert meta["dtype"] == "uint16"
     assert meta["vocab_size"] == len(set(ASCII_TEXT)) + 1  # + <|endoftext|>, the last id
     assert meta["eot_id"] == len(set(ASCII_TEXT))
@@ -81,17 +99,19 @@ def test_prepare_char_matches_nanogpt(tmp_path):
             "path": str(src),
             "sha256": hashlib.sha256(ASCII_TEXT.encode()).hexdigest(),
             "bytes": len(ASCII_TEXT),
+            "format": "txt",
         }
     ]
+    assert meta["split"]["mode"] == "tail" and meta["document_separator"] is None
 
     train, val = load_split(out, "train"), load_split(out, "val")
-    assert isinstance(train, np.memmap) and train.dtype == np.dtype("<u2")
+    assert isinstance(train, Tokens) and train.dtype == np.dtype("<u2")
     ref_train, ref_val = nanogpt_char_split(ASCII_TEXT)
     np.testing.assert_array_equal(train, ref_train)
     np.testing.assert_array_equal(val, ref_val)
     assert (meta["train_tokens"], meta["val_tokens"]) == (len(ref_train), len(ref_val))
     # The .bin files are nothing but the ids, little-endian.
-    assert (out / "train.bin").read_bytes() == ref_train.astype("<u2").tobytes()
+    assert (out / "train_000000.bin").read_bytes() == ref_train.astype("<u2").tobytes()
 
     tok = load_tokenizer(out / "tokenizer")
     assert tok.decode(train) + tok.decode(val) == ASCII_TEXT
@@ -104,8 +124,8 @@ def test_streaming_chunks_match_one_shot(tmp_path, chunk_bytes):
     chunked = prepare([src], "char", tmp_path / "small", chunk_bytes=chunk_bytes)
     assert one_shot == chunked
     for split in ("train", "val"):
-        a = (tmp_path / "big" / f"{split}.bin").read_bytes()
-        assert a == (tmp_path / "small" / f"{split}.bin").read_bytes()
+        a = (tmp_path / "big" / f"{split}_000000.bin").read_bytes()
+        assert a == (tmp_path / "small" / f"{split}_000000.bin").read_bytes()
     tok = load_tokenizer(tmp_path / "small" / "tokenizer")
     text = tok.decode(load_split(tmp_path / "small", "train"))
     text += tok.decode(load_split(tmp_path / "small", "val"))
@@ -187,6 +207,9 @@ class BigVocabTokenizer:
     def encode(self, text):
         return [ord(c) + 65_536 for c in text]
 
+    def encode_batch(self, texts):
+        return [self.encode(t) for t in texts]
+
     def decode(self, ids):
         return "".join(chr(int(i) - 65_536) for i in ids if i != self.eot_id)
 
@@ -196,7 +219,7 @@ class BigVocabTokenizer:
 
 
 def test_uint32_for_big_vocab_and_eot_between_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "build_tokenizer", lambda spec, texts=None: BigVocabTokenizer())
+    monkeypatch.setattr(prepare_module, "build_tokenizer", lambda spec, texts=None: BigVocabTokenizer())
     a = write(tmp_path / "a.txt", "0123456789" * 3)
     b = write(tmp_path / "b.txt", "abcdefghij" * 2)
     out = tmp_path / "out"
@@ -217,7 +240,7 @@ def test_uint32_for_big_vocab_and_eot_between_files(tmp_path, monkeypatch):
 
 
 def test_progress_bar_path(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(data, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(prepare_module, "PROGRESS_MIN_BYTES", 0)
     src = write(tmp_path / "c.txt", ASCII_TEXT)
     prepare([src], "char", tmp_path / "out", chunk_bytes=512)
     err = capsys.readouterr().err
@@ -257,7 +280,7 @@ def test_missing_and_empty_corpus(tmp_path):
         prepare([tmp_path / "nope.txt"], "char", tmp_path / "out")
     with pytest.raises(LyreError, match="no corpus files"):
         prepare([], "char", tmp_path / "out")
-    with pytest.raises(LyreError, match="not a file"):
+    with pytest.raises(LyreError, match="holds no files"):
         prepare([tmp_path], "char", tmp_path / "out")
 
 
@@ -274,8 +297,12 @@ def test_existing_dataset_needs_force_and_survives_failures(tmp_path):
     prepare([src], "char", out)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
-    with pytest.raises(LyreError, match="already holds a prepared dataset; pass --force"):
-        prepare([src], "char", out)
+    # The same inputs and options again: nothing to do, nothing rewritten.
+    assert prepare([src], "char", out) == load_meta(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    with pytest.raises(LyreError, match="already holds a prepared dataset from other inputs or "
+                                        "options; pass --force"):
+        prepare([src], "char", out, val_fraction=0.2)
     # A failure half-way (binary second file, found while encoding) leaves the old data intact.
     bad = write(tmp_path / "bad.bin", b"fine text\n" * 10 + b"\x00")
     with pytest.raises(LyreError, match="NUL byte"):
@@ -312,13 +339,13 @@ def test_load_errors(tmp_path):
     prepare([src], "char", out)
     with pytest.raises(LyreError, match="unknown split 'test'"):
         load_split(out, "test")
-    (out / "val.bin").write_bytes(b"\x00")
-    with pytest.raises(LyreError, match="does not match meta.json"):
+    (out / "val_000000.bin").write_bytes(b"\x00")
+    with pytest.raises(LyreError, match="does not match .*manifest.json"):
         load_split(out, "val")
-    (out / "val.bin").unlink()
-    with pytest.raises(LyreError, match="missing .*val.bin"):
+    (out / "val_000000.bin").unlink()
+    with pytest.raises(LyreError, match="missing .*val_000000.bin"):
         load_split(out, "val")
-    (out / "meta.json").write_text("{not json")
+    (out / "manifest.json").write_text("{not json")
     with pytest.raises(LyreError, match="corrupt"):
         load_meta(out)
 
@@ -504,6 +531,8 @@ def test_char_tokens_prepared_before_endoftext_are_prepared_again(tmp_path):
     config = load_config(None, [f"data.corpus=['{src}']", "data.tokenizer=char"])
     out = tmp_path / "data"
     prepare([src], "char", out)
+    assert prepared_from(out, config)
+    to_old_layout(out)
     assert prepared_from(out, config)
     meta = json.loads((out / "meta.json").read_text())
     del meta["eot_id"]

@@ -20,15 +20,46 @@ def register(sub) -> None:
 
 
 def _add_prepare(sub) -> None:
-    p = sub.add_parser("prepare", help="tokenize corpus files into train/val token files",
-                       description="Tokenize text files into memory-mapped train/val token files.")
-    p.add_argument("corpus", nargs="+", type=Path, help="UTF-8 text file(s)")
+    p = sub.add_parser(
+        "prepare", help="tokenize a corpus into token shards for training",
+        description="Tokenize files, folders and globs of text (.txt, .jsonl, .json, .parquet, "
+                    "optionally .gz or .zst) into fixed-size token shards and a manifest.json, "
+                    "in parallel. Documents are separated by <|endoftext|> and split into "
+                    "train/val by a seeded hash of their content (a corpus of fewer than 10 "
+                    "documents: each gives its tail to val). An interrupted run continues where "
+                    "it stopped; a re-run on the same inputs and options does nothing.",
+        epilog="Train on the result with: lyre train --config PRESET --set data.data_dir=OUT")
+    p.add_argument("corpus", nargs="+", metavar="INPUT",
+                   help="files, folders (every file below) or quoted globs ('data/*.jsonl.zst')")
     p.add_argument("--tokenizer", default="char",
-                   help="char | bpe:VOCAB_SIZE (trained on the corpus) | gpt2:DIR (encoder.json + vocab.bpe)")
+                   help="char | bpe:VOCAB_SIZE (learned from a sample of the corpus) | gpt2:DIR "
+                        "(encoder.json + vocab.bpe, run by tiktoken) | a saved tokenizer "
+                        "directory (RUN_DIR/tokenizer) (default char)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="tokenizing processes (default: the CPU count; small corpora in-process)")
+    p.add_argument("--shard-tokens", type=int, default=100_000_000, metavar="N",
+                   help="tokens per shard file (default 100,000,000: 200 MB of uint16)")
+    p.add_argument("--text-field", default="text",
+                   help="the field (JSONL/JSON) or column (parquet) holding the text (default text)")
+    p.add_argument("--split-blank-lines", action="store_true",
+                   help=".txt files: one document per paragraph (blank-line separated) instead "
+                        "of one per file")
     p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="tail fraction of each file kept for validation (default 0.1)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing prepared directory")
+                   help="share of documents kept for validation (default 0.1)")
+    p.add_argument("--seed", type=int, default=1337, help="seed of the train/val split (default 1337)")
+    p.add_argument("--dedup", action="store_true",
+                   help="drop exact duplicate documents (by a hash of their text), counted")
+    bad = p.add_mutually_exclusive_group()
+    bad.add_argument("--skip-bad", action="store_true",
+                     help="skip unreadable, binary, non-UTF-8 or corrupt compressed files "
+                          "(counted, with reasons) instead of stopping")
+    bad.add_argument("--strict", action="store_true",
+                     help="stop at the first record without the text field or with invalid JSON "
+                          "(default: skip and count them, with line numbers)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an output directory prepared from other inputs or options")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_prepare)
 
 
@@ -83,11 +114,37 @@ def _add_plot(sub) -> None:
 
 
 def cmd_prepare(args) -> None:
-    from lyre.data.corpus import prepare
+    import json
 
-    meta = prepare(args.corpus, args.tokenizer, args.out, val_fraction=args.val_fraction, force=args.force)
-    print(f"wrote {args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
-          f"vocab {meta['vocab_size']:,} ({meta['dtype']})")
+    from lyre.data.prepare import PrepareOptions, prepare_corpus
+
+    options = PrepareOptions(
+        tokenizer=args.tokenizer, val_fraction=args.val_fraction, seed=args.seed,
+        workers=args.workers, shard_tokens=args.shard_tokens, text_field=args.text_field,
+        split_blank_lines=args.split_blank_lines, dedup=args.dedup, skip_bad=args.skip_bad,
+        strict=args.strict, force=args.force, progress=not args.json)
+    result = prepare_corpus(args.corpus, args.out, options)
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(summary))
+        return
+    if result.up_to_date:
+        print(f"{args.out} is up to date ({summary['tokens']:,} tokens); nothing to do")
+        return
+    skipped = sum(summary["skipped"].values())
+    print(f"wrote {args.out}: {summary['documents']:,} documents, {summary['train_tokens']:,} train "
+          f"and {summary['val_tokens']:,} val tokens in {summary['shards']} shard(s), vocab "
+          f"{summary['vocab_size']:,} ({summary['dtype']}), split by {summary['split']}"
+          + (f", {summary['duplicates']:,} duplicates dropped" if args.dedup else "")
+          + (f", {skipped:,} records skipped" if skipped else "")
+          + (" (resumed)" if result.resumed else ""))
+    for reason, count in summary["skipped"].items():
+        where = ", ".join(summary["skipped_where"].get(reason, []))
+        print(f"  skipped {count:,}: {reason} (e.g. {where})")
+    for path, reason in summary["files_skipped"].items():
+        print(f"  skipped file {path}: {reason}")
+    for note in result.notes:
+        print(f"  note: {note}")
 
 
 def cmd_train(args) -> None:
