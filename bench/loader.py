@@ -13,7 +13,9 @@ of a step for a small model than a large one) trains from each, built the way `l
 builds it (Trainer, `data.data_dir`), with the same seed: both draw the same windows, so the
 losses must be identical, step for step. The two take turns, --steps steps each per round, for
 --rounds rounds (untimed warm-up steps first); the median of the per-round ratios is
-loader_speed_ratio = shards tokens/s / one-file tokens/s (goal >= 0.98). Ends with one JSON line.
+loader_speed_ratio = shards tokens/s / one-file tokens/s (goal >= 0.98). Then the loader alone:
+microseconds to draw one batch from each layout (no model: the cost the ratio is about, without
+the noise of the steps). Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -119,6 +121,16 @@ def main(argv: list[str] | None = None) -> dict:
             for name in names[r % 2:] + names[: r % 2]:
                 rates[name].append(tokens_per_step * args.steps / steps(name, args.steps))
             print(f"round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:,.0f} tok/s" for n in names), flush=True)
+        # The loader alone, without the model: microseconds per batch drawn (less noisy than a step).
+        draws: dict[str, list[float]] = {name: [] for name in trainers}
+        n_draws = 50 if args.smoke else 2000
+        for r in range(args.rounds):
+            for name in names[r % 2:] + names[: r % 2]:
+                t = trainers[name]
+                t0 = time.perf_counter()
+                for _ in range(n_draws):
+                    t.task.draw(16, t.device)
+                draws[name].append(1e6 * (time.perf_counter() - t0) / n_draws)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -126,9 +138,13 @@ def main(argv: list[str] | None = None) -> dict:
     ratio = median([a / b for a, b in zip(rates["shards"], rates["single_file"], strict=True)])
     record = {"bench": "loader", "smoke": args.smoke, "threads": args.threads, "train_shards": n_shards,
               "shards_tok_s": round(median(rates["shards"])), "single_file_tok_s": round(median(rates["single_file"])),
-              "identical_losses": bool(same), "loader_speed_ratio": round(ratio, 3)}
+              "identical_losses": bool(same), "loader_speed_ratio": round(ratio, 3),
+              "shards_draw_us": round(median(draws["shards"]), 1),
+              "single_file_draw_us": round(median(draws["single_file"]), 1)}
     print(f"\nshards {record['shards_tok_s']:,} tok/s, one file {record['single_file_tok_s']:,} tok/s; "
           f"identical losses over {len(losses['shards'])} steps: {same}")
+    print(f"drawing a batch of 16 x {128 + 1} tokens alone: shards {record['shards_draw_us']:.0f} us, "
+          f"one file {record['single_file_draw_us']:.0f} us (median of {args.rounds} rounds of {n_draws})")
     print(f"loader_speed_ratio (shards / one file): {ratio:.3f} (goal >= 0.98)")
     json_line(record)
     return record
