@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from lyre.core.errors import LyreError
+from lyre.data.loader import WindowLoader, _to_device
 from lyre.data.prepare import PrepareOptions, prepare_corpus
 from lyre.data.shards import SPLITS, Tokens, is_prepared, load_meta, load_split
 from lyre.data.sources import DEFAULT_CHUNK_BYTES, file_sha256, iter_text, safe_cut
@@ -69,16 +70,8 @@ def prepare(
 # Training batches
 
 
-def _to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """Copy to `device`; on CUDA via pinned memory so the copy can overlap with compute."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
 def get_batch(
-    tokens: np.ndarray,
+    tokens: Tokens | np.ndarray,
     batch_size: int,
     block_size: int,
     generator: torch.Generator,
@@ -87,19 +80,11 @@ def get_batch(
     """Sample `batch_size` random windows of block_size+1 tokens: x = window[:-1], y = window[1:].
 
     Offsets come from `generator`, so restoring its state (e.g. from a checkpoint) replays
-    exactly the same batches. Returns int64 tensors of shape (batch_size, block_size).
+    exactly the same batches. Returns int64 tensors of shape (batch_size, block_size). The
+    loader (lyre.data.loader.WindowLoader) draws the same offsets and adds document-aligned
+    windows and per-process rows.
     """
-    n = len(tokens)
-    if n < block_size + 1:
-        raise LyreError(
-            f"the data split has {n} tokens, fewer than block_size+1={block_size + 1}; "
-            "use a smaller block_size or more text"
-        )
-    starts = torch.randint(n - block_size, (batch_size,), generator=generator).tolist()
-    windows = np.stack([tokens[i : i + block_size + 1] for i in starts]).astype(np.int64)
-    w = torch.from_numpy(windows)
-    x, y = w[:, :-1].contiguous(), w[:, 1:].contiguous()
-    return _to_device(x, device), _to_device(y, device)
+    return WindowLoader(tokens, block_size, generator).draw(batch_size, device)
 
 
 # --------------------------------------------------------------------------------------------

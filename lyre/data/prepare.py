@@ -357,7 +357,7 @@ def _tail_items(sources: list[src.Source], opts: PrepareOptions, skips: src.Skip
                 ((0, t) for t in src.iter_text(source.path, source.compression, 0, cut, opts.chunk_bytes)),
                 ((1, t) for t in src.iter_text(source.path, source.compression, cut, None, opts.chunk_bytes)),
             )
-            key = bytes.fromhex(source.sha256)[:16]
+            key = bytes.fromhex(source.key)
             starts = {0: True, 1: True}
             for i, (split, text) in enumerate(parts):
                 if i >= first:

@@ -217,6 +217,11 @@ class Tokens:
             k, local = k + 1, 0
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=self.dtype)
 
+    def locate(self, offset: int) -> tuple[int, int]:
+        """(shard index, offset in that shard) of a position of the split."""
+        k = int(np.searchsorted(self.starts, offset, side="right")) - 1
+        return k, offset - int(self.starts[k])
+
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         whole = self.read(0, len(self))
         return whole if dtype is None else whole.astype(dtype)

@@ -48,6 +48,7 @@ class Source:
     bytes: int  # size on disk
     sha256: str = ""
     text_bytes: int = 0  # decompressed size (txt only): where the tail split cuts
+    key: str = ""  # txt only: the document key of its whole text (document_key, hex)
     skipped: str | None = None  # why the whole file is left out (skip_bad), else None
 
     def describe(self) -> dict:
@@ -168,8 +169,12 @@ def scan(path: Path, *, text_field: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES)
     source = Source(path, fmt, compression, size, sha256=file_sha256(path))
     try:
         if fmt == "txt":  # also the paragraphs of split_blank_lines: a txt file is checked whole
+            key = _key_hash()
             for chunk in iter_text(path, compression, 0, None, chunk_bytes):
-                source.text_bytes += len(chunk.encode("utf-8"))
+                raw = chunk.encode("utf-8")
+                key.update(raw)
+                source.text_bytes += len(raw)
+            source.key = key.hexdigest()
         elif fmt == "parquet":
             _parquet_file(path, text_field)
         elif compression:  # jsonl/json: read the stream once to find a damaged archive early
@@ -304,10 +309,16 @@ def text_cut(text: str, val_fraction: float) -> int:
 # Documents
 
 
+def _key_hash():
+    return hashlib.blake2b(digest_size=16)
+
+
 def document_key(text: str) -> bytes:
     """A document's content hash: the same text always lands in the same split, and --dedup
-    recognises it."""
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    recognises it, whatever file or format it comes from."""
+    key = _key_hash()
+    key.update(text.encode("utf-8", "surrogatepass"))
+    return key.digest()
 
 
 def iter_items(
@@ -333,14 +344,14 @@ def source_items(
     """The pieces of one source (index `s`) from its item `first_index` on."""
     if source.format == "txt" and not split_blank_lines:
         chunks = iter_text(source.path, source.compression, 0, None, chunk_bytes)
-        key = bytes.fromhex(source.sha256)[:16]
+        key = bytes.fromhex(source.key)
         for i, chunk in enumerate(chunks):
             if i >= first_index:
                 yield Item(chunk, s, i, i == 0, key if i == 0 else None)
         return
     records = {"txt": _paragraphs, "jsonl": _jsonl, "json": _json, "parquet": _parquet}
     for i, (text, why, where) in enumerate(records[source.format](source, text_field)):
-        if i < first_index:
+        if i < first_index or (text is None and why is None):
             continue
         if why is None and not text.strip():
             why = "empty text"
@@ -353,7 +364,8 @@ def source_items(
         yield Item(text, s, i, True, document_key(text))
 
 
-# Each reader yields (text, None, where) per record, or (None, why it is skipped, where).
+# Each reader yields (text, None, where) per record, or (None, why it is skipped, where), or
+# (None, None, where) for what is not a record (a blank line).
 Record = tuple[str | None, str | None, str]
 
 
@@ -364,9 +376,11 @@ def _paragraphs(source: Source, text_field: str) -> Iterator[Record]:
         parts = _BLANK_LINES.split(carry + chunk)
         carry = parts.pop()
         for part in parts:
-            n += 1
-            yield part, None, f"{source.path}:paragraph {n}"
-    yield carry, None, f"{source.path}:paragraph {n + 1}"
+            if part.strip():  # not a record: blank space at the start of a file
+                n += 1
+                yield part.strip("\r\n"), None, f"{source.path}:paragraph {n}"
+    if carry.strip():
+        yield carry.strip("\r\n"), None, f"{source.path}:paragraph {n + 1}"
 
 
 _BLANK_LINES = re.compile(r"\r?\n[ \t]*(?:\r?\n)+")
@@ -392,7 +406,7 @@ def _jsonl(source: Source, text_field: str) -> Iterator[Record]:
         for n, line in enumerate(f):
             where = f"{source.path}:{n + 1}"
             if not line.strip():
-                yield "", None, where
+                yield None, None, where  # not a record
                 continue
             try:
                 obj = json.loads(line)

@@ -44,6 +44,7 @@ class DataConfig:
     tokenizer: str = "char"  # char | bpe:VOCAB | gpt2:DIR
     val_fraction: float = 0.1
     data_dir: str = ""  # a directory made by `lyre prepare`; empty: prepare into RUN_DIR/data
+    align: str = "none"  # none | document: training windows start anywhere, or at a document's BOS
 
 
 @dataclass

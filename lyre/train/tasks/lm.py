@@ -1,9 +1,12 @@
 """Language modelling: predict the next token of random windows of a corpus (pretraining).
 
 The data is a corpus tokenized once into RUN_DIR/data (or `data.data_dir`, made by `lyre
-prepare`); a batch is `rows` windows of block_size + 1 tokens at random offsets, drawn from one
-seeded generator, so a resumed run draws the same windows as an uninterrupted one. Evaluation
-scores windows of both splits; `exact` scores every val token once (lyre.data.corpus.evaluate_loss).
+prepare`): token shards, or the single train.bin/val.bin of older directories, read through
+memory maps. A batch is `rows` windows of block_size + 1 tokens drawn by the streaming loader
+(lyre.data.loader.WindowLoader) from one seeded generator, anywhere or at document starts
+(`data.align`), so a resumed run draws the same windows as an uninterrupted one. Under torchrun
+each process reads only its own rows. Evaluation scores windows of both splits; `exact` scores
+every val token once (lyre.data.corpus.evaluate_loss).
 """
 
 from __future__ import annotations
@@ -16,7 +19,16 @@ import torch
 import torch.nn as nn
 
 from lyre.core.errors import LyreError
-from lyre.data.corpus import evaluate_loss, file_sha256, get_batch, load_meta, load_split, prepare
+from lyre.data.corpus import (
+    evaluate_loss,
+    file_sha256,
+    get_batch,
+    is_prepared,
+    load_meta,
+    load_split,
+    prepare,
+)
+from lyre.data.loader import WindowLoader
 from lyre.model import build_model
 from lyre.run import checkpoint as ckpt
 from lyre.run.config import RunConfig, config_from_json
@@ -35,6 +47,15 @@ class LanguageModelingTask(RandomDrawTask):
         self.train_tokens = load_split(data_dir, "train")
         self.val_tokens = load_split(data_dir, "val")
         self._check_length()
+        self.loader = WindowLoader(self.train_tokens, config.model.block_size, self.batches,
+                                   align=config.data.align, bos_id=self.meta.get("eot_id"))
+        # Under torchrun the trainer asks for the global batch and keeps this process's rows.
+        self.rank, self.world = dist.rank, dist.world_size if dist.enabled else 1
+        if resume and run.tokenizer_dir.is_dir():
+            check_same_tokenizer(data_dir, run.tokenizer_dir, "the run's (resume)")
+        elif config.train.init_from and (Path(config.train.init_from) / "tokenizer").is_dir():
+            check_same_tokenizer(data_dir, Path(config.train.init_from) / "tokenizer",
+                                 f"train.init_from's ({config.train.init_from})")
         if dist.is_main:
             run.take_tokenizer(data_dir / "tokenizer", resume)
 
@@ -42,7 +63,12 @@ class LanguageModelingTask(RandomDrawTask):
         return init_model(config, self.meta["vocab_size"])
 
     def draw(self, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        return get_batch(self.train_tokens, rows, self.config.model.block_size, self.batches, device)
+        if self.world == 1 and self.loader.align == "none":
+            return get_batch(self.train_tokens, rows, self.config.model.block_size, self.batches,
+                             device)  # the classic draw (the same offsets as the loader's)
+        share = rows // self.world  # rows is the global batch: read only this process's share
+        return self.loader.draw(rows, device, slice(self.rank * share, (self.rank + 1) * share))
+
 
     def loss(self, forward: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         x, y = batch
@@ -83,7 +109,7 @@ def data_dir_for(config: RunConfig, run: RunDir, resume: bool) -> Path:
     if config.data.data_dir:
         return Path(config.data.data_dir)
     data_dir = run.data_dir
-    if resume and (data_dir / "meta.json").exists():
+    if resume and is_prepared(data_dir):
         return data_dir
     if not prepared_from(data_dir, config):
         corpus = [Path(p) for p in config.data.corpus]
@@ -108,6 +134,26 @@ def prepared_from(data_dir: Path, config: RunConfig) -> bool:
     ]:
         return False
     return all(digest == file_sha256(p) for p, (_, _, digest) in zip(paths, sources, strict=True))
+
+
+def check_same_tokenizer(data_dir: Path, other: Path, whose: str) -> None:
+    """A prepared directory must use the tokenizer of the run it continues or starts from:
+    the same ids for the same bytes. One-line LyreError otherwise."""
+    from lyre.tokenizers import load_tokenizer
+
+    ours, theirs = load_tokenizer(Path(data_dir) / "tokenizer"), load_tokenizer(other)
+    if token_table(ours) != token_table(theirs):
+        raise LyreError(
+            f"{data_dir} was prepared with another tokenizer ({ours.kind}, {ours.vocab_size:,} "
+            f"tokens) than {whose} ({theirs.kind}, {theirs.vocab_size:,} tokens, {other}); "
+            f"prepare the data with --tokenizer {other}")
+
+
+def token_table(tokenizer) -> tuple:
+    """What makes two tokenizers the same: every id's bytes and the special tokens."""
+    return (tokenizer.vocab_size, tuple(sorted(tokenizer.special_tokens.items())),
+            tuple(tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)
+                  if i not in tokenizer.special_tokens.values()))
 
 
 def init_model(config: RunConfig, vocab_size: int) -> nn.Module:
