@@ -32,11 +32,13 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from itertools import chain
@@ -170,6 +172,12 @@ def prepare_corpus(inputs, out_dir: Path | str, options: PrepareOptions | None =
         _install(staging, out_dir)
     except Interrupted:
         raise  # the staging directory is kept: the next run continues it
+    except BrokenProcessPool:
+        raise Interrupted("a worker process died (out of memory?); what is finished is kept: "
+                          "run the same command again (with fewer --workers) to continue") from None
+    except OSError as e:
+        raise Interrupted(f"{e.filename or staging}: {e.strerror or e}; what is finished is kept "
+                          "in " + str(staging) + ": run the same command again to continue") from None
     except LyreError:
         shutil.rmtree(staging, ignore_errors=True)  # bad input: nothing worth resuming
         raise
@@ -534,6 +542,7 @@ _worker_tokenizer: Tokenizer | None = None
 
 def _init_worker(tokenizer_dir: str) -> None:
     global _worker_tokenizer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     # One process per core already: the tokenizers' own thread pools would oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ["RAYON_NUM_THREADS"] = "1"

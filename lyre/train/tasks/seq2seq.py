@@ -111,7 +111,8 @@ def pairs_dir_for(config: RunConfig, run: RunDir, resume: bool) -> Path:
     if config.data.data_dir:
         data_dir = Path(config.data.data_dir)
         if not is_pairs_dir(data_dir):
-            what = ("holds language-model tokens (lyre prepare)" if (data_dir / "train.bin").exists()
+            lm_tokens = (data_dir / "train.bin").exists() or (data_dir / "manifest.json").exists()
+            what = ("holds language-model tokens (lyre prepare)" if lm_tokens
                     else "holds no prepared pairs")
             raise LyreError(f"data.data_dir {data_dir} {what}; an encoder-decoder learns from "
                             "(source, target) pairs: set data.corpus to .tsv/.jsonl files or toy:dates")
