@@ -89,6 +89,24 @@ def test_document_aligned_windows_start_with_bos(tmp_path):
     assert shard.startswith("train_") and shard.endswith(".bin")
 
 
+def test_sequential_order_reads_the_split_window_after_window(tmp_path):
+    tokens, whole = shards_of(tmp_path, [50, 33])  # 83 tokens: 10 windows of 8 (+1)
+    loader = WindowLoader(tokens, 8, torch.Generator(), order="sequential")
+    x, y = loader.draw(4)
+    assert x[:, 0].tolist() == [0, 8, 16, 24] and torch.equal(y, x + 1)
+    state = json.loads(json.dumps(loader.state_dict()))
+    assert state["next_window"] == 4 and state["passes"] == 0
+    assert state["shard"] == "train_000000.bin" and state["offset"] == 24
+    x, _ = loader.draw(8)  # windows 4..9, then a new pass from 0
+    assert x[:, 0].tolist() == [32, 40, 48, 56, 64, 72, 0, 8] and loader.passes == 1
+    assert loader.position() == {"shard": "train_000000.bin", "offset": 8}
+    again = WindowLoader(tokens, 8, torch.Generator(), order="sequential")
+    again.load_state_dict(state)
+    assert again.draw(8)[0][:, 0].tolist() == [32, 40, 48, 56, 64, 72, 0, 8]
+    with pytest.raises(LyreError, match="data.order must be one of random, sequential"):
+        WindowLoader(tokens, 8, torch.Generator(), order="shuffled")
+
+
 def test_document_alignment_needs_documents(tmp_path):
     tokens = np.arange(100, dtype=np.uint16) % 7
     with pytest.raises(LyreError, match="found no document that begins with"):
@@ -134,9 +152,11 @@ def losses(run_dir: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in records(run_dir) if "loss" in r]
 
 
-@pytest.mark.parametrize("align", ["none", "document"])
-def test_resume_on_shards_continues_on_the_exact_batch(tmp_path, tiny_config, prepared, align):
-    config = (f"data.data_dir='{prepared.as_posix()}'", f"data.align={align}", *STEPS)
+@pytest.mark.parametrize(("align", "order"), [("none", "random"), ("document", "random"),
+                                              ("none", "sequential"), ("document", "sequential")])
+def test_resume_on_shards_continues_on_the_exact_batch(tmp_path, tiny_config, prepared, align, order):
+    config = (f"data.data_dir='{prepared.as_posix()}'", f"data.align={align}", f"data.order={order}",
+              *STEPS)
     straight = tmp_path / "straight"
     train(tiny_config(*config), straight, progress=False, plot=False)
     split = tmp_path / "split"

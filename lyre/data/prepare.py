@@ -555,7 +555,10 @@ def encode_pieces(pieces: list[tuple[str, int, bool]], dtype: str,
     piece says so. Runs in a worker (tokenizer None: the worker's)."""
     tok = tokenizer or _worker_tokenizer
     assert tok is not None
-    ids = tok.encode_batch([text for text, _, _ in pieces])
+    texts = [text for text, _, _ in pieces]
+    # tiktoken's batch call starts a pool of 8 threads per call, which measured no faster than
+    # one thread here (docs/log.md); a worker is one core already. HF tokenizers batch natively.
+    ids = [tok.encode_ordinary(t) for t in texts] if tok.kind == "gpt2" else tok.encode_batch(texts)
     out = []
     eot = [tok.eot_id] if tok.eot_id is not None else []
     for split in (0, 1):

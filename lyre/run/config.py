@@ -45,6 +45,7 @@ class DataConfig:
     val_fraction: float = 0.1
     data_dir: str = ""  # a directory made by `lyre prepare`; empty: prepare into RUN_DIR/data
     align: str = "none"  # none | document: training windows start anywhere, or at a document's BOS
+    order: str = "random"  # random | sequential: windows drawn at random, or one pass after another
 
 
 @dataclass

@@ -48,7 +48,8 @@ class LanguageModelingTask(RandomDrawTask):
         self.val_tokens = load_split(data_dir, "val")
         self._check_length()
         self.loader = WindowLoader(self.train_tokens, config.model.block_size, self.batches,
-                                   align=config.data.align, bos_id=self.meta.get("eot_id"))
+                                   align=config.data.align, bos_id=self.meta.get("eot_id"),
+                                   order=config.data.order)
         # Under torchrun the trainer asks for the global batch and keeps this process's rows.
         self.rank, self.world = dist.rank, dist.world_size if dist.enabled else 1
         if resume and run.tokenizer_dir.is_dir():
@@ -63,12 +64,18 @@ class LanguageModelingTask(RandomDrawTask):
         return init_model(config, self.meta["vocab_size"])
 
     def draw(self, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.world == 1 and self.loader.align == "none":
+        if self.world == 1 and self.loader.align == "none" and self.loader.order == "random":
             return get_batch(self.train_tokens, rows, self.config.model.block_size, self.batches,
                              device)  # the classic draw (the same offsets as the loader's)
         share = rows // self.world  # rows is the global batch: read only this process's share
         return self.loader.draw(rows, device, slice(self.rank * share, (self.rank + 1) * share))
 
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.loader.state_dict()  # the sequential position, and where the last window was
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state)
 
     def loss(self, forward: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         x, y = batch
