@@ -348,6 +348,15 @@ def test_a_tokenizer_that_does_not_cover_the_text(tmp_path):
     assert "\n" not in str(e.value) and not (tmp_path / ".out.partial").exists()
 
 
+def test_an_output_inside_the_input_folder_is_not_read_back(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    write_jsonl(tmp_path / "corpus" / "a.jsonl", DOCS)
+    out = tmp_path / "corpus" / "prepared"
+    first = prepare([tmp_path / "corpus"], "char", out)
+    assert len(first["sources"]) == 1
+    assert prepare([tmp_path / "corpus"], "char", out) == first  # still up to date
+
+
 def test_bad_options(tmp_path):
     src = write_jsonl(tmp_path / "a.jsonl", DOCS[:20])
     for options, message in [({"shard_tokens": 0}, "--shard-tokens must be positive"),
@@ -383,3 +392,46 @@ def test_cli_prepare_json_summary_and_errors(capsys, tmp_path, formats):
     code, stdout, _ = run_cli(capsys, "prepare", *formats["jsonl"], bad, "--out", tmp_path / "z",
                               "--skip-bad")
     assert code == 0 and f"skipped file {bad}" in stdout
+
+
+def test_sigkill_then_the_same_command_gives_the_same_bytes(tmp_path):
+    """A real kill -9 of `lyre prepare --workers 2` (its workers leave on their own), then the
+    same command: the shards it finished are kept and the result is the uninterrupted one."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = write_jsonl(tmp_path / "big.jsonl", documents(20_000, seed=1))
+    argv = [sys.executable, "-m", "lyre", "prepare", str(src), "--out", str(tmp_path / "out"),
+            "--workers", "2", "--shard-tokens", "20000", "--json"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = tmp_path / ".out.partial" / ".progress.json"
+    deadline = time.monotonic() + 120
+    while not progress.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    children = [p.parent.name for p in Path("/proc").glob("[0-9]*/stat")
+                if _parent_of(p) == proc.pid]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if progress.exists():  # killed half-way (else it finished first: nothing to resume)
+        kept = {p.name: p.read_bytes() for p in progress.parent.glob("*.bin")}
+        assert kept
+        time.sleep(1.5)
+        for pid in children:  # the orphaned workers have left
+            status = Path(f"/proc/{pid}/status")
+            assert not status.exists() or "zombie" in status.read_text().lower()
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["resumed"]
+        assert all(shard_bytes(tmp_path / "out")[name] == data for name, data in kept.items())
+    reference = prepare([src], "char", tmp_path / "ref", shard_tokens=20000)
+    assert load_meta(tmp_path / "out") == reference
+    assert shard_bytes(tmp_path / "out") == shard_bytes(tmp_path / "ref")
+
+
+def _parent_of(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

@@ -35,6 +35,8 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -137,7 +139,8 @@ def prepare_corpus(inputs, out_dir: Path | str, options: PrepareOptions | None =
     opts.check()
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
-    sources = _scan_all(src.expand_inputs(inputs), opts)
+    staging = out_dir.parent / f".{out_dir.name}.partial"
+    sources = _scan_all(src.expand_inputs(inputs, exclude=[out_dir, staging]), opts)
     fingerprint = _fingerprint(sources, opts)
 
     if fmt.is_prepared(out_dir):
@@ -148,7 +151,6 @@ def prepare_corpus(inputs, out_dir: Path | str, options: PrepareOptions | None =
             raise LyreError(f"{out_dir} already holds a prepared dataset from other inputs or "
                             "options; pass --force to overwrite it")
 
-    staging = out_dir.parent / f".{out_dir.name}.partial"
     progress = _read_progress(staging, fingerprint)
     if progress is None:
         shutil.rmtree(staging, ignore_errors=True)
@@ -369,9 +371,7 @@ def _tail_items(sources: list[src.Source], opts: PrepareOptions, skips: src.Skip
             starts = {0: True, 1: True}
             for i, (split, text) in enumerate(parts):
                 if i >= first:
-                    item = src.Item(text, s, i, i == 0, key if i == 0 else None)
-                    item.split, item.split_first = split, starts[split]  # type: ignore[attr-defined]
-                    yield item
+                    yield src.Item(text, s, i, i == 0, key if i == 0 else None, split, starts[split])
                 starts[split] = False
             continue
         yield from src.source_items(s, source, text_field=opts.text_field,
@@ -383,7 +383,7 @@ def _tail_pieces(item: src.Item, source: src.Source, opts: PrepareOptions,
                  documents: int) -> list[tuple[str, int, bool]]:
     """An item of the tail split as pieces; <|endoftext|> goes between documents (from the
     second on), never before the first: one file is exactly its text."""
-    if hasattr(item, "split"):  # a chunk of a .txt part
+    if item.split is not None:  # a chunk of a .txt part
         eot = item.split_first and documents - (0 if item.first else 1) > 0
         return [(item.text, item.split, eot)]
     cut = src.text_cut(item.text, opts.val_fraction)
@@ -543,10 +543,20 @@ _worker_tokenizer: Tokenizer | None = None
 def _init_worker(tokenizer_dir: str) -> None:
     global _worker_tokenizer
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    # A main process killed outright (SIGKILL, SIGTERM) cannot stop its workers: they notice
+    # they were orphaned and leave, instead of waiting forever for work.
+    parent = os.getppid()
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     # One process per core already: the tokenizers' own thread pools would oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ["RAYON_NUM_THREADS"] = "1"
     _worker_tokenizer = load_tokenizer(tokenizer_dir)
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def encode_pieces(pieces: list[tuple[str, int, bool]], dtype: str,

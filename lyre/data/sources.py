@@ -4,7 +4,7 @@ Formats, by file name (after an optional .gz or .zst):
     .txt (and any other name)   one document per file, or one per paragraph (split_blank_lines)
     .jsonl                      one JSON object per line; its `text_field` is the document
     .json                       a JSON array of such objects (or of strings), loaded whole
-    .parquet                    the `text_field` column, one row group at a time (pyarrow)
+    .parquet                    the `text_field` column, streamed in batches of rows (pyarrow)
 
 A big .txt document is never held whole: it is read in chunks of about a megabyte, cut where
 a BPE pre-tokenizer cuts anyway (`safe_cut`), so encoding the chunks gives the ids of the whole.
@@ -35,6 +35,7 @@ from lyre.core.errors import LyreError
 DEFAULT_CHUNK_BYTES = 1 << 20  # read text 1 MiB at a time
 FORMATS = ("txt", "jsonl", "json", "parquet")
 COMPRESSIONS = {".gz": "gz", ".zst": "zst"}
+PARQUET_ROWS = 1024  # rows read from a parquet file at once
 EXAMPLES_KEPT = 5  # where a skip reason happened: the first few "file:line" kept per reason
 
 
@@ -65,6 +66,8 @@ class Item:
     index: int  # position in its source's stream (records and chunks alike)
     first: bool  # True: the first piece of a document
     key: bytes | None = None  # content hash of the document, on its first piece
+    split: int | None = None  # tail split only: 0 train, 1 val (a part of a .txt document)
+    split_first: bool = False  # tail split only: the first piece of its part
 
 
 class Skips:
@@ -91,8 +94,10 @@ class Skips:
 # Which files
 
 
-def expand_inputs(inputs: list[Path | str] | Path | str) -> list[Path]:
-    """Files, folders (every file below, hidden ones left out) and globs, in a stable order."""
+def expand_inputs(inputs: list[Path | str] | Path | str,
+                  exclude: list[Path] | None = None) -> list[Path]:
+    """Files, folders (every file below, hidden ones left out) and globs, in a stable order;
+    nothing below `exclude` (the output directory, when it sits inside an input folder)."""
     if isinstance(inputs, str | Path):
         inputs = [inputs]
     if not inputs:
@@ -118,8 +123,12 @@ def expand_inputs(inputs: list[Path | str] | Path | str) -> list[Path]:
             paths.append(path)
         else:
             raise LyreError(f"corpus path is not a file: {path}; pass the text files themselves")
+    skip = [e.resolve() for e in exclude or []]
     seen: set[Path] = set()
-    unique = [p for p in paths if not (p.resolve() in seen or seen.add(p.resolve()))]
+    unique = [p for p in paths if not (p.resolve() in seen or seen.add(p.resolve()))
+              and not any(p.resolve().is_relative_to(e) for e in skip)]
+    if not unique:
+        raise LyreError("no corpus files left once the output directory is left out")
     return unique
 
 
@@ -446,11 +455,12 @@ def _parquet_file(path: Path, text_field: str):
 
 
 def _parquet(source: Source, text_field: str) -> Iterator[Record]:
-    """The column, one row group at a time: memory follows the row group, not the file."""
+    """The column, streamed in record batches of PARQUET_ROWS rows (within row groups): memory
+    follows the batch, not the file or its row groups."""
     pf = _parquet_file(source.path, text_field)
     row = 0
-    for g in range(pf.num_row_groups):
-        for text in pf.read_row_group(g, columns=[text_field]).column(0).to_pylist():
+    for batch in pf.iter_batches(batch_size=PARQUET_ROWS, columns=[text_field]):
+        for text in batch.column(0).to_pylist():
             where = f"{source.path}:row {row}"
             if isinstance(text, str):
                 yield text, None, where

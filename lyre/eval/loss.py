@@ -145,7 +145,7 @@ def validation_text(run) -> tuple[str, str]:
         raise LyreError(f"{run.run_dir} has no prepared validation split in {data_dir}; "
                         "pass --data FILE to score a text file")
     tokens = load_split(data_dir, "val")
-    return run.tokenizer.decode(tokens.tolist()), f"the validation split ({data_dir / 'val.bin'})"
+    return run.tokenizer.decode(tokens.tolist()), f"the validation split ({data_dir})"
 
 
 # ----------------------------------------------------------------------------------------------
