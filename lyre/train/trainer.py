@@ -187,8 +187,9 @@ class Trainer:
         self.compiled = should_compile(cfg.compile, self.device)
         self.forward = self.dist.wrap(self.model, self.compiled)
         self.flops_per_token = model_cost(config.model).flops_per_token
-        self._bf16 = compute_dtype(self.device, cfg.dtype) == torch.bfloat16
-        self.peak_flops = peak_flops(self.device, compute_dtype(self.device, cfg.dtype))
+        matmul_dtype = compute_dtype(self.device, cfg.dtype)
+        self._bf16 = matmul_dtype == torch.bfloat16  # said in the run's first line
+        self.peak_flops = peak_flops(self.device, matmul_dtype)
         self.log = ProgressLog(progress and self.dist.is_main, quiet=not self.dist.is_main)
         self.tracker = Tracker(self.rundir, cfg, config.to_dict(), enabled=self.dist.is_main)
         self.history = self.tracker.history
