@@ -28,9 +28,11 @@ EXPECTED_KEYS = {
     "eval_harness": {"eval_speed_ratio", "identical_scores", "lyre_examples_s", "lm_eval_examples_s"},
     "finetune": {"val_loss_pretrained_masked", "val_loss_lora8", "masked_vs_unmasked_val_loss_ratio"},
     "generate": {"results", "b1_vs_hf_ratio"},
-    "gpu_train": {"lyre_tok_s", "hf_tok_s", "lyre_vs_hf_ratio"},
+    "gpu_train": {"lyre_tok_s", "hf_tok_s", "lyre_vs_hf_ratio", "recipe_tok_s", "recipe_val_loss"},
+    "loader": {"loader_speed_ratio", "identical_losses", "shards_tok_s", "single_file_tok_s"},
     "lora_peft": {"lyre_ms_per_step", "peft_ms_per_step", "lora_step_time_ratio"},
     "optimizer": {"presets"},
+    "prepare": {"prepare_speed_ratio", "prepare_rss_ratio", "same_tokens", "lyre_tok_s", "peer_tok_s"},
     "rag_pg": {"peer_skipped", "n500"},
     "rag_retrieval": {"default_context_recall_heldout", "context_recall_ratio"},
     "rag_speed": {"index_speed_ratio", "query_speed_ratio"},
@@ -41,7 +43,7 @@ EXPECTED_KEYS = {
     "zoo": {"val_loss", "gpt_vs_lstm_ratio", "seq2seq"},
 }
 # Benches whose only corpus is ../shared/data (the lyre checkout's sibling): skipped without it.
-NEEDS_SHARED = {"classify", "finetune", "rag_retrieval", "rag_speed"}
+NEEDS_SHARED = {"classify", "finetune", "prepare", "rag_retrieval", "rag_speed"}
 
 
 @pytest.mark.parametrize("bench", BENCHES, ids=lambda p: p.stem)

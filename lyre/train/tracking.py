@@ -2,7 +2,8 @@
 
 ProgressLog is for people. On a terminal it draws a tqdm bar with the latest loss; when the
 output is a file or a pipe (or with --no-progress) it prints one plain line per log interval,
-`step 10 | loss 3.4100 | lr 1.00e-03 | 12,400 tok/s | 52 ms`, because carriage-return bars turn a
+`step 10 | loss 3.4100 | lr 1.00e-03 | 1.2M tokens | 12,400 tok/s | 52 ms` (then `mfu 41.3%` where
+the GPU's peak is known, lyre.train.mfu), because carriage-return bars turn a
 log file into one long line.
 
 Tracker is for machines: every record goes to RUN_DIR/metrics.jsonl (what `lyre plot` reads)
@@ -47,8 +48,10 @@ class ProgressLog:
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}",
                                  refresh=False, **shown)
             return
-        parts = [f"step {record['step']}", f"loss {record['loss']:.4f}", f"lr {record['lr']:.2e}",
-                 f"{record['tokens_per_s']:,.0f} tok/s", f"{record['ms_per_step']:.0f} ms"]
+        parts = [f"step {record['step']}", f"loss {record['loss']:.4f}", f"lr {record['lr']:.2e}"]
+        if record.get("tokens") is not None:
+            parts.append(f"{count(record['tokens'])} tokens")
+        parts += [f"{record['tokens_per_s']:,.0f} tok/s", f"{record['ms_per_step']:.0f} ms"]
         if "mfu" in record:
             parts.append(f"mfu {record['mfu']:.1%}")
         self.write(" | ".join(parts))
@@ -72,6 +75,14 @@ class ProgressLog:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def count(n: int) -> str:
+    """1234 -> "1,234"; 4_915_200 -> "4.92M"; 9.8e9 -> "9.83B": short enough for a log line."""
+    for size, suffix in ((1e9, "B"), (1e6, "M")):
+        if n >= size:
+            return f"{n / size:.3g}{suffix}" if n < 1000 * size else f"{n / size:,.0f}{suffix}"
+    return f"{n:,}"
 
 
 class Tracker:

@@ -170,6 +170,9 @@ class Trainer:
         self._rank_rng: list[dict] | None = None  # every process's RNG state, from a checkpoint
         self._saved_global_batch: int | None = None
         self._tokens_seen = 0  # since the last log line (tokens per second)
+        # Since step 0, across resumes (the x axis of pretraining: val loss after N tokens).
+        # None until the first step after resuming a checkpoint that predates the count.
+        self._tokens_total: int | None = 0
         self._saved_at = 0.0  # time.monotonic() of the last checkpoint (checkpoint_minutes)
         self.stopped_early: str | None = None  # why the task ended the run early, if it did
         if resume:
@@ -184,7 +187,9 @@ class Trainer:
         self.compiled = should_compile(cfg.compile, self.device)
         self.forward = self.dist.wrap(self.model, self.compiled)
         self.flops_per_token = model_cost(config.model).flops_per_token
-        self.peak_flops = peak_flops(self.device, compute_dtype(self.device, cfg.dtype))
+        matmul_dtype = compute_dtype(self.device, cfg.dtype)
+        self._bf16 = matmul_dtype == torch.bfloat16  # said in the run's first line
+        self.peak_flops = peak_flops(self.device, matmul_dtype)
         self.log = ProgressLog(progress and self.dist.is_main, quiet=not self.dist.is_main)
         self.tracker = Tracker(self.rundir, cfg, config.to_dict(), enabled=self.dist.is_main)
         self.history = self.tracker.history
@@ -206,6 +211,7 @@ class Trainer:
         self.task.load_state_dict(state.get("task", {}))
         self._rank_rng = state.get("rank_rng")
         self._saved_global_batch = state.get("global_batch")
+        self._tokens_total = state.get("tokens")
         if self.dist.is_main:
             print(f"resuming {self.run_dir} from checkpoint '{name}' at step {self.step}", file=sys.stderr)
             Tracker.trim(self.rundir, self.step)
@@ -228,6 +234,8 @@ class Trainer:
             "task": self.task.state_dict(),
             "global_batch": self.global_batch,
         }
+        if self._tokens_total is not None:
+            state["tokens"] = self._tokens_total
         if self.task.best_metric == "val_loss":
             state["best_val_loss"] = self.best_metric  # read by earlier versions
         if rank_rng is not None:
@@ -244,7 +252,11 @@ class Trainer:
         # the device computes; DDP averages the gradients only after the last micro-batch.
         total = torch.zeros((), device=self.device)
         batch = self.dist.get_batch(self.task.draw, cfg.batch_size)
-        self._tokens_seen += batch[0].numel() * self.dist.world_size * cfg.grad_accum
+        step_tokens = batch[0].numel() * self.dist.world_size * cfg.grad_accum
+        self._tokens_seen += step_tokens
+        if self._tokens_total is None:  # an older checkpoint: assume its steps were this size
+            self._tokens_total = self.step * step_tokens
+        self._tokens_total += step_tokens
         for micro in range(cfg.grad_accum):
             last = micro == cfg.grad_accum - 1
             with self.dist.sync_gradients(last):
@@ -286,7 +298,7 @@ class Trainer:
         line = (
             f"training on {d.describe()}: global batch {self.global_batch} = {cfg.batch_size} per process"
             f" x {d.world_size} process{'es' if d.world_size > 1 else ''} x {cfg.grad_accum} accumulation"
-            f", {cfg.optimizer}{', compiled' if self.compiled else ''}"
+            f", {cfg.optimizer}{', bf16 autocast' if self._bf16 else ''}{', compiled' if self.compiled else ''}"
         )
         if self._saved_global_batch not in (None, self.global_batch):
             line += f" (the checkpoint was trained with global batch {self._saved_global_batch})"
@@ -369,7 +381,7 @@ class Trainer:
                     tok_s = self._tokens_seen / elapsed
                     used = mfu(tok_s / self.dist.world_size, self.flops_per_token, self.peak_flops)
                     record = {"step": self.step, "loss": loss, "lr": learning_rate(self.step - 1, cfg),
-                              "tokens_per_s": tok_s, "ms_per_step": 1000 * elapsed / steps_timed,
+                              "tokens": self._tokens_total, "tokens_per_s": tok_s, "ms_per_step": 1000 * elapsed / steps_timed,
                               **({} if used is None else {"mfu": used})}
                     self.tracker.log(record)
                     self.log.step(record)
