@@ -309,6 +309,10 @@ class ToolCallStream:
         self.content_sent = False
 
     def feed(self, text: str) -> tuple[str, list[CallDelta]]:
+        content, deltas = self._read(text)
+        return content, _one_per_call(deltas)
+
+    def _read(self, text: str) -> tuple[str, list[CallDelta]]:
         self.buffer += text
         content, deltas = "", []
         while True:
@@ -364,6 +368,19 @@ class ToolCallStream:
         if self.count and not text.strip():  # whitespace between blocks is layout
             return ""
         return text
+
+
+def _one_per_call(deltas: list[CallDelta]) -> list[CallDelta]:
+    """A call's deltas from one piece of text, joined: clients keep one entry per call index in
+    a chunk (the openai SDK's accumulator), and a piece may hold a call's name and the start of
+    its arguments at once (several tokens come in one step when a grammar forces them)."""
+    out: list[CallDelta] = []
+    for d in deltas:
+        if out and out[-1].index == d.index and d.name is None:
+            out[-1].arguments += d.arguments
+        else:
+            out.append(d)
+    return out
 
 
 def _partial_suffix(text: str, tag: str) -> int:
