@@ -111,6 +111,17 @@ def encode_sequences(record: Record, template: ChatTemplate, tokenizer) -> list[
     return out
 
 
+def conversation_text(record: Record, template: ChatTemplate) -> str:
+    """A whole conversation as text, exactly as its last answer is trained: the prompt
+    `template.render` gives before that answer, then the answer (no <|endoftext|>). Pretraining
+    on such text teaches a base the layout chat and serve will show it (the calculator recipe,
+    docs/calculator.md)."""
+    tools = record_tools(record)
+    last = len(record.messages) - 1
+    return (template.render(record.messages[:last], tools)
+            + answer_text(template, record.messages, last, tools))
+
+
 def encode_prompt(messages: Sequence[dict], template: ChatTemplate, tokenizer) -> list[int]:
     """The prompt ids of a conversation that ends with the user: what chat and serve send."""
     return _encode(tokenizer, template.render(messages))

@@ -1,0 +1,101 @@
+"""Tool-use fine-tuning is trained on what the server shows the model at use (issue 21, item 1).
+
+For every assistant turn of a tool-use conversation, the training sequence's prompt must be the
+very token ids `lyre serve` builds for that conversation (its request parsing, its tool list, the
+run's template), and the loss must cover what the model writes at that turn (its call, its
+sentence, and the <|endoftext|> that ends it), never the user's text, the system part, the tool
+list or a tool's result.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lyre.chat.templates import get_template
+from lyre.chat.tools import parse_tool_calls, tool_result_text
+from lyre.data.calculator import CALCULATOR_TOOL, Problem, record
+from lyre.finetune.encode import answer_text, conversation_text, encode_sequences, record_tools
+from lyre.finetune.records import to_record
+from lyre.tokenizers import build_tokenizer
+
+FIRST = Problem(48213, "*", 371, phrasing=0, separators=True)
+SECOND = Problem(9012, "+", 77, phrasing=1, separators=False)
+
+
+def two_questions() -> dict:
+    """A conversation of two questions, each a call, its result and an answer: 4 assistant turns."""
+    first, second = record(FIRST, call_id="call_a"), record(SECOND, call_id="call_b")
+    return {"tools": [CALCULATOR_TOOL], "messages": first["messages"] + second["messages"]}
+
+
+def served_prompt(messages: list[dict], tools: list[dict], template) -> str:
+    """The prompt `lyre serve` renders for a chat request (its own parsing of the request)."""
+    from lyre.serve.schemas import ChatCompletionRequest
+    from lyre.serve.structured import declared_tools, request_messages
+
+    req = ChatCompletionRequest(model="m", messages=messages, tools=tools)
+    return template.render(request_messages(req), declared_tools(req))
+
+
+def tokenizer_for(spec: str, raw: dict, template):
+    text = conversation_text(to_record(raw), template)
+    return build_tokenizer(spec, [text * 3])
+
+
+@pytest.mark.parametrize("spec", ["char", "bpe:320"])
+@pytest.mark.parametrize("name", ["simple", "chatml", "alpaca", "plain"])
+def test_every_assistant_turn_is_trained_on_the_served_prompt(name, spec):
+    template = get_template(name)
+    raw = two_questions()
+    tok = tokenizer_for(spec, raw, template)
+    rec = to_record(raw)
+    sequences = encode_sequences(rec, template, tok)
+    turns = [i for i, m in enumerate(raw["messages"]) if m["role"] == "assistant"]
+    assert len(sequences) == len(turns) == 4  # both questions, both turns of each: all trained
+
+    for seq, i in zip(sequences, turns, strict=True):
+        n_prompt = seq.mask.index(True)
+        assert not any(seq.mask[:n_prompt]) and all(seq.mask[n_prompt:])
+        # the prompt is exactly what the server encodes for the conversation so far
+        served = served_prompt(raw["messages"][:i], raw["tools"], template)
+        assert seq.ids[:n_prompt] == tok.encode(served)
+        # the trained part is the turn's own text, then <|endoftext|>
+        assert seq.ids[-1] == tok.eot_id
+        written = tok.decode(seq.ids[n_prompt:-1])
+        assert written == answer_text(template, rec.messages, i, record_tools(rec))
+        message = raw["messages"][i]
+        if message.get("tool_calls"):  # the call reads back as the server parses a reply
+            (call,) = parse_tool_calls(written).calls
+            assert call.name == "calculator"
+            assert call.arguments == json.loads(message["tool_calls"][0]["function"]["arguments"])
+        else:
+            assert written.strip() == message["content"]
+        # nothing of the user, the tools or the results is learned
+        for other in raw["messages"][:i]:
+            if other["role"] == "user":
+                assert other["content"] not in written
+            if other["role"] == "tool":
+                assert tool_result_text(other) not in written  # the answer may quote the number
+        assert "<tools>" not in written
+
+
+def test_tool_results_and_questions_are_masked_in_the_last_turn():
+    template = get_template("simple")
+    raw = record(FIRST)
+    tok = tokenizer_for("char", raw, template)
+    last = encode_sequences(to_record(raw), template, tok)[-1]
+    trained = tok.decode([t for t, m in zip(last.ids, last.mask, strict=True) if m and t != tok.eot_id])
+    untrained = tok.decode([t for t, m in zip(last.ids, last.mask, strict=True) if not m])
+    assert trained == " The product is 17887023."
+    assert "<tool_response>\n17887023\n</tool_response>" in untrained
+    assert "What is 48,213 times 371?" in untrained and '"48213 * 371"' in untrained
+
+
+def test_conversation_text_is_the_last_turns_training_text():
+    template = get_template("simple")
+    raw = record(FIRST)
+    tok = tokenizer_for("char", raw, template)
+    last = encode_sequences(to_record(raw), template, tok)[-1]
+    assert tok.decode(last.ids[:-1]) == conversation_text(to_record(raw), template)
