@@ -99,3 +99,29 @@ def test_conversation_text_is_the_last_turns_training_text():
     tok = tokenizer_for("char", raw, template)
     last = encode_sequences(to_record(raw), template, tok)[-1]
     assert tok.decode(last.ids[:-1]) == conversation_text(to_record(raw), template)
+
+
+@pytest.mark.parametrize("name", ["simple", "chatml", "alpaca", "plain"])
+def test_what_is_trained_is_what_the_tool_grammar_lets_the_model_write(name):
+    """At use (tool_choice auto) every reply is decoded under the tool-call grammar: each trained
+    turn, its <|endoftext|> included, must be a reply that grammar accepts token by token. (The
+    `simple` template puts a space after "Assistant:"; a call turn trained as " <tool_call>"
+    could never be written under the grammar, so a call turn is trained without it.)"""
+    pytest.importorskip("llguidance")
+    from lyre.chat.tools import tool_call_grammar
+    from lyre.constrain import Constraint
+    from lyre.constrain.compile import compile_constraint
+    from lyre.constrain.matcher import RowMatcher
+
+    template = get_template(name)
+    raw = two_questions()
+    tok = tokenizer_for("char", raw, template)
+    rec = to_record(raw)
+    grammar = Constraint.grammar(tool_call_grammar(record_tools(rec), required=False))
+    compiled = compile_constraint(grammar, tok)
+    for seq in encode_sequences(rec, template, tok):
+        matcher = RowMatcher(compiled)
+        written = seq.ids[seq.mask.index(True):]
+        for token in written[:-1]:
+            assert matcher.accept(token), (name, tok.decode(written))
+        assert matcher.accepting  # <|endoftext|> may end the reply here
