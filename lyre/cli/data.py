@@ -32,6 +32,9 @@ def _add_calculator(verbs) -> None:
     p.add_argument("--text-out", type=Path, metavar="FILE",
                    help="also write the training conversations as plain text, laid out by "
                         "--template: a pretraining corpus")
+    p.add_argument("--text-tools-share", type=float, default=1.0, metavar="F",
+                   help="share of the --text-out conversations that show the tool list (default 1: "
+                        "all); the others are shorter, so pretraining sees more questions per token")
     p.add_argument("--template", default="simple",
                    help="chat template of --text-out (default simple; use the one you fine-tune with)")
     p.set_defaults(func=cmd_calculator)
@@ -44,6 +47,8 @@ def cmd_calculator(args) -> None:
         raise LyreError(f"--n must be positive; got {args.n}")
     if args.held_out < 0:
         raise LyreError(f"--held-out must not be negative; got {args.held_out}")
+    if not 0.0 <= args.text_tools_share <= 1.0:
+        raise LyreError(f"--text-tools-share must be in [0, 1]; got {args.text_tools_share}")
     if args.held_out and args.held_out_out is None:
         raise LyreError("--held-out N needs --held-out-out FILE: where to write them")
     tool = not args.no_tool
@@ -59,7 +64,14 @@ def cmd_calculator(args) -> None:
         from lyre.finetune.records import to_record
 
         template = get_template(args.template)
-        text = "\n".join(conversation_text(to_record(r), template) for r in rows) + "\n"
+        share = args.text_tools_share
+        parts = []
+        for i, r in enumerate(rows):
+            record = to_record(r)
+            if int((i + 1) * share) == int(i * share):  # an exact share, spread evenly
+                record.tools = []  # this one without the tool list
+            parts.append(conversation_text(record, template))
+        text = "\n".join(parts) + "\n"
         try:
             args.text_out.parent.mkdir(parents=True, exist_ok=True)
             args.text_out.write_text(text, encoding="utf-8")
