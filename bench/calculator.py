@@ -40,10 +40,13 @@ REPO = Path(__file__).resolve().parent.parent
 LYRE = [sys.executable, "-m", "lyre"]
 
 # The recipe (docs/calculator.md). Pretraining: calculator-base's own steps; fine-tuning: these.
-PRETRAIN_RECORDS = 12_000  # conversations in the pretraining text (about 3.6 M characters)
-TEXT_TOOLS_SHARE = 0.125  # of them with the tool list (the others are ~130 characters, not ~900)
+PRETRAIN_RECORDS = 30_000  # conversations in the pretraining text (about 6.8 M characters)
+TEXT_TOOLS_SHARE = 0.02  # of them with the tool list (the others are ~140 characters, not ~900)
 SFT_RECORDS = 3_000
-SFT_SETTINGS = ["--template", "simple", "--set", "max_iters=150", "--set", "batch_size=4",
+# The base reads 256-character windows; the conversations with the tool list are ~950: rotary
+# positions let the fine-tune run at a longer context (lyre.finetune.prepare.WEIGHTLESS_POSITIONS).
+SFT_SETTINGS = ["--template", "simple", "--set", "model.block_size=1024",
+                "--set", "max_iters=150", "--set", "batch_size=4",
                 "--set", "lr=1e-3", "--set", "min_lr=0", "--set", "finetune.val_fraction=0.01",
                 "--set", "finetune.test_fraction=0", "--set", "finetune.responses=false",
                 "--set", "threads=1", "--set", "device=cpu", "--set", "eval_interval=150"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from lyre.chat.templates import get_template
 from lyre.chat.tools import parse_tool_calls, tool_result_text
@@ -125,3 +126,64 @@ def test_what_is_trained_is_what_the_tool_grammar_lets_the_model_write(name):
         for token in written[:-1]:
             assert matcher.accept(token), (name, tok.decode(written))
         assert matcher.accepting  # <|endoftext|> may end the reply here
+
+
+# ----------------------------------------------------------------------------------------------
+# A rotary base pretrained on short windows, fine-tuned at a longer context
+
+
+@pytest.fixture(scope="module")
+def short_base(tmp_path_factory, tiny_config):
+    """A tiny rotary char GPT with a context of 64, pretrained 2 steps on calculator text."""
+    from lyre.train.trainer import train
+
+    folder = tmp_path_factory.mktemp("calc-base")
+    rows = list(calculator_records(40))
+    text = "\n".join(conversation_text(to_record(r), get_template("simple")) for r in rows)
+    (folder / "calc.txt").write_text(text, encoding="utf-8")
+    (folder / "calc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = tiny_config(f"data.corpus=['{(folder / 'calc.txt').as_posix()}']", "block_size=64",
+                         "max_iters=2", "eval_interval=2", "eval_windows=1")
+    train(config, folder / "base", progress=False, plot=False)
+    return folder
+
+
+def calculator_records(n: int):
+    from lyre.data.calculator import records
+
+    return records(n, seed=4)
+
+
+@pytest.mark.parametrize("pos, ok", [("rope", True), ("learned", False)])
+def test_finetune_may_lengthen_the_context_of_a_rotary_base(short_base, tmp_path, pos, ok):
+    import shutil
+
+    from lyre.core.errors import LyreError
+    from lyre.finetune.command import finetune_config
+    from lyre.run.config import load_config
+
+    base = short_base / "base"
+    if pos != "rope":  # the same run, as if its positions were learned weights
+        base = tmp_path / "learned"
+        shutil.copytree(short_base / "base", base)
+        raw = json.loads((base / "config.json").read_text())
+        raw["model"]["pos"] = "learned"
+        (base / "config.json").write_text(json.dumps(raw))
+        load_config(base / "config.json")  # still a valid run config
+    settings = dict(template="simple", overrides=["model.block_size=1024", "max_iters=1"])
+    if ok:
+        config = finetune_config(base, short_base / "calc.jsonl", tmp_path / "sft", **settings)
+        assert config.model.block_size == 1024
+        from lyre.finetune.command import finetune
+        from lyre.generate.runs import load_run
+
+        settings["overrides"] += ["finetune.responses=false"]
+        finetune(base, short_base / "calc.jsonl", tmp_path / "sft", progress=False, plot=False,
+                 quiet=True, **settings)
+        run = load_run(tmp_path / "sft")  # the base's weights at the longer context
+        assert run.config.model.block_size == 1024
+        ids = torch.randint(0, run.config.model.vocab_size, (1, 1000))
+        assert run.model(ids)[0].shape[1] == 1000
+    else:
+        with pytest.raises(LyreError, match="model.block_size"):
+            finetune_config(base, short_base / "calc.jsonl", tmp_path / "sft", **settings)
