@@ -153,7 +153,7 @@ def exact(arguments: dict) -> str:
         x, y = int(a), int(b)
         return str({"+": x + y, "-": x - y, "*": x * y, "//": x // y}[op])
     except (ValueError, KeyError, ZeroDivisionError):
-        return "error: not an expression of the form a OP b"
+        return "error: bad expression"  # characters the char model knows
 
 
 def accuracy(run_dir: Path, held: Path, n: int, tool: bool) -> tuple[float, str, float]:
