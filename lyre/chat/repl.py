@@ -101,6 +101,9 @@ def run_repl(session: ChatSession, stdin=None, stdout=None, history: Path | None
 
     template = session.conversation.template
     mode = "continues your text (base model)" if template.name == "plain" else f"template {template.name}"
+    tools = getattr(session, "tool_names", None)  # `--tools`: lyre.agent's session
+    if tools:
+        mode += f"; tools: {', '.join(tools)}"
     say(f"lyre chat: {session.run.run_dir} ({mode}). /help for commands, /quit to leave.\n")
     reader = LineReader(stdin, stdout, history)
     try:

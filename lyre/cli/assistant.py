@@ -14,6 +14,7 @@ from lyre.cli.flags import (
     apply_threads,
     constraint_from_args,
 )
+from lyre.core.errors import LyreError
 from lyre.core.sampling_defaults import DEFAULT_MAX_NEW_TOKENS
 
 
@@ -37,6 +38,11 @@ def _add_chat(sub) -> None:
                         "$LYRE_HISTORY, else ~/.local/state/lyre/chat_history; '' keeps none)")
     add_sampling_flags(p, max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
     add_constraint_flags(p)
+    p.add_argument("--tools", default=None, metavar="LIST",
+                   help="answer through the agent loop with these tools: calculator, "
+                        "search:INDEX, sql:DB.sqlite, comma-separated (docs/agent.md)")
+    p.add_argument("--max-steps", type=int, default=8,
+                   help="with --tools: model calls that may call tools per answer (default 8)")
     add_replace_unknown_flag(p)
     add_model_flags(p)
     p.set_defaults(func=cmd_chat)
@@ -74,6 +80,10 @@ def _add_serve(sub) -> None:
                         " 'use my documents' switch (docs/rag.md)")
     p.add_argument("--rag-embedder", default=None, metavar="SPEC",
                    help="embedder of the --rag index's vectors (default none: BM25)")
+    p.add_argument("--tools", default=None, metavar="LIST",
+                   help="tools the server runs for the chat page (POST /v1/agent/answer): "
+                        "calculator, search:INDEX, sql:DB.sqlite, comma-separated; the OpenAI "
+                        "API is unchanged (its clients run their own tools)")
     add_threads_flag(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
@@ -90,11 +100,28 @@ def cmd_chat(args) -> None:
                             max_new_tokens=args.max_new_tokens, seed=args.seed)
     settings.validate()
     constraint = constraint_from_args(args)  # every answer of the chat follows it
+    tools = None
+    if args.tools is not None:
+        from lyre.agent import parse_tools
+
+        if constraint is not None:
+            raise LyreError("--tools and a constraint (--json-schema, --regex, ...) both shape "
+                            "the answer; give one")
+        if args.max_steps < 1:
+            raise LyreError(f"--max-steps must be at least 1; got {args.max_steps}")
+        tools = parse_tools(args.tools)  # an unknown tool or a missing index fails now
     template = chat.get_template(args.template or chat.template_name_for_run(args.run_dir))
     run = load_run(args.run_dir, args.checkpoint, args.device, weights=args.weights)
     if args.replace_unknown:
         replace_unknown(run.tokenizer)
-    session = chat.ChatSession(run, template, settings, system=args.system, constraint=constraint)
+    if tools is not None:
+        from lyre.agent.chat import AgentChatSession
+
+        session = AgentChatSession(run, template, tools, settings, system=args.system,
+                                   max_steps=args.max_steps)
+    else:
+        session = chat.ChatSession(run, template, settings, system=args.system,
+                                   constraint=constraint)
     if args.one_prompt is not None:
         repl.one_answer(session, args.one_prompt)
     else:
@@ -111,7 +138,8 @@ def cmd_serve(args) -> None:
                              max_body_bytes=args.max_body_bytes, chat_template=args.template,
                              shutdown_timeout=args.shutdown_timeout, overflow=args.context_overflow,
                              read_timeout=args.read_timeout,
-                             rag_index=args.rag, rag_embedder=args.rag_embedder)
+                             rag_index=args.rag, rag_embedder=args.rag_embedder,
+                             tools=args.tools)
     settings.validate()
     apply_threads(args.threads)
     from lyre.classify.predict import Classifier

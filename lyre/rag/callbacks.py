@@ -7,6 +7,9 @@ LangChain's callback idea in a small form. A handler is any object with some of 
     on_retriever_start(query)             on_retriever_end(hits)
     on_llm_start(prompt, max_tokens)      on_llm_new_token(token)      on_llm_end(text)
     on_llm_error(error)
+    on_tool_start(name, arguments)        on_tool_end(output)          (lyre.agent's tool calls;
+                                                                        `error=True` when the
+                                                                        output is an error)
 
 Every call also gets the keywords `run_id` (a UUID for this step), `parent_run_id` (the step
 it belongs to, None at the top) and `elapsed_s` on the *_end/_error events, so a tracer can
@@ -38,6 +41,7 @@ EVENTS = (
     "on_chain_start", "on_chain_end", "on_chain_error",
     "on_retriever_start", "on_retriever_end",
     "on_llm_start", "on_llm_new_token", "on_llm_end", "on_llm_error",
+    "on_tool_start", "on_tool_end", "on_tool_error",
 )
 
 
@@ -55,6 +59,9 @@ class CallbackHandler:
     def on_llm_new_token(self, token: str, **kw: Any) -> None: ...
     def on_llm_end(self, text: str, **kw: Any) -> None: ...
     def on_llm_error(self, error: BaseException, **kw: Any) -> None: ...
+    def on_tool_start(self, name: str, arguments: str, **kw: Any) -> None: ...
+    def on_tool_end(self, output: str, **kw: Any) -> None: ...
+    def on_tool_error(self, error: BaseException, **kw: Any) -> None: ...
 
 
 class Run:
@@ -62,7 +69,7 @@ class Run:
 
     def __init__(self, manager: Callbacks, kind: str, parent: Run | None) -> None:
         self.manager = manager
-        self.kind = kind  # "chain" | "retriever" | "llm"
+        self.kind = kind  # "chain" | "retriever" | "llm" | "tool"
         self.run_id = uuid.uuid4()
         self.parent_run_id = parent.run_id if parent is not None else None
         self.started = time.perf_counter()
@@ -159,6 +166,9 @@ class JSONLTracer(CallbackHandler):
     def on_llm_new_token(self, token, **kw): self._write("llm_new_token", token=token, **kw)
     def on_llm_end(self, text, **kw): self._write("llm_end", text=text, **kw)
     def on_llm_error(self, error, **kw): self._write("llm_error", error=repr(error), **kw)
+    def on_tool_start(self, name, arguments, **kw): self._write("tool_start", name=name, arguments=arguments, **kw)
+    def on_tool_end(self, output, **kw): self._write("tool_end", output=output, **kw)
+    def on_tool_error(self, error, **kw): self._write("tool_error", error=repr(error), **kw)
 
     def close(self) -> None:
         self._file.close()
@@ -167,12 +177,13 @@ class JSONLTracer(CallbackHandler):
 class ProgressPrinter(CallbackHandler):
     """One line per step on stderr: what is being retrieved, which model call runs, how long."""
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    def __init__(self, stream: IO[str] | None = None, prefix: str = "lyre rag") -> None:
         self.stream = stream
+        self.prefix = prefix
         self.calls = 0
 
     def _say(self, text: str) -> None:
-        print(f"lyre rag: {text}", file=self.stream or sys.stderr, flush=True)
+        print(f"{self.prefix}: {text}", file=self.stream or sys.stderr, flush=True)
 
     def on_chain_start(self, name, inputs, **kw):
         if kw.get("parent_run_id") is None:
@@ -194,6 +205,12 @@ class ProgressPrinter(CallbackHandler):
 
     def on_llm_end(self, text, **kw):
         self._say(f"model call {self.calls} done in {kw.get('elapsed_s', 0.0):.2f} s")
+
+    def on_tool_start(self, name, arguments, **kw): self._say(f"calling {name}({arguments[:60]})")
+
+    def on_tool_end(self, output, **kw):
+        what = "error" if kw.get("error") else "result"
+        self._say(f"{what} in {kw.get('elapsed_s', 0.0) * 1000:.0f} ms: {output[:60]!r}")
 
 
 def _jsonable(value: Any) -> Any:

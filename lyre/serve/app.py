@@ -67,8 +67,9 @@ def create_app(run: LoadedRun | Classifier, settings: ServeSettings | None = Non
     """The app serving `run`: a lyre.generate.runs.LoadedRun, or a lyre.classify.predict.Classifier."""
     settings = settings or ServeSettings()
     if isinstance(run, Classifier):
-        if settings.rag_index:
-            raise LyreError("--rag answers with a language model; this run is a classifier")
+        if settings.rag_index or settings.tools:
+            raise LyreError(f"{'--rag' if settings.rag_index else '--tools'} needs a language "
+                            "model; this run is a classifier")
         state = ClassifierState(settings=settings, classifier=run,
                                 model_name=settings.model_name or Path(run.run_dir).name,
                                 metrics=ServeMetrics())
@@ -97,6 +98,11 @@ def create_app(run: LoadedRun | Classifier, settings: ServeSettings | None = Non
 
         api.append(rag.install(app, run, scheduler, state.template.name, state.model_name,
                                settings.rag_index, settings.rag_embedder))
+    if settings.tools:  # `lyre serve RUN --tools ...`: the tools open now (errors before serving)
+        from lyre.serve.routes import agent
+
+        api.append(agent.install(app, run, scheduler, state.template, state.model_name,
+                                 settings.tools))
     return _assemble(app, state, api, page.chat_router)
 
 

@@ -365,6 +365,8 @@ class Model(BaseModel):
     chat_template: str = Field(description="lyre extra: the prompt template of chat requests.")
     rag: bool = Field(False, description="lyre extra: POST /v1/rag/answer answers from an index "
                                          "(`lyre serve RUN --rag IDX`).")
+    tools: list[str] | None = Field(None, description="lyre extra: the tools POST /v1/agent/answer "
+                                    "runs for the chat page (`lyre serve RUN --tools ...`).")
     capabilities: Capabilities | None = Field(
         None, description="lyre extra: the structured-output and tool fields this model honours.")
 

@@ -27,6 +27,9 @@ class ServeSettings:
     # `--rag-embedder SPEC` for its dense vectors.
     rag_index: str | None = None
     rag_embedder: str | None = None
+    # `--tools calculator,search:IDX,sql:DB`: the chat page's agent runs these tools here
+    # (POST /v1/agent/answer, lyre.serve.routes.agent); the OpenAI API is unchanged.
+    tools: str | None = None
 
     def validate(self) -> None:
         if self.max_batch < 1:

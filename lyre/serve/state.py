@@ -71,6 +71,7 @@ class ServeState:
     block_size: int
     created: int
     metrics: ServeMetrics
+    tool_names: list[str] = field(default_factory=list)  # `--tools`: the page's agent
 
     @staticmethod
     def of(request: Request) -> ServeState:
@@ -79,7 +80,7 @@ class ServeState:
     def model_card(self) -> S.Model:
         return S.Model(id=self.model_name, created=self.created, context_length=self.block_size,
                        chat_template=self.template.name, rag=bool(self.settings.rag_index),
-                       capabilities=S.Capabilities())
+                       tools=self.tool_names or None, capabilities=S.Capabilities())
 
     # ---- checks that both generation routes make ---------------------------------------------
 

@@ -12,7 +12,9 @@ the user has typed an API key that /v1/models would need:
   - the chat page's sampling controls start at lyre's defaults (lyre.core.sampling_defaults, the
     values `lyre chat` uses), and `<body data-rag="on">` when the server answers from documents
     (`lyre serve RUN --rag IDX`) enables its "use my documents" switch (API clients read the
-    same fact from /v1/models: `rag`);
+    same fact from /v1/models: `rag`); `<meta name="lyre-tools" content="calculator,...">` names
+    the tools the server runs for the page (`--tools`): its chat then goes through POST
+    /v1/agent/answer (/v1/models: `tools`);
   - the classifier's page names the model and its labels and shows how to call /v1/classify.
 """
 
@@ -57,9 +59,11 @@ def render(name: str, **fields: object) -> str:
     return FIELD.sub(lambda m: html.escape(str(fields[m.group(1)])), template)
 
 
-def render_index(rag: bool) -> str:
-    """The chat page: lyre's sampling defaults, and the documents switch enabled with an index."""
-    return render("index.html", rag="on" if rag else "off", temperature=D.DEFAULT_TEMPERATURE,
+def render_index(rag: bool, tools: list[str] | None = None) -> str:
+    """The chat page: lyre's sampling defaults, the documents switch enabled with an index, and
+    the tools the server runs for it (`--tools`: the page then asks /v1/agent/answer)."""
+    return render("index.html", rag="on" if rag else "off", tools=",".join(tools or []),
+                  temperature=D.DEFAULT_TEMPERATURE,
                   top_k=D.DEFAULT_TOP_K, top_p=D.DEFAULT_TOP_P, max_tokens=D.DEFAULT_MAX_NEW_TOKENS)
 
 
@@ -77,7 +81,8 @@ def _page(text: str) -> HTMLResponse:
 
 @chat_router.get("/")
 async def index(request: Request):
-    return _page(render_index(bool(request.app.state.settings.rag_index)))  # `--rag IDX`
+    return _page(render_index(bool(request.app.state.settings.rag_index),  # `--rag IDX`
+                              request.app.state.serve.tool_names))  # `--tools ...`
 
 
 @classify_router.get("/")

@@ -121,6 +121,10 @@ function messageElement(msg) {
   const content = document.createElement("span");
   content.className = "content";
   content.textContent = msg.content;
+  if (msg.calls && msg.calls.length) {  // the agent's tool calls, collapsed, before its answer
+    const box = callsBox(div);
+    for (const call of msg.calls) box.append(callElement(call));
+  }
   div.append(content);
   if (msg.sources) div.append(sourcesElement(msg.sources));
   if (msg.meta) {
@@ -365,6 +369,7 @@ async function sendChat(text) {
   };
   try {
     if (usingDocuments()) await askDocuments(conv, user, reply, onPiece, timing);
+    else if (usingTools()) await askAgent(conv, user, reply, onPiece, timing, el);
     else await askModel(conv, user, reply, onPiece, timing);
   } catch (err) {
     el.classList.remove("streaming");
@@ -517,7 +522,84 @@ function showDocumentsMode() {
   const on = usingDocuments();
   $("prompt").placeholder = state.mode === "complete" ? "Type a beginning for the model to continue…"
     : on ? "Ask your documents…  (Enter to send, Shift+Enter for a new line)"
-      : "Message lyre…  (Enter to send, Shift+Enter for a new line)";
+      : usingTools() ? "Message lyre (tools: " + serverTools().join(", ") + ")…  (Enter to send)"
+        : "Message lyre…  (Enter to send, Shift+Enter for a new line)";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tools: the server runs them (`lyre serve RUN --tools calculator,...`, docs/agent.md)
+
+// The tools the server runs for this page (<meta name="lyre-tools" content="calculator,sql">,
+// routes/page.py).
+function serverTools() {
+  const meta = document.querySelector('meta[name="lyre-tools"]');
+  return (meta ? meta.content : "").split(",").filter((name) => name);
+}
+
+function usingTools() { return state.mode === "chat" && serverTools().length > 0; }
+
+// The box of an answer's tool calls, before its text (made on first use).
+function callsBox(el) {
+  let box = el.querySelector(".tool-calls");
+  if (!box) {
+    box = document.createElement("div");
+    box.className = "tool-calls";
+    el.prepend(box);
+  }
+  return box;
+}
+
+// One call, collapsed: "calculator({...})" opens onto its result (or its error).
+function callElement(call) {
+  const details = document.createElement("details");
+  details.className = "tool-call" + (call.error ? " error" : "");
+  const summary = document.createElement("summary");
+  summary.textContent = "⚙ " + call.name + "(" + call.arguments + ")" +
+    (call.result == null ? " …" : call.error ? " · error" : "");
+  const result = document.createElement("pre");
+  result.textContent = call.result == null ? "running…" : call.result;
+  details.append(summary, result);
+  return details;
+}
+
+// POST /v1/agent/answer, streamed: each call as it starts and ends, the answer's pieces, then
+// the whole answer with its steps.
+async function askAgent(conv, user, reply, onPiece, timing, el) {
+  const s = settings();
+  const { kept: history, dropped } = fitHistory(requestMessages(conv), s.max_tokens);
+  reply.calls = [];
+  const shown = {};  // call_id -> its element
+  let answer = null;
+  await postEvents("/v1/agent/answer", {
+    messages: history.map((m) => ({ role: m.role, content: m.content })),
+    max_tokens: s.max_tokens, temperature: s.temperature,
+  }, (event) => {
+    if (event.object === "agent.call") {
+      const call = { name: event.name, arguments: event.arguments, result: null, error: false };
+      reply.calls.push(call);
+      shown[event.call_id] = { call, element: callElement(call) };
+      callsBox(el).append(shown[event.call_id].element);
+      scrollDown();
+    } else if (event.object === "agent.result") {
+      const entry = shown[event.call_id];
+      if (!entry) return;
+      entry.call.result = event.result.slice(0, 4000);  // localStorage is small
+      entry.call.error = event.is_error;
+      const fresh = callElement(entry.call);
+      entry.element.replaceWith(fresh);
+      entry.element = fresh;
+    } else if (event.object === "agent.delta") onPiece(event.text);
+    else if (event.object === "agent.answer") answer = event;
+  }, state.controller.signal);
+  if (!answer) throw new Error("the answer stream ended without its steps");
+  reply.content = answer.answer;
+  const parts = [answer.steps.length + " tool call" + (answer.steps.length === 1 ? "" : "s"),
+    answer.model_calls + " model call" + (answer.model_calls === 1 ? "" : "s")];
+  if (answer.tool_errors) parts.push(answer.tool_errors + " failed");
+  if (timing.firstAt) parts.push("first token " + Math.round(timing.firstAt - timing.startedAt) + " ms");
+  if (dropped) parts.push("oldest " + dropped + " message(s) left out to fit the context");
+  for (const notice of answer.notices) parts.push("note: " + notice);
+  reply.meta = parts.join(" · ");
 }
 
 // ---------------------------------------------------------------------------------------------
