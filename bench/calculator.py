@@ -102,7 +102,14 @@ def agent_answers(run_dir: Path, questions: list[str], tool: bool) -> tuple[list
         from lyre.agent.llm import EngineChat
     except ImportError:
         return minimal_loop(run_dir, questions, tool), "minimal"
-    llm = EngineChat(run_dir)
+    from lyre.generate.runs import load_run
+    from lyre.tokenizers.char import replace_unknown
+
+    run = load_run(run_dir)
+    # A tool's error text may hold characters a char model never saw ("'"): read them as '?'.
+    if run.tokenizer.kind == "char":
+        replace_unknown(run.tokenizer)
+    llm = EngineChat(run)
     agent = Agent(llm, tools=[builtin_tool("calculator")] if tool else [], max_steps=4)
     return [agent.run(q).answer or "" for q in questions], "agent"
 
