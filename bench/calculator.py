@@ -40,16 +40,17 @@ REPO = Path(__file__).resolve().parent.parent
 LYRE = [sys.executable, "-m", "lyre"]
 
 # The recipe (docs/calculator.md). Pretraining: calculator-base's own steps; fine-tuning: these.
-PRETRAIN_RECORDS = 30_000  # conversations in the pretraining text (about 6.8 M characters)
+PRETRAIN_RECORDS = 24_000  # conversations in the pretraining text (with the drills ~6.4 M chars)
+COPY_DRILLS = 60_000  # short number-copying lines mixed in (`Copy 48,213: "48213"`)
 TEXT_TOOLS_SHARE = 0.02  # of them with the tool list (the others are ~140 characters, not ~900)
 SFT_RECORDS = 3_000
 # The base reads 256-character windows; the conversations with the tool list are ~950: rotary
 # positions let the fine-tune run at a longer context (lyre.finetune.prepare.WEIGHTLESS_POSITIONS).
 SFT_SETTINGS = ["--template", "simple", "--set", "model.block_size=1024",
-                "--set", "max_iters=150", "--set", "batch_size=4",
+                "--set", "max_iters=600", "--set", "batch_size=4",
                 "--set", "lr=1e-3", "--set", "min_lr=0", "--set", "finetune.val_fraction=0.01",
                 "--set", "finetune.test_fraction=0", "--set", "finetune.responses=false",
-                "--set", "threads=1", "--set", "device=cpu", "--set", "eval_interval=150"]
+                "--set", "threads=1", "--set", "device=cpu", "--set", "eval_interval=600"]
 SMOKE_PRETRAIN = ["--set", "max_iters=3", "--set", "eval_interval=3", "--set", "eval_windows=1",
                   "--set", "batch_size=1", "--set", "data.val_fraction=0.5"]
 SMOKE_SFT = ["--set", "max_iters=2", "--set", "eval_interval=2", "--set", "batch_size=1"]
@@ -79,7 +80,8 @@ def recipe(work: Path, tool: bool, smoke: bool) -> dict:
     cpu = {}
     cpu["data"] = lyre("data", "calculator", "--n", str(n_pre), "--seed", "1", *variant,
                        "--out", "pretrain.jsonl", "--text-out", "calc.txt",
-                       "--text-tools-share", str(TEXT_TOOLS_SHARE), cwd=folder)
+                       "--text-tools-share", str(TEXT_TOOLS_SHARE),
+                       "--text-copy-drills", str(4 if smoke else COPY_DRILLS), cwd=folder)
     cpu["data"] += lyre("data", "calculator", "--n", str(n_sft), "--seed", "2", *variant,
                         "--out", "calc.jsonl", "--held-out", "500",
                         "--held-out-out", "held-out.jsonl", cwd=folder)
