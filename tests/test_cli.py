@@ -259,7 +259,7 @@ def test_train_a_preset_by_name(capsys, tmp_path, monkeypatch, name):
 def test_unknown_preset_is_one_line_listing_the_presets(capsys, tmp_path, monkeypatch, config):
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(capsys, "train", "--config", config, "--no-progress")
-    assert_one_line_error(code, err, "gpt2-124m, gpt2-large, gpt2-medium, gpt2-xl, iliad-bpe, iliad-char, iliad-gru, iliad-lstm, "
+    assert_one_line_error(code, err, "calculator-base, gpt2-124m, gpt2-large, gpt2-medium, gpt2-xl, iliad-bpe, iliad-char, iliad-gru, iliad-lstm, "
                           "iliad-rnn, seq2seq-dates, shakespeare-char, shakespeare-char-cpu")
     assert not (tmp_path / "runs").exists()
     assert_one_line_error(*run_cli(capsys, "info", config)[::2], "iliad-char")

@@ -19,7 +19,7 @@ from lyre.run.config import (
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET_FILES = sorted(PRESETS_DIR.glob("*.toml"))
-NAMES = ["gpt2-124m", "gpt2-large", "gpt2-medium", "gpt2-xl", "iliad-bpe", "iliad-char", "iliad-gru", "iliad-lstm",
+NAMES = ["calculator-base", "gpt2-124m", "gpt2-large", "gpt2-medium", "gpt2-xl", "iliad-bpe", "iliad-char", "iliad-gru", "iliad-lstm",
          "iliad-rnn", "seq2seq-dates", "shakespeare-char", "shakespeare-char-cpu"]
 
 

@@ -12,6 +12,7 @@ One module per stage of the journey, each holding its verbs as pairs of short fu
     interop.py    import-hf, export-hf
     assistant.py  chat, serve
     finetune.py   finetune, judge, classify
+    data.py       data calculator (generated data sets)
     agent.py      agent (a model that calls tools: lyre.agent)
     zoo.py        translate, attention
     flags.py      flags shared by several verbs (sampling, model loading), "did you mean"
@@ -25,7 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lyre.cli import agent, assistant, finetune, interop, pretrain, sample, zoo
+from lyre.cli import agent, assistant, data, finetune, interop, pretrain, sample, zoo
 from lyre.cli.flags import Parser
 from lyre.core import ranks
 from lyre.core.errors import LyreError
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     # The order of `lyre --help`: the journey from a corpus to an assistant.
     for register in (pretrain.register, sample.register, interop.register, assistant.register,
-                     finetune.register, _add_rag, agent.register, zoo.register):
+                     finetune.register, data.register, _add_rag, agent.register, zoo.register):
         register(sub)
     return parser
 

@@ -60,7 +60,13 @@ def answer_text(template: ChatTemplate, messages: Sequence[dict], i: int,
                 tools: Sequence[Tool] = ()) -> str:
     """The text that follows `template.render(messages[:i])` when message i is the answer: the
     content (and its <tool_call> blocks) plus whatever whitespace the template puts before it
-    (" " after "Assistant:")."""
+    (" " after "Assistant:").
+
+    A turn that is only calls starts at its first <tool_call> block, without that whitespace:
+    at use the tool-call grammar (lyre.chat.tools.tool_call_grammar) makes a call's first
+    token the block's opening, so a model trained to write " <tool_call>" could never call
+    (the grammar would push it into free text). The history still shows the template's layout.
+    """
     prompt = template.render(messages[:i], tools)
     after = template.render(messages[: i + 1], tools)
     content = assistant_text(messages[i])
@@ -69,6 +75,8 @@ def answer_text(template: ChatTemplate, messages: Sequence[dict], i: int,
     if lead < 0 or rest[:lead].strip():
         raise LyreError(f"chat template {template.name!r} does not lay out an answer right after its "
                         "prompt, so it cannot be used for fine-tuning; choose another --template")
+    if messages[i].get("tool_calls") and not (messages[i].get("content") or "").strip():
+        return content
     return rest[:lead] + content
 
 
@@ -109,6 +117,17 @@ def encode_sequences(record: Record, template: ChatTemplate, tokenizer) -> list[
         answer = _encode(tokenizer, answer_text(template, record.messages, i, tools)) + [eot]
         out.append(Example(prompt + answer, [False] * len(prompt) + [True] * len(answer)))
     return out
+
+
+def conversation_text(record: Record, template: ChatTemplate) -> str:
+    """A whole conversation as text, exactly as its last answer is trained: the prompt
+    `template.render` gives before that answer, then the answer (no <|endoftext|>). Pretraining
+    on such text teaches a base the layout chat and serve will show it (the calculator recipe,
+    docs/calculator.md)."""
+    tools = record_tools(record)
+    last = len(record.messages) - 1
+    return (template.render(record.messages[:last], tools)
+            + answer_text(template, record.messages, last, tools))
 
 
 def encode_prompt(messages: Sequence[dict], template: ChatTemplate, tokenizer) -> list[int]:

@@ -57,6 +57,10 @@ SPLITS = ("train", "val", "test")
 OUTPUTS = ("responses.json", "judge.json")  # products of an earlier run, stale after a new one
 # Model fields a fine-tune may change: everything else is fixed by the base's weights.
 MODEL_FREE = ("dropout", "attn_impl")
+# Positions that no weight depends on (rotary, sinusoidal, none): such a GPT may be fine-tuned
+# at a longer context than it was pretrained at (model.block_size), e.g. a base pretrained on
+# short windows, then tuned on long conversations (the calculator recipe, docs/calculator.md).
+WEIGHTLESS_POSITIONS = ("rope", "sinusoidal", "none")
 
 
 @dataclass
@@ -239,10 +243,13 @@ def _base_again(ft: FinetuneConfig, scratch: Path) -> tuple[Path, str]:
 
 def _check_model_unchanged(base: RunConfig, config: RunConfig) -> None:
     ours, theirs = config.to_dict()["model"], base.to_dict()["model"]
-    changed = [k for k in ours if k not in MODEL_FREE and ours[k] != theirs.get(k)]
+    free = MODEL_FREE
+    if theirs.get("arch") == "gpt" and theirs.get("pos") in WEIGHTLESS_POSITIONS:
+        free = (*MODEL_FREE, "block_size")
+    changed = [k for k in ours if k not in free and ours[k] != theirs.get(k)]
     if changed:
         raise LyreError(f"--set model.{changed[0]}: the model's shape comes from BASE and cannot change "
-                        f"when fine-tuning (only {', '.join('model.' + k for k in MODEL_FREE)} can)")
+                        f"when fine-tuning (only {', '.join('model.' + k for k in free)} can)")
 
 
 def derive_schedule(config: RunConfig, overrides: list[str], steps_per_epoch: int,
