@@ -282,3 +282,17 @@ def test_in_process_auto_answers_in_text_or_calls(run):
         result = Agent(llm, tools=[pick], max_steps=2).run("1 + 2?")
         assert result.stopped in ("answer", "length", "max_steps")
         assert result.tool_errors == 0
+
+
+def test_a_char_run_reads_a_tool_result_with_characters_it_never_saw():
+    """A tool's text (here an error with quotes) is read with unknown characters replaced: the
+    loop goes on instead of failing on the tokenizer."""
+    from lyre.agent.llm import readable_results
+    from lyre.tokenizers import build_tokenizer
+
+    tok = build_tokenizer("char", ["abc ?"])
+    messages = [{"role": "user", "content": "abc"},
+                {"role": "tool", "tool_call_id": "c1", "content": "a 'b' c"}]
+    read = readable_results(messages, tok)
+    assert read[0] == messages[0] and read[1]["content"] == "a ?b? c"
+    assert messages[1]["content"] == "a 'b' c"  # the conversation itself is left as it was

@@ -104,7 +104,7 @@ class RunChat:
 
         check_tool_choice(tool_choice, tools)
         offered = tools if tool_choice != "none" else []
-        prompt = self.template.render(messages, tools)
+        prompt = self.template.render(readable_results(messages, self.tokenizer), tools)
         ids = self.tokenizer.encode(prompt) if prompt else [self.tokenizer.eot_id]
         room = self.block_size - len(ids)
         if room < 8:  # not even room for a short answer
@@ -366,6 +366,22 @@ def _unreachable(e: EndpointError) -> LyreError:
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+def readable_results(messages: list[dict], tokenizer) -> list[dict]:
+    """Tool results as the model can read them. A char-level run replaces the characters it never
+    saw (a tool's error text may hold a quote its corpus lacked) instead of failing the loop: the
+    text comes from a tool, not from the user, whose own text follows the run's rule
+    (--replace-unknown)."""
+    if not hasattr(tokenizer, "count_unknown"):  # byte-level tokenizers read every text
+        return messages
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if m.get("role") == "tool" and isinstance(content, str) and tokenizer.count_unknown(content):
+            m = {**m, "content": tokenizer.decode(tokenizer.encode(content, unknown="replace"))}
+        out.append(m)
+    return out
 
 
 def open_chat_model(run: str | Path | None = None, *, url: str | None = None,
