@@ -11,12 +11,19 @@ import functools
 import hashlib
 import inspect
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
 from lyre.run.config import BUNDLED_ILIAD, RunConfig, load_config
+
+# A test run started in the background of a non-interactive shell (`make test &` in a script)
+# inherits SIGINT ignored, and so would every `lyre` it starts: the Ctrl-C tests need Python's
+# own handler, here and (inherited as the default action) in the processes they start.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # One layer, two heads of 8 dims, a context of 16 characters, batches of 4 windows.
 TINY_TOML = """\
