@@ -22,6 +22,9 @@ SHARED = ROOT.parent / "shared" / "data"
 
 # Keys each bench's JSON line must hold beyond "bench" and "smoke" (a bench not listed: only those two).
 EXPECTED_KEYS = {
+    "agent": {"agent_overhead_ratio", "client_overhead_ratio", "same_answers"},
+    "calculator": {"tool_accuracy", "no_tool_accuracy", "tool_gain_ratio", "cpu_minutes"},
+    "constrained": {"constraint_overhead_ratio", "outlines_speed_ratio"},
     "classify": {"test_acc", "sklearn_test_acc", "vs_sklearn_ratio"},
     "demo_quality": {"val_loss_gain", "time_ratio"},
     "engine_steps": {"b1_step_ms", "b8_step_ms"},
