@@ -32,14 +32,9 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
-import threading
-import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -53,6 +48,7 @@ from lyre.core.errors import LyreError
 from lyre.core.io import write_json
 from lyre.data import shards as fmt
 from lyre.data import sources as src
+from lyre.data.workers import in_order, worker_pool
 from lyre.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard, as llm.c's FineWeb shards
@@ -413,8 +409,8 @@ def _encode(staging: Path, sources, tokenizer: Tokenizer, opts: PrepareOptions, 
     bar = _bar(sources, opts, "encoding")
     workers = _workers(opts, sources)
     try:
-        with bar, _pool(workers, staging / "tokenizer") as pool:
-            for batch, arrays in _ordered(batches, pool, workers, tokenizer, dtype):
+        with bar, worker_pool(workers, staging / "tokenizer") as pool:
+            for batch, arrays in in_order(batches, pool, workers, tokenizer, dtype):
                 run.write(batch, arrays, skip_tokens if batch.index == first_batch else None)
                 bar.update(batch.documents)
         run.close()
@@ -533,94 +529,6 @@ def _clear_shards(staging: Path) -> None:
     for path in staging.iterdir():
         if path.name.startswith(fmt.SPLITS) or path.name in (PROGRESS, DEDUP):
             path.unlink()
-
-
-# Workers ------------------------------------------------------------------------------------
-
-_worker_tokenizer: Tokenizer | None = None
-
-
-def _init_worker(tokenizer_dir: str) -> None:
-    global _worker_tokenizer
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    # A main process killed outright (SIGKILL, SIGTERM) cannot stop its workers: they notice
-    # they were orphaned and leave, instead of waiting forever for work.
-    parent = os.getppid()
-    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
-    # One process per core already: the tokenizers' own thread pools would oversubscribe.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    os.environ["RAYON_NUM_THREADS"] = "1"
-    _worker_tokenizer = load_tokenizer(tokenizer_dir)
-
-
-def _exit_when_orphaned(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
-
-
-def encode_pieces(pieces: list[tuple[str, int, bool]], dtype: str,
-                  tokenizer: Tokenizer | None = None) -> list[np.ndarray]:
-    """One batch -> [train tokens, val tokens]: each piece's ids, <|endoftext|> first where the
-    piece says so. Runs in a worker (tokenizer None: the worker's)."""
-    tok = tokenizer or _worker_tokenizer
-    assert tok is not None
-    texts = [text for text, _, _ in pieces]
-    # tiktoken's batch call starts a pool of 8 threads per call, which measured no faster than
-    # one thread here (docs/log.md); a worker is one core already. HF tokenizers batch natively.
-    ids = [tok.encode_ordinary(t) for t in texts] if tok.kind == "gpt2" else tok.encode_batch(texts)
-    out = []
-    eot = [tok.eot_id] if tok.eot_id is not None else []
-    for split in (0, 1):
-        lists = [part for (_, s, first), piece in zip(pieces, ids, strict=True) if s == split
-                 for part in ((eot, piece) if first else (piece,))]
-        n = sum(map(len, lists))
-        out.append(np.fromiter(chain.from_iterable(lists), dtype=dtype, count=n))
-    return out
-
-
-class _InProcess(Executor):
-    """workers=1: the same calls, in this process (no start-up cost, easy to debug)."""
-
-    def submit(self, fn: Callable, /, *args, **kwargs) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as e:  # delivered by result(), like a pool's
-            future.set_exception(e)
-        return future
-
-
-def _pool(workers: int, tokenizer_dir: Path) -> Executor:
-    if workers == 1:
-        return _InProcess()
-    import multiprocessing
-
-    # spawn: a clean process (no copy of a parent's threads or torch state), any platform.
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(str(tokenizer_dir),))
-
-
-def _ordered(batches: Iterator[Batch], pool: Executor, workers: int, tokenizer: Tokenizer,
-             dtype: np.dtype) -> Iterator[tuple[Batch, list[np.ndarray]]]:
-    """Results in input order with at most 2 batches per worker in flight (flat memory)."""
-    own = tokenizer if isinstance(pool, _InProcess) else None
-    inflight: deque[tuple[Batch, Future]] = deque()
-    for batch in batches:
-        inflight.append((batch, pool.submit(encode_pieces, batch.pieces, dtype.str, own)))
-        if len(inflight) >= 2 * workers:
-            done, future = inflight.popleft()
-            yield done, _result(future)
-    while inflight:
-        done, future = inflight.popleft()
-        yield done, _result(future)
-
-
-def _result(future: Future) -> list[np.ndarray]:
-    try:
-        return future.result()
-    except LyreError as e:  # e.g. a character the (saved) char tokenizer does not have
-        raise LyreError(f"the tokenizer does not cover the text: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------
