@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lyre.core.errors import LyreError
+from lyre.core.io import read_text
 
 
 class Parser(argparse.ArgumentParser):
@@ -139,7 +140,7 @@ def constraint_from_args(args):
         options = [o for o in args.choice.split(",") if o]
         return Constraint.choice(options)
     if args.json_schema is not None:
-        text = _read_text(args.json_schema, "--json-schema")
+        text = read_text(args.json_schema, "--json-schema file")
         try:
             schema = json.loads(text)
         except json.JSONDecodeError as e:
@@ -149,14 +150,5 @@ def constraint_from_args(args):
         return Constraint.json(schema)
     if args.grammar is not None:
         syntax = "gbnf" if args.grammar.suffix == ".gbnf" else "lark"
-        return Constraint.grammar(_read_text(args.grammar, "--grammar"), syntax)
+        return Constraint.grammar(read_text(args.grammar, "--grammar file"), syntax)
     return None
-
-
-def _read_text(path: Path, flag: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LyreError(f"{flag} file {path} not found") from None
-    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as e:
-        raise LyreError(f"{flag} file {path} cannot be read as UTF-8 text ({type(e).__name__})") from None

@@ -86,6 +86,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lyre"
 
 
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A UTF-8 text file's contents; a missing, unreadable or non-UTF-8 file is a one-line
+    LyreError that says what it was for (`what`, e.g. "task file")."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LyreError(f"{what} {path} not found") from None
+    except UnicodeDecodeError as e:
+        raise LyreError(f"{what} {path} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:  # a directory, no permission, ...
+        raise LyreError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
 def read_json(path: str | Path, what: str = "") -> Any:
     """Parse a JSON file; a missing or malformed file is a LyreError naming it and the line."""
     path = Path(path)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lyre.core.errors import LyreError
+from lyre.core.io import read_text
 
 MULTIPLE_CHOICE = "multiple_choice"
 GENERATE = "generate"
@@ -99,12 +100,7 @@ def load_task(spec: str | Path | Task, *, skip_bad: bool = False, layout: str | 
 
         lines = [json.dumps(d) for d in convert(layout, path)]
     else:
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise LyreError(f"task file {path} is not UTF-8 text") from None
-        except OSError as e:
-            raise LyreError(f"cannot read task file {path}: {e.strerror}") from None
+        lines = read_text(path, "task file").splitlines()
     examples, reasons = [], []
     for number, text in enumerate(lines, start=1):
         if not text.strip():
