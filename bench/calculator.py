@@ -11,9 +11,7 @@
    summed: `cpu_minutes` is what the recipe costs however busy the machine is.
 3. The held-out questions through the agent loop (lyre.agent.Agent with the built-in calculator,
    greedy, tool calls constrained by the grammar): `tool_accuracy` is the share whose final
-   answer states the exact result. Until lyre.agent exists, a minimal loop of the same parts
-   (template, grammar, engine, parse_tool_calls, an exact local calculator) stands in and the
-   JSON line says `"loop": "minimal"`.
+   answer states the exact result.
 4. The same recipe without the tool (pretrained and fine-tuned on --no-tool data, the same
    steps): `no_tool_accuracy`; `tool_gain_ratio` = tool / no-tool accuracy (higher is better;
    the no-tool accuracy is floored at one question so the ratio stays finite).
@@ -26,12 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import add_smoke_flag, json_line, machine
@@ -40,34 +39,32 @@ REPO = Path(__file__).resolve().parent.parent
 LYRE = [sys.executable, "-m", "lyre"]
 
 # The recipe (docs/calculator.md). Pretraining: calculator-base's own steps; fine-tuning: these.
-PRETRAIN_RECORDS = 24_000  # conversations in the pretraining text (with the drills ~6.4 M chars)
-COPY_DRILLS = 60_000  # short number-copying lines mixed in (`Copy 48,213: "48213"`)
-TEXT_TOOLS_SHARE = 0.02  # of them with the tool list (the others are ~140 characters, not ~900)
+PRETRAIN_RECORDS = 70_000  # conversations in the pretraining text (~21 M characters)
+TEXT_TOOLS_SHARE = 0.2  # of them with the tool list (the others are ~90 tokens, not ~300)
 SFT_RECORDS = 3_000
-# The base reads 256-character windows; the conversations with the tool list are ~950: rotary
-# positions let the fine-tune run at a longer context (lyre.finetune.prepare.WEIGHTLESS_POSITIONS).
-SFT_SETTINGS = ["--template", "simple", "--set", "model.block_size=1024",
-                "--set", "max_iters=600", "--set", "batch_size=4",
+# The base reads 256-token windows; a conversation with the tool list is ~300: rotary positions
+# let the fine-tune run at a longer context (lyre.finetune.prepare.WEIGHTLESS_POSITIONS).
+SFT_SETTINGS = ["--template", "simple", "--set", "model.block_size=384",
+                "--set", "max_iters=1000", "--set", "batch_size=8",
                 "--set", "lr=1e-3", "--set", "min_lr=0", "--set", "finetune.val_fraction=0.01",
                 "--set", "finetune.test_fraction=0", "--set", "finetune.responses=false",
-                "--set", "threads=1", "--set", "device=cpu", "--set", "eval_interval=600"]
+                "--set", "threads=1", "--set", "device=cpu", "--set", "eval_interval=1000"]
 SMOKE_PRETRAIN = ["--set", "max_iters=3", "--set", "eval_interval=3", "--set", "eval_windows=1",
                   "--set", "batch_size=1", "--set", "data.val_fraction=0.5"]
 SMOKE_SFT = ["--set", "max_iters=2", "--set", "eval_interval=2", "--set", "batch_size=1"]
 
 
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def lyre(*args: str, cwd: Path) -> float:
-    """Run one `lyre` command; its CPU seconds (user + system)."""
-    before = children_cpu_s()
-    proc = subprocess.run([*LYRE, *args], cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"lyre {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    return children_cpu_s() - before
+    """Run one `lyre` command; its CPU seconds (user + system, the kernel's count for that one
+    process, so the two variants can run side by side)."""
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([*LYRE, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"lyre {' '.join(args)} failed:\n{err.read()[-3000:]}")
+    return usage.ru_utime + usage.ru_stime
 
 
 def recipe(work: Path, tool: bool, smoke: bool) -> dict:
@@ -80,8 +77,7 @@ def recipe(work: Path, tool: bool, smoke: bool) -> dict:
     cpu = {}
     cpu["data"] = lyre("data", "calculator", "--n", str(n_pre), "--seed", "1", *variant,
                        "--out", "pretrain.jsonl", "--text-out", "calc.txt",
-                       "--text-tools-share", str(TEXT_TOOLS_SHARE),
-                       "--text-copy-drills", str(4 if smoke else COPY_DRILLS), cwd=folder)
+                       "--text-tools-share", str(TEXT_TOOLS_SHARE), cwd=folder)
     cpu["data"] += lyre("data", "calculator", "--n", str(n_sft), "--seed", "2", *variant,
                         "--out", "calc.jsonl", "--held-out", "500",
                         "--held-out-out", "held-out.jsonl", cwd=folder)
@@ -97,91 +93,38 @@ def recipe(work: Path, tool: bool, smoke: bool) -> dict:
 # Asking the held-out questions
 
 
-def agent_answers(run_dir: Path, questions: list[str], tool: bool) -> tuple[list[str], str]:
-    """Final answers through lyre.agent (or the minimal loop while it is not there)."""
-    try:
-        from lyre.agent import Agent, builtin_tool
-        from lyre.agent.llm import EngineChat
-    except ImportError:
-        return minimal_loop(run_dir, questions, tool), "minimal"
+def agent_answers(run_dir: Path, questions: list[str], tool: bool) -> list[str]:
+    """Final answers through lyre.agent: the loop `lyre agent` runs, greedy, calls constrained
+    by the tool-call grammar, the built-in calculator."""
+    from lyre.agent import Agent, builtin_tool
+    from lyre.agent.llm import EngineChat
     from lyre.generate.runs import load_run
-    from lyre.tokenizers.char import replace_unknown
 
-    run = load_run(run_dir)
-    # A tool's error text may hold characters a char model never saw ("'"): read them as '?'.
-    if run.tokenizer.kind == "char":
-        replace_unknown(run.tokenizer)
-    llm = EngineChat(run)
+    llm = EngineChat(load_run(run_dir))
     agent = Agent(llm, tools=[builtin_tool("calculator")] if tool else [], max_steps=4)
-    return [agent.run(q).answer or "" for q in questions], "agent"
+    return [agent.run(q).answer or "" for q in questions]
 
 
-def minimal_loop(run_dir: Path, questions: list[str], tool: bool) -> list[str]:
-    """The agent loop's parts, batched: ask, run each call with an exact calculator, ask again."""
-    from lyre.chat.templates import get_template, template_name_for_run
-    from lyre.chat.tools import Tool, parse_tool_calls, tool_call_grammar
-    from lyre.constrain import Constraint
-    from lyre.data.calculator import CALCULATOR_TOOL
-    from lyre.engine import Engine, SamplingConfig
-    from lyre.generate.runs import load_run
-
-    run = load_run(run_dir)
-    template = get_template(template_name_for_run(run_dir))
-    engine = Engine(run.model, run.tokenizer)
-    tools = [Tool.from_openai(CALCULATOR_TOOL)] if tool else []
-    constraint = Constraint.grammar(tool_call_grammar(tools, required=False)) if tools else None
-    params = SamplingConfig(max_new_tokens=120, temperature=0, stop=template.stop, overflow="stop",
-                            constraint=constraint)
-    conversations = [[{"role": "user", "content": q}] for q in questions]
-    waiting = list(range(len(questions)))
-    for _ in range(2):  # a call, then the answer
-        if not waiting:
-            break
-        outs = engine.generate([template.render(conversations[i], tools) for i in waiting], params)
-        calls = []
-        for i, out in zip(waiting, outs, strict=True):
-            reply = parse_tool_calls(out.text, tools) if tools else None
-            if not reply or not reply.calls:
-                conversations[i].append({"role": "assistant", "content": out.text.strip()})
-                continue
-            call = reply.calls[0]
-            conversations[i] += [
-                {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": "c", "type": "function", "function": {
-                        "name": call.name, "arguments": call.arguments_json()}}]},
-                {"role": "tool", "tool_call_id": "c", "content": exact(call.arguments)}]
-            calls.append(i)
-        waiting = calls
-    return [c[-1]["content"] if c[-1]["role"] == "assistant" else "" for c in conversations]
-
-
-def exact(arguments: dict) -> str:
-    """`a OP b` on integers (what the data asks); anything else is an error text."""
-    try:
-        a, op, b = str(arguments.get("expression", "")).split(" ")
-        x, y = int(a), int(b)
-        return str({"+": x + y, "-": x - y, "*": x * y, "//": x // y}[op])
-    except (ValueError, KeyError, ZeroDivisionError):
-        return "error: bad expression"  # characters the char model knows
-
-
-def accuracy(run_dir: Path, held: Path, n: int, tool: bool) -> tuple[float, str, float]:
-    """(share exact, the loop used, wall seconds)."""
+def accuracy(run_dir: Path, held: Path, n: int, tool: bool) -> tuple[float, float]:
+    """(share exact, wall seconds)."""
     from lyre.data.calculator import expected_result, is_exact
 
     records = [json.loads(line) for line in held.read_text().splitlines()][:n]
     questions = [r["messages"][0]["content"] for r in records]
     start = time.perf_counter()
-    answers, loop = agent_answers(run_dir, questions, tool)
+    answers = agent_answers(run_dir, questions, tool)
     wall = time.perf_counter() - start
     good = sum(is_exact(a, expected_result(r)) for a, r in zip(answers, records, strict=True))
-    return good / len(records), loop, wall
+    return good / len(records), wall
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, help="folder for the data and runs (default: temporary)")
     parser.add_argument("--eval", type=int, default=500, help="held-out questions asked")
+    parser.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True,
+                        help="train the two variants side by side (default; CPU time is counted "
+                             "per process either way)")
     add_smoke_flag(parser)
     args = parser.parse_args()
     import torch
@@ -193,17 +136,18 @@ def main() -> None:
     n_eval = 4 if args.smoke else args.eval
     result = {"bench": "calculator", "smoke": args.smoke, "eval_questions": n_eval}
     try:
-        for tool in (True, False):
+        # The two recipes are independent processes: side by side (one core each on two).
+        with ThreadPoolExecutor(2 if args.parallel else 1) as pool:
+            made_by_variant = list(pool.map(lambda tool: recipe(work, tool, args.smoke), (True, False)))
+        for tool, made in zip((True, False), made_by_variant, strict=True):
             key = "tool" if tool else "no_tool"
-            made = recipe(work, tool, args.smoke)
-            acc, loop, wall = accuracy(made["run"], made["held"], n_eval, tool)
+            acc, wall = accuracy(made["run"], made["held"], n_eval, tool)
             cpu = made["cpu_s"]
             result[f"{key}_accuracy"] = round(acc, 4)
             result[f"{key}_cpu_minutes"] = round((cpu["pretrain"] + cpu["finetune"]) / 60, 2)
             result[f"{key}_cpu_s"] = {k: round(v, 1) for k, v in cpu.items()}
             result[f"{key}_eval_wall_s"] = round(wall, 1)
-            result["loop"] = loop
-            print(f"{key}: accuracy {acc:.3f} on {n_eval} held-out questions ({loop} loop), "
+            print(f"{key}: accuracy {acc:.3f} on {n_eval} held-out questions, "
                   f"pretrain + finetune {result[f'{key}_cpu_minutes']} CPU minutes", flush=True)
     finally:
         if args.work is None:

@@ -84,6 +84,14 @@ def test_subtract_from_names_the_operands_in_the_other_order():
     assert p.answer == "The difference is -734."
 
 
+def test_a_sum_is_called_in_the_questions_order():
+    # + commutes: the call names the operands as the question does, whatever the phrasing.
+    for phrasing in range(len(C.PHRASINGS["+"])):
+        p = Problem(803, "+", 7277, phrasing=phrasing)
+        assert p.question.index("803") < p.question.index("7277"), p.question
+        assert p.expression == "803 + 7277"
+
+
 @pytest.mark.parametrize("answer, ok", [
     ("The product is 17887023.", True), ("It is 17,887,023.", True), ("17887023", True),
     ("The product is 178870230.", False), ("The product is 1788702.", False), ("", False),

@@ -256,6 +256,21 @@ def test_bpe_training_is_deterministic_and_streams(iliad: str) -> None:
     assert a.hf.to_str() == b.hf.to_str()
 
 
+def test_bpe_digits_option_keeps_one_token_per_digit(tmp_path: Path, iliad: str) -> None:
+    # Numbers everywhere, so plain BPE learns digit merges; ':digits' must never make one.
+    text = iliad[:50000] + " ".join(f"{n:,} and {n}" for n in range(1000, 60000, 7))
+    plain = build_tokenizer("bpe:600", [text])
+    digits = build_tokenizer("bpe:600:digits", [text])
+    number = "48213 * 371 = 17,887,023"
+    assert any(len(p) > 1 and p.isdigit() for p in (plain.decode([i]) for i in plain.encode(number)))
+    pieces = [digits.decode([i]) for i in digits.encode(number)]
+    assert "".join(pieces) == number
+    assert all(not any(c.isdigit() for c in p) or len(p.strip()) == 1 for p in pieces), pieces
+    # The option lives in the saved tokenizer: a reloaded one splits the same way.
+    digits.save(tmp_path / "tok")
+    same_tokenizer(digits, load_tokenizer(tmp_path / "tok"), iliad[:5000] + "".join(TRICKY) + number)
+
+
 def test_bpe_bad_vocab_size() -> None:
     with pytest.raises(LyreError, match="at least 257"):
         build_tokenizer("bpe:100", ["some text"])
@@ -359,7 +374,8 @@ def test_gpt2_missing_files(tmp_path: Path) -> None:
 # ---- specs and loading ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", ["word", "bpe", "bpe:", "bpe:8k", "char:5", "gpt2", "", "BPE:10"])
+@pytest.mark.parametrize("spec", ["word", "bpe", "bpe:", "bpe:8k", "char:5", "gpt2", "", "BPE:10",
+                                  "bpe:300:words", "bpe::digits"])
 def test_bad_specs(spec: str) -> None:
     with pytest.raises(LyreError) as err:
         build_tokenizer(spec, ["text"])

@@ -63,10 +63,12 @@ RESERVED_ONE_IN = 8  # about this share of numbers is held out
 MIN_DIGITS, MAX_DIGITS = 1, 5  # of each operand (the first has 2 at least)
 
 # Ways to ask, per operator: {a} and {b} are the operands as written (with or without thousands
-# separators). "Subtract {b} from {a}" names them in the other order on purpose.
+# separators). "Subtract {b} from {a}" names them in the other order on purpose: the call must
+# put them in the order the operation needs. A sum is written in the question's order ("add
+# {a} to {b}" -> "a + b"): swapping the operands of + would teach an order nothing depends on.
 PHRASINGS: dict[str, tuple[str, ...]] = {
     "+": ("What is {a} plus {b}?", "Add {a} and {b}.", "What is the sum of {a} and {b}?",
-          "How much is {a} + {b}?", "Calculate {a} + {b}.", "What do you get if you add {b} to {a}?"),
+          "How much is {a} + {b}?", "Calculate {a} + {b}.", "What do you get if you add {a} to {b}?"),
     "-": ("What is {a} minus {b}?", "Subtract {b} from {a}.", "How much is {a} minus {b}?",
           "What is {a} - {b}?", "What is the difference between {a} and {b}?",
           "Calculate {a} - {b}."),

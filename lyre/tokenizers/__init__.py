@@ -2,6 +2,7 @@
 
 build_tokenizer("char", texts)          # one id per character of the corpus
 build_tokenizer("bpe:8192", texts)      # byte-level BPE learned from the corpus
+build_tokenizer("bpe:8192:digits", texts)  # the same, one token per digit
 build_tokenizer("gpt2:DIR")             # OpenAI's GPT-2 BPE from DIR/encoder.json + vocab.bpe
 load_tokenizer(directory)               # anything written by Tokenizer.save()
 """
@@ -27,7 +28,7 @@ __all__ = [
     "load_tokenizer",
 ]
 
-SPEC_HELP = "use 'char', 'bpe:VOCAB_SIZE' (e.g. bpe:8192), 'gpt2:DIR' or a saved tokenizer directory (RUN_DIR/tokenizer)"
+SPEC_HELP = "use 'char', 'bpe:VOCAB_SIZE' (e.g. bpe:8192; bpe:8192:digits for one token per digit), 'gpt2:DIR' or a saved tokenizer directory (RUN_DIR/tokenizer)"
 
 
 def build_tokenizer(spec: str, texts: Iterable[str] | None = None) -> Tokenizer:
@@ -44,9 +45,12 @@ def build_tokenizer(spec: str, texts: Iterable[str] | None = None) -> Tokenizer:
     if kind == "char" and not arg:
         return CharTokenizer.from_texts(require_texts(texts, spec))
     if kind == "bpe":
-        if not arg.isdigit():
+        size, _, option = arg.partition(":")
+        if not size.isdigit():
             raise LyreError(f"bad tokenizer spec {spec!r}: bpe needs a vocab size; {SPEC_HELP}")
-        return BPETokenizer.train(require_texts(texts, spec), int(arg))
+        if option not in ("", "digits"):
+            raise LyreError(f"bad tokenizer spec {spec!r}: the only bpe option is ':digits'; {SPEC_HELP}")
+        return BPETokenizer.train(require_texts(texts, spec), int(size), digits=option == "digits")
     if kind == "gpt2":
         if not arg:
             raise LyreError(

@@ -80,11 +80,14 @@ class BPETokenizer(Tokenizer):
         self._token_bytes: list[bytes] | None = None
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
+    def train(cls, texts: Iterable[str], vocab_size: int, digits: bool = False) -> BPETokenizer:
         """Learn ``vocab_size`` tokens (bytes + merges + ``<|endoftext|>``) from texts.
 
         ``texts`` may be any iterable of strings, e.g. a generator over chunks of a big file.
         A small corpus may run out of pairs to merge; the vocabulary is then smaller.
+        ``digits=True`` keeps every digit a token of its own (as Llama's tokenizer does): GPT-2's
+        regex lets BPE merge runs of digits, so "48213" and the "48,213" it was copied from
+        would share no tokens; one digit per token makes copying and arithmetic digit by digit.
         """
         if vocab_size < MIN_VOCAB_SIZE:
             raise LyreError(
@@ -93,6 +96,9 @@ class BPETokenizer(Tokenizer):
             )
         hf = HFTokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        if digits:
+            hf.pre_tokenizer = pre_tokenizers.Sequence(
+                [pre_tokenizers.Digits(individual_digits=True), hf.pre_tokenizer])
         hf.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,

@@ -88,8 +88,9 @@ def vocab_size_of(tokenizer_spec: str, corpus: list[str]) -> int | None:
     kind, _, arg = tokenizer_spec.partition(":")
     if kind == "gpt2":
         return 50257
-    if kind == "bpe" and arg.isdigit():
-        return int(arg)
+    size = arg.partition(":")[0]  # bpe:V or bpe:V:digits
+    if kind == "bpe" and size.isdigit():
+        return int(size)
     if kind == "char":
         chars: set[str] = set()
         for path in corpus:
