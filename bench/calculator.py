@@ -60,7 +60,7 @@ def lyre(*args: str, cwd: Path) -> float:
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([*LYRE, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait
         if proc.returncode != 0:
             err.seek(0)
             raise SystemExit(f"lyre {' '.join(args)} failed:\n{err.read()[-3000:]}")
