@@ -161,21 +161,12 @@ def test_cli_unwritable_out(tmp_path, capsys):
     assert "cannot write" in capsys.readouterr().err
 
 
-def test_copy_drills_copy_training_numbers():
-    lines = C.copy_drills(200, seed=1)
-    assert lines == C.copy_drills(200, seed=1)
-    for line in lines:
-        m = re.fullmatch(r'Copy ([\d,]+): "(\d+)"', line)
-        assert m and int(m.group(1).replace(",", "")) == int(m.group(2))
-        assert not C.is_reserved(int(m.group(2)))
-
-
-def test_cli_text_with_copy_drills(tmp_path):
+def test_cli_text_without_the_tool_list(tmp_path):
     from lyre.cli import main
 
     text = tmp_path / "c.txt"
     assert main(["data", "calculator", "--n", "10", "--out", str(tmp_path / "c.jsonl"),
-                 "--text-out", str(text), "--text-copy-drills", "30", "--text-tools-share", "0"]) == 0
+                 "--text-out", str(text), "--text-tools-share", "0"]) == 0
     corpus = text.read_text()
-    assert corpus.count("Copy ") == 30 and corpus.count("User: ") == 10
+    assert corpus.count("User: ") == 10
     assert "# Tools" not in corpus

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from lyre.cli.flags import Parser
 from lyre.core.errors import LyreError
+from lyre.core.io import atomic_write_text
 
 
 def register(sub) -> None:
@@ -35,8 +36,6 @@ def _add_calculator(verbs) -> None:
     p.add_argument("--text-tools-share", type=float, default=1.0, metavar="F",
                    help="share of the --text-out conversations that show the tool list (default 1: "
                         "all); the others are shorter, so pretraining sees more questions per token")
-    p.add_argument("--text-copy-drills", type=int, default=0, metavar="N",
-                   help="mix N short number-copying lines into --text-out (a pretraining aid)")
     p.add_argument("--template", default="simple",
                    help="chat template of --text-out (default simple; use the one you fine-tune with)")
     p.set_defaults(func=cmd_calculator)
@@ -73,15 +72,10 @@ def cmd_calculator(args) -> None:
             if int((i + 1) * share) == int(i * share):  # an exact share, spread evenly
                 record.tools = []  # this one without the tool list
             parts.append(conversation_text(record, template))
-        if args.text_copy_drills > 0:  # spread evenly between the conversations
-            import random
-
-            parts += calculator.copy_drills(args.text_copy_drills, args.seed)
-            random.Random(args.seed).shuffle(parts)
         text = "\n".join(parts) + "\n"
         try:
             args.text_out.parent.mkdir(parents=True, exist_ok=True)
-            args.text_out.write_text(text, encoding="utf-8")
+            atomic_write_text(args.text_out, text)
         except OSError as e:
             raise LyreError(f"cannot write {args.text_out}: {e.strerror or e}") from None
         print(f"wrote {len(text):,} characters of {args.template!r} text to {args.text_out}")

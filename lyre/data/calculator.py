@@ -189,19 +189,6 @@ def write_jsonl(path: str | Path, rows: Iterator[dict] | list[dict]) -> int:
     return text.count("\n")
 
 
-def copy_drills(n: int, seed: int = 0) -> list[str]:
-    """`n` short lines that copy a number, e.g. 'Copy 48,213: "48213"': pretraining text that
-    teaches the one skill a call needs (finding a number and writing its digits again) with the
-    source a few characters back instead of a sentence back. Training numbers only."""
-    rng = random.Random(f"calculator-drills:{seed}")
-    out = []
-    for _ in range(n):
-        x = _operand(rng, False, 1)
-        written = f"{x:,}" if rng.random() < 0.5 else str(x)
-        out.append(f'Copy {written}: "{x}"')
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # Scoring an answer
 
