@@ -6,7 +6,6 @@ from pathlib import Path
 
 from lyre.cli.flags import Parser
 from lyre.core.errors import LyreError
-from lyre.core.io import atomic_write_text
 
 
 def register(sub) -> None:
@@ -73,9 +72,5 @@ def cmd_calculator(args) -> None:
                 record.tools = []  # this one without the tool list
             parts.append(conversation_text(record, template))
         text = "\n".join(parts) + "\n"
-        try:
-            args.text_out.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(args.text_out, text)
-        except OSError as e:
-            raise LyreError(f"cannot write {args.text_out}: {e.strerror or e}") from None
+        calculator.write_text(args.text_out, text)
         print(f"wrote {len(text):,} characters of {args.template!r} text to {args.text_out}")

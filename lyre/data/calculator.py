@@ -176,17 +176,22 @@ def records(n: int, seed: int = 0, held_out: bool = False, tool: bool = True) ->
 
 
 def write_jsonl(path: str | Path, rows: Iterator[dict] | list[dict]) -> int:
-    """Write records as JSONL (atomically); returns how many. Refuses a path it cannot write."""
+    """Write records as JSONL (atomically); returns how many."""
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    write_text(path, text)
+    return text.count("\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a data file atomically, making its folder; a path it cannot write is one line."""
     path = Path(path)
     if path.is_dir():
         raise LyreError(f"cannot write {path}: it is a directory")
-    text = "".join(json.dumps(r) + "\n" for r in rows)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, text)
     except OSError as e:
         raise LyreError(f"cannot write {path}: {e.strerror or e}") from None
-    return text.count("\n")
 
 
 # ----------------------------------------------------------------------------------------------
