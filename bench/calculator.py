@@ -43,7 +43,7 @@ PRETRAIN_RECORDS = 70_000  # conversations in the pretraining text (~21 M charac
 TEXT_TOOLS_SHARE = 0.2  # of them with the tool list (the others are ~90 tokens, not ~300)
 SFT_RECORDS = 3_000
 # The base reads 256-token windows; a conversation with the tool list is ~300: rotary positions
-# let the fine-tune run at a longer context (lyre.finetune.prepare.WEIGHTLESS_POSITIONS).
+# let the fine-tune run at a longer context (lyre.model.gpt.WEIGHTLESS_POSITIONS).
 SFT_SETTINGS = ["--template", "simple", "--set", "model.block_size=384",
                 "--set", "max_iters=1000", "--set", "batch_size=8",
                 "--set", "lr=1e-3", "--set", "min_lr=0", "--set", "finetune.val_fraction=0.01",

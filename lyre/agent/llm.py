@@ -375,6 +375,8 @@ def readable_results(messages: list[dict], tokenizer) -> list[dict]:
     (--replace-unknown)."""
     if not hasattr(tokenizer, "count_unknown"):  # byte-level tokenizers read every text
         return messages
+    if getattr(tokenizer, "unk", None) is not None:  # it replaces unknown characters itself
+        return messages
     out = []
     for m in messages:
         content = m.get("content")

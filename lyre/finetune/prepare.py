@@ -45,6 +45,7 @@ from lyre.finetune.lora import (
 from lyre.finetune.records import Splits, split_records, write_records
 from lyre.finetune.tasks import FinetuneTask, get_task
 from lyre.model import build_model
+from lyre.model.gpt import WEIGHTLESS_POSITIONS
 from lyre.run import checkpoint as ckpt
 from lyre.run.config import RunConfig, TrainConfig, load_config
 from lyre.run.rundir import RunDir
@@ -57,10 +58,6 @@ SPLITS = ("train", "val", "test")
 OUTPUTS = ("responses.json", "judge.json")  # products of an earlier run, stale after a new one
 # Model fields a fine-tune may change: everything else is fixed by the base's weights.
 MODEL_FREE = ("dropout", "attn_impl")
-# Positions that no weight depends on (rotary, sinusoidal, none): such a GPT may be fine-tuned
-# at a longer context than it was pretrained at (model.block_size), e.g. a base pretrained on
-# short windows, then tuned on long conversations (the calculator recipe, docs/calculator.md).
-WEIGHTLESS_POSITIONS = ("rope", "sinusoidal", "none")
 
 
 @dataclass
@@ -244,6 +241,8 @@ def _base_again(ft: FinetuneConfig, scratch: Path) -> tuple[Path, str]:
 def _check_model_unchanged(base: RunConfig, config: RunConfig) -> None:
     ours, theirs = config.to_dict()["model"], base.to_dict()["model"]
     free = MODEL_FREE
+    # A GPT whose positions are not weights may be fine-tuned at a longer context than it was
+    # pretrained at: e.g. short pretraining windows, long conversations (docs/calculator.md).
     if theirs.get("arch") == "gpt" and theirs.get("pos") in WEIGHTLESS_POSITIONS:
         free = (*MODEL_FREE, "block_size")
     changed = [k for k in ours if k not in free and ours[k] != theirs.get(k)]

@@ -27,6 +27,9 @@ import torch.nn.functional as F
 from lyre.core.errors import LyreError
 
 POSITION_KINDS = ("learned", "sinusoidal", "rope", "none")
+# Positions no weight depends on: such a GPT may run (or be fine-tuned) at a longer context than
+# it was trained at. Only learned positions have a table of block_size rows.
+WEIGHTLESS_POSITIONS = tuple(kind for kind in POSITION_KINDS if kind != "learned")
 NORM_KINDS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "relu", "relu2")
 ATTENTION_IMPLS = ("sdpa", "reference")

@@ -108,7 +108,8 @@ class AgentService:
     def __init__(self, run, scheduler: Scheduler, template, model_name: str, tools: str) -> None:
         self.tools = parse_tools(tools)  # an unknown tool or a missing index fails now
         self.scheduler, self.template, self.model_name = scheduler, template, model_name
-        self.tokenizer, self.block_size = run.tokenizer, run.config.model.block_size
+        # The engine's context, as lyre.agent.EngineChat: a recurrent run has none.
+        self.tokenizer, self.block_size = run.tokenizer, scheduler.engine.block_size
 
     @staticmethod
     def of(request: Request) -> AgentService:
