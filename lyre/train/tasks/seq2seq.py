@@ -34,6 +34,7 @@ from lyre.data.pairs import (
     load_pairs,
     read_pairs,
 )
+from lyre.data.shards import is_prepared
 from lyre.model.seq2seq import N_SPECIAL
 from lyre.run.config import RunConfig
 from lyre.run.rundir import RunDir
@@ -111,8 +112,7 @@ def pairs_dir_for(config: RunConfig, run: RunDir, resume: bool) -> Path:
     if config.data.data_dir:
         data_dir = Path(config.data.data_dir)
         if not is_pairs_dir(data_dir):
-            lm_tokens = (data_dir / "train.bin").exists() or (data_dir / "manifest.json").exists()
-            what = ("holds language-model tokens (lyre prepare)" if lm_tokens
+            what = ("holds language-model tokens (lyre prepare)" if is_prepared(data_dir)
                     else "holds no prepared pairs")
             raise LyreError(f"data.data_dir {data_dir} {what}; an encoder-decoder learns from "
                             "(source, target) pairs: set data.corpus to .tsv/.jsonl files or toy:dates")
